@@ -1,0 +1,171 @@
+// Batched GEMM: C[g] = op(A[g]) * op(B[g]) (+ bias[g] on every row) (then relu if asked).
+//
+// One invocation computes a 4x4 block of C held in four vec4 registers (register blocking);
+// workgroups tile C in WG x WG blocks of invocations and z walks the model batch g.
+// Entry points by memory layout (the Rust side picks one, `linear.rs`):
+//   gemm_nt  A [M,K], B [N,K]: both K-contiguous (linear forward);      needs K % 4 == 0
+//   gemm_nn  A [M,K], B [K,N]: B N-contiguous (backward to the input);  needs N % 4 == 0
+//   gemm_tn  A [K,M], B [K,N]: both K-major (backward to the weight);   needs M % 4 == 0, N % 4 == 0
+//   gemm     any layout through strides, scalar loads (odd sizes).
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,     // bit 0: add bias, bit 1: relu
+    a_sm: u32,      // strides of A in elements: row (m), depth (k)
+    a_sk: u32,
+    b_sk: u32,      // strides of B: depth (k), column (n)
+    b_sn: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+override WG: u32 = 8u;
+
+// Writes the 4x4 block at (r0, c0) of model g, applying the epilogue; columns past N and
+// rows past M are dropped.
+fn store_block(g: u32, r0: u32, c0: u32, acc: array<vec4<f32>, 4>) {
+    var add = vec4<f32>(0.0);
+    if ((p.flags & 1u) != 0u) {
+        for (var j = 0u; j < 4u; j++) {
+            if (c0 + j < p.n) {
+                add[j] = bias[g * p.n + c0 + j];
+            }
+        }
+    }
+    let base = g * p.m * p.n;
+    for (var i = 0u; i < 4u; i++) {
+        let r = r0 + i;
+        if (r >= p.m) {
+            break;
+        }
+        var v = acc[i] + add;
+        if ((p.flags & 2u) != 0u) {
+            v = max(v, vec4<f32>(0.0));
+        }
+        for (var j = 0u; j < 4u; j++) {
+            if (c0 + j < p.n) {
+                c[base + r * p.n + c0 + j] = v[j];
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG, WG, 1)
+fn gemm_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let g = gid.z;
+    let c0 = gid.x * 4u;
+    let r0 = gid.y * 4u;
+    if (c0 >= p.n || r0 >= p.m) {
+        return;
+    }
+    let k4 = p.k / 4u;
+    // Rows and columns past the edge are clamped for loading and dropped at the store.
+    var arow: array<u32, 4>;
+    var brow: array<u32, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        arow[i] = (g * p.m + min(r0 + i, p.m - 1u)) * k4;
+        brow[i] = (g * p.n + min(c0 + i, p.n - 1u)) * k4;
+    }
+    var acc: array<vec4<f32>, 4>;
+    for (var kk = 0u; kk < k4; kk++) {
+        let b0 = b4[brow[0] + kk];
+        let b1 = b4[brow[1] + kk];
+        let b2 = b4[brow[2] + kk];
+        let b3 = b4[brow[3] + kk];
+        for (var i = 0u; i < 4u; i++) {
+            let av = a4[arow[i] + kk];
+            acc[i] += vec4<f32>(dot(av, b0), dot(av, b1), dot(av, b2), dot(av, b3));
+        }
+    }
+    store_block(g, r0, c0, acc);
+}
+
+@compute @workgroup_size(WG, WG, 1)
+fn gemm_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let g = gid.z;
+    let c0 = gid.x * 4u;
+    let r0 = gid.y * 4u;
+    if (c0 >= p.n || r0 >= p.m) {
+        return;
+    }
+    let n4 = p.n / 4u;
+    var arow: array<u32, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        arow[i] = (g * p.m + min(r0 + i, p.m - 1u)) * p.k;
+    }
+    let bbase = g * p.k * n4 + gid.x;
+    var acc: array<vec4<f32>, 4>;
+    for (var kk = 0u; kk < p.k; kk++) {
+        let bv = b4[bbase + kk * n4];
+        acc[0] += a[arow[0] + kk] * bv;
+        acc[1] += a[arow[1] + kk] * bv;
+        acc[2] += a[arow[2] + kk] * bv;
+        acc[3] += a[arow[3] + kk] * bv;
+    }
+    store_block(g, r0, c0, acc);
+}
+
+@compute @workgroup_size(WG, WG, 1)
+fn gemm_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let g = gid.z;
+    let c0 = gid.x * 4u;
+    let r0 = gid.y * 4u;
+    if (c0 >= p.n || r0 >= p.m) {
+        return;
+    }
+    let m4 = p.m / 4u;
+    let n4 = p.n / 4u;
+    let abase = g * p.k * m4 + gid.y;
+    let bbase = g * p.k * n4 + gid.x;
+    var acc: array<vec4<f32>, 4>;
+    for (var kk = 0u; kk < p.k; kk++) {
+        let av = a4[abase + kk * m4];
+        let bv = b4[bbase + kk * n4];
+        acc[0] += av.x * bv;
+        acc[1] += av.y * bv;
+        acc[2] += av.z * bv;
+        acc[3] += av.w * bv;
+    }
+    store_block(g, r0, c0, acc);
+}
+
+@compute @workgroup_size(WG, WG, 1)
+fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let g = gid.z;
+    let c0 = gid.x * 4u;
+    let r0 = gid.y * 4u;
+    if (c0 >= p.n || r0 >= p.m) {
+        return;
+    }
+    var aoff: array<u32, 4>;
+    var boff: array<u32, 4>;
+    let abase = g * p.m * p.k;
+    let bbase = g * p.k * p.n;
+    for (var i = 0u; i < 4u; i++) {
+        aoff[i] = abase + min(r0 + i, p.m - 1u) * p.a_sm;
+        boff[i] = bbase + min(c0 + i, p.n - 1u) * p.b_sn;
+    }
+    var acc: array<vec4<f32>, 4>;
+    for (var kk = 0u; kk < p.k; kk++) {
+        let bv = vec4<f32>(
+            b[boff[0] + kk * p.b_sk],
+            b[boff[1] + kk * p.b_sk],
+            b[boff[2] + kk * p.b_sk],
+            b[boff[3] + kk * p.b_sk],
+        );
+        let ka = kk * p.a_sk;
+        acc[0] += a[aoff[0] + ka] * bv;
+        acc[1] += a[aoff[1] + ka] * bv;
+        acc[2] += a[aoff[2] + ka] * bv;
+        acc[3] += a[aoff[3] + ka] * bv;
+    }
+    store_block(g, r0, c0, acc);
+}

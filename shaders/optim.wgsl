@@ -1,0 +1,53 @@
+// Optimizer updates, in place, one invocation per parameter element. Hyper-parameters are
+// per model: row g of `hyper` holds model g's values, so no model's setting touches another.
+
+struct Params {
+    numel: u32,     // elements of the parameter tensor, all models
+    per_model: u32, // elements per model
+}
+
+// SGD hyper-parameter row: PyTorch's torch.optim.SGD, one row per model.
+struct SgdHyper {
+    lr: f32,
+    momentum: f32,
+    dampening: f32,
+    weight_decay: f32,
+    nesterov: f32,   // 1.0 when on
+    started: f32,    // 0.0 before the first step: the momentum buffer is then set to the gradient
+    _pad0: f32,
+    _pad1: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> param: array<f32>;
+@group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(3) var<storage, read_write> buf: array<f32>;
+@group(0) @binding(4) var<storage, read> hyper: array<SgdHyper>;
+
+override WG: u32 = 256u;
+
+@compute @workgroup_size(WG)
+fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.numel) {
+        return;
+    }
+    let h = hyper[i / p.per_model];
+    var d = grad[i];
+    if (h.weight_decay != 0.0) {
+        d += h.weight_decay * param[i];
+    }
+    if (h.momentum != 0.0) {
+        var m = d;
+        if (h.started != 0.0) {
+            m = h.momentum * buf[i] + (1.0 - h.dampening) * d;
+        }
+        buf[i] = m;
+        if (h.nesterov != 0.0) {
+            d += h.momentum * m;
+        } else {
+            d = m;
+        }
+    }
+    param[i] -= h.lr * d;
+}

@@ -1,0 +1,111 @@
+//! Reverse-mode differentiation as a graph transform.
+//!
+//! [`grad`] walks the forward graph once, from the loss back to the leaves, and for each
+//! node that received a gradient appends the nodes of its vector-Jacobian product (one
+//! `match` over [`Op`], in the style of candle). Gradients only flow into tensors that
+//! require them (that depend on a parameter), and contributions to one tensor are summed.
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Op, TensorId};
+
+/// Appends the backward pass of `loss` to `graph` and returns, for each tensor of `wrt`,
+/// its gradient (`None` where `loss` does not depend on it).
+///
+/// `loss` may have any shape; its gradient seed is `seed` (same shape) or, if `None`, all
+/// ones. With a `[G]` per-model loss and the default seed, model g receives the gradient of
+/// its own loss: models never mix. Seeding with a one-hot vector backpropagates from one
+/// model only (torchmb's independence test).
+pub fn grad(
+    graph: &mut Graph,
+    loss: TensorId,
+    seed: Option<TensorId>,
+    wrt: &[TensorId],
+) -> Result<Vec<Option<TensorId>>> {
+    let loss_shape = graph.shape(loss).to_vec();
+    let seed = match seed {
+        Some(s) => {
+            if graph.shape(s) != loss_shape.as_slice() {
+                return Err(Error::Shape(format!(
+                    "grad: seed has shape {:?}, loss has shape {:?}",
+                    graph.shape(s),
+                    loss_shape
+                )));
+            }
+            s
+        }
+        None => graph.fill(&loss_shape[1..], 1.0)?,
+    };
+    let n_forward = loss.index() + 1;
+    let mut grads: Vec<Option<TensorId>> = vec![None; n_forward];
+    grads[loss.index()] = Some(seed);
+
+    for i in (0..n_forward).rev() {
+        let Some(dy) = grads[i] else { continue };
+        let node = graph.nodes()[i].clone();
+        if !node.requires_grad {
+            continue;
+        }
+        let y = TensorId(i);
+        let x = &node.inputs;
+        let mut contributions: Vec<(TensorId, TensorId)> = Vec::new();
+        match &node.op {
+            Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Fill { .. } => {}
+            Op::MatMul { trans_a, trans_b, bias } => {
+                let (a, b, ta, tb) = (x[0], x[1], *trans_a, *trans_b);
+                if graph.node(a).requires_grad {
+                    let da = if ta {
+                        graph.matmul(b, dy, None, tb, true)?
+                    } else {
+                        graph.matmul(dy, b, None, false, !tb)?
+                    };
+                    contributions.push((a, da));
+                }
+                if graph.node(b).requires_grad {
+                    let db = if tb {
+                        graph.matmul(dy, a, None, true, ta)?
+                    } else {
+                        graph.matmul(a, dy, None, !ta, false)?
+                    };
+                    contributions.push((b, db));
+                }
+                if *bias && graph.node(x[2]).requires_grad {
+                    let dbias = graph.sum(dy, &[1])?;
+                    contributions.push((x[2], dbias));
+                }
+            }
+            Op::Relu => contributions.push((x[0], graph.relu_grad(dy, y)?)),
+            Op::Add => {
+                contributions.push((x[0], dy));
+                contributions.push((x[1], dy));
+            }
+            Op::Reshape => {
+                let s = graph.shape(x[0]).to_vec();
+                contributions.push((x[0], graph.reshape(dy, &s[1..])?));
+            }
+            Op::Sum { axes, scale } => {
+                let s = graph.shape(x[0]).to_vec();
+                contributions.push((x[0], graph.broadcast(dy, &s, axes, *scale)?));
+            }
+            Op::Broadcast { axes, scale } => {
+                contributions.push((x[0], graph.sum_scaled(dy, axes, *scale)?));
+            }
+            Op::CrossEntropy { reduction } => {
+                let d = graph.cross_entropy_grad(x[0], x[1], dy, *reduction)?;
+                contributions.push((x[0], d));
+            }
+            op @ (Op::ReluGrad | Op::CrossEntropyGrad { .. } | Op::TopK { .. }) => {
+                return Err(Error::Usage(format!("grad: op {} is not differentiable", op.name())));
+            }
+        }
+        for (target, d) in contributions {
+            if !graph.node(target).requires_grad {
+                continue;
+            }
+            grads[target.index()] = Some(match grads[target.index()] {
+                None => d,
+                Some(prev) => graph.add(prev, d)?,
+            });
+        }
+    }
+    Ok(wrt.iter().map(|t| if t.index() < n_forward { grads[t.index()] } else { None }).collect())
+}

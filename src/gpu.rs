@@ -1,0 +1,328 @@
+//! GPU acquisition (native and browser), the limits the engine asks for, and the pipeline cache.
+//!
+//! One [`Gpu`] owns a wgpu device and queue. Natively the adapter is chosen from the
+//! environment (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`), in the browser
+//! through `navigator.gpu`. Errors the device reports outside an explicit check are captured
+//! instead of panicking and surface from the next [`Gpu::take_error`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// How a shader binding is used; the Rust side of each op owns its bind layout as a list of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Binding {
+    /// A uniform buffer holding the op's small parameter struct.
+    Uniform,
+    /// A storage buffer the kernel only reads.
+    Read,
+    /// A storage buffer the kernel writes (and may read).
+    ReadWrite,
+}
+
+/// A compiled compute pipeline and its bind group layout.
+pub struct Kernel {
+    /// The pipeline.
+    pub pipeline: wgpu::ComputePipeline,
+    /// Layout of bind group 0, in the order given to [`Gpu::kernel`].
+    pub layout: wgpu::BindGroupLayout,
+}
+
+/// What the adapter is and what the engine was granted.
+#[derive(Clone, Debug)]
+pub struct AdapterReport {
+    /// Adapter name as the driver reports it.
+    pub name: String,
+    /// Backend (Vulkan, Metal, Dx12, BrowserWebGpu, ...).
+    pub backend: String,
+    /// Device type (DiscreteGpu, IntegratedGpu, Cpu, ...).
+    pub device_type: String,
+    /// Driver name and version where known.
+    pub driver: String,
+    /// Storage buffers one shader stage may bind.
+    pub max_storage_buffers_per_shader_stage: u32,
+    /// Largest storage binding in bytes.
+    pub max_storage_buffer_binding_size: u64,
+    /// Largest buffer in bytes.
+    pub max_buffer_size: u64,
+    /// Workgroups per dispatch dimension.
+    pub max_compute_workgroups_per_dimension: u32,
+    /// Workgroup shared memory in bytes.
+    pub max_compute_workgroup_storage_size: u32,
+    /// Invocations per workgroup.
+    pub max_compute_invocations_per_workgroup: u32,
+}
+
+impl fmt::Display for AdapterReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "adapter:      {}", self.name)?;
+        writeln!(f, "backend:      {}", self.backend)?;
+        writeln!(f, "device type:  {}", self.device_type)?;
+        writeln!(f, "driver:       {}", self.driver)?;
+        writeln!(
+            f,
+            "limits:       {} storage buffers/stage, {} MiB per binding, {} MiB per buffer",
+            self.max_storage_buffers_per_shader_stage,
+            self.max_storage_buffer_binding_size >> 20,
+            self.max_buffer_size >> 20
+        )?;
+        write!(
+            f,
+            "              {} workgroups/dimension, {} KiB workgroup memory, {} invocations/workgroup",
+            self.max_compute_workgroups_per_dimension,
+            self.max_compute_workgroup_storage_size >> 10,
+            self.max_compute_invocations_per_workgroup
+        )
+    }
+}
+
+type KernelKey = (&'static str, &'static str, Vec<Binding>, Vec<(String, u64)>);
+
+/// A WebGPU device ready for modelbatch: device, queue, granted limits, pipeline cache.
+pub struct Gpu {
+    /// The wgpu device.
+    pub device: wgpu::Device,
+    /// Its queue.
+    pub queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+/// The message every "no adapter" error carries: how to get a software adapter.
+pub const NO_ADAPTER_HINT: &str = "no WebGPU adapter found. Install a GPU driver, or a software \
+Vulkan adapter: `apt-get install mesa-vulkan-drivers` on Debian/Ubuntu (lavapipe). \
+WGPU_BACKEND=vulkan|metal|dx12|gl and WGPU_ADAPTER_NAME=<substring> choose among several";
+
+/// The storage buffers per stage the engine's largest kernel needs.
+pub const STORAGE_BUFFERS_NEEDED: u32 = 6;
+
+impl Gpu {
+    /// Acquires the best adapter (honouring `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`,
+    /// `WGPU_POWER_PREF`) and a device with the limits the engine needs.
+    pub async fn new() -> Result<Gpu> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pick_adapter(&instance).await?;
+        Gpu::from_adapter(adapter).await
+    }
+
+    /// Native convenience: [`Gpu::new`] driven to completion on this thread.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking() -> Result<Gpu> {
+        pollster::block_on(Gpu::new())
+    }
+
+    /// Creates the device on a given adapter.
+    pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let have = adapter.limits();
+        if have.max_storage_buffers_per_shader_stage < STORAGE_BUFFERS_NEEDED {
+            return Err(Error::Device(format!(
+                "adapter {:?} allows {} storage buffers per shader stage; modelbatch needs {}",
+                info.name, have.max_storage_buffers_per_shader_stage, STORAGE_BUFFERS_NEEDED
+            )));
+        }
+        // Ask for the portable defaults, raised to what the adapter really has where
+        // the engine benefits (large bindings and buffers, every storage slot).
+        let mut limits = wgpu::Limits::downlevel_defaults();
+        limits.max_storage_buffers_per_shader_stage = have.max_storage_buffers_per_shader_stage;
+        limits.max_storage_buffer_binding_size = have.max_storage_buffer_binding_size;
+        limits.max_buffer_size = have.max_buffer_size;
+        limits.max_compute_workgroups_per_dimension = have.max_compute_workgroups_per_dimension;
+        limits.max_compute_workgroup_storage_size = have.max_compute_workgroup_storage_size;
+        limits.max_compute_invocations_per_workgroup = have.max_compute_invocations_per_workgroup;
+        limits.max_compute_workgroup_size_x = have.max_compute_workgroup_size_x;
+        limits.max_compute_workgroup_size_y = have.max_compute_workgroup_size_y;
+        limits.max_compute_workgroup_size_z = have.max_compute_workgroup_size_z;
+        limits.max_uniform_buffer_binding_size = have.max_uniform_buffer_binding_size;
+        limits.max_bind_groups = have.max_bind_groups.min(4);
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("modelbatch"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
+        let error = Arc::new(Mutex::new(None::<String>));
+        let sink = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(e.to_string());
+            }
+        }));
+        let sink = error.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(format!("device lost ({reason:?}): {msg}"));
+            }
+        });
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            modules: Mutex::new(HashMap::new()),
+            kernels: Mutex::new(HashMap::new()),
+            error,
+        })
+    }
+
+    /// The limits the device was created with.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Adapter name, backend, device type and the limits granted.
+    pub fn report(&self) -> AdapterReport {
+        let l = &self.limits;
+        AdapterReport {
+            name: self.info.name.clone(),
+            backend: format!("{:?}", self.info.backend),
+            device_type: format!("{:?}", self.info.device_type),
+            driver: format!("{} {}", self.info.driver, self.info.driver_info).trim().to_string(),
+            max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+            max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+            max_buffer_size: l.max_buffer_size,
+            max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+            max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+        }
+    }
+
+    /// Returns (and clears) the first error the device reported since the last call.
+    pub fn take_error(&self) -> Result<()> {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take() {
+            Some(m) => Err(Error::Gpu(m)),
+            None => Ok(()),
+        }
+    }
+
+    /// A compute kernel from `shaders/<name>.wgsl`, compiled once per (entry point, layout,
+    /// override constants) and cached.
+    pub fn kernel(
+        &self,
+        shader: &crate::ops::Shader,
+        entry: &'static str,
+        bindings: &[Binding],
+        constants: &[(&str, f64)],
+    ) -> Arc<Kernel> {
+        let key: KernelKey = (
+            shader.name,
+            entry,
+            bindings.to_vec(),
+            constants.iter().map(|(k, v)| (k.to_string(), v.to_bits())).collect(),
+        );
+        let mut kernels = self.kernels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = kernels.get(&key) {
+            return k.clone();
+        }
+        let module = {
+            let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            modules
+                .entry(shader.name)
+                .or_insert_with(|| {
+                    self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(shader.name),
+                        source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                    })
+                })
+                .clone()
+        };
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: match b {
+                    Binding::Uniform => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    Binding::Read | Binding::ReadWrite => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: *b == Binding::Read },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                },
+                count: None,
+            })
+            .collect();
+        let label = format!("{}::{}", shader.name, entry);
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
+        let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        let k = Arc::new(Kernel { pipeline, layout });
+        kernels.insert(key, k.clone());
+        k
+    }
+
+    /// Waits until the GPU has finished all submitted work (native); a no-op in the browser,
+    /// where completion is observed through mapping callbacks.
+    pub fn wait_idle(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        Ok(())
+    }
+}
+
+/// Picks an adapter: `WGPU_ADAPTER_NAME` (substring, case-insensitive) when set, otherwise
+/// the instance's preferred one (high performance unless `WGPU_POWER_PREF` says otherwise).
+async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Ok(want) = std::env::var("WGPU_ADAPTER_NAME") {
+        let want_lc = want.to_lowercase();
+        let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        return adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&want_lc)).ok_or_else(|| {
+            Error::NoAdapter(format!("WGPU_ADAPTER_NAME={want:?} matches none of the adapters found: {names:?}"))
+        });
+    }
+    let power_preference = wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance);
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::NoAdapter(format!("{NO_ADAPTER_HINT} ({e})")))
+}
+
+impl Gpu {
+    /// The shared slot where device errors land (plans check it after each submit).
+    pub(crate) fn error_slot(&self) -> Arc<Mutex<Option<String>>> {
+        self.error.clone()
+    }
+}

@@ -1,0 +1,28 @@
+//! Optimizer update kernels (`shaders/optim.wgsl`), in place on parameter buffers.
+
+use super::{grid_1d, Dispatch, Lower, OPTIM};
+use crate::gpu::Binding;
+
+const WG: u32 = 256;
+
+/// Floats per model in an SGD hyper-parameter row (`SgdHyper` in the shader).
+pub const SGD_HYPER_WIDTH: usize = 8;
+
+/// One SGD update of a `[G, per_model]` parameter.
+pub(crate) fn lower_sgd(
+    ctx: &Lower,
+    numel: usize,
+    per_model: usize,
+    param: &wgpu::Buffer,
+    grad: &wgpu::Buffer,
+    momentum: &wgpu::Buffer,
+    hyper: &wgpu::Buffer,
+) -> Dispatch {
+    let kernel = ctx.kernel(
+        &OPTIM,
+        "sgd",
+        &[Binding::ReadWrite, Binding::Read, Binding::ReadWrite, Binding::Read],
+        &[("WG", WG as f64)],
+    );
+    ctx.dispatch(kernel, "sgd", &[numel as u32, per_model as u32], &[param, grad, momentum, hyper], grid_1d(numel, WG))
+}

@@ -1,0 +1,124 @@
+//! Sum over axes and broadcast (`shaders/reduce.wgsl`).
+
+use super::{f, grid_1d, Dispatch, Lower, REDUCE};
+use crate::error::{Error, Result};
+use crate::gpu::Binding;
+
+const WG: u32 = 256;
+const MAX_DIMS: usize = 8;
+
+/// Row-major strides of `shape`.
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Merges runs of adjacent axes that are all reduced or all kept, dropping size-1 axes.
+/// Returns (kept sizes, kept strides, reduced sizes, reduced strides) in input elements.
+type Dims = (Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>);
+
+fn split_dims(shape: &[usize], reduced: &[usize]) -> Dims {
+    let st = strides(shape);
+    let (mut ks, mut kt, mut rs, mut rt) = (vec![], vec![], vec![], vec![]);
+    let mut last: Option<bool> = None;
+    for (axis, (&size, &stride)) in shape.iter().zip(&st).enumerate() {
+        if size == 1 {
+            continue;
+        }
+        let red = reduced.contains(&axis);
+        let (sizes, strs) = if red { (&mut rs, &mut rt) } else { (&mut ks, &mut kt) };
+        if last == Some(red) {
+            // Adjacent axis of the same kind: merge with the previous (row-major contiguous).
+            *sizes.last_mut().unwrap() *= size;
+            *strs.last_mut().unwrap() = stride;
+        } else {
+            sizes.push(size);
+            strs.push(stride);
+        }
+        last = Some(red);
+    }
+    (ks, kt, rs, rt)
+}
+
+fn pack(v: &[usize]) -> [u32; MAX_DIMS] {
+    let mut out = [0u32; MAX_DIMS];
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = *x as u32;
+    }
+    out
+}
+
+fn words(n_out: usize, n_red: usize, scale: f32, dims: &Dims) -> Result<Vec<u32>> {
+    let (ks, kt, rs, rt) = dims;
+    if ks.len() > MAX_DIMS || rs.len() > MAX_DIMS {
+        return Err(Error::Usage(format!("sum/broadcast: more than {MAX_DIMS} separate axes")));
+    }
+    let mut w = vec![n_out as u32, ks.len() as u32, rs.len() as u32, n_red as u32, f(scale), 0, 0, 0];
+    for v in [ks, kt, rs, rt] {
+        w.extend_from_slice(&pack(v));
+    }
+    Ok(w)
+}
+
+/// `out = scale * sum of x [shape] over axes`.
+pub(crate) fn lower_sum(
+    ctx: &Lower,
+    shape: &[usize],
+    axes: &[usize],
+    scale: f32,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<Dispatch> {
+    let dims = split_dims(shape, axes);
+    let n_red: usize = axes.iter().map(|&a| shape[a]).product();
+    let n_out = shape.iter().product::<usize>() / n_red.max(1);
+    let kernel = ctx.kernel(&REDUCE, "sum", &[Binding::Read, Binding::ReadWrite], &[("WG", WG as f64)]);
+    let w = words(n_out, n_red, scale, &dims)?;
+    Ok(ctx.dispatch(kernel, "sum", &w, &[x, out], grid_1d(n_out, WG)))
+}
+
+/// `out [shape] = scale * x` repeated along `axes` of the output.
+pub(crate) fn lower_broadcast(
+    ctx: &Lower,
+    shape: &[usize],
+    axes: &[usize],
+    scale: f32,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<Dispatch> {
+    // Output coordinates map to input offsets through the input's strides, 0 on repeated axes.
+    let kept: Vec<usize> = shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+    let kept_strides = strides(&kept);
+    let mut sizes = vec![];
+    let mut strs = vec![];
+    let mut ki = 0;
+    for (axis, &size) in shape.iter().enumerate() {
+        let stride = if axes.contains(&axis) {
+            0
+        } else {
+            ki += 1;
+            kept_strides[ki - 1]
+        };
+        if size == 1 {
+            continue;
+        }
+        // Merge with the previous axis when the mapping stays affine.
+        if let (Some(ls), Some(lt)) = (sizes.last_mut(), strs.last_mut()) {
+            if *lt == stride * size {
+                *ls *= size;
+                *lt = stride;
+                continue;
+            }
+        }
+        sizes.push(size);
+        strs.push(stride);
+    }
+    let n_out: usize = shape.iter().product();
+    let dims = (sizes, strs, vec![], vec![]);
+    let kernel = ctx.kernel(&REDUCE, "broadcast", &[Binding::Read, Binding::ReadWrite], &[("WG", WG as f64)]);
+    let w = words(n_out, 1, scale, &dims)?;
+    Ok(ctx.dispatch(kernel, "broadcast", &w, &[x, out], grid_1d(n_out, WG)))
+}

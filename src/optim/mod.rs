@@ -1,0 +1,70 @@
+//! Optimizers whose every hyper-parameter is per model (a length-G vector).
+
+mod sgd;
+
+pub use sgd::{Sgd, SgdState};
+
+use crate::error::{Error, Result};
+
+/// A hyper-parameter: one value for all models, or one value per model.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PerModel {
+    /// The same value for every model.
+    Same(f32),
+    /// Model g uses element g; the length must equal G.
+    Each(Vec<f32>),
+}
+
+impl PerModel {
+    /// `g` values spread evenly on a log scale from `a` to `b` (both > 0), inclusive.
+    pub fn log_space(a: f32, b: f32, g: usize) -> PerModel {
+        let (la, lb) = ((a as f64).ln(), (b as f64).ln());
+        PerModel::Each(
+            (0..g)
+                .map(|i| {
+                    let t = if g == 1 { 0.0 } else { i as f64 / (g - 1) as f64 };
+                    (la + t * (lb - la)).exp() as f32
+                })
+                .collect(),
+        )
+    }
+
+    /// `g` values spread evenly from `a` to `b`, inclusive.
+    pub fn lin_space(a: f32, b: f32, g: usize) -> PerModel {
+        PerModel::Each(
+            (0..g)
+                .map(|i| {
+                    let t = if g == 1 { 0.0 } else { i as f64 / (g - 1) as f64 };
+                    (a as f64 + t * (b as f64 - a as f64)) as f32
+                })
+                .collect(),
+        )
+    }
+
+    /// The G values, or an error naming `what` if a per-model list has the wrong length.
+    pub fn values(&self, g: usize, what: &str) -> Result<Vec<f32>> {
+        match self {
+            PerModel::Same(v) => Ok(vec![*v; g]),
+            PerModel::Each(v) if v.len() == g => Ok(v.clone()),
+            PerModel::Each(v) => Err(Error::Usage(format!("{what}: {} values given for {g} models", v.len()))),
+        }
+    }
+}
+
+impl From<f32> for PerModel {
+    fn from(v: f32) -> Self {
+        PerModel::Same(v)
+    }
+}
+
+impl From<Vec<f32>> for PerModel {
+    fn from(v: Vec<f32>) -> Self {
+        PerModel::Each(v)
+    }
+}
+
+impl From<&[f32]> for PerModel {
+    fn from(v: &[f32]) -> Self {
+        PerModel::Each(v.to_vec())
+    }
+}

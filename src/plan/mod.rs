@@ -1,0 +1,523 @@
+//! Compiled execution plan: a graph (forward, loss, backward) plus in-place updates,
+//! turned once into buffers, pipelines and bind groups. [`Plan::run`] records every
+//! dispatch into one compute pass and submits once; nothing is created per run.
+
+mod alloc;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::graph::{DType, Graph, Node, Op, TensorId};
+use crate::ops::{self, Dispatch, Lower};
+
+/// An in-place update applied after the graph has run (optimizer steps).
+#[derive(Clone, Debug)]
+pub enum Update {
+    /// PyTorch SGD on `param` from `grad`, with momentum buffer `momentum` (a state tensor
+    /// shaped like `param`) and per-model hyper-parameters `hyper` (`[G, 8]`, see
+    /// [`crate::optim::Sgd`]).
+    Sgd {
+        /// Parameter updated in place.
+        param: TensorId,
+        /// Its gradient.
+        grad: TensorId,
+        /// Momentum buffer.
+        momentum: TensorId,
+        /// Hyper-parameter rows.
+        hyper: TensorId,
+    },
+}
+
+impl Update {
+    fn operands(&self) -> Vec<TensorId> {
+        match self {
+            Update::Sgd { param, grad, momentum, hyper } => vec![*param, *grad, *momentum, *hyper],
+        }
+    }
+}
+
+/// Counts of GPU objects a plan created, to prove that runs create none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanStats {
+    /// Storage buffers holding tensors.
+    pub buffers: usize,
+    /// Total bytes of those buffers.
+    pub bytes: u64,
+    /// Dispatches recorded per run.
+    pub dispatches: usize,
+    /// Submits made by `run` so far.
+    pub submits: u64,
+    /// Staging buffers created for reads so far (one per tensor ever read).
+    pub staging_buffers: usize,
+}
+
+struct TensorMeta {
+    shape: Vec<usize>,
+    dtype: DType,
+    op: Op,
+}
+
+/// A compiled graph ready to run on one device.
+pub struct Plan {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    error: Arc<Mutex<Option<String>>>,
+    meta: Vec<TensorMeta>,
+    slot: Vec<Option<usize>>,
+    buffers: Vec<wgpu::Buffer>,
+    bytes: u64,
+    dispatches: Vec<Dispatch>,
+    names: HashMap<String, TensorId>,
+    staging: Mutex<HashMap<usize, wgpu::Buffer>>,
+    staging_created: AtomicU64,
+    submits: AtomicU64,
+}
+
+impl Plan {
+    /// Compiles `graph` for `gpu`. Tensors in `keep` stay readable after a run; `updates`
+    /// run after the graph, in order. Only nodes that `keep` or `updates` depend on run.
+    pub fn new(gpu: &Gpu, graph: &Graph, keep: &[TensorId], updates: &[Update]) -> Result<Plan> {
+        let nodes = graph.nodes();
+        let n = nodes.len();
+        for t in keep.iter().chain(updates.iter().flat_map(|u| u.operands()).collect::<Vec<_>>().iter()) {
+            if t.index() >= n {
+                return Err(Error::Usage(format!("plan: tensor {} is not in this graph", t.index())));
+            }
+        }
+        check_updates(graph, updates)?;
+
+        // Liveness: what runs, who reads what last.
+        let mut live = vec![false; n];
+        for t in keep {
+            live[t.index()] = true;
+        }
+        for u in updates {
+            for t in u.operands() {
+                live[t.index()] = true;
+            }
+        }
+        for i in (0..n).rev() {
+            if live[i] {
+                for x in &nodes[i].inputs {
+                    live[x.index()] = true;
+                }
+            }
+        }
+        // Leaves always get buffers so that callers can write them.
+        for (i, node) in nodes.iter().enumerate() {
+            if node.op.is_leaf() {
+                live[i] = true;
+            }
+        }
+        let mut last_use: Vec<usize> = (0..n).collect();
+        for (i, node) in nodes.iter().enumerate() {
+            if live[i] {
+                for x in &node.inputs {
+                    last_use[x.index()] = last_use[x.index()].max(i);
+                }
+            }
+        }
+        for u in updates {
+            for t in u.operands() {
+                last_use[t.index()] = n;
+            }
+        }
+        let mut keep_mask = vec![false; n];
+        for t in keep {
+            keep_mask[t.index()] = true;
+        }
+        let assignment = alloc::assign(graph, &live, &keep_mask, &last_use);
+
+        let max_binding = gpu.limits().max_storage_buffer_binding_size;
+        let mut buffers = Vec::with_capacity(assignment.sizes.len());
+        for (i, &size) in assignment.sizes.iter().enumerate() {
+            if size > max_binding {
+                return Err(Error::Usage(format!(
+                    "plan: a tensor needs {} MiB but the adapter binds at most {} MiB per buffer; use fewer models or a smaller batch",
+                    size >> 20,
+                    max_binding >> 20
+                )));
+            }
+            buffers.push(gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("modelbatch tensor buffer {i}")),
+                size,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        let dummy = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("modelbatch unused operand"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let buf =
+            |t: TensorId| -> &wgpu::Buffer { &buffers[assignment.slot[t.index()].expect("live tensor has a buffer")] };
+
+        let ctx = Lower { gpu, dummy: &dummy };
+        let mut dispatches = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            if !live[i] {
+                continue;
+            }
+            if let Op::Fill { value } = node.op {
+                gpu.queue.write_buffer(buf(TensorId(i)), 0, bytemuck::cast_slice(&vec![value; node.numel()]));
+                continue;
+            }
+            if let Some(d) = lower_node(&ctx, graph, node, TensorId(i), &buf)? {
+                dispatches.push(d);
+            }
+        }
+        for u in updates {
+            match *u {
+                Update::Sgd { param, grad, momentum, hyper } => {
+                    let shape = graph.shape(param);
+                    let numel: usize = shape.iter().product();
+                    dispatches.push(ops::optim::lower_sgd(
+                        &ctx,
+                        numel,
+                        numel / shape[0],
+                        buf(param),
+                        buf(grad),
+                        buf(momentum),
+                        buf(hyper),
+                    ));
+                }
+            }
+        }
+        let mut names = HashMap::new();
+        for (i, node) in nodes.iter().enumerate() {
+            if let Op::Input { name } | Op::Param { name } | Op::State { name } = &node.op {
+                names.insert(name.clone(), TensorId(i));
+            }
+        }
+        gpu.take_error()?;
+        Ok(Plan {
+            device: gpu.device.clone(),
+            queue: gpu.queue.clone(),
+            error: gpu.error_slot(),
+            meta: nodes
+                .iter()
+                .map(|n| TensorMeta { shape: n.shape.clone(), dtype: n.dtype, op: n.op.clone() })
+                .collect(),
+            slot: assignment.slot,
+            bytes: assignment.sizes.iter().sum(),
+            buffers,
+            dispatches,
+            names,
+            staging: Mutex::new(HashMap::new()),
+            staging_created: AtomicU64::new(0),
+            submits: AtomicU64::new(0),
+        })
+    }
+
+    /// The input, parameter or state tensor called `name`.
+    pub fn find(&self, name: &str) -> Option<TensorId> {
+        self.names.get(name).copied()
+    }
+
+    /// Shape of `t`, G first.
+    pub fn shape(&self, t: TensorId) -> &[usize] {
+        &self.meta[t.index()].shape
+    }
+
+    /// What the plan allocated and records.
+    pub fn stats(&self) -> PlanStats {
+        PlanStats {
+            buffers: self.buffers.len(),
+            bytes: self.bytes,
+            dispatches: self.dispatches.len(),
+            submits: self.submits.load(Ordering::Relaxed),
+            staging_buffers: self.staging_created.load(Ordering::Relaxed) as usize,
+        }
+    }
+
+    fn buffer(&self, t: TensorId) -> Result<&wgpu::Buffer> {
+        let meta = self
+            .meta
+            .get(t.index())
+            .ok_or_else(|| Error::Usage(format!("tensor {} is not in this plan", t.index())))?;
+        match self.slot[t.index()] {
+            Some(s) => Ok(&self.buffers[s]),
+            None => Err(Error::Usage(format!(
+                "tensor {} ({} {:?}) is not kept by this plan; list it in `keep` when compiling",
+                t.index(),
+                meta.op.name(),
+                meta.shape
+            ))),
+        }
+    }
+
+    fn check_write(&self, t: TensorId, len: usize, dtype: DType) -> Result<&wgpu::Buffer> {
+        let buffer = self.buffer(t)?;
+        let meta = &self.meta[t.index()];
+        if !matches!(meta.op, Op::Input { .. } | Op::Param { .. } | Op::State { .. }) {
+            return Err(Error::Usage(format!(
+                "tensor {} ({}) is computed by the plan and cannot be written",
+                t.index(),
+                meta.op.name()
+            )));
+        }
+        let numel: usize = meta.shape.iter().product();
+        if meta.dtype != dtype || numel != len {
+            return Err(Error::Usage(format!(
+                "writing {}: expected {numel} {:?} values for shape {:?}, got {len} {dtype:?}",
+                leaf_name(&meta.op),
+                meta.dtype,
+                meta.shape
+            )));
+        }
+        Ok(buffer)
+    }
+
+    /// Writes f32 data into an input, parameter or state tensor (takes effect at the next run).
+    pub fn write(&self, t: TensorId, data: &[f32]) -> Result<()> {
+        let b = self.check_write(t, data.len(), DType::F32)?;
+        self.queue.write_buffer(b, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Writes u32 data (labels) into an input tensor.
+    pub fn write_u32(&self, t: TensorId, data: &[u32]) -> Result<()> {
+        let b = self.check_write(t, data.len(), DType::U32)?;
+        self.queue.write_buffer(b, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Writes model `g`'s slice of a `[G, ...]` input, parameter or state tensor.
+    pub fn write_model(&self, t: TensorId, g: usize, data: &[f32]) -> Result<()> {
+        let meta = self
+            .meta
+            .get(t.index())
+            .ok_or_else(|| Error::Usage(format!("tensor {} is not in this plan", t.index())))?;
+        let per: usize = meta.shape[1..].iter().product();
+        let numel = per * meta.shape[0];
+        let b = self.check_write(t, numel, DType::F32)?;
+        if g >= meta.shape[0] || data.len() != per {
+            return Err(Error::Usage(format!(
+                "writing model {g} of {}: expected {per} values for a model of shape {:?} (G={}), got {}",
+                leaf_name(&meta.op),
+                &meta.shape[1..],
+                meta.shape[0],
+                data.len()
+            )));
+        }
+        self.queue.write_buffer(b, (g * per * 4) as u64, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Runs the graph and the updates: one compute pass, one submit. Returns the first GPU
+    /// error reported so far, if any.
+    pub fn run(&self) -> Result<()> {
+        let mut encoder =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("modelbatch step") });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("modelbatch step"),
+                timestamp_writes: None,
+            });
+            for d in &self.dispatches {
+                pass.set_pipeline(&d.kernel.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            }
+        }
+        self.queue.submit([encoder.finish()]);
+        self.submits.fetch_add(1, Ordering::Relaxed);
+        self.check_error()
+    }
+
+    fn check_error(&self) -> Result<()> {
+        match self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(m) => Err(Error::Gpu(m)),
+            None => Ok(()),
+        }
+    }
+
+    /// Labels of the recorded dispatches, in order (for profiling and tests).
+    pub fn dispatch_labels(&self) -> Vec<&'static str> {
+        self.dispatches.iter().map(|d| d.label).collect()
+    }
+
+    async fn read_bytes(&self, t: TensorId) -> Result<Vec<u8>> {
+        let src = self.buffer(t)?;
+        let meta = &self.meta[t.index()];
+        let size = (meta.shape.iter().product::<usize>() * 4) as u64;
+        let slot = self.slot[t.index()].unwrap_or_default();
+        // Staging buffers are cached per storage buffer and taken out while in use, so
+        // repeated reads allocate nothing and concurrent reads never share one.
+        let cached = self.staging.lock().unwrap_or_else(|p| p.into_inner()).remove(&slot);
+        let staging = match cached {
+            Some(b) => b,
+            None => {
+                self.staging_created.fetch_add(1, Ordering::Relaxed);
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("modelbatch readback"),
+                    size: src.size(),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            }
+        };
+        let mut encoder =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("modelbatch readback") });
+        encoder.copy_buffer_to_buffer(src, 0, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+        let (tx, rx) = futures::channel::oneshot::channel();
+        staging.slice(..size).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for a readback: {e}")))?;
+        let mapped = rx.await.map_err(|_| Error::Gpu("readback was cancelled (device lost?)".into()))?;
+        mapped.map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}")))?;
+        let data = {
+            let view = staging
+                .slice(..size)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?;
+            view.to_vec()
+        };
+        staging.unmap();
+        self.staging.lock().unwrap_or_else(|p| p.into_inner()).insert(slot, staging);
+        self.check_error()?;
+        Ok(data)
+    }
+
+    /// Reads an f32 tensor back (asynchronously; native callers may use [`Plan::read_blocking`]).
+    pub async fn read(&self, t: TensorId) -> Result<Vec<f32>> {
+        self.expect_dtype(t, DType::F32)?;
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(t).await?))
+    }
+
+    /// Reads a u32 tensor back.
+    pub async fn read_u32(&self, t: TensorId) -> Result<Vec<u32>> {
+        self.expect_dtype(t, DType::U32)?;
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(t).await?))
+    }
+
+    fn expect_dtype(&self, t: TensorId, dtype: DType) -> Result<()> {
+        let meta = self
+            .meta
+            .get(t.index())
+            .ok_or_else(|| Error::Usage(format!("tensor {} is not in this plan", t.index())))?;
+        if meta.dtype != dtype {
+            return Err(Error::Usage(format!("tensor {} holds {:?}, not {dtype:?}", t.index(), meta.dtype)));
+        }
+        Ok(())
+    }
+
+    /// Native: [`Plan::read`] driven to completion on this thread.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_blocking(&self, t: TensorId) -> Result<Vec<f32>> {
+        pollster::block_on(self.read(t))
+    }
+
+    /// Reads a `[G, K]` top-k tensor as torchmb's `[k][G]` layout.
+    pub async fn read_topk(&self, t: TensorId) -> Result<Vec<Vec<f32>>> {
+        let shape = self.shape(t).to_vec();
+        if !matches!(self.meta[t.index()].op, Op::TopK { .. }) {
+            return Err(Error::Usage(format!("tensor {} is not a top-k accuracy", t.index())));
+        }
+        let flat = self.read(t).await?;
+        let (g, k) = (shape[0], shape[1]);
+        Ok((0..k).map(|j| (0..g).map(|m| flat[m * k + j]).collect()).collect())
+    }
+}
+
+fn leaf_name(op: &Op) -> String {
+    match op {
+        Op::Input { name } | Op::Param { name } | Op::State { name } => format!("{:?}", name),
+        other => other.name().to_string(),
+    }
+}
+
+fn check_updates(graph: &Graph, updates: &[Update]) -> Result<()> {
+    for u in updates {
+        match *u {
+            Update::Sgd { param, grad, momentum, hyper } => {
+                let ps = graph.shape(param);
+                if !matches!(graph.node(param).op, Op::Param { .. })
+                    || !matches!(graph.node(momentum).op, Op::State { .. })
+                {
+                    return Err(Error::Usage(
+                        "sgd update: `param` must be a parameter and `momentum` a state tensor".into(),
+                    ));
+                }
+                if graph.shape(grad) != ps || graph.shape(momentum) != ps {
+                    return Err(Error::Shape(format!(
+                        "sgd update: parameter {:?}, gradient {:?} and momentum {:?} must have one shape",
+                        ps,
+                        graph.shape(grad),
+                        graph.shape(momentum)
+                    )));
+                }
+                let hs = graph.shape(hyper);
+                if hs != [ps[0], ops::optim::SGD_HYPER_WIDTH] {
+                    return Err(Error::Shape(format!(
+                        "sgd update: hyper-parameters must be [G, {}], got {:?}",
+                        ops::optim::SGD_HYPER_WIDTH,
+                        hs
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lower_node<'b>(
+    ctx: &Lower,
+    graph: &Graph,
+    node: &Node,
+    out: TensorId,
+    buf: &impl Fn(TensorId) -> &'b wgpu::Buffer,
+) -> Result<Option<Dispatch>> {
+    let x = &node.inputs;
+    let shape = |t: TensorId| graph.shape(t);
+    let rows = || ops::loss::Rows {
+        g: shape(x[0])[0],
+        n: shape(x[0])[1],
+        c: shape(x[0])[2],
+        logits: buf(x[0]),
+        labels: buf(x[1]),
+    };
+    Ok(Some(match &node.op {
+        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Fill { .. } | Op::Reshape => return Ok(None),
+        Op::MatMul { trans_a, trans_b, bias } => {
+            let (sa, so) = (shape(x[0]), &node.shape);
+            let k = if *trans_a { sa[1] } else { sa[2] };
+            ops::linear::lower(
+                ctx,
+                &ops::linear::MatMul {
+                    g: so[0],
+                    m: so[1],
+                    n: so[2],
+                    k,
+                    trans_a: *trans_a,
+                    trans_b: *trans_b,
+                    a: buf(x[0]),
+                    b: buf(x[1]),
+                    bias: if *bias { Some(buf(x[2])) } else { None },
+                    relu: false,
+                    out: buf(out),
+                },
+            )?
+        }
+        Op::Relu => ops::elementwise::lower(ctx, "relu", node.numel(), buf(x[0]), None, buf(out)),
+        Op::ReluGrad => ops::elementwise::lower(ctx, "relu_grad", node.numel(), buf(x[0]), Some(buf(x[1])), buf(out)),
+        Op::Add => ops::elementwise::lower(ctx, "add", node.numel(), buf(x[0]), Some(buf(x[1])), buf(out)),
+        Op::Sum { axes, scale } => ops::reduce::lower_sum(ctx, shape(x[0]), axes, *scale, buf(x[0]), buf(out))?,
+        Op::Broadcast { axes, scale } => {
+            ops::reduce::lower_broadcast(ctx, &node.shape, axes, *scale, buf(x[0]), buf(out))?
+        }
+        Op::CrossEntropy { reduction } => ops::loss::lower_forward(ctx, &rows(), *reduction, buf(out)),
+        Op::CrossEntropyGrad { reduction } => ops::loss::lower_grad(ctx, &rows(), *reduction, buf(x[2]), buf(out)),
+        Op::TopK { ks, counts } => ops::loss::lower_topk(ctx, &rows(), ks, *counts, buf(out))?,
+    }))
+}
