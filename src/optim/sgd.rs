@@ -69,10 +69,11 @@ impl Sgd {
         let nest = self.nesterov.values(g, "sgd nesterov")?;
         (0..g)
             .map(|i| {
-                if !(lr[i] >= 0.0) || !(mom[i] >= 0.0) || !(wd[i] >= 0.0) {
+                let valid = |v: f32| v.is_finite() && v >= 0.0;
+                if !valid(lr[i]) || !valid(mom[i]) || !valid(wd[i]) || !valid(damp[i]) {
                     return Err(Error::Usage(format!(
-                        "sgd model {i}: lr {}, momentum {} and weight_decay {} must be >= 0",
-                        lr[i], mom[i], wd[i]
+                        "sgd model {i}: lr {}, momentum {}, dampening {} and weight_decay {} must be finite and >= 0",
+                        lr[i], mom[i], damp[i], wd[i]
                     )));
                 }
                 if nest[i] != 0.0 && (mom[i] <= 0.0 || damp[i] != 0.0) {

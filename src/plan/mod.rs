@@ -42,6 +42,8 @@ impl Update {
 /// Counts of GPU objects a plan created, to prove that runs create none.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlanStats {
+    /// Tensors the plan materialises (reshapes count, though they share their operand's buffer).
+    pub tensors: usize,
     /// Storage buffers holding tensors.
     pub buffers: usize,
     /// Total bytes of those buffers.
@@ -80,6 +82,17 @@ impl Plan {
     /// Compiles `graph` for `gpu`. Tensors in `keep` stay readable after a run; `updates`
     /// run after the graph, in order. Only nodes that `keep` or `updates` depend on run.
     pub fn new(gpu: &Gpu, graph: &Graph, keep: &[TensorId], updates: &[Update]) -> Result<Plan> {
+        Plan::build(gpu, graph, keep, updates, None)
+    }
+
+    /// Like [`Plan::new`], but parameters and state tensors whose name and shape match one of
+    /// `other`'s use `other`'s buffers: an evaluation plan sees the training plan's weights
+    /// without copies.
+    pub fn sharing(gpu: &Gpu, graph: &Graph, keep: &[TensorId], updates: &[Update], other: &Plan) -> Result<Plan> {
+        Plan::build(gpu, graph, keep, updates, Some(other))
+    }
+
+    fn build(gpu: &Gpu, graph: &Graph, keep: &[TensorId], updates: &[Update], share: Option<&Plan>) -> Result<Plan> {
         let nodes = graph.nodes();
         let n = nodes.len();
         for t in keep.iter().chain(updates.iter().flat_map(|u| u.operands()).collect::<Vec<_>>().iter()) {
@@ -131,9 +144,32 @@ impl Plan {
         }
         let assignment = alloc::assign(graph, &live, &keep_mask, &last_use);
 
+        // Buffers borrowed from the plan we share parameters with.
+        let mut shared: HashMap<usize, wgpu::Buffer> = HashMap::new();
+        if let Some(other) = share {
+            for (i, node) in nodes.iter().enumerate() {
+                if let Op::Param { name } | Op::State { name } = &node.op {
+                    if let Some(t) = other.find(name) {
+                        if other.shape(t) != node.shape.as_slice() {
+                            return Err(Error::Shape(format!(
+                                "plan: shared tensor {name:?} has shape {:?} here and {:?} in the other plan",
+                                node.shape,
+                                other.shape(t)
+                            )));
+                        }
+                        let slot = assignment.slot[i].expect("leaves have buffers");
+                        shared.insert(slot, other.buffer(t)?.clone());
+                    }
+                }
+            }
+        }
         let max_binding = gpu.limits().max_storage_buffer_binding_size;
         let mut buffers = Vec::with_capacity(assignment.sizes.len());
         for (i, &size) in assignment.sizes.iter().enumerate() {
+            if let Some(b) = shared.remove(&i) {
+                buffers.push(b);
+                continue;
+            }
             if size > max_binding {
                 return Err(Error::Usage(format!(
                     "plan: a tensor needs {} MiB but the adapter binds at most {} MiB per buffer; use fewer models or a smaller batch",
@@ -227,6 +263,7 @@ impl Plan {
     /// What the plan allocated and records.
     pub fn stats(&self) -> PlanStats {
         PlanStats {
+            tensors: self.slot.iter().filter(|s| s.is_some()).count(),
             buffers: self.buffers.len(),
             bytes: self.bytes,
             dispatches: self.dispatches.len(),
