@@ -73,7 +73,50 @@ pub fn grad(
                     contributions.push((x[2], dbias));
                 }
             }
-            Op::Relu => contributions.push((x[0], graph.relu_grad(dy, y)?)),
+            Op::Unary(f) => contributions.push((x[0], graph.unary_grad(*f, dy, x[0])?)),
+            Op::Softmax { log } => contributions.push((x[0], graph.softmax_grad(dy, y, *log)?)),
+            Op::Dropout { p } => contributions.push((x[0], graph.dropout_grad(dy, x[1], *p)?)),
+            Op::Conv2d { geom, bias } => {
+                let (xs, ws) = (graph.shape(x[0]).to_vec(), graph.shape(x[1]).to_vec());
+                if graph.node(x[0]).requires_grad {
+                    contributions.push((x[0], graph.conv2d_grad_input(dy, x[1], &xs, *geom)?));
+                }
+                if graph.node(x[1]).requires_grad {
+                    contributions.push((x[1], graph.conv2d_grad_weight(dy, x[0], &ws, *geom)?));
+                }
+                if *bias && graph.node(x[2]).requires_grad {
+                    contributions.push((x[2], graph.sum(dy, &[1, 3, 4])?));
+                }
+            }
+            Op::MaxPool2d { geom } => contributions.push((x[0], graph.maxpool2d_grad(dy, x[0], *geom)?)),
+            Op::AvgPool2d { geom } => {
+                let xs = graph.shape(x[0]).to_vec();
+                contributions.push((x[0], graph.avgpool2d_grad(dy, &xs, *geom)?));
+            }
+            Op::AdaptiveAvgPool2d => {
+                let xs = graph.shape(x[0]).to_vec();
+                contributions.push((x[0], graph.adaptive_avgpool2d_grad(dy, &xs)?));
+            }
+            // Statistics are differentiated through by the NormApply that uses them.
+            Op::NormStats { .. } | Op::RunningStats { .. } => {}
+            Op::NormApply { kind, affine } => {
+                let (xt, stats) = (x[0], x[1]);
+                // Batch statistics of this very input make the gradient the full one;
+                // running estimates are constants.
+                let fixed = !matches!(graph.node(stats).op, Op::NormStats { .. } if graph.node(stats).inputs[0] == xt);
+                let weight = if *affine { Some(x[2]) } else { None };
+                if graph.node(xt).requires_grad {
+                    contributions.push((xt, graph.norm_grad(dy, xt, stats, weight, *kind, fixed)?));
+                }
+                if *affine {
+                    if graph.node(x[2]).requires_grad {
+                        contributions.push((x[2], graph.norm_weight_grad(dy, xt, stats, *kind)?));
+                    }
+                    if graph.node(x[3]).requires_grad {
+                        contributions.push((x[3], graph.sum(dy, &[1, 3, 4])?));
+                    }
+                }
+            }
             Op::Add => {
                 contributions.push((x[0], dy));
                 contributions.push((x[1], dy));
@@ -93,7 +136,18 @@ pub fn grad(
                 let d = graph.cross_entropy_grad(x[0], x[1], dy, *reduction)?;
                 contributions.push((x[0], d));
             }
-            op @ (Op::ReluGrad | Op::CrossEntropyGrad { .. } | Op::TopK { .. }) => {
+            op @ (Op::UnaryGrad(_)
+            | Op::SoftmaxGrad { .. }
+            | Op::DropoutGrad { .. }
+            | Op::Conv2dGradInput { .. }
+            | Op::Conv2dGradWeight { .. }
+            | Op::MaxPool2dGrad { .. }
+            | Op::AvgPool2dGrad { .. }
+            | Op::AdaptiveAvgPool2dGrad
+            | Op::NormGrad { .. }
+            | Op::NormWeightGrad { .. }
+            | Op::CrossEntropyGrad { .. }
+            | Op::TopK { .. }) => {
                 return Err(Error::Usage(format!("grad: op {} is not differentiable", op.name())));
             }
         }

@@ -17,6 +17,8 @@ pub enum Error {
     Gpu(String),
     /// Reading a data set failed.
     Data(crate::data::DataError),
+    /// A file could not be read or written, or holds the wrong content; the message names it.
+    Io(String),
 }
 
 impl fmt::Display for Error {
@@ -28,6 +30,7 @@ impl fmt::Display for Error {
             Error::Usage(m) => write!(f, "{m}"),
             Error::Gpu(m) => write!(f, "GPU error: {m}"),
             Error::Data(e) => write!(f, "{e}"),
+            Error::Io(m) => write!(f, "{m}"),
         }
     }
 }

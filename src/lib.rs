@@ -6,6 +6,7 @@ pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod graph;
+pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod optim;

@@ -7,7 +7,9 @@
 
 mod op;
 
-pub use op::{Op, Reduction};
+mod layers;
+
+pub use op::{Conv2dGeom, NormKind, Op, Pool2dGeom, Reduction, Unary};
 
 use crate::error::{Error, Result};
 
@@ -60,7 +62,7 @@ pub struct Graph {
     nodes: Vec<Node>,
 }
 
-fn shape_str(s: &[usize]) -> String {
+pub(crate) fn shape_str(s: &[usize]) -> String {
     format!("{s:?}")
 }
 
@@ -91,7 +93,7 @@ impl Graph {
         &self.nodes[t.0].shape
     }
 
-    fn push(&mut self, op: Op, inputs: Vec<TensorId>, shape: Vec<usize>, dtype: DType) -> TensorId {
+    pub(crate) fn push(&mut self, op: Op, inputs: Vec<TensorId>, shape: Vec<usize>, dtype: DType) -> TensorId {
         let requires_grad = match op {
             Op::Param { .. } => true,
             _ => dtype == DType::F32 && inputs.iter().any(|i| self.nodes[i.0].requires_grad),
@@ -100,7 +102,7 @@ impl Graph {
         TensorId(self.nodes.len() - 1)
     }
 
-    fn check_g(&self, op: &str, t: TensorId) -> Result<()> {
+    pub(crate) fn check_g(&self, op: &str, t: TensorId) -> Result<()> {
         let s = self.shape(t);
         if s.first() != Some(&self.g) {
             return Err(Error::Shape(format!(
@@ -112,7 +114,7 @@ impl Graph {
         Ok(())
     }
 
-    fn check_dtype(&self, op: &str, t: TensorId, want: DType) -> Result<()> {
+    pub(crate) fn check_dtype(&self, op: &str, t: TensorId, want: DType) -> Result<()> {
         let d = self.node(t).dtype;
         if d != want {
             return Err(Error::Shape(format!(
@@ -228,19 +230,15 @@ impl Graph {
 
     /// Elementwise `max(x, 0)`.
     pub fn relu(&mut self, x: TensorId) -> Result<TensorId> {
-        self.check_dtype("relu", x, DType::F32)?;
-        let s = self.shape(x).to_vec();
-        Ok(self.push(Op::Relu, vec![x], s, DType::F32))
+        self.unary(Unary::Relu, x)
     }
 
-    /// Gradient of relu given the upstream gradient `dy` and relu's output `y`.
+    /// Gradient of relu given the upstream gradient `dy` and relu's input or output.
     pub fn relu_grad(&mut self, dy: TensorId, y: TensorId) -> Result<TensorId> {
-        self.same_shape("relu_grad", dy, y)?;
-        let s = self.shape(dy).to_vec();
-        Ok(self.push(Op::ReluGrad, vec![dy, y], s, DType::F32))
+        self.unary_grad(Unary::Relu, dy, y)
     }
 
-    fn same_shape(&self, op: &str, a: TensorId, b: TensorId) -> Result<()> {
+    pub(crate) fn same_shape(&self, op: &str, a: TensorId, b: TensorId) -> Result<()> {
         self.check_dtype(op, a, DType::F32)?;
         self.check_dtype(op, b, DType::F32)?;
         if self.shape(a) != self.shape(b) {
@@ -395,8 +393,10 @@ impl Graph {
     /// (read it back with [`crate::Plan::read_topk`] to get torchmb's `[k][G]`).
     pub fn topk_accuracy(&mut self, logits: TensorId, labels: TensorId, ks: &[u32], counts: bool) -> Result<TensorId> {
         let (_, c) = self.check_logits_labels("topk_accuracy", logits, labels)?;
-        if ks.is_empty() || ks.iter().any(|&k| k == 0 || k as usize > c) {
-            return Err(Error::Shape(format!("topk_accuracy: ks {ks:?} must each be in 1..={c} (the class count)")));
+        if ks.is_empty() || ks.len() > 8 || ks.iter().any(|&k| k == 0 || k as usize > c) {
+            return Err(Error::Shape(format!(
+                "topk_accuracy: ks {ks:?} must be 1 to 8 values, each in 1..={c} (the class count)"
+            )));
         }
         Ok(self.push(Op::TopK { ks: ks.to_vec(), counts }, vec![logits, labels], vec![self.g, ks.len()], DType::F32))
     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::graph::{DType, Graph, Node, Op, TensorId};
+use crate::graph::{DType, Graph, Node, NormKind, Op, TensorId};
 use crate::ops::{self, Dispatch, Lower};
 
 /// An in-place update applied after the graph has run (optimizer steps).
@@ -29,12 +29,28 @@ pub enum Update {
         /// Hyper-parameter rows.
         hyper: TensorId,
     },
+    /// BatchNorm2d's running estimates, updated from the batch statistics `stats` (a
+    /// `norm_stats` node with batch kind) as PyTorch does in training mode: `mean` and `var`
+    /// are `[G, C]` state, `count` is `[G, 1]` state (batches tracked).
+    BatchNormRunning {
+        /// The batch statistics node.
+        stats: TensorId,
+        /// Running mean.
+        mean: TensorId,
+        /// Running variance (unbiased estimates).
+        var: TensorId,
+        /// Batches tracked.
+        count: TensorId,
+        /// Update factor; `None` for a cumulative average (PyTorch's `momentum=None`).
+        momentum: Option<f32>,
+    },
 }
 
 impl Update {
     fn operands(&self) -> Vec<TensorId> {
         match self {
             Update::Sgd { param, grad, momentum, hyper } => vec![*param, *grad, *momentum, *hyper],
+            Update::BatchNormRunning { stats, mean, var, count, .. } => vec![*stats, *mean, *var, *count],
         }
     }
 }
@@ -203,9 +219,7 @@ impl Plan {
                 gpu.queue.write_buffer(buf(TensorId(i)), 0, bytemuck::cast_slice(&vec![value; node.numel()]));
                 continue;
             }
-            if let Some(d) = lower_node(&ctx, graph, node, TensorId(i), &buf)? {
-                dispatches.push(d);
-            }
+            dispatches.extend(lower_node(&ctx, graph, node, TensorId(i), &buf)?);
         }
         for u in updates {
             match *u {
@@ -221,6 +235,20 @@ impl Plan {
                         buf(momentum),
                         buf(hyper),
                     ));
+                }
+                Update::BatchNormRunning { stats, mean, var, count, momentum } => {
+                    let x = ops::Image::of(graph.shape(graph.node(stats).inputs[0]));
+                    dispatches.extend(ops::norm::lower_running_update(
+                        &ctx,
+                        x.g,
+                        x.c,
+                        x.n * x.h * x.w,
+                        momentum,
+                        buf(stats),
+                        buf(mean),
+                        buf(var),
+                        buf(count),
+                    )?);
                 }
             }
         }
@@ -503,6 +531,19 @@ fn check_updates(graph: &Graph, updates: &[Update]) -> Result<()> {
                     )));
                 }
             }
+            Update::BatchNormRunning { stats, mean, var, count, momentum } => {
+                let ok = matches!(graph.node(stats).op, Op::NormStats { kind: NormKind::Batch, .. })
+                    && [mean, var, count].iter().all(|t| matches!(graph.node(*t).op, Op::State { .. }))
+                    && graph.shape(mean) == [graph.shape(stats)[0], graph.shape(stats)[2]]
+                    && graph.shape(var) == graph.shape(mean)
+                    && graph.shape(count) == [graph.shape(stats)[0], 1]
+                    && momentum.is_none_or(|m| (0.0..=1.0).contains(&m));
+                if !ok {
+                    return Err(Error::Usage(
+                        "batchnorm running update: needs batch norm_stats, [G, C] state mean and var, [G, 1] state count, momentum in [0, 1]".into(),
+                    ));
+                }
+            }
         }
     }
     Ok(())
@@ -514,7 +555,7 @@ fn lower_node<'b>(
     node: &Node,
     out: TensorId,
     buf: &impl Fn(TensorId) -> &'b wgpu::Buffer,
-) -> Result<Option<Dispatch>> {
+) -> Result<Vec<Dispatch>> {
     let x = &node.inputs;
     let shape = |t: TensorId| graph.shape(t);
     let rows = || ops::loss::Rows {
@@ -524,12 +565,15 @@ fn lower_node<'b>(
         logits: buf(x[0]),
         labels: buf(x[1]),
     };
-    Ok(Some(match &node.op {
-        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Fill { .. } | Op::Reshape => return Ok(None),
+    let last = *node.shape.last().unwrap_or(&1);
+    let img = |t: TensorId| ops::Image::of(shape(t));
+    let one = |d: Dispatch| Ok(vec![d]);
+    match &node.op {
+        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Fill { .. } | Op::Reshape => Ok(vec![]),
         Op::MatMul { trans_a, trans_b, bias } => {
             let (sa, so) = (shape(x[0]), &node.shape);
             let k = if *trans_a { sa[1] } else { sa[2] };
-            ops::linear::lower(
+            one(ops::linear::lower(
                 ctx,
                 &ops::linear::MatMul {
                     g: so[0],
@@ -544,17 +588,80 @@ fn lower_node<'b>(
                     relu: false,
                     out: buf(out),
                 },
-            )?
+            )?)
         }
-        Op::Relu => ops::elementwise::lower(ctx, "relu", node.numel(), buf(x[0]), None, buf(out)),
-        Op::ReluGrad => ops::elementwise::lower(ctx, "relu_grad", node.numel(), buf(x[0]), Some(buf(x[1])), buf(out)),
-        Op::Add => ops::elementwise::lower(ctx, "add", node.numel(), buf(x[0]), Some(buf(x[1])), buf(out)),
-        Op::Sum { axes, scale } => ops::reduce::lower_sum(ctx, shape(x[0]), axes, *scale, buf(x[0]), buf(out))?,
+        Op::Unary(f) => ops::activation::lower_unary(ctx, *f, node.numel(), buf(x[0]), buf(out)),
+        Op::UnaryGrad(f) => ops::activation::lower_unary_grad(ctx, *f, node.numel(), buf(x[0]), buf(x[1]), buf(out)),
+        Op::Softmax { log } => {
+            ops::activation::lower_softmax(ctx, node.numel() / last, last, *log, buf(x[0]), buf(out))
+        }
+        Op::SoftmaxGrad { log } => {
+            ops::activation::lower_softmax_grad(ctx, node.numel() / last, last, *log, buf(x[0]), buf(x[1]), buf(out))
+        }
+        Op::Dropout { p } | Op::DropoutGrad { p } => {
+            let g = node.shape[0];
+            ops::activation::lower_dropout(ctx, g, node.numel() / g, *p, buf(x[0]), buf(x[1]), buf(out))
+        }
+        Op::Add => one(ops::elementwise::lower(ctx, "add", node.numel(), buf(x[0]), Some(buf(x[1])), buf(out))),
+        Op::Sum { axes, scale } => one(ops::reduce::lower_sum(ctx, shape(x[0]), axes, *scale, buf(x[0]), buf(out))?),
         Op::Broadcast { axes, scale } => {
-            ops::reduce::lower_broadcast(ctx, &node.shape, axes, *scale, buf(x[0]), buf(out))?
+            one(ops::reduce::lower_broadcast(ctx, &node.shape, axes, *scale, buf(x[0]), buf(out))?)
         }
-        Op::CrossEntropy { reduction } => ops::loss::lower_forward(ctx, &rows(), *reduction, buf(out)),
-        Op::CrossEntropyGrad { reduction } => ops::loss::lower_grad(ctx, &rows(), *reduction, buf(x[2]), buf(out)),
-        Op::TopK { ks, counts } => ops::loss::lower_topk(ctx, &rows(), ks, *counts, buf(out))?,
-    }))
+        Op::Conv2d { geom, bias } => {
+            let s = ops::conv::Conv { x: img(x[0]), y: ops::Image::of(&node.shape), geom };
+            let b = if *bias { Some(buf(x[2])) } else { None };
+            ops::conv::lower_forward(ctx, &s, buf(x[0]), buf(x[1]), b, buf(out))
+        }
+        Op::Conv2dGradInput { geom } => {
+            let s = ops::conv::Conv { x: ops::Image::of(&node.shape), y: img(x[0]), geom };
+            ops::conv::lower_grad_input(ctx, &s, buf(x[0]), buf(x[1]), buf(out))
+        }
+        Op::Conv2dGradWeight { geom } => {
+            let s = ops::conv::Conv { x: img(x[1]), y: img(x[0]), geom };
+            ops::conv::lower_grad_weight(ctx, &s, buf(x[0]), buf(x[1]), buf(out))
+        }
+        Op::MaxPool2d { geom } => {
+            let s = ops::pool::Pool { x: img(x[0]), y: ops::Image::of(&node.shape), geom: Some(geom) };
+            ops::pool::lower_max(ctx, &s, buf(x[0]), buf(out))
+        }
+        Op::MaxPool2dGrad { geom } => {
+            let s = ops::pool::Pool { x: img(x[1]), y: img(x[0]), geom: Some(geom) };
+            ops::pool::lower_max_grad(ctx, &s, buf(x[0]), buf(x[1]), buf(out))
+        }
+        Op::AvgPool2d { geom } => {
+            let s = ops::pool::Pool { x: img(x[0]), y: ops::Image::of(&node.shape), geom: Some(geom) };
+            ops::pool::lower_avg(ctx, &s, buf(x[0]), buf(out))
+        }
+        Op::AdaptiveAvgPool2d => {
+            let s = ops::pool::Pool { x: img(x[0]), y: ops::Image::of(&node.shape), geom: None };
+            ops::pool::lower_avg(ctx, &s, buf(x[0]), buf(out))
+        }
+        Op::AvgPool2dGrad { geom } => {
+            let s = ops::pool::Pool { x: ops::Image::of(&node.shape), y: img(x[0]), geom: Some(geom) };
+            ops::pool::lower_avg_grad(ctx, &s, buf(x[0]), buf(out))
+        }
+        Op::AdaptiveAvgPool2dGrad => {
+            let s = ops::pool::Pool { x: ops::Image::of(&node.shape), y: img(x[0]), geom: None };
+            ops::pool::lower_avg_grad(ctx, &s, buf(x[0]), buf(out))
+        }
+        Op::NormStats { kind, eps } => ops::norm::lower_stats(ctx, img(x[0]), *kind, *eps, buf(x[0]), buf(out)),
+        Op::RunningStats { eps } => {
+            let s = shape(x[0]);
+            ops::norm::lower_running_stats(ctx, s[0], s[1], *eps, buf(x[0]), buf(x[1]), buf(out))
+        }
+        Op::NormApply { kind, affine } => {
+            let a = if *affine { Some((buf(x[2]), buf(x[3]))) } else { None };
+            ops::norm::lower_apply(ctx, img(x[0]), *kind, buf(x[0]), buf(x[1]), a, buf(out))
+        }
+        Op::NormGrad { kind, affine, fixed } => {
+            let w = if *affine { Some(buf(x[3])) } else { None };
+            ops::norm::lower_grad(ctx, img(x[1]), *kind, *fixed, buf(x[0]), buf(x[1]), buf(x[2]), w, buf(out))
+        }
+        Op::NormWeightGrad { kind } => {
+            ops::norm::lower_weight_grad(ctx, img(x[1]), *kind, buf(x[0]), buf(x[1]), buf(x[2]), buf(out))
+        }
+        Op::CrossEntropy { reduction } => one(ops::loss::lower_forward(ctx, &rows(), *reduction, buf(out))),
+        Op::CrossEntropyGrad { reduction } => one(ops::loss::lower_grad(ctx, &rows(), *reduction, buf(x[2]), buf(out))),
+        Op::TopK { ks, counts } => one(ops::loss::lower_topk(ctx, &rows(), ks, *counts, buf(out))?),
+    }
 }

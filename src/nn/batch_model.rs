@@ -1,0 +1,198 @@
+//! `BatchModel`: G independent models of one [`ModelSpec`], their weights resident on the
+//! GPU, with per-model state dicts in and out (safetensors, PyTorch names).
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::graph::{Graph, TensorId};
+use crate::io::{decode_state, encode_state, write_atomic};
+use crate::nn::build::{StateEntry, TensorKind};
+use crate::nn::spec::ModelSpec;
+use crate::plan::Plan;
+use crate::plan::Update;
+
+/// G independent models: the weights and buffers live in GPU buffers owned by a store plan;
+/// training and evaluation plans made with [`BatchModel::plan`] use those same buffers.
+pub struct BatchModel {
+    spec: ModelSpec,
+    g: usize,
+    entries: Vec<StateEntry>,
+    tensors: Vec<TensorId>,
+    store: Plan,
+}
+
+impl BatchModel {
+    /// `g` models of `spec`, model m initialised PyTorch-style from the stream `seed + m`.
+    pub fn new(gpu: &Gpu, spec: &ModelSpec, g: usize, seed: u64) -> Result<BatchModel> {
+        if g == 0 {
+            return Err(Error::Usage("a model batch needs at least one model".into()));
+        }
+        let entries = spec.state_entries()?;
+        let mut graph = Graph::new(g);
+        let tensors = entries
+            .iter()
+            .map(|e| match e.kind {
+                TensorKind::Param => graph.param(&e.name, &e.graph_shape()),
+                _ => graph.state(&e.name, &e.graph_shape()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let store = Plan::new(gpu, &graph, &[], &[])?;
+        let model = BatchModel { spec: spec.clone(), g, entries, tensors, store };
+        for m in 0..g {
+            model.load_model_values(m, &spec.init_model(seed, m)?)?;
+        }
+        Ok(model)
+    }
+
+    /// The architecture.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Number of models G.
+    pub fn models(&self) -> usize {
+        self.g
+    }
+
+    /// The state-dict entries of one model, in order.
+    pub fn entries(&self) -> &[StateEntry] {
+        &self.entries
+    }
+
+    /// Compiles `graph` (built with [`ModelSpec::build`]) so that its parameters and buffers
+    /// are this model's.
+    pub fn plan(&self, gpu: &Gpu, graph: &Graph, keep: &[TensorId], updates: &[Update]) -> Result<Plan> {
+        if graph.models() != self.g {
+            return Err(Error::Usage(format!("graph has {} models, the model batch {}", graph.models(), self.g)));
+        }
+        Plan::sharing(gpu, graph, keep, updates, &self.store)
+    }
+
+    fn load_model_values(&self, m: usize, values: &[Vec<f32>]) -> Result<()> {
+        for (t, v) in self.tensors.iter().zip(values) {
+            self.store.write_model(*t, m, v)?;
+        }
+        Ok(())
+    }
+
+    /// Model `m`'s state dict (values in [`BatchModel::entries`] order).
+    pub async fn state_dict(&self, m: usize) -> Result<Vec<Vec<f32>>> {
+        self.check_model(m)?;
+        let all = self.state_dicts_batched().await?;
+        Ok(all
+            .into_iter()
+            .zip(&self.entries)
+            .map(|(v, e)| v[m * e.numel().max(1)..(m + 1) * e.numel().max(1)].to_vec())
+            .collect())
+    }
+
+    /// Every model's state at once: per entry, `G * numel` values (model-major).
+    pub async fn state_dicts_batched(&self) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(self.tensors.len());
+        for t in &self.tensors {
+            out.push(self.store.read(*t).await?);
+        }
+        Ok(out)
+    }
+
+    /// Replaces model `m`'s state (values in entry order, each of the entry's size).
+    pub fn load_state_dict(&self, m: usize, values: &[Vec<f32>]) -> Result<()> {
+        self.check_model(m)?;
+        if values.len() != self.entries.len() {
+            return Err(Error::Usage(format!(
+                "state dict has {} tensors, the model {}",
+                values.len(),
+                self.entries.len()
+            )));
+        }
+        for (e, v) in self.entries.iter().zip(values) {
+            if v.len() != e.numel().max(1) {
+                return Err(Error::Usage(format!(
+                    "{}: {} values given, shape {:?} holds {}",
+                    e.name,
+                    v.len(),
+                    e.shape,
+                    e.numel()
+                )));
+            }
+        }
+        self.load_model_values(m, values)
+    }
+
+    fn check_model(&self, m: usize) -> Result<()> {
+        if m >= self.g {
+            return Err(Error::Usage(format!("model {m} does not exist: the batch has {} models", self.g)));
+        }
+        Ok(())
+    }
+
+    /// Model `m` as safetensors bytes (PyTorch names and dtypes).
+    pub async fn to_safetensors(&self, m: usize) -> Result<Vec<u8>> {
+        encode_state(&self.entries, &self.state_dict(m).await?, None)
+    }
+
+    /// Loads model `m` from safetensors bytes; `what` names the source in errors.
+    pub fn load_safetensors(&self, m: usize, bytes: &[u8], what: &str) -> Result<()> {
+        self.check_model(m)?;
+        let values = decode_state(bytes, what, &self.entries, None)?;
+        self.load_model_values(m, &values)
+    }
+
+    /// All models in one safetensors file with a leading G dimension.
+    pub async fn to_safetensors_batched(&self) -> Result<Vec<u8>> {
+        encode_state(&self.entries, &self.state_dicts_batched().await?, Some(self.g))
+    }
+
+    /// Loads all models from one batched safetensors file.
+    pub fn load_safetensors_batched(&self, bytes: &[u8], what: &str) -> Result<()> {
+        let values = decode_state(bytes, what, &self.entries, Some(self.g))?;
+        for (t, v) in self.tensors.iter().zip(values) {
+            self.store.write(*t, &v)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `dir/model-{m}.safetensors` for every model (each written atomically).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save_dir(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Io(format!("{}: cannot create directory: {e}", dir.display())))?;
+        let all = pollster::block_on(self.state_dicts_batched())?;
+        for m in 0..self.g {
+            let values: Vec<Vec<f32>> = all
+                .iter()
+                .zip(&self.entries)
+                .map(|(v, e)| v[m * e.numel().max(1)..(m + 1) * e.numel().max(1)].to_vec())
+                .collect();
+            write_atomic(&dir.join(format!("model-{m}.safetensors")), &encode_state(&self.entries, &values, None)?)?;
+        }
+        Ok(())
+    }
+
+    /// Loads `dir/model-{m}.safetensors` for every model; checks the files first, so on any
+    /// error nothing is loaded.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_dir(&self, dir: &Path) -> Result<()> {
+        let mut all = Vec::with_capacity(self.g);
+        for m in 0..self.g {
+            let path = dir.join(format!("model-{m}.safetensors"));
+            let bytes = std::fs::read(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+            all.push(decode_state(&bytes, &path.display().to_string(), &self.entries, None)?);
+        }
+        let extra = dir.join(format!("model-{}.safetensors", self.g));
+        if extra.exists() {
+            return Err(Error::Io(format!(
+                "{}: found {} but the batch has {} models (model-0 … model-{})",
+                dir.display(),
+                extra.display(),
+                self.g,
+                self.g - 1
+            )));
+        }
+        for (m, values) in all.iter().enumerate() {
+            self.load_model_values(m, values)?;
+        }
+        Ok(())
+    }
+}
