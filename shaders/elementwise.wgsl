@@ -1,4 +1,4 @@
-// Elementwise ops over flat tensors. The grid is 2-D when one dimension would pass the
+// Elementwise binary ops over flat tensors (activations live in activation.wgsl). The grid is 2-D when one dimension would pass the
 // 65,535-workgroup limit: the flat index is x + y * (workgroups in x * WG).
 
 struct Params {
@@ -14,24 +14,6 @@ override WG: u32 = 256u;
 
 fn flat(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG;
-}
-
-// out = max(x, 0)
-@compute @workgroup_size(WG)
-fn relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat(gid, nwg);
-    if (i < p.n) {
-        out[i] = max(x[i], 0.0);
-    }
-}
-
-// out = x where y > 0 else 0   (x: upstream gradient, y: relu output)
-@compute @workgroup_size(WG)
-fn relu_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat(gid, nwg);
-    if (i < p.n) {
-        out[i] = select(0.0, x[i], y[i] > 0.0);
-    }
 }
 
 // out = x + y

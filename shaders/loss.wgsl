@@ -117,6 +117,11 @@ fn ce_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
 // logits beat its label's logit (NaN logits beat everything; a NaN label logit never wins).
 var<workgroup> hits: array<u32, WG>;
 
+// NaN test on the bits: comparisons with NaN may be folded by drivers that assume no NaNs.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
 @compute @workgroup_size(WG)
 fn topk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -126,13 +131,16 @@ fn topk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         for (var i = lid.x; i < p.n; i += WG) {
             let row = g * p.n + i;
             let label = labels[row];
+            // rank = p.c is never below any k (k <= C): an out-of-range label or a NaN label
+            // logit is never correct, not even for k = C.
             var rank = p.c;
-            if (label < p.c) {
+            if (label < p.c && !is_nan(logits[row * p.c + label])) {
                 let base = row * p.c;
                 let xl = logits[base + label];
                 rank = 0u;
                 for (var j = 0u; j < p.c; j++) {
-                    if (j != label && !(logits[base + j] <= xl)) {
+                    let v = logits[base + j];
+                    if (j != label && (is_nan(v) || v > xl)) {
                         rank += 1u;
                     }
                 }

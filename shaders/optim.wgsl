@@ -51,3 +51,44 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     }
     param[i] -= h.lr * d;
 }
+
+// Adam / AdamW hyper-parameter row: PyTorch's torch.optim.Adam and AdamW, one row per model.
+// The host writes the bias corrections of the model's current step t each step.
+struct AdamHyper {
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    decoupled: f32,  // 1.0: AdamW (decay the weights), 0.0: Adam (L2 added to the gradient)
+    bc1: f32,        // 1 - beta1^t
+    bc2_sqrt: f32,   // sqrt(1 - beta2^t)
+}
+
+@group(0) @binding(3) var<storage, read_write> exp_avg: array<f32>;
+@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<f32>;
+@group(0) @binding(5) var<storage, read> adam_hyper: array<AdamHyper>;
+
+@compute @workgroup_size(WG)
+fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.numel) {
+        return;
+    }
+    let h = adam_hyper[i / p.per_model];
+    var w = param[i];
+    var d = grad[i];
+    if (h.weight_decay != 0.0) {
+        if (h.decoupled != 0.0) {
+            w *= 1.0 - h.lr * h.weight_decay;
+        } else {
+            d += h.weight_decay * w;
+        }
+    }
+    let m = h.beta1 * exp_avg[i] + (1.0 - h.beta1) * d;
+    let v = h.beta2 * exp_avg_sq[i] + (1.0 - h.beta2) * d * d;
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    let denom = sqrt(v) / h.bc2_sqrt + h.eps;
+    param[i] = w - (h.lr / h.bc1) * (m / denom);
+}

@@ -1,4 +1,4 @@
-//! Elementwise kernels (`shaders/elementwise.wgsl`): relu, its gradient, add.
+//! Elementwise binary kernels (`shaders/elementwise.wgsl`): add.
 
 use super::{grid_1d, Dispatch, Lower, ELEMENTWISE};
 use crate::gpu::Binding;

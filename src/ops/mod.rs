@@ -1,10 +1,14 @@
 //! Op families: each file owns the bind layout and dispatch geometry of its kernels in
 //! `shaders/<family>.wgsl` and lowers graph nodes to dispatches.
 
+pub(crate) mod activation;
+pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod linear;
 pub(crate) mod loss;
+pub(crate) mod norm;
 pub(crate) mod optim;
+pub(crate) mod pool;
 pub(crate) mod reduce;
 
 use std::sync::Arc;
@@ -38,9 +42,37 @@ pub const REDUCE: Shader = shader!("reduce");
 pub const LOSS: Shader = shader!("loss");
 /// Optimizer update kernels.
 pub const OPTIM: Shader = shader!("optim");
+/// Activation functions, softmax, dropout.
+pub const ACTIVATION: Shader = shader!("activation");
+/// Convolution kernels (implicit GEMM).
+pub const CONV: Shader = shader!("conv");
+/// Pooling kernels.
+pub const POOL: Shader = shader!("pool");
+/// Normalisation kernels.
+pub const NORM: Shader = shader!("norm");
 
 /// Every shader of the crate (validated offline by the test suite).
-pub const ALL_SHADERS: &[Shader] = &[LINEAR, ELEMENTWISE, REDUCE, LOSS, OPTIM];
+pub const ALL_SHADERS: &[Shader] = &[LINEAR, ELEMENTWISE, REDUCE, LOSS, OPTIM, ACTIVATION, CONV, POOL, NORM];
+
+/// Dimensions of a batched image tensor `[G, N, C, H, W]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Image {
+    pub g: usize,
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Image {
+    pub fn of(shape: &[usize]) -> Image {
+        Image { g: shape[0], n: shape[1], c: shape[2], h: shape[3], w: shape[4] }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.g * self.n * self.c * self.h * self.w
+    }
+}
 
 /// One recorded compute dispatch: everything is created at plan compile time.
 pub(crate) struct Dispatch {

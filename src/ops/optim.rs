@@ -7,6 +7,8 @@ const WG: u32 = 256;
 
 /// Floats per model in an SGD hyper-parameter row (`SgdHyper` in the shader).
 pub const SGD_HYPER_WIDTH: usize = 8;
+/// Floats per model in an Adam hyper-parameter row (`AdamHyper` in the shader).
+pub const ADAM_HYPER_WIDTH: usize = 8;
 
 /// One SGD update of a `[G, per_model]` parameter.
 pub(crate) fn lower_sgd(
@@ -25,4 +27,31 @@ pub(crate) fn lower_sgd(
         &[("WG", WG as f64)],
     );
     ctx.dispatch(kernel, "sgd", &[numel as u32, per_model as u32], &[param, grad, momentum, hyper], grid_1d(numel, WG))
+}
+
+/// One Adam/AdamW update of a `[G, per_model]` parameter.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn lower_adam(
+    ctx: &Lower,
+    numel: usize,
+    per_model: usize,
+    param: &wgpu::Buffer,
+    grad: &wgpu::Buffer,
+    exp_avg: &wgpu::Buffer,
+    exp_avg_sq: &wgpu::Buffer,
+    hyper: &wgpu::Buffer,
+) -> Dispatch {
+    let kernel = ctx.kernel(
+        &OPTIM,
+        "adam",
+        &[Binding::ReadWrite, Binding::Read, Binding::ReadWrite, Binding::ReadWrite, Binding::Read],
+        &[("WG", WG as f64)],
+    );
+    ctx.dispatch(
+        kernel,
+        "adam",
+        &[numel as u32, per_model as u32],
+        &[param, grad, exp_avg, exp_avg_sq, hyper],
+        grid_1d(numel, WG),
+    )
 }

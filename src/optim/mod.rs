@@ -1,7 +1,9 @@
 //! Optimizers whose every hyper-parameter is per model (a length-G vector).
 
+mod adam;
 mod sgd;
 
+pub use adam::{Adam, AdamState};
 pub use sgd::{Sgd, SgdState};
 
 use crate::error::{Error, Result};

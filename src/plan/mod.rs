@@ -29,6 +29,21 @@ pub enum Update {
         /// Hyper-parameter rows.
         hyper: TensorId,
     },
+    /// PyTorch Adam/AdamW on `param` from `grad` with moment buffers `exp_avg` and
+    /// `exp_avg_sq` (state tensors shaped like `param`) and per-model rows `hyper`
+    /// (`[G, 8]`, see [`crate::optim::Adam`]).
+    Adam {
+        /// Parameter updated in place.
+        param: TensorId,
+        /// Its gradient.
+        grad: TensorId,
+        /// First moment.
+        exp_avg: TensorId,
+        /// Second moment.
+        exp_avg_sq: TensorId,
+        /// Hyper-parameter rows.
+        hyper: TensorId,
+    },
     /// BatchNorm2d's running estimates, updated from the batch statistics `stats` (a
     /// `norm_stats` node with batch kind) as PyTorch does in training mode: `mean` and `var`
     /// are `[G, C]` state, `count` is `[G, 1]` state (batches tracked).
@@ -51,6 +66,7 @@ impl Update {
         match self {
             Update::Sgd { param, grad, momentum, hyper } => vec![*param, *grad, *momentum, *hyper],
             Update::BatchNormRunning { stats, mean, var, count, .. } => vec![*stats, *mean, *var, *count],
+            Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper } => vec![*param, *grad, *exp_avg, *exp_avg_sq, *hyper],
         }
     }
 }
@@ -233,6 +249,20 @@ impl Plan {
                         buf(param),
                         buf(grad),
                         buf(momentum),
+                        buf(hyper),
+                    ));
+                }
+                Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper } => {
+                    let shape = graph.shape(param);
+                    let numel: usize = shape.iter().product();
+                    dispatches.push(ops::optim::lower_adam(
+                        &ctx,
+                        numel,
+                        numel / shape[0],
+                        buf(param),
+                        buf(grad),
+                        buf(exp_avg),
+                        buf(exp_avg_sq),
                         buf(hyper),
                     ));
                 }
@@ -528,6 +558,21 @@ fn check_updates(graph: &Graph, updates: &[Update]) -> Result<()> {
                         "sgd update: hyper-parameters must be [G, {}], got {:?}",
                         ops::optim::SGD_HYPER_WIDTH,
                         hs
+                    )));
+                }
+            }
+            Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper } => {
+                let ps = graph.shape(param);
+                let ok = matches!(graph.node(param).op, Op::Param { .. })
+                    && [exp_avg, exp_avg_sq].iter().all(|t| matches!(graph.node(*t).op, Op::State { .. }))
+                    && graph.shape(grad) == ps
+                    && graph.shape(exp_avg) == ps
+                    && graph.shape(exp_avg_sq) == ps
+                    && graph.shape(hyper) == [ps[0], ops::optim::ADAM_HYPER_WIDTH];
+                if !ok {
+                    return Err(Error::Usage(format!(
+                        "adam update: parameter {ps:?} needs a gradient and two state moments of its shape and [G, {}] rows",
+                        ops::optim::ADAM_HYPER_WIDTH
                     )));
                 }
             }
