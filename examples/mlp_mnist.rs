@@ -1,5 +1,6 @@
 //! Trains G batched MLPs (784-128-10) on the embedded MNIST, one learning rate per model
-//! (a log-spaced sweep), and prints per-model loss and test accuracy.
+//! (a log-spaced sweep), and prints per-model loss and test accuracy. The lower-level
+//! companion of `modelbatch train` (which trains LeNets by default).
 //!
 //! ```text
 //! cargo run --release --example mlp_mnist -- [--models 16] [--epochs 1] [--batch-size 64]
@@ -9,12 +10,13 @@
 use std::time::Instant;
 
 use modelbatch::data::Mnist;
-use modelbatch::train::{MlpClassifier, Normalize, Shuffler};
+use modelbatch::nn::{BatchModel, ModelSpec};
+use modelbatch::train::{Dataset, Optimizer, TrainConfig, Trainer};
 use modelbatch::{Gpu, PerModel, Sgd};
 
 struct Args {
     models: usize,
-    epochs: usize,
+    epochs: u64,
     batch: usize,
     lr_min: f32,
     lr_max: f32,
@@ -68,40 +70,38 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let gpu = Gpu::new_blocking()?;
     let r = gpu.report();
     println!("adapter: {} ({}, {})", r.name, r.backend, r.device_type);
-    let data = Mnist::load(Mnist::default_dir())?;
+    let mnist = Mnist::load(Mnist::default_dir())?;
+    let (train, test) = (Dataset::from_mnist(&mnist.train, "train"), Dataset::from_mnist(&mnist.test, "test"));
+    let model = BatchModel::new(&gpu, &ModelSpec::mlp(&[784, 128, 10]), g, args.seed)?;
     let lrs = PerModel::log_space(args.lr_min, args.lr_max, g);
-    let sgd = Sgd::new(lrs.clone()).momentum(args.momentum);
-    let mut clf = MlpClassifier::new(&gpu, g, &[784, 128, 10], n, 500, &sgd, args.seed)?;
-    let norm = Normalize::default();
+    let optimizer = Optimizer::Sgd(Sgd::new(lrs.clone()).momentum(args.momentum));
+    let config = TrainConfig { batch_size: n, seed: args.seed, metrics_every: 100, ..TrainConfig::default() };
+    let mut trainer = Trainer::new(&gpu, &model, &train, optimizer, config)?;
 
-    let steps_per_epoch = data.train.n / n;
-    let total = steps_per_epoch * args.epochs;
+    let total = trainer.steps_per_epoch() * args.epochs;
     println!(
         "training {g} MLPs 784-128-10: SGD momentum {}, lr log-spaced {}..{}, batch {n} per model, {total} steps",
         args.momentum, args.lr_min, args.lr_max
     );
-    let mut shuffler = Shuffler::new(g, data.train.n, args.seed);
     let start = Instant::now();
     let mut last_loss = vec![f32::NAN; g];
-    for step in 0..total {
-        let s = step % steps_per_epoch;
-        if s == 0 {
-            shuffler.shuffle(step / steps_per_epoch);
-        }
-        clf.step(&data.train, &shuffler.batches(s, n), norm)?;
-        if (step + 1) % 100 == 0 || step + 1 == total {
-            last_loss = pollster::block_on(clf.last_loss())?;
-            let mean = last_loss.iter().sum::<f32>() / g as f32;
-            let secs = start.elapsed().as_secs_f64();
-            let rate = ((step + 1) * g * n) as f64 / secs;
-            let eta = (total - step - 1) as f64 * secs / (step + 1) as f64;
-            println!("step {:>5}/{total}  mean loss {mean:.4}  {rate:.0} samples/s  ETA {eta:.0} s", step + 1);
-        }
-    }
+    let mut report = |m: &[modelbatch::train::StepMetrics]| {
+        let last = m.last().expect("metrics arrive in non-empty batches");
+        last_loss.clone_from(&last.loss);
+        let done = last.step + 1;
+        let secs = start.elapsed().as_secs_f64();
+        let mean = last.loss.iter().sum::<f32>() / g as f32;
+        let eta = (total - done) as f64 * secs / done as f64;
+        println!(
+            "step {done:>5}/{total}  mean loss {mean:.4}  {:.0} samples/s  ETA {eta:.0} s",
+            (done as usize * g * n) as f64 / secs
+        );
+    };
+    trainer.train(total, &mut report)?;
+    trainer.finish(&mut report)?;
     let secs = start.elapsed().as_secs_f64();
-    let ev = pollster::block_on(clf.evaluate(&data.test, norm))?;
+    let ev = pollster::block_on(trainer.evaluate(&test))?;
     let lr = lrs.values(g, "lr")?;
-    let pct = |c: u64| 100.0 * c as f64 / ev.samples as f64;
     println!("\n model        lr  last loss  test loss   top-1    top-5");
     for m in 0..g {
         println!(
@@ -109,17 +109,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             lr[m],
             last_loss[m],
             ev.loss[m],
-            pct(ev.top1[m]),
-            pct(ev.top5[m])
+            100.0 * ev.top1_frac(m),
+            100.0 * ev.top5_frac(m)
         );
     }
-    let worst = ev.top1.iter().copied().min().unwrap_or(0);
-    let best = ev.top1.iter().copied().max().unwrap_or(0);
+    let worst = (0..g).map(|m| ev.top1_frac(m)).fold(1.0, f64::min);
+    let best = (0..g).map(|m| ev.top1_frac(m)).fold(0.0, f64::max);
     println!(
         "\n{g} models, {total} steps in {secs:.1} s ({:.0} samples/s); test top-1 from {:.2}% to {:.2}% on {} images",
-        (total * g * n) as f64 / secs,
-        pct(worst),
-        pct(best),
+        (total as usize * g * n) as f64 / secs,
+        100.0 * worst,
+        100.0 * best,
         ev.samples
     );
     Ok(())

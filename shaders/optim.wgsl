@@ -1,5 +1,7 @@
 // Optimizer updates, in place, one invocation per parameter element. Hyper-parameters are
 // per model: row g of `hyper` holds model g's values, so no model's setting touches another.
+// `dead[g] != 0` freezes model g: its parameters and optimizer state are left untouched
+// (set by the `guard` kernel when model g's loss stops being finite).
 
 struct Params {
     numel: u32,     // elements of the parameter tensor, all models
@@ -23,6 +25,7 @@ struct SgdHyper {
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
 @group(0) @binding(3) var<storage, read_write> buf: array<f32>;
 @group(0) @binding(4) var<storage, read> hyper: array<SgdHyper>;
+@group(0) @binding(5) var<storage, read> dead: array<f32>;
 
 override WG: u32 = 256u;
 
@@ -30,6 +33,9 @@ override WG: u32 = 256u;
 fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * WG;
     if (i >= p.numel) {
+        return;
+    }
+    if (dead[i / p.per_model] != 0.0) {
         return;
     }
     let h = hyper[i / p.per_model];
@@ -68,11 +74,15 @@ struct AdamHyper {
 @group(0) @binding(3) var<storage, read_write> exp_avg: array<f32>;
 @group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<f32>;
 @group(0) @binding(5) var<storage, read> adam_hyper: array<AdamHyper>;
+@group(0) @binding(6) var<storage, read> adam_dead: array<f32>;
 
 @compute @workgroup_size(WG)
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * WG;
     if (i >= p.numel) {
+        return;
+    }
+    if (adam_dead[i / p.per_model] != 0.0) {
         return;
     }
     let h = adam_hyper[i / p.per_model];
@@ -91,4 +101,20 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     exp_avg_sq[i] = v;
     let denom = sqrt(v) / h.bc2_sqrt + h.eps;
     param[i] = w - (h.lr / h.bc1) * (m / denom);
+}
+
+// dead[g] = 1 once model g's loss is NaN or infinite; it never comes back to life.
+@group(0) @binding(1) var<storage, read> guard_loss: array<f32>;
+@group(0) @binding(2) var<storage, read_write> guard_dead: array<f32>;
+
+@compute @workgroup_size(WG)
+fn guard(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = gid.x + gid.y * nwg.x * WG;
+    if (g >= p.numel) {
+        return;
+    }
+    let bits = bitcast<u32>(guard_loss[g]);
+    if ((bits & 0x7f800000u) == 0x7f800000u) {
+        guard_dead[g] = 1.0;
+    }
 }

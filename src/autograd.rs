@@ -49,7 +49,8 @@ pub fn grad(
         let x = &node.inputs;
         let mut contributions: Vec<(TensorId, TensorId)> = Vec::new();
         match &node.op {
-            Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Fill { .. } => {}
+            Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Fill { .. } | Op::Data { .. } => {}
+            Op::GatherImages { .. } | Op::GatherLabels => {}
             Op::MatMul { trans_a, trans_b, bias } => {
                 let (a, b, ta, tb) = (x[0], x[1], *trans_a, *trans_b);
                 if graph.node(a).requires_grad {

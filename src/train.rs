@@ -1,18 +1,95 @@
-//! A batched classifier trainer on host-side data (the GPU-resident Trainer of the roadmap
-//! builds on it): one compiled training plan (forward, per-model mean cross-entropy,
-//! backward, SGD) and one evaluation plan sharing its parameter buffers.
+//! `Trainer`: the dataset lives on the GPU as bytes; each step gathers and normalises its
+//! images in a kernel from an index buffer, runs forward, loss, backward and the optimizer
+//! in one submit, and logs loss and accuracy on the GPU. Metrics come back every K steps
+//! through an asynchronous readback that never stalls the queue. A model whose loss turns
+//! NaN or infinite is frozen on the GPU in that very step and reported.
+
+mod checkpoint;
+mod schedule;
+
+use std::collections::VecDeque;
 
 use crate::autograd;
 use crate::data::MnistSplit;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::graph::{DType, Graph, Reduction, TensorId};
-use crate::nn::{Mlp, Rng};
-use crate::optim::{Sgd, SgdState};
-use crate::plan::Plan;
+use crate::nn::{BatchModel, Mode, Rng};
+use crate::optim::{Adam, AdamState, Sgd, SgdState};
+use crate::plan::{Plan, Readback, Update};
 
-/// Normalisation applied to pixels: `(p / 255 - mean) / std` (MNIST's usual values).
-#[derive(Clone, Copy, Debug)]
+pub use schedule::Schedule;
+
+/// A labelled dataset of byte images (MNIST-like), uploaded to the GPU by the trainer.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// `n` images of `sample` shape, bytes, image after image.
+    pub images: Vec<u8>,
+    /// One label per image.
+    pub labels: Vec<u8>,
+    /// Number of samples.
+    pub n: usize,
+    /// Per-sample shape, e.g. `[1, 28, 28]`.
+    pub sample: Vec<usize>,
+    /// Number of classes (labels are below it).
+    pub classes: usize,
+    /// Name used in errors.
+    pub name: String,
+}
+
+impl Dataset {
+    /// An MNIST split as a 10-class dataset of `[1, rows, cols]` images.
+    pub fn from_mnist(split: &MnistSplit, name: &str) -> Dataset {
+        Dataset {
+            images: split.images.clone(),
+            labels: split.labels.clone(),
+            n: split.n,
+            sample: vec![1, split.rows, split.cols],
+            classes: 10,
+            name: name.to_string(),
+        }
+    }
+
+    /// The first `n` samples.
+    pub fn head(&self, n: usize) -> Dataset {
+        let n = n.min(self.n);
+        let px: usize = self.sample.iter().product();
+        Dataset {
+            images: self.images[..n * px].to_vec(),
+            labels: self.labels[..n].to_vec(),
+            n,
+            sample: self.sample.clone(),
+            classes: self.classes,
+            name: self.name.clone(),
+        }
+    }
+
+    fn check(&self, model: &BatchModel) -> Result<()> {
+        let px: usize = self.sample.iter().product();
+        let want: usize = model.spec().input.iter().product();
+        if px != want || self.images.len() != self.n * px || self.labels.len() != self.n || self.n == 0 {
+            return Err(Error::Usage(format!(
+                "dataset {}: {} samples of shape {:?} ({} image bytes, {} labels) do not fit a model with input {:?}",
+                self.name,
+                self.n,
+                self.sample,
+                self.images.len(),
+                self.labels.len(),
+                model.spec().input
+            )));
+        }
+        if let Some((i, &l)) = self.labels.iter().enumerate().find(|(_, &l)| l as usize >= self.classes) {
+            return Err(Error::Usage(format!(
+                "dataset {}: label {l} at index {i} is >= {} classes",
+                self.name, self.classes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Normalisation applied to pixels: `(p / 255 - mean) / std`.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Normalize {
     /// Mean subtracted after scaling to [0, 1].
     pub mean: f32,
@@ -26,14 +103,106 @@ impl Default for Normalize {
     }
 }
 
-impl Normalize {
-    /// Appends images `idx` of `split`, normalised, to `x`, and their labels to `y`.
-    pub fn gather(&self, split: &MnistSplit, idx: impl IntoIterator<Item = usize>, x: &mut Vec<f32>, y: &mut Vec<u32>) {
-        for i in idx {
-            x.extend(split.image(i).iter().map(|&p| (p as f32 / 255.0 - self.mean) / self.std));
-            y.push(split.labels[i] as u32);
+/// Which samples each step uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Each model shuffles each epoch with its own stream (seed + model index).
+    PerModel,
+    /// Every model uses one shuffled order per epoch (stream `seed`).
+    Shared,
+    /// Step s uses samples `[s*N, (s+1)*N)` modulo the set size, in file order, for every model.
+    Sequential,
+}
+
+/// The optimizer and its per-model hyper-parameters.
+#[derive(Clone, Debug)]
+pub enum Optimizer {
+    /// SGD (momentum, dampening, Nesterov, weight decay).
+    Sgd(Sgd),
+    /// Adam or AdamW.
+    Adam(Adam),
+}
+
+enum OptState {
+    Sgd(SgdState),
+    Adam(AdamState),
+}
+
+impl OptState {
+    fn updates(&self) -> &[Update] {
+        match self {
+            OptState::Sgd(s) => s.updates(),
+            OptState::Adam(s) => s.updates(),
         }
     }
+    fn dead(&self) -> TensorId {
+        match self {
+            OptState::Sgd(s) => s.dead(),
+            OptState::Adam(s) => s.dead(),
+        }
+    }
+    fn upload(&self, plan: &Plan) -> Result<()> {
+        match self {
+            OptState::Sgd(s) => s.upload(plan),
+            OptState::Adam(s) => s.upload(plan),
+        }
+    }
+    fn after_step(&mut self, plan: &Plan) -> Result<()> {
+        match self {
+            OptState::Sgd(s) => s.after_step(plan),
+            OptState::Adam(s) => s.after_step(plan),
+        }
+    }
+    fn set_lr(&mut self, g: usize, lr: f32) {
+        match self {
+            OptState::Sgd(s) => s.set_lr(g, lr),
+            OptState::Adam(s) => s.set_lr(g, lr),
+        }
+    }
+}
+
+/// How the trainer runs.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// Images per model per step.
+    pub batch_size: usize,
+    /// Images per model per evaluation pass.
+    pub eval_batch: usize,
+    /// Sample order.
+    pub order: Order,
+    /// Seed of the shuffles and dropout streams.
+    pub seed: u64,
+    /// Pixel normalisation.
+    pub normalize: Normalize,
+    /// Metrics are read back every this many steps.
+    pub metrics_every: usize,
+    /// Learning-rate schedule per model (one entry: all models).
+    pub schedules: Vec<Schedule>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 64,
+            eval_batch: 500,
+            order: Order::PerModel,
+            seed: 0,
+            normalize: Normalize::default(),
+            metrics_every: 50,
+            schedules: vec![Schedule::Constant],
+        }
+    }
+}
+
+/// Metrics of one training step, per model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepMetrics {
+    /// Step number (0-based).
+    pub step: u64,
+    /// Mean cross-entropy of the step's batch before its update, per model.
+    pub loss: Vec<f32>,
+    /// Correct top-1 predictions in the step's batch, per model.
+    pub correct: Vec<u32>,
 }
 
 /// Per-model results of an evaluation.
@@ -49,187 +218,373 @@ pub struct Evaluation {
     pub loss: Vec<f64>,
 }
 
-/// G batched MLP classifiers trained with SGD.
-pub struct MlpClassifier {
-    g: usize,
-    batch: usize,
-    eval_batch: usize,
-    features: usize,
-    mlp: Mlp,
-    train: Plan,
-    eval: Plan,
-    x: TensorId,
-    y: TensorId,
-    loss: TensorId,
-    ex: TensorId,
-    ey: TensorId,
-    eloss: TensorId,
-    etop: TensorId,
-    sgd: SgdState,
-    xs: Vec<f32>,
-    ys: Vec<u32>,
+impl Evaluation {
+    /// Top-1 accuracy of model m.
+    pub fn top1_frac(&self, m: usize) -> f64 {
+        self.top1[m] as f64 / self.samples as f64
+    }
+
+    /// Top-5 accuracy of model m.
+    pub fn top5_frac(&self, m: usize) -> f64 {
+        self.top5[m] as f64 / self.samples as f64
+    }
 }
 
-impl MlpClassifier {
-    /// Compiles training (`batch` samples per model per step) and evaluation (`eval_batch`
-    /// per run) plans for `g` MLPs of layer `sizes`, initialised from `seed` (model g from
-    /// `seed + g`).
+/// Trains a [`BatchModel`] on a [`Dataset`] resident on the GPU.
+pub struct Trainer<'a> {
+    gpu: &'a Gpu,
+    model: &'a BatchModel,
+    config: TrainConfig,
+    plan: Plan,
+    indices: TensorId,
+    loss: TensorId,
+    correct: TensorId,
+    dropout_seeds: Vec<TensorId>,
+    opt: OptState,
+    base_lr: Vec<f32>,
+    n: usize,
+    step: u64,
+    order: Vec<Vec<u32>>,
+    order_epoch: Option<u64>,
+    log: wgpu::Buffer,
+    log_rows: usize,
+    readbacks: [Readback; 2],
+    next_readback: usize,
+    /// Readbacks in flight, oldest first: (step after the last logged step, rows, slot).
+    pending: VecDeque<(u64, usize, usize)>,
+    flushed: u64,
+    metrics: Vec<StepMetrics>,
+    dead: Vec<bool>,
+    newly_dead: Vec<usize>,
+    idx_host: Vec<u32>,
+}
+
+fn lr_of(o: &Optimizer, g: usize) -> Result<Vec<f32>> {
+    Ok(match o {
+        Optimizer::Sgd(s) => s.rows(g)?.iter().map(|r| r[0]).collect(),
+        Optimizer::Adam(a) => a.rows(g)?.iter().map(|r| r[0]).collect(),
+    })
+}
+
+impl<'a> Trainer<'a> {
+    /// Compiles the training step of `model` on `data` with `optimizer`: the dataset is
+    /// uploaded once; nothing is allocated afterwards.
     pub fn new(
-        gpu: &Gpu,
-        g: usize,
-        sizes: &[usize],
-        batch: usize,
-        eval_batch: usize,
-        sgd: &Sgd,
-        seed: u64,
+        gpu: &'a Gpu,
+        model: &'a BatchModel,
+        data: &Dataset,
+        optimizer: Optimizer,
+        config: TrainConfig,
     ) -> Result<Self> {
-        let features = sizes[0];
+        data.check(model)?;
+        let g = model.models();
+        let nb = config.batch_size;
+        if nb == 0 || config.eval_batch == 0 || config.metrics_every == 0 {
+            return Err(Error::Usage("batch size, evaluation batch and metrics interval must be at least 1".into()));
+        }
+        if config.schedules.len() != 1 && config.schedules.len() != g {
+            return Err(Error::Usage(format!(
+                "{} schedules given for {g} models (give 1 or {g})",
+                config.schedules.len()
+            )));
+        }
+        let spec = model.spec();
         let mut graph = Graph::new(g);
-        let x = graph.input("x", &[batch, features], DType::F32)?;
-        let y = graph.input("y", &[batch], DType::U32)?;
-        let (mlp, logits) = Mlp::build(&mut graph, sizes, x)?;
-        let loss = graph.cross_entropy(logits, y, Reduction::Mean)?;
-        let params: Vec<TensorId> = mlp.params().iter().map(|(_, t)| *t).collect();
+        let images = graph.dataset("train.images", data.images.len())?;
+        let labels = graph.dataset("train.labels", data.labels.len())?;
+        let indices = graph.input("indices", &[nb], DType::U32)?;
+        let x = graph.gather_images(images, indices, &spec.input, config.normalize.mean, config.normalize.std)?;
+        let y = graph.gather_labels(labels, indices)?;
+        let built = spec.build(&mut graph, x, Mode::Train)?;
+        let loss = graph.cross_entropy(built.output, y, Reduction::Mean)?;
+        let correct = graph.topk_accuracy(built.output, y, &[1], true)?;
+        let params = built.params();
         let grads = autograd::grad(&mut graph, loss, None, &params)?;
         let pairs: Vec<(TensorId, TensorId)> = params
             .iter()
             .zip(grads)
-            .map(|(&p, d)| d.map(|d| (p, d)).ok_or_else(|| Error::Usage("a parameter has no gradient".into())))
+            .map(|(&p, d)| d.map(|d| (p, d)).ok_or_else(|| Error::Usage("a parameter does not affect the loss".into())))
             .collect::<Result<_>>()?;
-        let sgd = sgd.attach(&mut graph, &pairs)?;
-        let train = Plan::new(gpu, &graph, &[loss], sgd.updates())?;
-        mlp.init(&train, seed)?;
-        sgd.upload(&train)?;
-
-        let mut eg = Graph::new(g);
-        let ex = eg.input("x", &[eval_batch, features], DType::F32)?;
-        let ey = eg.input("y", &[eval_batch], DType::U32)?;
-        let (_, elogits) = Mlp::build(&mut eg, sizes, ex)?;
-        let eloss = eg.cross_entropy(elogits, ey, Reduction::Sum)?;
-        let etop = eg.topk_accuracy(elogits, ey, &[1, 5], true)?;
-        let eval = Plan::sharing(gpu, &eg, &[eloss, etop], &[], &train)?;
-        Ok(MlpClassifier {
-            g,
-            batch,
-            eval_batch,
-            features,
-            mlp,
-            train,
-            eval,
-            x,
-            y,
+        let opt = match &optimizer {
+            Optimizer::Sgd(s) => OptState::Sgd(s.attach(&mut graph, &pairs)?),
+            Optimizer::Adam(a) => OptState::Adam(a.attach(&mut graph, &pairs)?),
+        };
+        // Freeze diverged models before anything updates them.
+        let mut updates = vec![Update::Guard { loss, dead: opt.dead() }];
+        updates.extend(opt.updates().iter().cloned());
+        updates.extend(built.updates.iter().cloned());
+        let plan = model.plan(gpu, &graph, &[loss, correct], &updates)?;
+        plan.write_bytes(images, &data.images)?;
+        plan.write_bytes(labels, &data.labels)?;
+        opt.upload(&plan)?;
+        let log_rows = config.metrics_every;
+        let log_bytes = (2 * log_rows * g * 4) as u64;
+        let log = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("modelbatch metrics log"),
+            size: log_bytes,
+            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readbacks =
+            [Readback::new(&gpu.device, &gpu.queue, log_bytes), Readback::new(&gpu.device, &gpu.queue, log_bytes)];
+        let base_lr = lr_of(&optimizer, g)?;
+        let mut t = Trainer {
+            gpu,
+            model,
+            config,
+            plan,
+            indices,
             loss,
-            ex,
-            ey,
-            eloss,
-            etop,
-            sgd,
-            xs: Vec::with_capacity(g * batch * features),
-            ys: Vec::with_capacity(g * batch),
-        })
+            correct,
+            dropout_seeds: built.dropout_seeds,
+            opt,
+            base_lr,
+            n: data.n,
+            step: 0,
+            order: Vec::new(),
+            order_epoch: None,
+            log,
+            log_rows,
+            readbacks,
+            next_readback: 0,
+            pending: VecDeque::new(),
+            flushed: 0,
+            metrics: Vec::new(),
+            dead: vec![false; g],
+            newly_dead: Vec::new(),
+            idx_host: vec![0; g * nb],
+        };
+        t.apply_schedule()?;
+        Ok(t)
     }
 
-    /// The MLP description (parameter names and tensors).
-    pub fn mlp(&self) -> &Mlp {
-        &self.mlp
+    /// Steps taken so far.
+    pub fn step(&self) -> u64 {
+        self.step
     }
 
-    /// The training plan (to read or write parameters).
-    pub fn plan(&self) -> &Plan {
-        &self.train
+    /// Steps in one epoch (full batches).
+    pub fn steps_per_epoch(&self) -> u64 {
+        (self.n / self.config.batch_size).max(1) as u64
     }
 
-    /// One SGD step; model g trains on `split` images `batches[g]` (`batch` indices each).
-    pub fn step(&mut self, split: &MnistSplit, batches: &[&[usize]], norm: Normalize) -> Result<()> {
-        if batches.len() != self.g || batches.iter().any(|b| b.len() != self.batch) {
-            return Err(Error::Usage(format!("step: need {} index lists of {} samples", self.g, self.batch)));
+    /// Models frozen because their loss diverged.
+    pub fn dead(&self) -> &[bool] {
+        &self.dead
+    }
+
+    /// The optimizer's base (unscheduled) learning rate per model.
+    pub fn base_lr(&self) -> &[f32] {
+        &self.base_lr
+    }
+
+    fn apply_schedule(&mut self) -> Result<()> {
+        let g = self.model.models();
+        for m in 0..g {
+            let s = &self.config.schedules[if self.config.schedules.len() == 1 { 0 } else { m }];
+            self.opt.set_lr(m, s.lr(self.base_lr[m], self.step));
         }
-        if split.rows * split.cols != self.features {
-            return Err(Error::Usage(format!(
-                "step: images have {} pixels, the model expects {}",
-                split.rows * split.cols,
-                self.features
-            )));
-        }
-        self.xs.clear();
-        self.ys.clear();
-        for b in batches {
-            norm.gather(split, b.iter().copied(), &mut self.xs, &mut self.ys);
-        }
-        self.train.write(self.x, &self.xs)?;
-        self.train.write_u32(self.y, &self.ys)?;
-        self.train.run()?;
-        self.sgd.after_step(&self.train)
+        self.opt.upload(&self.plan)
     }
 
-    /// Per-model mean loss of the last step's batch (a readback: call it every K steps).
-    pub async fn last_loss(&self) -> Result<Vec<f32>> {
-        self.train.read(self.loss).await
+    fn fill_indices(&mut self) {
+        let (g, nb, n) = (self.model.models(), self.config.batch_size, self.n);
+        let spe = self.steps_per_epoch();
+        let (epoch, s) = (self.step / spe, (self.step % spe) as usize);
+        match self.config.order {
+            Order::Sequential => {
+                for m in 0..g {
+                    for i in 0..nb {
+                        self.idx_host[m * nb + i] = ((self.step as usize * nb + i) % n) as u32;
+                    }
+                }
+            }
+            Order::PerModel | Order::Shared => {
+                if self.order_epoch != Some(epoch) {
+                    let streams = if self.config.order == Order::Shared { 1 } else { g };
+                    self.order = (0..streams)
+                        .map(|m| {
+                            let mut rng = Rng::new(
+                                self.config
+                                    .seed
+                                    .wrapping_add(m as u64)
+                                    .wrapping_mul(0x2545_F491_4F6C_DD1D)
+                                    .wrapping_add(epoch),
+                            );
+                            let mut o: Vec<u32> = (0..n as u32).collect();
+                            for i in (1..n).rev() {
+                                o.swap(i, rng.below(i + 1));
+                            }
+                            o
+                        })
+                        .collect();
+                    self.order_epoch = Some(epoch);
+                }
+                for m in 0..g {
+                    let o = &self.order[if self.order.len() == 1 { 0 } else { m }];
+                    self.idx_host[m * nb..(m + 1) * nb].copy_from_slice(&o[s * nb..(s + 1) * nb]);
+                }
+            }
+        }
     }
 
-    /// Top-1/top-5 counts and mean loss of every model on the first
-    /// `⌊n / eval_batch⌋ * eval_batch` images of `split`.
-    pub async fn evaluate(&mut self, split: &MnistSplit, norm: Normalize) -> Result<Evaluation> {
-        let chunks = split.n / self.eval_batch;
+    /// Runs `steps` training steps. Metrics of completed readbacks are delivered to
+    /// `on_metrics` as they arrive (read back every `metrics_every` steps, never stalling).
+    pub fn train(&mut self, steps: u64, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+        let g = self.model.models();
+        for _ in 0..steps {
+            self.fill_indices();
+            self.plan.write_u32(self.indices, &self.idx_host)?;
+            for (l, &t) in self.dropout_seeds.iter().enumerate() {
+                let seeds: Vec<u32> = (0..g)
+                    .flat_map(|m| {
+                        let s = Rng::new(self.config.seed ^ ((l as u64 + 1) << 40) ^ m as u64).next_u64() as u32;
+                        [s, self.step as u32]
+                    })
+                    .collect();
+                self.plan.write_u32(t, &seeds)?;
+            }
+            let row = (self.step as usize) % self.log_rows;
+            let loss_off = (row * g * 4) as u64;
+            let acc_off = ((self.log_rows + row) * g * 4) as u64;
+            self.plan.run_with(&[(self.loss, &self.log, loss_off), (self.correct, &self.log, acc_off)])?;
+            self.opt.after_step(&self.plan)?;
+            self.step += 1;
+            if self.step % self.log_rows as u64 == 0 {
+                self.flush_log()?;
+            }
+            if self.config.schedules.iter().any(|s| *s != Schedule::Constant) {
+                self.apply_schedule()?;
+            }
+            self.collect(false, &mut on_metrics)?;
+        }
+        Ok(())
+    }
+
+    /// Starts reading back the log rows written since the last flush.
+    fn flush_log(&mut self) -> Result<()> {
+        if self.step == self.flushed {
+            return Ok(());
+        }
+        let rows = (self.step - self.flushed) as usize;
+        let rb = self.next_readback;
+        while self.readbacks[rb].busy() {
+            // Both staging buffers in flight: the older one finished long ago in practice.
+            self.collect_front(true)?;
+        }
+        self.readbacks[rb].start(&self.log, self.log.size())?;
+        self.pending.push_back((self.step, rows, rb));
+        self.flushed = self.step;
+        self.next_readback = 1 - rb;
+        Ok(())
+    }
+
+    /// Parses the oldest readback if it has completed (or, with `wait`, once it has).
+    fn collect_front(&mut self, wait: bool) -> Result<bool> {
+        let Some(&(end, rows, rb)) = self.pending.front() else { return Ok(false) };
+        let Some(bytes) = self.readbacks[rb].try_finish(wait)? else { return Ok(false) };
+        self.pending.pop_front();
+        let g = self.model.models();
+        let data: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+        for step in end - rows as u64..end {
+            let row = step as usize % self.log_rows;
+            let loss = data[row * g..(row + 1) * g].to_vec();
+            let acc = (self.log_rows + row) * g;
+            let correct = data[acc..acc + g].iter().map(|&c| c as u32).collect();
+            for (m, l) in loss.iter().enumerate() {
+                if !l.is_finite() && !self.dead[m] {
+                    self.dead[m] = true;
+                    self.newly_dead.push(m);
+                }
+            }
+            self.metrics.push(StepMetrics { step, loss, correct });
+        }
+        Ok(true)
+    }
+
+    fn collect(&mut self, wait: bool, on_metrics: &mut impl FnMut(&[StepMetrics])) -> Result<()> {
+        while self.collect_front(wait)? {}
+        if !self.metrics.is_empty() {
+            on_metrics(&self.metrics);
+            self.metrics.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads back every step's metrics not yet delivered (blocking natively).
+    pub fn finish(&mut self, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+        self.flush_log()?;
+        self.collect(true, &mut on_metrics)
+    }
+
+    /// Models whose divergence was detected since the last call.
+    pub fn take_newly_dead(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.newly_dead)
+    }
+
+    /// Per-model top-1/top-5 counts and mean loss on every sample of `data` (the same
+    /// samples for all models).
+    pub async fn evaluate(&self, data: &Dataset) -> Result<Evaluation> {
+        data.check(self.model)?;
+        evaluate(self.gpu, self.model, data, self.config.eval_batch, self.config.normalize).await
+    }
+}
+
+/// Evaluates every model of `model` on all of `data` in batches of `batch`.
+pub async fn evaluate(
+    gpu: &Gpu,
+    model: &BatchModel,
+    data: &Dataset,
+    batch: usize,
+    norm: Normalize,
+) -> Result<Evaluation> {
+    data.check(model)?;
+    let g = model.models();
+    let mut ev = Evaluation { samples: data.n, top1: vec![0; g], top5: vec![0; g], loss: vec![0.0; g] };
+    let ks: Vec<u32> = if data.classes >= 5 { vec![1, 5] } else { vec![1, data.classes as u32] };
+    let full = data.n / batch;
+    let rest = data.n % batch;
+    let mut shared: Option<Plan> = None;
+    for (size, chunks, start) in [(batch, full, 0), (rest, usize::from(rest > 0), full * batch)] {
         if chunks == 0 {
-            return Err(Error::Usage(format!(
-                "evaluate: {} images, fewer than one batch of {}",
-                split.n, self.eval_batch
-            )));
+            continue;
         }
-        let g = self.g;
-        let mut ev =
-            Evaluation { samples: chunks * self.eval_batch, top1: vec![0; g], top5: vec![0; g], loss: vec![0.0; g] };
+        let mut graph = Graph::new(g);
+        let images = graph.dataset("eval.images", data.images.len())?;
+        let labels = graph.dataset("eval.labels", data.labels.len())?;
+        let indices = graph.input("indices", &[size], DType::U32)?;
+        let x = graph.gather_images(images, indices, &model.spec().input, norm.mean, norm.std)?;
+        let y = graph.gather_labels(labels, indices)?;
+        let built = model.spec().build(&mut graph, x, Mode::Eval)?;
+        let loss = graph.cross_entropy(built.output, y, Reduction::Sum)?;
+        let top = graph.topk_accuracy(built.output, y, &ks, true)?;
+        let plan = match &shared {
+            // The remainder plan reads the dataset the first plan uploaded.
+            Some(first) => Plan::sharing(gpu, &graph, &[loss, top], &[], first)?,
+            None => model.plan(gpu, &graph, &[loss, top], &[])?,
+        };
+        if shared.is_none() {
+            plan.write_bytes(images, &data.images)?;
+            plan.write_bytes(labels, &data.labels)?;
+        }
         for c in 0..chunks {
-            self.xs.clear();
-            self.ys.clear();
-            for _ in 0..g {
-                norm.gather(split, c * self.eval_batch..(c + 1) * self.eval_batch, &mut self.xs, &mut self.ys);
-            }
-            self.eval.write(self.ex, &self.xs)?;
-            self.eval.write_u32(self.ey, &self.ys)?;
-            self.eval.run()?;
-            let top = self.eval.read(self.etop).await?;
-            let loss = self.eval.read(self.eloss).await?;
+            let idx: Vec<u32> = (0..g).flat_map(|_| (0..size).map(|i| (start + c * size + i) as u32)).collect();
+            plan.write_u32(indices, &idx)?;
+            plan.run()?;
+            let t = plan.read(top).await?;
+            let l = plan.read(loss).await?;
             for m in 0..g {
-                ev.top1[m] += top[2 * m] as u64;
-                ev.top5[m] += top[2 * m + 1] as u64;
-                ev.loss[m] += loss[m] as f64;
+                ev.top1[m] += t[2 * m] as u64;
+                ev.top5[m] += t[2 * m + 1] as u64;
+                ev.loss[m] += l[m] as f64;
             }
         }
-        for l in &mut ev.loss {
-            *l /= ev.samples as f64;
-        }
-        Ok(ev)
-    }
-}
-
-/// Per-model sample orders: each model shuffles `0..n` each epoch with its own stream
-/// (seeded by `seed`, the epoch and the model index).
-pub struct Shuffler {
-    orders: Vec<Vec<usize>>,
-    seed: u64,
-}
-
-impl Shuffler {
-    /// Orders for `g` models over `n` samples.
-    pub fn new(g: usize, n: usize, seed: u64) -> Shuffler {
-        Shuffler { orders: vec![(0..n).collect(); g], seed }
-    }
-
-    /// Reshuffles every model's order for `epoch`.
-    pub fn shuffle(&mut self, epoch: usize) {
-        let g = self.orders.len();
-        for (m, order) in self.orders.iter_mut().enumerate() {
-            let mut rng = Rng::new(self.seed.wrapping_mul(1_000_003).wrapping_add((epoch * g + m) as u64));
-            for i in (1..order.len()).rev() {
-                order.swap(i, rng.below(i + 1));
-            }
+        if shared.is_none() {
+            shared = Some(plan);
         }
     }
-
-    /// Model batches of step `s` within the epoch: `batch` indices per model.
-    pub fn batches(&self, s: usize, batch: usize) -> Vec<&[usize]> {
-        self.orders.iter().map(|o| &o[s * batch..(s + 1) * batch]).collect()
+    for l in &mut ev.loss {
+        *l /= data.n as f64;
     }
+    Ok(ev)
 }

@@ -5,6 +5,53 @@ use crate::error::{Error, Result};
 use crate::graph::{Conv2dGeom, NormKind, Pool2dGeom, Unary};
 
 impl Graph {
+    /// A byte dataset resident on the GPU: `bytes` bytes packed four to a u32 (write it
+    /// with [`crate::Plan::write_bytes`]).
+    pub fn dataset(&mut self, name: &str, bytes: usize) -> Result<TensorId> {
+        if bytes == 0 {
+            return Err(Error::Shape(format!("dataset {name:?} is empty")));
+        }
+        Ok(self.push(Op::Data { name: name.to_string() }, vec![], vec![1, bytes.div_ceil(4)], DType::U32))
+    }
+
+    fn check_gather(&self, op: &str, data: TensorId, indices: TensorId) -> Result<()> {
+        self.check_dtype(op, indices, DType::U32)?;
+        if !matches!(self.node(data).op, Op::Data { .. })
+            || self.shape(indices).len() != 2
+            || self.shape(indices)[0] != self.models()
+        {
+            return Err(Error::Shape(format!(
+                "{op}: needs a dataset and [G, N] u32 indices, got {} and {}",
+                shape_str(self.shape(data)),
+                shape_str(self.shape(indices))
+            )));
+        }
+        Ok(())
+    }
+
+    /// Images `indices[g, n]` (each `image` shaped, e.g. `[1, 28, 28]`) of a byte dataset,
+    /// normalised as `(p / 255 - mean) / std` → `[G, N, ...image]`.
+    pub fn gather_images(
+        &mut self,
+        data: TensorId,
+        indices: TensorId,
+        image: &[usize],
+        mean: f32,
+        std: f32,
+    ) -> Result<TensorId> {
+        self.check_gather("gather_images", data, indices)?;
+        let mut shape = self.shape(indices).to_vec();
+        shape.extend_from_slice(image);
+        Ok(self.push(Op::GatherImages { mean, std }, vec![data, indices], shape, DType::F32))
+    }
+
+    /// Labels `indices[g, n]` of a byte dataset → `[G, N]` u32.
+    pub fn gather_labels(&mut self, labels: TensorId, indices: TensorId) -> Result<TensorId> {
+        self.check_gather("gather_labels", labels, indices)?;
+        let shape = self.shape(indices).to_vec();
+        Ok(self.push(Op::GatherLabels, vec![labels, indices], shape, DType::U32))
+    }
+
     fn image(&self, op: &str, x: TensorId) -> Result<[usize; 5]> {
         self.check_g(op, x)?;
         self.check_dtype(op, x, DType::F32)?;

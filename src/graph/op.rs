@@ -139,6 +139,22 @@ pub enum Op {
         /// Name used in errors and checkpoints.
         name: String,
     },
+    /// A dataset resident on the GPU: bytes packed four to a u32, shape `[1, words]` (the
+    /// one leaf not batched over G: every model reads the same data).
+    Data {
+        /// Name used in errors and when looking tensors up.
+        name: String,
+    },
+    /// `[data, indices]`: images `indices[g, n]` of a byte dataset, normalised:
+    /// `(p / 255 - mean) / std` → `[G, N, ...image shape]`.
+    GatherImages {
+        /// Subtracted after scaling to [0, 1].
+        mean: f32,
+        /// Divided by.
+        std: f32,
+    },
+    /// `[labels, indices]`: labels `indices[g, n]` of a byte dataset → `[G, N]` u32.
+    GatherLabels,
     /// Constant tensor with every element equal to `value`.
     Fill {
         /// The value.
@@ -299,6 +315,9 @@ impl Op {
             Op::Param { .. } => "param",
             Op::State { .. } => "state",
             Op::Fill { .. } => "fill",
+            Op::Data { .. } => "data",
+            Op::GatherImages { .. } => "gather_images",
+            Op::GatherLabels => "gather_labels",
             Op::MatMul { .. } => "matmul",
             Op::Unary(f) => f.name(),
             Op::UnaryGrad(f) => f.grad_name(),
@@ -333,6 +352,6 @@ impl Op {
 
     /// Leaves own persistent buffers that keep their contents between runs.
     pub fn is_leaf(&self) -> bool {
-        matches!(self, Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Fill { .. })
+        matches!(self, Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Fill { .. } | Op::Data { .. })
     }
 }

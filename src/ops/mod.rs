@@ -3,6 +3,7 @@
 
 pub(crate) mod activation;
 pub(crate) mod conv;
+pub(crate) mod data;
 pub(crate) mod elementwise;
 pub(crate) mod linear;
 pub(crate) mod loss;
@@ -50,9 +51,11 @@ pub const CONV: Shader = shader!("conv");
 pub const POOL: Shader = shader!("pool");
 /// Normalisation kernels.
 pub const NORM: Shader = shader!("norm");
+/// Dataset gather kernels.
+pub const DATA: Shader = shader!("data");
 
 /// Every shader of the crate (validated offline by the test suite).
-pub const ALL_SHADERS: &[Shader] = &[LINEAR, ELEMENTWISE, REDUCE, LOSS, OPTIM, ACTIVATION, CONV, POOL, NORM];
+pub const ALL_SHADERS: &[Shader] = &[LINEAR, ELEMENTWISE, REDUCE, LOSS, OPTIM, ACTIVATION, CONV, POOL, NORM, DATA];
 
 /// Dimensions of a batched image tensor `[G, N, C, H, W]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,6 +10,7 @@ pub const SGD_HYPER_WIDTH: usize = 8;
 /// Floats per model in an Adam hyper-parameter row (`AdamHyper` in the shader).
 pub const ADAM_HYPER_WIDTH: usize = 8;
 
+#[allow(clippy::too_many_arguments)]
 /// One SGD update of a `[G, per_model]` parameter.
 pub(crate) fn lower_sgd(
     ctx: &Lower,
@@ -19,14 +20,21 @@ pub(crate) fn lower_sgd(
     grad: &wgpu::Buffer,
     momentum: &wgpu::Buffer,
     hyper: &wgpu::Buffer,
+    dead: &wgpu::Buffer,
 ) -> Dispatch {
     let kernel = ctx.kernel(
         &OPTIM,
         "sgd",
-        &[Binding::ReadWrite, Binding::Read, Binding::ReadWrite, Binding::Read],
+        &[Binding::ReadWrite, Binding::Read, Binding::ReadWrite, Binding::Read, Binding::Read],
         &[("WG", WG as f64)],
     );
-    ctx.dispatch(kernel, "sgd", &[numel as u32, per_model as u32], &[param, grad, momentum, hyper], grid_1d(numel, WG))
+    ctx.dispatch(
+        kernel,
+        "sgd",
+        &[numel as u32, per_model as u32],
+        &[param, grad, momentum, hyper, dead],
+        grid_1d(numel, WG),
+    )
 }
 
 /// One Adam/AdamW update of a `[G, per_model]` parameter.
@@ -40,18 +48,25 @@ pub(crate) fn lower_adam(
     exp_avg: &wgpu::Buffer,
     exp_avg_sq: &wgpu::Buffer,
     hyper: &wgpu::Buffer,
+    dead: &wgpu::Buffer,
 ) -> Dispatch {
     let kernel = ctx.kernel(
         &OPTIM,
         "adam",
-        &[Binding::ReadWrite, Binding::Read, Binding::ReadWrite, Binding::ReadWrite, Binding::Read],
+        &[Binding::ReadWrite, Binding::Read, Binding::ReadWrite, Binding::ReadWrite, Binding::Read, Binding::Read],
         &[("WG", WG as f64)],
     );
     ctx.dispatch(
         kernel,
         "adam",
         &[numel as u32, per_model as u32],
-        &[param, grad, exp_avg, exp_avg_sq, hyper],
+        &[param, grad, exp_avg, exp_avg_sq, hyper, dead],
         grid_1d(numel, WG),
     )
+}
+
+/// Marks models whose `loss [G]` is not finite as dead in `dead [G]` (never revived).
+pub(crate) fn lower_guard(ctx: &Lower, g: usize, loss: &wgpu::Buffer, dead: &wgpu::Buffer) -> Dispatch {
+    let kernel = ctx.kernel(&OPTIM, "guard", &[Binding::Read, Binding::ReadWrite], &[("WG", WG as f64)]);
+    ctx.dispatch(kernel, "guard", &[g as u32, 1], &[loss, dead], grid_1d(g, WG))
 }

@@ -21,7 +21,7 @@ pub struct Adam {
 impl Adam {
     /// Adam (L2 weight decay added to the gradient) with PyTorch's defaults: betas
     /// (0.9, 0.999), eps 1e-8, no weight decay.
-    pub fn adam(lr: impl Into<PerModel>) -> Adam {
+    pub fn new(lr: impl Into<PerModel>) -> Adam {
         Adam {
             lr: lr.into(),
             beta1: PerModel::Same(0.9),
@@ -34,7 +34,7 @@ impl Adam {
 
     /// AdamW (decoupled weight decay) with PyTorch's defaults: weight decay 0.01.
     pub fn adamw(lr: impl Into<PerModel>) -> Adam {
-        Adam { weight_decay: PerModel::Same(0.01), decoupled: true, ..Adam::adam(lr) }
+        Adam { weight_decay: PerModel::Same(0.01), decoupled: true, ..Adam::new(lr) }
     }
 
     /// Exponential decay rates of the first and second moments.
@@ -97,14 +97,15 @@ impl Adam {
         let g = graph.models();
         let rows = self.rows(g)?;
         let hyper = graph.input("adam.hyper", &[ADAM_HYPER_WIDTH], DType::F32)?;
+        let dead = graph.state("optim.dead", &[1])?;
         let mut updates = Vec::new();
         for (i, &(param, grad)) in params_and_grads.iter().enumerate() {
             let shape = graph.shape(param)[1..].to_vec();
             let exp_avg = graph.state(&format!("adam.exp_avg.{i}"), &shape)?;
             let exp_avg_sq = graph.state(&format!("adam.exp_avg_sq.{i}"), &shape)?;
-            updates.push(Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper });
+            updates.push(Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper, dead });
         }
-        Ok(AdamState { hyper, rows, steps: vec![0; g], updates })
+        Ok(AdamState { hyper, dead, rows, steps: vec![0; g], updates })
     }
 }
 
@@ -112,6 +113,7 @@ impl Adam {
 #[derive(Clone, Debug)]
 pub struct AdamState {
     hyper: TensorId,
+    dead: TensorId,
     rows: Vec<[f32; ADAM_HYPER_WIDTH]>,
     steps: Vec<u64>,
     updates: Vec<Update>,
@@ -121,6 +123,12 @@ impl AdamState {
     /// The in-place updates to compile into the plan.
     pub fn updates(&self) -> &[Update] {
         &self.updates
+    }
+
+    /// Per-model freeze flags `[G, 1]`: a model whose flag is non-zero is not updated
+    /// (see [`Update::Guard`]).
+    pub fn dead(&self) -> TensorId {
+        self.dead
     }
 
     /// Writes the rows for the next step (bias corrections of step t = steps + 1).
@@ -151,6 +159,11 @@ impl AdamState {
     /// Sets model g's learning rate (schedules); written by the next [`AdamState::upload`].
     pub fn set_lr(&mut self, g: usize, lr: f32) {
         self.rows[g][0] = lr;
+    }
+
+    /// Restores the per-model step counters (checkpoints); written by the next upload.
+    pub fn set_steps(&mut self, steps: Vec<u64>) {
+        self.steps = steps;
     }
 
     /// Steps taken per model (for checkpoints).

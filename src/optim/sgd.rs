@@ -93,13 +93,14 @@ impl Sgd {
         let g = graph.models();
         let rows = self.rows(g)?;
         let hyper = graph.input("sgd.hyper", &[SGD_HYPER_WIDTH], DType::F32)?;
+        let dead = graph.state("optim.dead", &[1])?;
         let mut updates = Vec::new();
         for (i, &(param, grad)) in params_and_grads.iter().enumerate() {
             let shape = graph.shape(param)[1..].to_vec();
             let momentum = graph.state(&format!("sgd.momentum.{i}"), &shape)?;
-            updates.push(Update::Sgd { param, grad, momentum, hyper });
+            updates.push(Update::Sgd { param, grad, momentum, hyper, dead });
         }
-        Ok(SgdState { hyper, rows, updates, started: false })
+        Ok(SgdState { hyper, dead, rows, updates, started: false })
     }
 }
 
@@ -107,6 +108,7 @@ impl Sgd {
 #[derive(Clone, Debug)]
 pub struct SgdState {
     hyper: TensorId,
+    dead: TensorId,
     rows: Vec<[f32; SGD_HYPER_WIDTH]>,
     updates: Vec<Update>,
     started: bool,
@@ -116,6 +118,12 @@ impl SgdState {
     /// The in-place updates to compile into the plan.
     pub fn updates(&self) -> &[Update] {
         &self.updates
+    }
+
+    /// Per-model freeze flags `[G, 1]`: a model whose flag is non-zero is not updated
+    /// (see [`Update::Guard`]).
+    pub fn dead(&self) -> TensorId {
+        self.dead
     }
 
     /// Writes the hyper-parameters; call once after compiling, and after changing them.
@@ -134,6 +142,19 @@ impl SgdState {
             self.upload(plan)?;
         }
         Ok(())
+    }
+
+    /// Whether the first step has run (momentum buffers hold values).
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Restores the first-step flag (checkpoints); written by the next upload.
+    pub fn set_started(&mut self, started: bool) {
+        self.started = started;
+        for r in &mut self.rows {
+            r[5] = if started { 1.0 } else { 0.0 };
+        }
     }
 
     /// Sets model g's learning rate (schedules); takes effect at the next [`SgdState::upload`].

@@ -3,6 +3,9 @@
 //! dispatch into one compute pass and submits once; nothing is created per run.
 
 mod alloc;
+mod readback;
+
+pub use readback::Readback;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +31,16 @@ pub enum Update {
         momentum: TensorId,
         /// Hyper-parameter rows.
         hyper: TensorId,
+        /// Per-model freeze flags `[G, 1]` (state; non-zero: skip this model).
+        dead: TensorId,
+    },
+    /// Freezes diverged models: `dead[g] = 1` once `loss[g]` (a `[G]` tensor) is NaN or
+    /// infinite. Place it before the optimizer updates that read `dead`.
+    Guard {
+        /// Per-model loss of this step.
+        loss: TensorId,
+        /// Per-model freeze flags `[G, 1]` (state).
+        dead: TensorId,
     },
     /// PyTorch Adam/AdamW on `param` from `grad` with moment buffers `exp_avg` and
     /// `exp_avg_sq` (state tensors shaped like `param`) and per-model rows `hyper`
@@ -43,6 +56,8 @@ pub enum Update {
         exp_avg_sq: TensorId,
         /// Hyper-parameter rows.
         hyper: TensorId,
+        /// Per-model freeze flags `[G, 1]` (state; non-zero: skip this model).
+        dead: TensorId,
     },
     /// BatchNorm2d's running estimates, updated from the batch statistics `stats` (a
     /// `norm_stats` node with batch kind) as PyTorch does in training mode: `mean` and `var`
@@ -64,9 +79,12 @@ pub enum Update {
 impl Update {
     fn operands(&self) -> Vec<TensorId> {
         match self {
-            Update::Sgd { param, grad, momentum, hyper } => vec![*param, *grad, *momentum, *hyper],
+            Update::Sgd { param, grad, momentum, hyper, dead } => vec![*param, *grad, *momentum, *hyper, *dead],
+            Update::Guard { loss, dead } => vec![*loss, *dead],
             Update::BatchNormRunning { stats, mean, var, count, .. } => vec![*stats, *mean, *var, *count],
-            Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper } => vec![*param, *grad, *exp_avg, *exp_avg_sq, *hyper],
+            Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper, dead } => {
+                vec![*param, *grad, *exp_avg, *exp_avg_sq, *hyper, *dead]
+            }
         }
     }
 }
@@ -180,7 +198,7 @@ impl Plan {
         let mut shared: HashMap<usize, wgpu::Buffer> = HashMap::new();
         if let Some(other) = share {
             for (i, node) in nodes.iter().enumerate() {
-                if let Op::Param { name } | Op::State { name } = &node.op {
+                if let Op::Param { name } | Op::State { name } | Op::Data { name } = &node.op {
                     if let Some(t) = other.find(name) {
                         if other.shape(t) != node.shape.as_slice() {
                             return Err(Error::Shape(format!(
@@ -239,7 +257,7 @@ impl Plan {
         }
         for u in updates {
             match *u {
-                Update::Sgd { param, grad, momentum, hyper } => {
+                Update::Sgd { param, grad, momentum, hyper, dead } => {
                     let shape = graph.shape(param);
                     let numel: usize = shape.iter().product();
                     dispatches.push(ops::optim::lower_sgd(
@@ -250,9 +268,13 @@ impl Plan {
                         buf(grad),
                         buf(momentum),
                         buf(hyper),
+                        buf(dead),
                     ));
                 }
-                Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper } => {
+                Update::Guard { loss, dead } => {
+                    dispatches.push(ops::optim::lower_guard(&ctx, graph.shape(loss)[0], buf(loss), buf(dead)));
+                }
+                Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper, dead } => {
                     let shape = graph.shape(param);
                     let numel: usize = shape.iter().product();
                     dispatches.push(ops::optim::lower_adam(
@@ -264,6 +286,7 @@ impl Plan {
                         buf(exp_avg),
                         buf(exp_avg_sq),
                         buf(hyper),
+                        buf(dead),
                     ));
                 }
                 Update::BatchNormRunning { stats, mean, var, count, momentum } => {
@@ -284,7 +307,7 @@ impl Plan {
         }
         let mut names = HashMap::new();
         for (i, node) in nodes.iter().enumerate() {
-            if let Op::Input { name } | Op::Param { name } | Op::State { name } = &node.op {
+            if let Op::Input { name } | Op::Param { name } | Op::State { name } | Op::Data { name } = &node.op {
                 names.insert(name.clone(), TensorId(i));
             }
         }
@@ -311,6 +334,18 @@ impl Plan {
     /// The input, parameter or state tensor called `name`.
     pub fn find(&self, name: &str) -> Option<TensorId> {
         self.names.get(name).copied()
+    }
+
+    /// Every state tensor (optimizer buffers, BatchNorm estimates) by name.
+    pub fn states(&self) -> Vec<(String, TensorId)> {
+        let mut v: Vec<(String, TensorId)> = self
+            .names
+            .iter()
+            .filter(|(_, t)| matches!(self.meta[t.index()].op, Op::State { .. }))
+            .map(|(n, t)| (n.clone(), *t))
+            .collect();
+        v.sort();
+        v
     }
 
     /// Shape of `t`, G first.
@@ -375,6 +410,26 @@ impl Plan {
         Ok(())
     }
 
+    /// Writes bytes into a dataset tensor (packed four to a u32, zero-padded).
+    pub fn write_bytes(&self, t: TensorId, bytes: &[u8]) -> Result<()> {
+        let meta = self
+            .meta
+            .get(t.index())
+            .ok_or_else(|| Error::Usage(format!("tensor {} is not in this plan", t.index())))?;
+        if !matches!(meta.op, Op::Data { .. }) || bytes.len().div_ceil(4) != meta.shape[1] {
+            return Err(Error::Usage(format!(
+                "write_bytes: tensor {} ({}) is not a dataset of {} bytes",
+                t.index(),
+                meta.op.name(),
+                bytes.len()
+            )));
+        }
+        let mut padded = bytes.to_vec();
+        padded.resize(meta.shape[1] * 4, 0);
+        self.queue.write_buffer(self.buffer(t)?, 0, &padded);
+        Ok(())
+    }
+
     /// Writes u32 data (labels) into an input tensor.
     pub fn write_u32(&self, t: TensorId, data: &[u32]) -> Result<()> {
         let b = self.check_write(t, data.len(), DType::U32)?;
@@ -407,6 +462,12 @@ impl Plan {
     /// Runs the graph and the updates: one compute pass, one submit. Returns the first GPU
     /// error reported so far, if any.
     pub fn run(&self) -> Result<()> {
+        self.run_with(&[])
+    }
+
+    /// Like [`Plan::run`], then copies each `(tensor, buffer, byte offset)` in the same
+    /// submit (metrics logs: per-step values gathered on the GPU, read back every K steps).
+    pub fn run_with(&self, copies: &[(TensorId, &wgpu::Buffer, u64)]) -> Result<()> {
         let mut encoder =
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("modelbatch step") });
         {
@@ -420,6 +481,10 @@ impl Plan {
                 pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
             }
         }
+        for &(t, dst, offset) in copies {
+            let bytes = (self.meta[t.index()].shape.iter().product::<usize>() * 4) as u64;
+            encoder.copy_buffer_to_buffer(self.buffer(t)?, 0, dst, offset, bytes);
+        }
         self.queue.submit([encoder.finish()]);
         self.submits.fetch_add(1, Ordering::Relaxed);
         self.check_error()
@@ -430,6 +495,16 @@ impl Plan {
             Some(m) => Err(Error::Gpu(m)),
             None => Ok(()),
         }
+    }
+
+    /// The device (for buffers that live beside the plan, such as metric logs).
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
     }
 
     /// Labels of the recorded dispatches, in order (for profiling and tests).
@@ -532,10 +607,31 @@ fn leaf_name(op: &Op) -> String {
     }
 }
 
+/// `dead` is a `[G, 1]` state tensor; `rows` (a guarded loss `[G]` or hyper rows `[G, k]`)
+/// has G first.
+fn check_dead(graph: &Graph, rows: TensorId, dead: TensorId) -> bool {
+    let g = graph.models();
+    matches!(graph.node(dead).op, Op::State { .. })
+        && graph.shape(dead) == [g, 1]
+        && graph.shape(rows).first() == Some(&g)
+}
+
 fn check_updates(graph: &Graph, updates: &[Update]) -> Result<()> {
     for u in updates {
         match *u {
-            Update::Sgd { param, grad, momentum, hyper } => {
+            Update::Guard { loss, dead }
+            | Update::Sgd { dead, hyper: loss, .. }
+            | Update::Adam { dead, hyper: loss, .. }
+                if !check_dead(graph, loss, dead) =>
+            {
+                return Err(Error::Usage(format!(
+                    "update: freeze flags must be a [G, 1] state tensor and the guarded loss a [G] tensor, got {:?} and {:?}",
+                    graph.shape(dead),
+                    graph.shape(loss)
+                )));
+            }
+            Update::Guard { .. } => {}
+            Update::Sgd { param, grad, momentum, hyper, .. } => {
                 let ps = graph.shape(param);
                 if !matches!(graph.node(param).op, Op::Param { .. })
                     || !matches!(graph.node(momentum).op, Op::State { .. })
@@ -561,7 +657,7 @@ fn check_updates(graph: &Graph, updates: &[Update]) -> Result<()> {
                     )));
                 }
             }
-            Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper } => {
+            Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper, .. } => {
                 let ps = graph.shape(param);
                 let ok = matches!(graph.node(param).op, Op::Param { .. })
                     && [exp_avg, exp_avg_sq].iter().all(|t| matches!(graph.node(*t).op, Op::State { .. }))
@@ -614,7 +710,14 @@ fn lower_node<'b>(
     let img = |t: TensorId| ops::Image::of(shape(t));
     let one = |d: Dispatch| Ok(vec![d]);
     match &node.op {
-        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Fill { .. } | Op::Reshape => Ok(vec![]),
+        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Fill { .. } | Op::Data { .. } | Op::Reshape => {
+            Ok(vec![])
+        }
+        Op::GatherImages { mean, std } => {
+            let pixels = node.numel() / (node.shape[0] * node.shape[1]);
+            one(ops::data::lower_images(ctx, node.numel(), pixels, *mean, *std, buf(x[0]), buf(x[1]), buf(out)))
+        }
+        Op::GatherLabels => one(ops::data::lower_labels(ctx, node.numel(), buf(x[0]), buf(x[1]), buf(out))),
         Op::MatMul { trans_a, trans_b, bias } => {
             let (sa, so) = (shape(x[0]), &node.shape);
             let k = if *trans_a { sa[1] } else { sa[2] };

@@ -1,0 +1,162 @@
+//! Checkpoints: every model, the optimizer state and the step counter in one directory,
+//! written atomically (a temporary directory, each file flushed, then renamed into place),
+//! so an interrupted save never leaves a partial checkpoint. Resuming continues exactly as
+//! an uninterrupted run would.
+
+use std::path::{Path, PathBuf};
+
+use ::safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde_json::{json, Value};
+
+use super::{OptState, Trainer};
+use crate::error::{Error, Result};
+use crate::io::write_atomic;
+
+const MODEL: &str = "model.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+const TRAINER: &str = "trainer.json";
+
+fn io(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Io(format!("{}: {e}", path.display()))
+}
+
+/// Optimizer tensors of the plan (moments, momentum buffers, freeze flags) by name.
+fn optimizer_states(t: &Trainer) -> Vec<(String, crate::graph::TensorId)> {
+    t.plan
+        .states()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("sgd.") || n.starts_with("adam.") || n.starts_with("optim."))
+        .collect()
+}
+
+impl Trainer<'_> {
+    /// Writes a checkpoint to `dir` (replacing any previous one there, atomically).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save_checkpoint(&mut self, dir: &Path) -> Result<()> {
+        let model = pollster::block_on(self.model.to_safetensors_batched())?;
+        let mut tensors = Vec::new();
+        for (name, t) in optimizer_states(self) {
+            let values = pollster::block_on(self.plan.read(t))?;
+            tensors.push((name, self.plan.shape(t).to_vec(), values));
+        }
+        let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| bytemuck::cast_slice(v).to_vec()).collect();
+        let views = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((n, s, _), b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Usage(format!("checkpoint: {e}")))?;
+        let optimizer = ::safetensors::serialize(views, None).map_err(|e| Error::Usage(format!("checkpoint: {e}")))?;
+        let (kind, counters) = match &self.opt {
+            OptState::Sgd(s) => ("sgd", json!({ "started": s.started() })),
+            OptState::Adam(a) => ("adam", json!({ "steps": a.steps() })),
+        };
+        let meta = json!({
+            "format": "modelbatch-checkpoint-1",
+            "step": self.step,
+            "models": self.model.models(),
+            "optimizer": kind,
+            "counters": counters,
+            "dead": self.dead,
+            "batch_size": self.config.batch_size,
+            "seed": self.config.seed,
+        });
+
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        let name = dir.file_name().ok_or_else(|| io(dir, "not a directory path"))?.to_string_lossy().to_string();
+        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let write = || -> Result<()> {
+            std::fs::create_dir(&tmp).map_err(|e| io(&tmp, e))?;
+            write_atomic(&tmp.join(MODEL), &model)?;
+            write_atomic(&tmp.join(OPTIMIZER), &optimizer)?;
+            write_atomic(&tmp.join(TRAINER), serde_json::to_string_pretty(&meta).unwrap_or_default().as_bytes())?;
+            if dir.exists() {
+                std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
+            }
+            std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
+            Ok(())
+        };
+        let result = write();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            if old.exists() && !dir.exists() {
+                let _ = std::fs::rename(&old, dir);
+            }
+        }
+        result?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// Restores models, optimizer state and step counter from a checkpoint written by
+    /// [`Trainer::save_checkpoint`] for the same model batch and optimizer. Everything is
+    /// checked before anything is changed.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn resume(&mut self, dir: &Path) -> Result<()> {
+        let path = |f: &str| -> PathBuf { dir.join(f) };
+        let read = |f: &str| std::fs::read(path(f)).map_err(|e| io(&path(f), e));
+        let meta: Value =
+            serde_json::from_slice(&read(TRAINER)?).map_err(|e| io(&path(TRAINER), format!("invalid JSON: {e}")))?;
+        let bad = |what: &str| io(&path(TRAINER), what);
+        if meta["format"] != "modelbatch-checkpoint-1" {
+            return Err(bad("not a modelbatch checkpoint (format)"));
+        }
+        let g = self.model.models();
+        if meta["models"].as_u64() != Some(g as u64) {
+            return Err(bad(&format!("checkpoint holds {} models, this run has {g}", meta["models"])));
+        }
+        let kind = match &self.opt {
+            OptState::Sgd(_) => "sgd",
+            OptState::Adam(_) => "adam",
+        };
+        if meta["optimizer"] != kind {
+            return Err(bad(&format!("checkpoint optimizer is {}, this run uses {kind}", meta["optimizer"])));
+        }
+        let step = meta["step"].as_u64().ok_or_else(|| bad("missing step"))?;
+        let dead: Vec<bool> = serde_json::from_value(meta["dead"].clone()).map_err(|_| bad("bad `dead` list"))?;
+        if dead.len() != g {
+            return Err(bad("bad `dead` list"));
+        }
+        let model_bytes = read(MODEL)?;
+        let opt_bytes = read(OPTIMIZER)?;
+        let st = SafeTensors::deserialize(&opt_bytes).map_err(|e| io(&path(OPTIMIZER), e))?;
+        let mut states = Vec::new();
+        for (name, t) in optimizer_states(self) {
+            let v = st.tensor(&name).map_err(|_| io(&path(OPTIMIZER), format!("missing tensor {name}")))?;
+            if v.dtype() != Dtype::F32 || v.shape() != self.plan.shape(t) {
+                return Err(io(
+                    &path(OPTIMIZER),
+                    format!("{name} has {:?} {:?}, expected F32 {:?}", v.dtype(), v.shape(), self.plan.shape(t)),
+                ));
+            }
+            states.push((t, bytemuck::pod_collect_to_vec::<u8, f32>(v.data())));
+        }
+        // Validate the model file fully before touching anything.
+        crate::io::decode_state(&model_bytes, &path(MODEL).display().to_string(), self.model.entries(), Some(g))?;
+        match &mut self.opt {
+            OptState::Sgd(s) => {
+                s.set_started(meta["counters"]["started"].as_bool().ok_or_else(|| bad("missing counters"))?)
+            }
+            OptState::Adam(a) => {
+                let steps: Vec<u64> =
+                    serde_json::from_value(meta["counters"]["steps"].clone()).map_err(|_| bad("missing counters"))?;
+                if steps.len() != g {
+                    return Err(bad("bad Adam step counters"));
+                }
+                a.set_steps(steps);
+            }
+        }
+        self.model.load_safetensors_batched(&model_bytes, &path(MODEL).display().to_string())?;
+        for (t, v) in states {
+            self.plan.write(t, &v)?;
+        }
+        self.step = step;
+        self.flushed = step;
+        self.dead = dead;
+        self.order_epoch = None;
+        self.apply_schedule()
+    }
+}
