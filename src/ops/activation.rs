@@ -63,14 +63,14 @@ const ROW_PER_INVOCATION_MAX: usize = 32;
 /// Invocations per workgroup for the one-row-per-invocation kernels.
 const ROW_WG: u32 = 64;
 
-/// Entry point, workgroup-size constants and grid for a softmax-family kernel over
+/// Entry point, workgroup-size constants and grid for the softmax (or its gradient's) kernel over
 /// `rows` rows of `cols` values.
-fn row_geometry(base: &'static str, rows: usize, cols: usize) -> (&'static str, Vec<(&'static str, f64)>, [u32; 3]) {
+fn row_geometry(grad: bool, rows: usize, cols: usize) -> (&'static str, Vec<(&'static str, f64)>, [u32; 3]) {
     if cols <= ROW_PER_INVOCATION_MAX {
-        let entry = if base == "softmax" { "softmax_row" } else { "softmax_grad_row" };
+        let entry = if grad { "softmax_grad_row" } else { "softmax_row" };
         (entry, vec![("WG", ROW_WG as f64)], grid_1d(rows, ROW_WG))
     } else {
-        let entry = if base == "softmax" { "softmax_wg" } else { "softmax_grad_wg" };
+        let entry = if grad { "softmax_grad_wg" } else { "softmax_wg" };
         let rwg = if cols <= 1024 { 64.0 } else { 256.0 };
         (entry, vec![("RWG", rwg)], grid_groups(rows))
     }
@@ -97,7 +97,7 @@ pub(crate) fn lower_softmax(
     if rows * cols == 0 {
         return Ok(vec![]);
     }
-    let (entry, constants, groups) = row_geometry("softmax", rows, cols);
+    let (entry, constants, groups) = row_geometry(false, rows, cols);
     let kernel = ctx.kernel(&ACTIVATION, entry, &[Binding::Read, Binding::Read, Binding::ReadWrite], &constants);
     let words = [rows as u32, cols as u32, u32::from(log), 0];
     Ok(vec![ctx.dispatch(kernel, label, &words, &[x, ctx.dummy, out], groups)])
@@ -118,7 +118,7 @@ pub(crate) fn lower_softmax_grad(
     if rows * cols == 0 {
         return Ok(vec![]);
     }
-    let (entry, constants, groups) = row_geometry("softmax_grad", rows, cols);
+    let (entry, constants, groups) = row_geometry(true, rows, cols);
     let kernel = ctx.kernel(&ACTIVATION, entry, &[Binding::Read, Binding::Read, Binding::ReadWrite], &constants);
     let words = [rows as u32, cols as u32, u32::from(log), 0];
     Ok(vec![ctx.dispatch(kernel, "softmax_grad", &words, &[y, dy, out], groups)])
@@ -134,10 +134,11 @@ fn drop_threshold(p: f32) -> u32 {
 }
 
 /// Dropout (or its gradient: the same mask) over `g` models of `per_model` elements each;
-/// `seed` is `[G, 2]` u32 (seed, step).
+/// `seed` is `[G, 2]` u32 (seed, step). `label` names the dispatches (forward or gradient).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn lower_dropout(
     ctx: &Lower,
+    label: &'static str,
     g: usize,
     per_model: usize,
     p: f32,
@@ -166,7 +167,7 @@ pub(crate) fn lower_dropout(
         let words = [per_model as u32, first as u32, drop_threshold(p), super::f(scale)];
         dispatches.push(ctx.dispatch(
             kernel.clone(),
-            "dropout",
+            label,
             &words,
             &[x, ctx.dummy, out, seed],
             [gx, gy, models as u32],

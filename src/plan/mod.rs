@@ -748,7 +748,8 @@ fn lower_node<'b>(
         }
         Op::Dropout { p } | Op::DropoutGrad { p } => {
             let g = node.shape[0];
-            ops::activation::lower_dropout(ctx, g, node.numel() / g, *p, buf(x[0]), buf(x[1]), buf(out))
+            let label = node.op.name();
+            ops::activation::lower_dropout(ctx, label, g, node.numel() / g, *p, buf(x[0]), buf(x[1]), buf(out))
         }
         Op::Add => one(ops::elementwise::lower(ctx, "add", node.numel(), buf(x[0]), Some(buf(x[1])), buf(out))),
         Op::Sum { axes, scale } => one(ops::reduce::lower_sum(ctx, shape(x[0]), axes, *scale, buf(x[0]), buf(out))?),
