@@ -16,5 +16,5 @@ pub mod train;
 pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use graph::{DType, Graph, Reduction, TensorId};
-pub use optim::{PerModel, Sgd};
+pub use optim::{Adam, PerModel, Sgd};
 pub use plan::{Plan, PlanStats, Update};
