@@ -104,6 +104,10 @@ fn ce_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let lse = row_lse(row);
     let label = labels[row];
     let base = row * p.c;
+    // An out-of-range label has a NaN loss: its gradient is NaN too, never a silent push.
+    if (label >= p.c) {
+        up = bitcast<f32>(0x7fc00000u);
+    }
     for (var j = 0u; j < p.c; j++) {
         var v = exp(logits[base + j] - lse);
         if (j == label) {

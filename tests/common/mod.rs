@@ -138,3 +138,169 @@ pub fn ce_grad_ref(logits: &[f32], labels: &[u32], c: usize, up: &[f64]) -> Vec<
     }
     out
 }
+
+// ---- Gradient-check helpers (appended for tests/ops.rs) ----
+
+/// `sum(r * y)` in f64: the scalar whose gradient a seeded backward pass computes.
+pub fn dot64(r: &[f32], y: &[f32]) -> f64 {
+    assert_eq!(r.len(), y.len(), "dot64: lengths differ");
+    r.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum()
+}
+
+/// `n` values uniform in `±[lo, 1)`: random signs, bounded away from 0 (for functions with a
+/// kink at 0, so that finite differences never straddle it).
+pub fn randn_away(seed: u64, n: usize, lo: f32) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let mag = lo + (1.0 - lo) * r.uniform() as f32;
+            if r.below(2) == 0 {
+                mag
+            } else {
+                -mag
+            }
+        })
+        .collect()
+}
+
+/// `count` coordinates spread over `0..n`, first and last included (all of them if `n` is small).
+pub fn fd_coords(n: usize, count: usize) -> Vec<usize> {
+    if count >= n {
+        return (0..n).collect();
+    }
+    if count < 2 {
+        return vec![n - 1];
+    }
+    let mut v: Vec<usize> = (0..count).map(|j| j * (n - 1) / (count - 1)).collect();
+    v.dedup();
+    v
+}
+
+/// One differentiable leaf for [`check_fd`]: its tensor, its current values and the analytic
+/// gradient of `sum(r * y)` with respect to it.
+pub struct FdLeaf<'a> {
+    pub name: &'a str,
+    pub id: modelbatch::TensorId,
+    pub values: &'a [f32],
+    pub grad: &'a [f32],
+}
+
+/// Central finite differences of `sum(r * y)` for `coords` coordinates of each leaf, computed
+/// by re-running the same compiled `plan` with one coordinate perturbed by `±eps` at a time,
+/// compared with the analytic gradient:
+/// `|fd - analytic| <= atol * max|leaf gradient| + rtol * max(|fd|, |analytic|)`, i.e. `atol`
+/// is relative to the leaf's largest gradient (f32 rounding noise scales with the values, not
+/// with one small coordinate). Every leaf is restored to its values afterwards.
+#[allow(clippy::too_many_arguments)]
+pub fn check_fd(
+    plan: &modelbatch::Plan,
+    y: modelbatch::TensorId,
+    r: &[f32],
+    leaves: &[FdLeaf],
+    coords: usize,
+    eps: f32,
+    rtol: f64,
+    atol: f64,
+) {
+    let objective = |plan: &modelbatch::Plan| {
+        plan.run().expect("running the plan for a finite difference");
+        dot64(r, &plan.read_blocking(y).expect("reading the output for a finite difference"))
+    };
+    for leaf in leaves {
+        assert_eq!(leaf.values.len(), leaf.grad.len(), "{}: gradient length", leaf.name);
+        let scale = leaf.grad.iter().fold(0.0f64, |m, &g| m.max((g as f64).abs()));
+        let mut v = leaf.values.to_vec();
+        for idx in fd_coords(v.len(), coords) {
+            let orig = v[idx];
+            let (up, down) = (orig + eps, orig - eps);
+            v[idx] = up;
+            plan.write(leaf.id, &v).unwrap();
+            let f_up = objective(plan);
+            v[idx] = down;
+            plan.write(leaf.id, &v).unwrap();
+            let f_down = objective(plan);
+            v[idx] = orig;
+            // The step actually taken, after rounding to f32.
+            let fd = (f_up - f_down) / (up as f64 - down as f64);
+            let an = leaf.grad[idx] as f64;
+            let err = (fd - an).abs();
+            assert!(
+                err <= 1e-7 + atol * scale + rtol * fd.abs().max(an.abs()),
+                "{}: finite difference at element {idx}: analytic {an}, numeric {fd} (error {err:e}, largest gradient {scale:e})",
+                leaf.name
+            );
+        }
+        plan.write(leaf.id, leaf.values).unwrap();
+    }
+}
+
+/// Row-major strides of `shape`.
+pub fn strides_of(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// CPU reference of `scale * sum of x [shape] over axes` (axes removed), f64 accumulation.
+pub fn sum_ref(shape: &[usize], x: &[f32], axes: &[usize], scale: f64) -> Vec<f64> {
+    let kept: Vec<usize> = (0..shape.len()).filter(|a| !axes.contains(a)).collect();
+    let kept_shape: Vec<usize> = kept.iter().map(|&a| shape[a]).collect();
+    let out_strides = strides_of(&kept_shape);
+    let in_strides = strides_of(shape);
+    let mut out = vec![0.0f64; kept_shape.iter().product()];
+    for (i, &v) in x.iter().enumerate() {
+        let o: usize = kept.iter().zip(&out_strides).map(|(&a, &os)| (i / in_strides[a]) % shape[a] * os).sum();
+        out[o] += v as f64;
+    }
+    out.iter().map(|v| v * scale).collect()
+}
+
+/// CPU reference of `scale * x` repeated along `axes` of `out_shape`.
+pub fn broadcast_ref(out_shape: &[usize], x: &[f32], axes: &[usize], scale: f64) -> Vec<f64> {
+    let kept: Vec<usize> = (0..out_shape.len()).filter(|a| !axes.contains(a)).collect();
+    let kept_shape: Vec<usize> = kept.iter().map(|&a| out_shape[a]).collect();
+    let in_strides = strides_of(&kept_shape);
+    let out_strides = strides_of(out_shape);
+    let numel: usize = out_shape.iter().product();
+    (0..numel)
+        .map(|i| {
+            let src: usize =
+                kept.iter().zip(&in_strides).map(|(&a, &is)| (i / out_strides[a]) % out_shape[a] * is).sum();
+            x[src] as f64 * scale
+        })
+        .collect()
+}
+
+/// CPU reference of the gradients of `sum(r * (op(A)·op(B) + bias))` with respect to A and
+/// B in their stored layouts and to the bias: `(dA, dB, dbias)`, f64 accumulation.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_grads_ref(
+    g: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    r: &[f32],
+    ta: bool,
+    tb: bool,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let ai = |gi: usize, i: usize, kk: usize| gi * m * k + if ta { kk * m + i } else { i * k + kk };
+    let bi = |gi: usize, kk: usize, j: usize| gi * k * n + if tb { j * k + kk } else { kk * n + j };
+    let (mut da, mut db, mut dbias) = (vec![0.0; g * m * k], vec![0.0; g * k * n], vec![0.0; g * n]);
+    for gi in 0..g {
+        for i in 0..m {
+            for j in 0..n {
+                let rv = r[gi * m * n + i * n + j] as f64;
+                dbias[gi * n + j] += rv;
+                for kk in 0..k {
+                    da[ai(gi, i, kk)] += rv * b[bi(gi, kk, j)] as f64;
+                    db[bi(gi, kk, j)] += rv * a[ai(gi, i, kk)] as f64;
+                }
+            }
+        }
+    }
+    (da, db, dbias)
+}

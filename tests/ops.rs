@@ -1,0 +1,864 @@
+//! Every graph op, forward and backward, against plain-Rust CPU references (f64 accumulation)
+//! and central finite differences, on odd sizes and on sizes that take the vec4 fast paths.
+//!
+//! Gradients are checked through a seeded backward pass: with leaves `p`, output `y` and a
+//! random seed `r` shaped like `y`, `autograd::grad(y, Some(r), p)` is d sum(r*y) / dp.
+
+mod common;
+
+use common::{assert_close, check_fd, labels, randn, randn_away, FdLeaf};
+use modelbatch::{autograd, DType, Error, Graph, Plan, Reduction, TensorId};
+
+/// Tolerances of GPU results against the f64 CPU references.
+const RTOL: f64 = 1e-4;
+const ATOL: f64 = 1e-5;
+/// Finite differences: step and tolerance (f32 forward passes).
+const EPS: f32 = 1e-2;
+const FD_RTOL: f64 = 2e-2;
+/// Absolute part, as a fraction of the leaf's largest gradient (see `common::check_fd`).
+const FD_ATOL: f64 = 1e-2;
+/// Coordinates probed per leaf.
+const FD_COORDS: usize = 3;
+
+/// A compiled forward + seeded backward graph with its leaves written.
+struct Case {
+    plan: Plan,
+    y: TensorId,
+    r: Vec<f32>,
+    leaves: Vec<(String, TensorId, Vec<f32>)>,
+    grads: Vec<TensorId>,
+}
+
+/// Builds `y = build(graph, params)` over parameters `leaves` (name, per-model shape, values),
+/// seeds the backward pass with random `r`, compiles `[y, grads...]` and writes the leaves.
+fn case(
+    gpu: &modelbatch::Gpu,
+    g: usize,
+    leaves: Vec<(&str, Vec<usize>, Vec<f32>)>,
+    seed: u64,
+    build: impl FnOnce(&mut Graph, &[TensorId]) -> modelbatch::Result<TensorId>,
+) -> Case {
+    let mut graph = Graph::new(g);
+    let params: Vec<TensorId> = leaves.iter().map(|(name, shape, _)| graph.param(name, shape).unwrap()).collect();
+    let y = build(&mut graph, &params).unwrap();
+    let y_shape = graph.shape(y).to_vec();
+    let r_id = graph.input("seed_r", &y_shape[1..], DType::F32).unwrap();
+    let grads = autograd::grad(&mut graph, y, Some(r_id), &params).unwrap();
+    let grads: Vec<TensorId> = grads
+        .iter()
+        .zip(&leaves)
+        .map(|(g, (name, _, _))| g.unwrap_or_else(|| panic!("no gradient for {name}")))
+        .collect();
+    let mut keep = vec![y];
+    keep.extend_from_slice(&grads);
+    let plan = Plan::new(gpu, &graph, &keep, &[]).unwrap();
+    let r = randn(seed ^ 0xA5A5, y_shape.iter().product());
+    plan.write(r_id, &r).unwrap();
+    let leaves: Vec<(String, TensorId, Vec<f32>)> = leaves
+        .into_iter()
+        .zip(&params)
+        .map(|((name, shape, values), &id)| {
+            assert_eq!(values.len(), g * shape.iter().product::<usize>(), "{name}: value count");
+            plan.write(id, &values).unwrap();
+            (name.to_string(), id, values)
+        })
+        .collect();
+    Case { plan, y, r, leaves, grads }
+}
+
+impl Case {
+    /// Runs once; returns `y` and each leaf's gradient.
+    fn run(&self) -> (Vec<f32>, Vec<Vec<f32>>) {
+        self.plan.run().unwrap();
+        let y = self.plan.read_blocking(self.y).unwrap();
+        let grads = self.grads.iter().map(|&t| self.plan.read_blocking(t).unwrap()).collect();
+        (y, grads)
+    }
+
+    fn values(&self, i: usize) -> &[f32] {
+        &self.leaves[i].2
+    }
+
+    /// Finite-difference check of every leaf's gradient.
+    fn fd(&self, grads: &[Vec<f32>]) {
+        self.fd_with(grads, EPS, FD_RTOL, FD_ATOL);
+    }
+
+    fn fd_with(&self, grads: &[Vec<f32>], eps: f32, rtol: f64, atol: f64) {
+        let leaves: Vec<FdLeaf> = self
+            .leaves
+            .iter()
+            .zip(grads)
+            .map(|((name, id, values), grad)| FdLeaf { name, id: *id, values, grad })
+            .collect();
+        let before = self.plan.read_blocking(self.y).unwrap();
+        check_fd(&self.plan, self.y, &self.r, &leaves, FD_COORDS, eps, rtol, atol);
+        // The leaves are restored: the output must come back bit for bit (deterministic kernels).
+        let (after, _) = self.run();
+        assert_eq!(before, after, "output after the finite differences");
+    }
+
+    fn labels(&self) -> Vec<&'static str> {
+        self.plan.dispatch_labels()
+    }
+}
+
+fn r64(v: &[f32]) -> Vec<f64> {
+    common::to64(v)
+}
+
+// ---------------------------------------------------------------------------------------
+// matmul
+
+/// The GEMM entry point `src/ops/linear.rs` documents for a product of this layout.
+fn gemm_entry(ta: bool, tb: bool, m: usize, n: usize, k: usize) -> &'static str {
+    match (ta, tb) {
+        (false, true) if k % 4 == 0 => "gemm_nt",
+        (false, false) if n % 4 == 0 => "gemm_nn",
+        (true, false) if m % 4 == 0 && n % 4 == 0 => "gemm_tn",
+        _ => "gemm",
+    }
+}
+
+/// Forward, backward (A, B, bias) and finite differences of one batched product; returns
+/// the plan's dispatch labels.
+#[allow(clippy::too_many_arguments)]
+fn check_matmul(
+    gpu: &modelbatch::Gpu,
+    g: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+    bias: bool,
+) -> Vec<&'static str> {
+    let what = format!("matmul G={g} M={m} K={k} N={n} trans_a={ta} trans_b={tb} bias={bias}");
+    let seed = (g * 1_000_003 + m * 10_007 + k * 101 + n) as u64 * 4 + u64::from(ta) * 2 + u64::from(tb);
+    let a_shape = if ta { vec![k, m] } else { vec![m, k] };
+    let b_shape = if tb { vec![n, k] } else { vec![k, n] };
+    let mut leaves = vec![("a", a_shape, randn(seed, g * m * k)), ("b", b_shape, randn(seed + 1, g * k * n))];
+    if bias {
+        leaves.push(("bias", vec![n], randn(seed + 2, g * n)));
+    }
+    let c = case(gpu, g, leaves, seed, |gr, p| gr.matmul(p[0], p[1], p.get(2).copied(), ta, tb));
+    let (y, grads) = c.run();
+    let (a, b) = (c.values(0), c.values(1));
+    let bias_v = if bias { Some(c.values(2)) } else { None };
+    let atol = ATOL.max(1e-6 * k.max(m).max(n) as f64);
+    assert_close(&format!("{what}: forward"), &y, &common::matmul_ref(g, m, n, k, a, b, bias_v, ta, tb), RTOL, atol);
+    let (da, db, dbias) = common::matmul_grads_ref(g, m, n, k, a, b, &c.r, ta, tb);
+    assert_close(&format!("{what}: dA"), &grads[0], &da, RTOL, atol);
+    assert_close(&format!("{what}: dB"), &grads[1], &db, RTOL, atol);
+    if bias {
+        assert_close(&format!("{what}: dbias"), &grads[2], &dbias, RTOL, atol);
+    }
+    c.fd(&grads);
+    let labels = c.labels();
+    let want = gemm_entry(ta, tb, m, n, k);
+    assert_eq!(labels.first().copied(), Some(want), "{what}: forward kernel (all dispatches: {labels:?})");
+    labels
+}
+
+const COMBOS: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
+
+#[test]
+fn matmul_odd_sizes_all_layouts() {
+    let gpu = gpu_or_skip!();
+    for (ta, tb) in COMBOS {
+        for bias in [false, true] {
+            let labels = check_matmul(gpu, 17, 5, 7, 3, ta, tb, bias);
+            // No dimension is a multiple of 4: every product must take the general kernel.
+            for l in labels.iter().filter(|l| l.starts_with("gemm")) {
+                assert_eq!(*l, "gemm", "odd sizes picked {l} ({labels:?})");
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_vec4_sizes_all_layouts() {
+    let gpu = gpu_or_skip!();
+    let mut seen = std::collections::BTreeSet::new();
+    for (ta, tb) in COMBOS {
+        for bias in [false, true] {
+            seen.extend(check_matmul(gpu, 3, 8, 12, 16, ta, tb, bias));
+        }
+    }
+    for entry in ["gemm_nt", "gemm_nn", "gemm_tn", "gemm"] {
+        assert!(seen.contains(entry), "{entry} never ran (saw {seen:?})");
+    }
+}
+
+/// The fast paths with the other dimensions ragged and spanning several 32x32 tiles: rows
+/// and columns past the edge are clamped on load and dropped on store.
+#[test]
+fn matmul_fast_paths_with_ragged_edges() {
+    let gpu = gpu_or_skip!();
+    // (trans_a, trans_b, m, k, n): gemm_nt needs K%4, gemm_nn N%4, gemm_tn M%4 and N%4.
+    let cases = [
+        (false, true, 37, 8, 35),  // gemm_nt
+        (false, false, 37, 9, 36), // gemm_nn
+        (true, false, 36, 7, 40),  // gemm_tn
+        (true, true, 36, 8, 40),   // gemm (no fast path transposes B and A)
+        (false, true, 33, 7, 34),  // gemm: K ragged
+        (true, false, 36, 5, 6),   // gemm: N ragged
+    ];
+    for (ta, tb, m, k, n) in cases {
+        check_matmul(gpu, 2, m, k, n, ta, tb, true);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// linear
+
+/// `linear` on `x [G, lead..., in]`, `weight [G, out, in]`, optional bias; returns labels.
+fn check_linear(
+    gpu: &modelbatch::Gpu,
+    g: usize,
+    lead: &[usize],
+    inp: usize,
+    out: usize,
+    bias: bool,
+) -> Vec<&'static str> {
+    let what = format!("linear G={g} lead={lead:?} in={inp} out={out} bias={bias}");
+    let rows: usize = lead.iter().product();
+    let seed = (g * 7919 + rows * 31 + inp * 7 + out) as u64;
+    let mut x_shape = lead.to_vec();
+    x_shape.push(inp);
+    let mut leaves =
+        vec![("x", x_shape, randn(seed, g * rows * inp)), ("weight", vec![out, inp], randn(seed + 1, g * out * inp))];
+    if bias {
+        leaves.push(("bias", vec![out], randn(seed + 2, g * out)));
+    }
+    let c = case(gpu, g, leaves, seed, |gr, p| {
+        let y = gr.linear(p[0], p[1], p.get(2).copied())?;
+        let mut want = vec![g];
+        want.extend_from_slice(lead);
+        want.push(out);
+        assert_eq!(gr.shape(y), want.as_slice(), "{what}: output shape");
+        Ok(y)
+    });
+    let (y, grads) = c.run();
+    let (x, w) = (c.values(0), c.values(1));
+    let bias_v = if bias { Some(c.values(2)) } else { None };
+    let atol = ATOL.max(1e-6 * rows.max(inp).max(out) as f64);
+    assert_close(
+        &format!("{what}: forward"),
+        &y,
+        &common::matmul_ref(g, rows, out, inp, x, w, bias_v, false, true),
+        RTOL,
+        atol,
+    );
+    let (dx, dw, db) = common::matmul_grads_ref(g, rows, out, inp, x, w, &c.r, false, true);
+    assert_close(&format!("{what}: dx"), &grads[0], &dx, RTOL, atol);
+    assert_close(&format!("{what}: dweight"), &grads[1], &dw, RTOL, atol);
+    if bias {
+        assert_close(&format!("{what}: dbias"), &grads[2], &db, RTOL, atol);
+    }
+    c.fd(&grads);
+    c.labels()
+}
+
+#[test]
+fn linear_odd_sizes() {
+    let gpu = gpu_or_skip!();
+    for bias in [true, false] {
+        check_linear(gpu, 17, &[5], 7, 3, bias);
+    }
+}
+
+#[test]
+fn linear_vec4_sizes_take_the_three_fast_paths() {
+    let gpu = gpu_or_skip!();
+    // Forward x·Wᵀ (K = in), backward to x dy·W (N = in), backward to W dyᵀ·x (M = out, N = in).
+    let labels = check_linear(gpu, 3, &[5], 8, 12, true);
+    for entry in ["gemm_nt", "gemm_nn", "gemm_tn"] {
+        assert!(labels.contains(&entry), "linear with in=8, out=12 did not run {entry}: {labels:?}");
+    }
+}
+
+#[test]
+fn linear_rank4_input_is_reshaped() {
+    let gpu = gpu_or_skip!();
+    check_linear(gpu, 3, &[2, 3, 5], 6, 5, true);
+    check_linear(gpu, 2, &[3, 2], 8, 4, false);
+}
+
+// ---------------------------------------------------------------------------------------
+// elementwise
+
+#[test]
+fn relu_forward_and_backward() {
+    let gpu = gpu_or_skip!();
+    let (g, shape) = (17, vec![5, 7]);
+    let numel = g * 35;
+    // Away from the kink so that finite differences never straddle 0.
+    let x = randn_away(11, numel, 3.0 * EPS);
+    let c = case(gpu, g, vec![("x", shape, x)], 11, |gr, p| gr.relu(p[0]));
+    let (y, grads) = c.run();
+    let x = c.values(0);
+    let want: Vec<f64> = x.iter().map(|&v| (v as f64).max(0.0)).collect();
+    assert_close("relu forward", &y, &want, 0.0, 0.0);
+    let dx: Vec<f64> = x.iter().zip(&c.r).map(|(&v, &r)| if v > 0.0 { r as f64 } else { 0.0 }).collect();
+    assert_close("relu backward", &grads[0], &dx, 0.0, 0.0);
+    assert!(x.iter().any(|&v| v > 0.0) && x.iter().any(|&v| v < 0.0), "test data needs both signs");
+    c.fd(&grads);
+    let labels = c.labels();
+    assert!(labels.contains(&"relu") && labels.contains(&"relu_grad"), "{labels:?}");
+}
+
+#[test]
+fn relu_grad_masks_where_output_is_not_positive() {
+    let gpu = gpu_or_skip!();
+    let (g, per) = (3, 13);
+    let mut graph = Graph::new(g);
+    let dy = graph.input("dy", &[per], DType::F32).unwrap();
+    let y = graph.input("y", &[per], DType::F32).unwrap();
+    let out = graph.relu_grad(dy, y).unwrap();
+    let plan = Plan::new(gpu, &graph, &[out], &[]).unwrap();
+    let dyv = randn(5, g * per);
+    // y as relu leaves it: zeros (from negative inputs) and positives, plus a negative and -0.
+    let mut yv: Vec<f32> = randn(6, g * per).iter().map(|v| v.max(0.0)).collect();
+    yv[1] = 0.0;
+    yv[2] = -0.0;
+    yv[3] = -1.0;
+    yv[4] = 1e-30;
+    plan.write(dy, &dyv).unwrap();
+    plan.write(y, &yv).unwrap();
+    plan.run().unwrap();
+    let got = plan.read_blocking(out).unwrap();
+    let want: Vec<f64> = dyv.iter().zip(&yv).map(|(&d, &yy)| if yy > 0.0 { d as f64 } else { 0.0 }).collect();
+    assert_close("relu_grad", &got, &want, 0.0, 0.0);
+}
+
+#[test]
+fn add_forward_and_backward() {
+    let gpu = gpu_or_skip!();
+    let (g, shape) = (5, vec![3, 7]);
+    let n = g * 21;
+    let c = case(gpu, g, vec![("a", shape.clone(), randn(21, n)), ("b", shape, randn(22, n))], 21, |gr, p| {
+        gr.add(p[0], p[1])
+    });
+    let (y, grads) = c.run();
+    let want: Vec<f64> = c.values(0).iter().zip(c.values(1)).map(|(&a, &b)| a as f64 + b as f64).collect();
+    assert_close("add forward", &y, &want, 1e-7, 0.0);
+    assert_close("add da", &grads[0], &r64(&c.r), 0.0, 0.0);
+    assert_close("add db", &grads[1], &r64(&c.r), 0.0, 0.0);
+    c.fd(&grads);
+}
+
+#[test]
+fn add_with_shared_operand_accumulates_gradients() {
+    let gpu = gpu_or_skip!();
+    // y = relu(a) + a: two paths into a; autograd must sum them.
+    let (g, shape) = (4, vec![9]);
+    let a = randn_away(31, g * 9, 3.0 * EPS);
+    let c = case(gpu, g, vec![("a", shape, a)], 31, |gr, p| {
+        let r = gr.relu(p[0])?;
+        let twice = gr.add(p[0], p[0])?;
+        gr.add(r, twice)
+    });
+    let (y, grads) = c.run();
+    let a = c.values(0);
+    let want: Vec<f64> = a.iter().map(|&v| (v as f64).max(0.0) + 2.0 * v as f64).collect();
+    assert_close("relu(a) + (a + a)", &y, &want, 1e-6, 0.0);
+    let da: Vec<f64> = a.iter().zip(&c.r).map(|(&v, &r)| r as f64 * if v > 0.0 { 3.0 } else { 2.0 }).collect();
+    assert_close("d(relu(a) + a + a)/da", &grads[0], &da, 1e-6, 0.0);
+    c.fd(&grads);
+}
+
+// ---------------------------------------------------------------------------------------
+// reshape / flatten
+
+#[test]
+fn reshape_and_flatten_forward_and_backward() {
+    let gpu = gpu_or_skip!();
+    let g = 3;
+    // flatten [G, 5, 2, 3] -> [G, 5, 6], plus q; then a reshape feeding a matmul.
+    let p = randn(41, g * 30);
+    let q = randn(42, g * 30);
+    let w = randn(43, g * 6 * 4);
+    let c = case(gpu, g, vec![("p", vec![5, 2, 3], p), ("q", vec![5, 6], q), ("w", vec![6, 4], w)], 41, |gr, t| {
+        let f = gr.flatten(t[0])?;
+        assert_eq!(gr.shape(f), &[g, 5, 6]);
+        let s = gr.add(f, t[1])?;
+        let s2 = gr.reshape(s, &[10, 3])?; // a view that is not the original one
+        let s3 = gr.reshape(s2, &[5, 6])?;
+        let y = gr.matmul(s3, t[2], None, false, false)?; // [G, 5, 4]
+        gr.reshape(y, &[20])
+    });
+    let (y, grads) = c.run();
+    let (p, q, w) = (c.values(0), c.values(1), c.values(2));
+    let s: Vec<f32> = p.iter().zip(q).map(|(a, b)| a + b).collect();
+    assert_close("reshape forward", &y, &common::matmul_ref(g, 5, 4, 6, &s, w, None, false, false), RTOL, ATOL);
+    let (ds, dw, _) = common::matmul_grads_ref(g, 5, 4, 6, &s, w, &c.r, false, false);
+    assert_close("reshape dp", &grads[0], &ds, RTOL, ATOL);
+    assert_close("reshape dq", &grads[1], &ds, RTOL, ATOL);
+    assert_close("reshape dw", &grads[2], &dw, RTOL, ATOL);
+    c.fd(&grads);
+}
+
+#[test]
+fn flatten_keeps_the_data() {
+    let gpu = gpu_or_skip!();
+    let g = 2;
+    let mut graph = Graph::new(g);
+    let x = graph.input("x", &[3, 2, 5, 1], DType::F32).unwrap();
+    let f = graph.flatten(x).unwrap();
+    assert_eq!(graph.shape(f), &[g, 3, 10]);
+    let back = graph.reshape(f, &[30]).unwrap();
+    let plan = Plan::new(gpu, &graph, &[f, back], &[]).unwrap();
+    let xv = randn(51, g * 30);
+    plan.write(x, &xv).unwrap();
+    plan.run().unwrap();
+    assert_eq!(plan.read_blocking(f).unwrap(), xv);
+    assert_eq!(plan.read_blocking(back).unwrap(), xv);
+    let err = graph.reshape(x, &[7]).unwrap_err();
+    assert!(matches!(err, Error::Shape(_)) && err.to_string().contains("reshape"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// sum / mean / broadcast
+
+fn check_reduce(gpu: &modelbatch::Gpu, shape: &[usize], axes: &[usize], mean: bool) {
+    let what = format!("{} over {axes:?} of {shape:?}", if mean { "mean" } else { "sum" });
+    let g = shape[0];
+    let numel: usize = shape.iter().product();
+    let seed = numel as u64 * 13 + axes.iter().sum::<usize>() as u64 + u64::from(mean);
+    let c = case(gpu, g, vec![("x", shape[1..].to_vec(), randn(seed, numel))], seed, |gr, p| {
+        if mean {
+            gr.mean(p[0], axes)
+        } else {
+            gr.sum(p[0], axes)
+        }
+    });
+    let count: usize = axes.iter().map(|&a| shape[a]).product();
+    let scale = if mean { 1.0 / count as f64 } else { 1.0 };
+    let (y, grads) = c.run();
+    assert_close(&format!("{what}: forward"), &y, &common::sum_ref(shape, c.values(0), axes, scale), RTOL, ATOL);
+    let dx = common::broadcast_ref(shape, &c.r, axes, scale);
+    assert_close(&format!("{what}: backward"), &grads[0], &dx, RTOL, 1e-7);
+    c.fd(&grads);
+    let labels = c.labels();
+    assert!(labels.contains(&"sum") && labels.contains(&"broadcast"), "{what}: {labels:?}");
+}
+
+#[test]
+fn sum_and_mean_over_axis_sets() {
+    let gpu = gpu_or_skip!();
+    let shape = [3, 5, 3, 7, 2];
+    let axis_sets: [&[usize]; 8] = [&[1], &[2], &[4], &[1, 3], &[2, 4], &[1, 2], &[1, 3, 4], &[1, 2, 3, 4]];
+    for axes in axis_sets {
+        for mean in [false, true] {
+            check_reduce(gpu, &shape, axes, mean);
+        }
+    }
+}
+
+#[test]
+fn sum_and_mean_with_size_one_axes() {
+    let gpu = gpu_or_skip!();
+    // Size-1 axes are dropped by the lowering: reduce only them, around them, and everything.
+    let shape = [2, 1, 5, 1, 3];
+    let axis_sets: [&[usize]; 5] = [&[1], &[1, 3], &[2], &[2, 4], &[1, 2, 3, 4]];
+    for axes in axis_sets {
+        for mean in [false, true] {
+            check_reduce(gpu, &shape, axes, mean);
+        }
+    }
+    // G = 1: nothing kept at all after dropping size-1 axes.
+    check_reduce(gpu, &[1, 4, 3], &[1, 2], true);
+}
+
+#[test]
+fn sum_over_many_rows_and_unsorted_axes() {
+    let gpu = gpu_or_skip!();
+    check_reduce(gpu, &[2, 300, 3], &[1], false);
+    // Axes in any order name the same reduction.
+    let mut graph = Graph::new(2);
+    let x = graph.input("x", &[3, 4, 5], DType::F32).unwrap();
+    let a = graph.sum(x, &[3, 1]).unwrap();
+    assert_eq!(graph.shape(a), &[2, 4]);
+    let plan = Plan::new(gpu, &graph, &[a], &[]).unwrap();
+    let xv = randn(61, 2 * 60);
+    plan.write(x, &xv).unwrap();
+    plan.run().unwrap();
+    assert_close(
+        "sum over [3, 1]",
+        &plan.read_blocking(a).unwrap(),
+        &common::sum_ref(&[2, 3, 4, 5], &xv, &[1, 3], 1.0),
+        RTOL,
+        ATOL,
+    );
+    for bad in [&[0usize][..], &[4], &[1, 1], &[]] {
+        let err = graph.sum(x, bad).unwrap_err();
+        assert!(err.to_string().contains("sum") && err.to_string().contains("[2, 3, 4, 5]"), "{err}");
+    }
+}
+
+fn check_broadcast(gpu: &modelbatch::Gpu, out_shape: &[usize], axes: &[usize], scale: f32) {
+    let what = format!("broadcast to {out_shape:?} along {axes:?} times {scale}");
+    let g = out_shape[0];
+    let in_shape: Vec<usize> =
+        out_shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+    let numel: usize = in_shape.iter().product();
+    let seed = numel as u64 * 17 + axes.iter().sum::<usize>() as u64;
+    let c = case(gpu, g, vec![("x", in_shape[1..].to_vec(), randn(seed, numel))], seed, |gr, p| {
+        gr.broadcast(p[0], out_shape, axes, scale)
+    });
+    let (y, grads) = c.run();
+    let mut sorted = axes.to_vec();
+    sorted.sort_unstable();
+    assert_close(
+        &format!("{what}: forward"),
+        &y,
+        &common::broadcast_ref(out_shape, c.values(0), &sorted, scale as f64),
+        1e-6,
+        0.0,
+    );
+    let dx = common::sum_ref(out_shape, &c.r, &sorted, scale as f64);
+    assert_close(&format!("{what}: backward"), &grads[0], &dx, RTOL, ATOL);
+    c.fd(&grads);
+}
+
+#[test]
+fn broadcast_forward_and_backward() {
+    let gpu = gpu_or_skip!();
+    check_broadcast(gpu, &[3, 5, 3, 7], &[2], 0.5);
+    check_broadcast(gpu, &[2, 4, 7], &[1], 1.0);
+    check_broadcast(gpu, &[2, 5, 4, 3], &[2, 3], -2.0);
+    check_broadcast(gpu, &[3, 2, 3, 4], &[1, 3], 1.5);
+    check_broadcast(gpu, &[3, 2, 3, 4], &[3, 1], 0.25); // unsorted
+    check_broadcast(gpu, &[2, 1, 3, 1, 5], &[1, 2, 4], 1.0); // size-1 axes
+    check_broadcast(gpu, &[17, 3, 5], &[1, 2], 1.0); // everything but G
+    let mut graph = Graph::new(2);
+    let x = graph.input("x", &[3], DType::F32).unwrap();
+    let err = graph.broadcast(x, &[2, 4, 5], &[1], 1.0).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("broadcast") && msg.contains("[2, 3]") && msg.contains("[2, 4, 5]"), "{msg}");
+}
+
+// ---------------------------------------------------------------------------------------
+// cross-entropy
+
+fn check_cross_entropy(gpu: &modelbatch::Gpu, g: usize, n: usize, classes: usize, reduction: Reduction) {
+    let what = format!("cross_entropy {reduction:?} G={g} N={n} C={classes}");
+    let seed = (g * 1000 + n * 10 + classes) as u64;
+    let logits: Vec<f32> = randn(seed, g * n * classes).iter().map(|v| 3.0 * v).collect();
+    let lab = labels(seed + 1, g * n, classes);
+    let c = case(gpu, g, vec![("logits", vec![n, classes], logits)], seed, |gr, p| {
+        let y = gr.input("labels", &[n], DType::U32)?;
+        gr.cross_entropy(p[0], y, reduction)
+    });
+    c.plan.write_u32(c.plan.find("labels").unwrap(), &lab).unwrap();
+    let (y, grads) = c.run();
+    let rows = common::ce_rows_ref(c.values(0), &lab, classes);
+    let (want, up): (Vec<f64>, Vec<f64>) = match reduction {
+        Reduction::None => (rows.clone(), r64(&c.r)),
+        Reduction::Sum | Reduction::Mean => {
+            let div = if reduction == Reduction::Mean { n as f64 } else { 1.0 };
+            let per_model = (0..g).map(|m| rows[m * n..(m + 1) * n].iter().sum::<f64>() / div).collect();
+            (per_model, (0..g * n).map(|row| c.r[row / n] as f64 / div).collect())
+        }
+    };
+    assert_close(&format!("{what}: forward"), &y, &want, RTOL, ATOL);
+    let d = common::ce_grad_ref(c.values(0), &lab, classes, &up);
+    assert_close(&format!("{what}: d logits"), &grads[0], &d, RTOL, ATOL);
+    // Per-model sums over many samples round at a larger magnitude than one logit moves
+    // them: a larger step keeps that noise small (the loss is smooth, truncation is O(eps²)).
+    let eps = if n > 100 { 5e-2 } else { EPS };
+    c.fd_with(&grads, eps, FD_RTOL, FD_ATOL);
+    let labels = c.labels();
+    assert!(labels.contains(&"ce_grad"), "{what}: {labels:?}");
+}
+
+#[test]
+fn cross_entropy_all_reductions() {
+    let gpu = gpu_or_skip!();
+    for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+        check_cross_entropy(gpu, 17, 5, 7, reduction);
+        check_cross_entropy(gpu, 2, 3, 12, reduction);
+    }
+}
+
+#[test]
+fn cross_entropy_more_samples_than_a_workgroup() {
+    let gpu = gpu_or_skip!();
+    // N > 256: each invocation of the per-model workgroup sums several samples.
+    check_cross_entropy(gpu, 3, 300, 10, Reduction::Mean);
+    check_cross_entropy(gpu, 2, 517, 3, Reduction::Sum);
+}
+
+#[test]
+fn cross_entropy_invalid_label_is_nan_for_its_model_only() {
+    let gpu = gpu_or_skip!();
+    let (g, n, classes) = (3, 4, 5);
+    let mut graph = Graph::new(g);
+    let logits = graph.input("logits", &[n, classes], DType::F32).unwrap();
+    let lab = graph.input("labels", &[n], DType::U32).unwrap();
+    let none = graph.cross_entropy(logits, lab, Reduction::None).unwrap();
+    let mean = graph.cross_entropy(logits, lab, Reduction::Mean).unwrap();
+    let sum = graph.cross_entropy(logits, lab, Reduction::Sum).unwrap();
+    let plan = Plan::new(gpu, &graph, &[none, mean, sum], &[]).unwrap();
+    let lv = randn(71, g * n * classes);
+    let mut yv = labels(72, g * n, classes);
+    yv[n + 2] = classes as u32; // model 1, sample 2: out of range
+    plan.write(logits, &lv).unwrap();
+    plan.write_u32(lab, &yv).unwrap();
+    plan.run().unwrap();
+    let rows = plan.read_blocking(none).unwrap();
+    for (i, v) in rows.iter().enumerate() {
+        assert_eq!(v.is_nan(), i == n + 2, "row {i}: {v}");
+    }
+    for t in [mean, sum] {
+        let per_model = plan.read_blocking(t).unwrap();
+        assert!(per_model[0].is_finite() && per_model[1].is_nan() && per_model[2].is_finite(), "{per_model:?}");
+    }
+}
+
+/// The default seed (all ones, a `fill` constant) through a linear layer and a per-model mean
+/// loss: each model gets the gradient of its own loss. A parameter the loss does not depend
+/// on gets no gradient.
+#[test]
+fn default_seed_backpropagates_each_models_own_loss() {
+    let gpu = gpu_or_skip!();
+    let (g, n, inp, classes) = (5, 3, 6, 4);
+    let mut graph = Graph::new(g);
+    let x = graph.input("x", &[n, inp], DType::F32).unwrap();
+    let w = graph.param("w", &[classes, inp]).unwrap();
+    let unused = graph.param("unused", &[2]).unwrap();
+    let lab = graph.input("labels", &[n], DType::U32).unwrap();
+    let logits = graph.linear(x, w, None).unwrap();
+    let loss = graph.cross_entropy(logits, lab, Reduction::Mean).unwrap();
+    let grads = autograd::grad(&mut graph, loss, None, &[w, unused]).unwrap();
+    assert!(grads[1].is_none(), "a parameter the loss does not read got a gradient");
+    let dw = grads[0].expect("gradient of w");
+    let plan = Plan::new(gpu, &graph, &[loss, logits, dw], &[]).unwrap();
+    let (xv, wv, yv) = (randn(81, g * n * inp), randn(82, g * classes * inp), labels(83, g * n, classes));
+    plan.write(x, &xv).unwrap();
+    plan.write(w, &wv).unwrap();
+    plan.write_u32(lab, &yv).unwrap();
+    plan.run().unwrap();
+    let lv = plan.read_blocking(logits).unwrap();
+    let rows = common::ce_rows_ref(&lv, &yv, classes);
+    let want: Vec<f64> = (0..g).map(|m| rows[m * n..(m + 1) * n].iter().sum::<f64>() / n as f64).collect();
+    assert_close("mean loss", &plan.read_blocking(loss).unwrap(), &want, RTOL, ATOL);
+    let dlogits = common::ce_grad_ref(&lv, &yv, classes, &vec![1.0 / n as f64; g * n]);
+    let dlogits: Vec<f32> = dlogits.iter().map(|&v| v as f32).collect();
+    let (_, want_dw, _) = common::matmul_grads_ref(g, n, classes, inp, &xv, &wv, &dlogits, false, true);
+    assert_close("dw with the default seed", &plan.read_blocking(dw).unwrap(), &want_dw, 1e-4, 1e-6);
+}
+
+// ---------------------------------------------------------------------------------------
+// top-k accuracy
+
+/// Rank of each sample's label as the shader documents it: the number of other logits that
+/// beat it (larger, or NaN; ties do not beat). `None`: never counted correct (label out of
+/// range, or a NaN label logit).
+fn label_rank(row: &[f32], label: u32) -> Option<usize> {
+    let l = label as usize;
+    if l >= row.len() || row[l].is_nan() {
+        return None;
+    }
+    Some(row.iter().enumerate().filter(|&(j, &v)| j != l && (v.is_nan() || v > row[l])).count())
+}
+
+/// CPU reference `[G, K]` of top-k accuracy.
+fn topk_ref(g: usize, n: usize, c: usize, logits: &[f32], lab: &[u32], ks: &[u32], counts: bool) -> Vec<f64> {
+    let mut out = vec![0.0; g * ks.len()];
+    for m in 0..g {
+        for i in 0..n {
+            let row = m * n + i;
+            if let Some(rank) = label_rank(&logits[row * c..(row + 1) * c], lab[row]) {
+                for (t, &k) in ks.iter().enumerate() {
+                    if rank < k as usize {
+                        out[m * ks.len() + t] += 1.0;
+                    }
+                }
+            }
+        }
+    }
+    if !counts {
+        out.iter_mut().for_each(|v| *v /= n as f64);
+    }
+    out
+}
+
+/// Runs `topk_accuracy` on given logits/labels; returns the flat `[G, K]` result and the
+/// `[k][G]` view from `read_topk`.
+#[allow(clippy::too_many_arguments)]
+fn run_topk(
+    gpu: &modelbatch::Gpu,
+    g: usize,
+    n: usize,
+    c: usize,
+    logits: &[f32],
+    lab: &[u32],
+    ks: &[u32],
+    counts: bool,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let mut graph = Graph::new(g);
+    let lt = graph.input("logits", &[n, c], DType::F32).unwrap();
+    let yt = graph.input("labels", &[n], DType::U32).unwrap();
+    let acc = graph.topk_accuracy(lt, yt, ks, counts).unwrap();
+    assert_eq!(graph.shape(acc), &[g, ks.len()]);
+    let plan = Plan::new(gpu, &graph, &[acc], &[]).unwrap();
+    plan.write(lt, logits).unwrap();
+    plan.write_u32(yt, lab).unwrap();
+    plan.run().unwrap();
+    let flat = plan.read_blocking(acc).unwrap();
+    let by_k = pollster::block_on(plan.read_topk(acc)).unwrap();
+    (flat, by_k)
+}
+
+fn check_topk_random(gpu: &modelbatch::Gpu, g: usize, n: usize, c: usize, ks: &[u32]) {
+    let seed = (g * 100 + n * 10 + c) as u64;
+    // Coarse values so that ties happen.
+    let logits: Vec<f32> = randn(seed, g * n * c).iter().map(|v| (v * 4.0).round()).collect();
+    let lab = labels(seed + 1, g * n, c);
+    for counts in [false, true] {
+        let what = format!("topk G={g} N={n} C={c} ks={ks:?} counts={counts}");
+        let (flat, by_k) = run_topk(gpu, g, n, c, &logits, &lab, ks, counts);
+        let want = topk_ref(g, n, c, &logits, &lab, ks, counts);
+        assert_close(&what, &flat, &want, 1e-6, 0.0);
+        assert_eq!(by_k.len(), ks.len(), "{what}: read_topk gives [k][G]");
+        for (t, row) in by_k.iter().enumerate() {
+            let col: Vec<f32> = (0..g).map(|m| flat[m * ks.len() + t]).collect();
+            assert_eq!(row, &col, "{what}: read_topk row for k={}", ks[t]);
+        }
+        // k = C: every valid sample is correct.
+        if let Some(t) = ks.iter().position(|&k| k as usize == c) {
+            for m in 0..g {
+                let v = flat[m * ks.len() + t];
+                assert_eq!(v, if counts { n as f32 } else { 1.0 }, "{what}: k=C, model {m}");
+            }
+        }
+    }
+}
+
+#[test]
+fn topk_accuracy_fractions_and_counts() {
+    let gpu = gpu_or_skip!();
+    check_topk_random(gpu, 17, 5, 7, &[1, 3, 7]);
+    check_topk_random(gpu, 2, 300, 10, &[1, 2, 5, 10]);
+    check_topk_random(gpu, 3, 4, 4, &[4, 1]);
+    check_topk_random(gpu, 2, 6, 9, &[1, 2, 3, 4, 5, 6, 7, 9]); // eight ks: the most one op takes
+}
+
+#[test]
+fn topk_accuracy_ties_nan_and_bad_labels() {
+    let gpu = gpu_or_skip!();
+    let nan = f32::NAN;
+    let (g, n, c) = (2, 6, 4);
+    #[rustfmt::skip]
+    let model0: [[f32; 4]; 6] = [
+        [1.0, 1.0, 1.0, 1.0], // label 2: all tied, nothing beats it -> rank 0
+        [0.0, 5.0, 5.0, 1.0], // label 1: tie with class 2 -> rank 0
+        [nan, 0.0, 1.0, 2.0], // label 3: NaN beats it -> rank 1
+        [0.0, nan, 1.0, 2.0], // label 1 is NaN: never correct, not even for k = C
+        [0.0, 1.0, 2.0, 3.0], // label 4 >= C: never correct
+        [3.0, 2.0, 1.0, 0.0], // label 3: rank 3
+    ];
+    let lab0 = [2, 1, 3, 1, 4, 3];
+    #[rustfmt::skip]
+    let model1: [[f32; 4]; 6] = [
+        [0.0, 1.0, 2.0, 3.0],
+        [0.0, 1.0, 2.0, 3.0],
+        [0.0, 1.0, 2.0, 3.0],
+        [nan, nan, nan, nan],  // NaN label logit among NaNs
+        [9.0, nan, 1.0, 9.0],  // label 0: ties with class 3, NaN beats -> rank 1
+        [-1.0, 2.0, 2.0, 2.0], // label 2: ties -> rank 0
+    ];
+    let lab1 = [3, 2, 0, 0, 0, 2];
+    let logits: Vec<f32> = model0.iter().chain(&model1).flatten().copied().collect();
+    let lab: Vec<u32> = lab0.iter().chain(&lab1).copied().collect();
+    let ks = [1, 2, 3, 4];
+    // Expected counts per model and k, worked by hand.
+    let want_counts = [[2.0, 3.0, 3.0, 4.0], [2.0, 4.0, 4.0, 5.0]];
+    let reference = topk_ref(g, n, c, &logits, &lab, &ks, true);
+    assert_eq!(reference, want_counts.concat(), "the CPU reference disagrees with the hand count");
+    let (counts, by_k) = run_topk(gpu, g, n, c, &logits, &lab, &ks, true);
+    assert_close("topk counts with ties/NaN", &counts, &want_counts.concat(), 0.0, 0.0);
+    assert_eq!(by_k[3], vec![4.0, 5.0]);
+    let (fractions, _) = run_topk(gpu, g, n, c, &logits, &lab, &ks, false);
+    let want: Vec<f64> = want_counts.concat().iter().map(|v| v / n as f64).collect();
+    assert_close("topk fractions with ties/NaN", &fractions, &want, 1e-6, 0.0);
+}
+
+// ---------------------------------------------------------------------------------------
+// shape errors
+
+fn shape_error(e: Error) -> String {
+    assert!(matches!(e, Error::Shape(_)), "expected a shape error, got {e:?}");
+    e.to_string()
+}
+
+#[test]
+fn shape_errors_name_the_op_and_both_shapes() {
+    let mut graph = Graph::new(2);
+    let a = graph.input("a", &[3, 4], DType::F32).unwrap();
+    let b = graph.input("b", &[5, 6], DType::F32).unwrap();
+    let msg = shape_error(graph.matmul(a, b, None, false, false).unwrap_err());
+    assert!(msg.contains("matmul") && msg.contains("[2, 3, 4]") && msg.contains("[2, 5, 6]"), "{msg}");
+    // Transposed B [N, K] = [5, 6]: K = 6 still differs from A's K = 4.
+    let msg = shape_error(graph.matmul(a, b, None, false, true).unwrap_err());
+    assert!(msg.contains("matmul") && msg.contains("[2, 3, 4]") && msg.contains("[2, 5, 6]"), "{msg}");
+
+    let x = graph.input("x", &[5, 7], DType::F32).unwrap();
+    let w = graph.input("w", &[3, 6], DType::F32).unwrap();
+    let msg = shape_error(graph.linear(x, w, None).unwrap_err());
+    assert!(msg.contains("linear") && msg.contains("[2, 5, 7]") && msg.contains("[2, 3, 6]"), "{msg}");
+
+    let w_ok = graph.input("w_ok", &[3, 7], DType::F32).unwrap();
+    let bad_bias = graph.input("bias", &[4], DType::F32).unwrap();
+    let msg = shape_error(graph.linear(x, w_ok, Some(bad_bias)).unwrap_err());
+    assert!(
+        msg.contains("matmul") && msg.contains("bias") && msg.contains("[2, 4]") && msg.contains("[2, 3]"),
+        "{msg}"
+    );
+
+    let msg = shape_error(graph.add(a, x).unwrap_err());
+    assert!(msg.contains("add") && msg.contains("[2, 3, 4]") && msg.contains("[2, 5, 7]"), "{msg}");
+
+    let lab = graph.input("labels", &[4], DType::U32).unwrap();
+    let msg = shape_error(graph.cross_entropy(x, lab, Reduction::Mean).unwrap_err());
+    assert!(msg.contains("cross_entropy") && msg.contains("[2, 5, 7]") && msg.contains("[2, 4]"), "{msg}");
+    let lab5 = graph.input("labels5", &[5], DType::U32).unwrap();
+    for ks in [&[0u32][..], &[8], &[]] {
+        let msg = shape_error(graph.topk_accuracy(x, lab5, ks, false).unwrap_err());
+        assert!(msg.contains("topk_accuracy"), "{msg}");
+    }
+    // Labels must be u32, logits f32.
+    let msg = shape_error(graph.cross_entropy(x, x, Reduction::None).unwrap_err());
+    assert!(msg.contains("cross_entropy") && msg.contains("F32"), "{msg}");
+}
+
+// ---------------------------------------------------------------------------------------
+// dispatch grid
+
+/// An elementwise op over more than 65,535 x 256 elements: the 1-D grid would pass the
+/// workgroup-per-dimension limit, so the lowering folds it into 2-D and the kernel rebuilds the
+/// flat index. Every element is checked, including the tail past the first grid row.
+#[test]
+fn relu_over_a_grid_folded_into_two_dimensions() {
+    let gpu = gpu_or_skip!();
+    let (g, per): (usize, usize) = (2, 8_400_003);
+    let numel = g * per;
+    assert!(numel.div_ceil(256) > 65_535, "the tensor must need more than 65,535 workgroups of 256");
+    let mut graph = Graph::new(g);
+    let x = graph.input("x", &[per], DType::F32).unwrap();
+    let y = graph.relu(x).unwrap();
+    let plan = Plan::new(gpu, &graph, &[y], &[]).unwrap();
+    // A hash of the index, exact in f32 and about half negative: a wrong index mapping or an
+    // unwritten element (buffers start at zero) shows up as a wrong value.
+    let xv: Vec<f32> = (0..numel as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 8) as f32 - 8_388_608.0).collect();
+    plan.write(x, &xv).unwrap();
+    plan.run().unwrap();
+    let got = plan.read_blocking(y).unwrap();
+    assert_eq!(got.len(), numel);
+    let bad: Vec<usize> = (0..numel).filter(|&i| got[i] != xv[i].max(0.0)).take(5).collect();
+    assert!(bad.is_empty(), "relu wrong at elements {bad:?} (of {numel}; first grid row holds {})", 65_535 * 256);
+    let positive_tail = xv[65_535 * 256..].iter().filter(|&&v| v > 0.0).count();
+    assert!(positive_tail > 1000, "the tail past the first grid row must hold positive values");
+}
