@@ -9,12 +9,12 @@
 // workgroup per item (statistic or channel) of one model, so nothing crosses models. An
 // item's elements are `n_seg` runs ("segments") of hw contiguous values, `seg_stride`
 // apart: batch norm per channel = N runs C*hw apart; group norm per statistic = the group's
-// cpg channels, back to back. Invocations walk the item WG values apart, tracking
+// cpg channels, back to back. Invocations walk the item WGR values apart, tracking
 // (segment, offset) by addition only. The item index is wg.x + wg.y * workgroups-in-x.
 //
-// Elementwise kernels give each invocation VPT consecutive elements: its position
-// (model, sample, channel, group, position) is decoded once with divisions, then advanced
-// by counters. The flat invocation index is gid.x + gid.y * workgroups-in-x * WG.
+// Elementwise kernels give each invocation VPT elements WG apart: its position (model,
+// sample, group, channel in group, position) is decoded once with divisions, then advanced
+// by additions. The workgroup index is wg.x + wg.y * workgroups-in-x.
 
 struct Params {
     g: u32,
@@ -24,11 +24,11 @@ struct Params {
     s: u32,           // statistics per model
     n_mul: u32,       // statistic of (n, channel) = n * n_mul + channel / cpg (0 for batch norm)
     cpg: u32,         // channels per group (1 for batch norm)
-    stat_mod: u32,    // first channel of statistic s = (s % stat_mod) * cpg
+    stat_mod: u32,    // groups (batch norm: C); first channel of statistic s = (s % stat_mod) * cpg
     n_seg: u32,       // reductions: segments per item
     seg_stride: u32,  // reductions: elements between segments
-    d_seg: u32,       // WG / hw
-    d_off: u32,       // WG % hw
+    d_seg: u32,       // WGR / hw
+    d_off: u32,       // WGR % hw
     item_stride: u32, // reductions: elements between the starts of consecutive items
     c_step: u32,      // reductions: channel advance per segment
     items: u32,       // reductions: items per model
@@ -38,9 +38,13 @@ struct Params {
     count: f32,       // reductions: values per item
     unbias: f32,      // running update: n / (n - 1)
     numel: u32,       // elementwise: G * N * C * hw
+    e_hw: u32,        // elementwise: WG written in the radices (hw, cpg, groups, N, G)
+    e_cig: u32,
+    e_grp: u32,
+    e_n: u32,
+    e_g: u32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -63,8 +67,12 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> run_var: array<f32>;
 @group(0) @binding(4) var<storage, read_write> run_count: array<f32>;
 
+// Elementwise and running-estimate kernels.
 const WG: u32 = 256u;
 const VPT: u32 = 4u;
+// Reductions: WGR invocations per item, fewer for short items (chosen by the host).
+override WGR: u32 = 256u;
+const WGR_MAX: u32 = 256u;
 
 fn affine() -> bool {
     return (p.flags & 1u) != 0u;
@@ -72,22 +80,34 @@ fn affine() -> bool {
 
 // ---- reductions -------------------------------------------------------------------------
 
-var<workgroup> red_a: array<f32, WG>;
-var<workgroup> red_b: array<f32, WG>;
+var<workgroup> red_a: array<f32, WGR_MAX>;
+var<workgroup> red_b: array<f32, WGR_MAX>;
 
-// Sums (a, b) over the workgroup; every invocation gets the totals.
+// Sums (a, b) over the workgroup; every invocation gets the totals. Three barriers: WGR
+// partials, then RED partial sums of WGR / RED strided values each, then every invocation
+// adds the RED sums itself (barriers are what software adapters pay for most).
+const RED: u32 = 32u;
+
 fn workgroup_sum2(lid: u32, a: f32, b: f32) -> vec2<f32> {
     red_a[lid] = a;
     red_b[lid] = b;
     workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            red_a[lid] += red_a[lid + stride];
-            red_b[lid] += red_b[lid + stride];
+    if (lid < RED) {
+        // Invocation lid reads lid, lid + RED, ... and writes lid: no other reads that.
+        var sa = 0.0;
+        var sb = 0.0;
+        for (var j = lid; j < WGR; j += RED) {
+            sa += red_a[j];
+            sb += red_b[j];
         }
-        workgroupBarrier();
+        red_a[lid] = sa;
+        red_b[lid] = sb;
     }
-    let total = vec2<f32>(red_a[0], red_b[0]);
+    workgroupBarrier();
+    var total = vec2<f32>(0.0, 0.0);
+    for (var j = 0u; j < RED; j++) {
+        total += vec2<f32>(red_a[j], red_b[j]);
+    }
     // The arrays are reused by the next call.
     workgroupBarrier();
     return total;
@@ -118,7 +138,7 @@ fn walk_next(w: Walk) -> Walk {
 // the deviations d = x - mean, whose sum corrects the rounding of the first mean (in the
 // mean and, as sum(d)^2 / count, in the squared deviations), so an input with a large mean
 // keeps an accurate variance.
-@compute @workgroup_size(WG)
+@compute @workgroup_size(WGR)
 fn norm_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>) {
     let item = wg.x + wg.y * nwg.x;
@@ -156,7 +176,7 @@ fn norm_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
 
 // First dispatch of the exact gradient: per statistic, with dxh = dy * weight[c] and
 // x_hat = (x - mean) * invstd, scratch = (mean, invstd, mean(dxh), mean(dxh * x_hat)).
-@compute @workgroup_size(WG)
+@compute @workgroup_size(WGR)
 fn norm_grad_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
                     @builtin(num_workgroups) nwg: vec3<u32>) {
     let item = wg.x + wg.y * nwg.x;
@@ -191,7 +211,7 @@ fn norm_grad_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
 
 // dweight[g, c] = sum over n, h, w of dy * x_hat, one workgroup per channel; for group norm
 // each sample's segment uses its own statistic.
-@compute @workgroup_size(WG)
+@compute @workgroup_size(WGR)
 fn norm_weight_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
                     @builtin(num_workgroups) nwg: vec3<u32>) {
     let item = wg.x + wg.y * nwg.x;
@@ -218,11 +238,11 @@ fn norm_weight_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
 
 // ---- elementwise ------------------------------------------------------------------------
 
-// Where an element sits: model, sample, channel, group, channel in group, position.
+// Where an element sits: model, sample, group, channel in group, position. The channel is
+// grp * cpg + cig (batch norm: cpg = 1, one "group" per channel).
 struct Pos {
     g: u32,
     n: u32,
-    c: u32,
     grp: u32,
     cig: u32,
     hw: u32,
@@ -234,107 +254,107 @@ fn pos_of(i: u32) -> Pos {
     let c = plane - gn * p.c;
     let g = gn / p.n;
     let grp = c / p.cpg;
-    return Pos(g, gn - g * p.n, c, grp, c - grp * p.cpg, i - plane * p.hw);
+    return Pos(g, gn - g * p.n, grp, c - grp * p.cpg, i - plane * p.hw);
 }
 
-fn pos_next(q: Pos) -> Pos {
-    var r = q;
-    r.hw += 1u;
-    if (r.hw == p.hw) {
-        r.hw = 0u;
-        r.c += 1u;
-        r.cig += 1u;
-        if (r.cig == p.cpg) {
-            r.cig = 0u;
-            r.grp += 1u;
-        }
-        if (r.c == p.c) {
-            r.c = 0u;
-            r.grp = 0u;
-            r.cig = 0u;
-            r.n += 1u;
-            if (r.n == p.n) {
-                r.n = 0u;
-                r.g += 1u;
-            }
-        }
-    }
+// The position WG elements further on: a mixed-radix addition of WG's digits (hw, cpg,
+// groups, N), each digit with at most one carry, no division.
+fn pos_step(q: Pos) -> Pos {
+    var r: Pos;
+    r.hw = q.hw + p.e_hw;
+    var carry = u32(r.hw >= p.hw);
+    r.hw -= carry * p.hw;
+    r.cig = q.cig + p.e_cig + carry;
+    carry = u32(r.cig >= p.cpg);
+    r.cig -= carry * p.cpg;
+    r.grp = q.grp + p.e_grp + carry;
+    carry = u32(r.grp >= p.stat_mod);
+    r.grp -= carry * p.stat_mod;
+    r.n = q.n + p.e_n + carry;
+    carry = u32(r.n >= p.n);
+    r.n -= carry * p.n;
+    r.g = q.g + p.e_g + carry;
     return r;
 }
 
-// Index of an element's statistic within its model's row: s.
+// Index of an element's statistic within its model's rows.
 fn stat_index(q: Pos) -> u32 {
     return q.n * p.n_mul + q.grp;
 }
 
-// First element of this invocation, or numel when it has none.
-fn first_element(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    let t = gid.x + gid.y * nwg.x * WG;
-    if (t >= (p.numel + VPT - 1u) / VPT) {
-        return p.numel;
-    }
-    return t * VPT;
+// Index of an element's channel in [G, C].
+fn channel_index(q: Pos) -> u32 {
+    return q.g * p.c + q.grp * p.cpg + q.cig;
+}
+
+// Each workgroup covers WG * VPT consecutive elements; invocation lid takes every WG-th one
+// from block start + lid, so neighbouring invocations touch neighbouring elements.
+fn first_element(wg: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wg.x + wg.y * nwg.x) * WG * VPT + lid.x;
 }
 
 // y = (x - mean) * invstd, then * weight[c] + bias[c] if affine.
 @compute @workgroup_size(WG)
-fn norm_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let start = first_element(gid, nwg);
-    if (start >= p.numel) {
+fn norm_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    var i = first_element(wg, nwg, lid);
+    if (i >= p.numel) {
         return;
     }
-    let end = min(start + VPT, p.numel);
-    var q = pos_of(start);
-    for (var i = start; i < end; i++) {
+    var q = pos_of(i);
+    for (var j = 0u; j < VPT && i < p.numel; j++) {
         let so = q.g * 3u * p.s + stat_index(q);
         var v = (x[i] - stats[so]) * stats[so + p.s];
         if (affine()) {
-            let wc = q.g * p.c + q.c;
+            let wc = channel_index(q);
             v = v * weight[wc] + bias[wc];
         }
         out[i] = v;
-        q = pos_next(q);
+        i += WG;
+        q = pos_step(q);
     }
 }
 
 // Statistics held fixed (running estimates): dx = dy * weight[c] * invstd.
 @compute @workgroup_size(WG)
-fn norm_grad_fixed(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let start = first_element(gid, nwg);
-    if (start >= p.numel) {
+fn norm_grad_fixed(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    var i = first_element(wg, nwg, lid);
+    if (i >= p.numel) {
         return;
     }
-    let end = min(start + VPT, p.numel);
-    var q = pos_of(start);
-    for (var i = start; i < end; i++) {
+    var q = pos_of(i);
+    for (var j = 0u; j < VPT && i < p.numel; j++) {
         var d = dy[i] * stats[q.g * 3u * p.s + p.s + stat_index(q)];
         if (affine()) {
-            d *= weight[q.g * p.c + q.c];
+            d *= weight[channel_index(q)];
         }
         out[i] = d;
-        q = pos_next(q);
+        i += WG;
+        q = pos_step(q);
     }
 }
 
 // Second dispatch of the exact gradient:
 // dx = invstd * (dxh - mean(dxh) - x_hat * mean(dxh * x_hat)).
 @compute @workgroup_size(WG)
-fn norm_grad_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let start = first_element(gid, nwg);
-    if (start >= p.numel) {
+fn norm_grad_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    var i = first_element(wg, nwg, lid);
+    if (i >= p.numel) {
         return;
     }
-    let end = min(start + VPT, p.numel);
-    var q = pos_of(start);
-    for (var i = start; i < end; i++) {
+    var q = pos_of(i);
+    for (var j = 0u; j < VPT && i < p.numel; j++) {
         let sc = scratch[q.g * p.s + stat_index(q)];
         var dxh = dy[i];
         if (affine()) {
-            dxh *= weight[q.g * p.c + q.c];
+            dxh *= weight[channel_index(q)];
         }
         let xh = (x[i] - sc.x) * sc.y;
         out[i] = sc.y * (dxh - sc.z - xh * sc.w);
-        q = pos_next(q);
+        i += WG;
+        q = pos_step(q);
     }
 }
 

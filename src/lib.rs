@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod autograd;
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod gpu;
@@ -15,6 +16,6 @@ pub mod train;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;
-pub use graph::{DType, Graph, Reduction, TensorId};
+pub use graph::{Conv2dGeom, DType, Graph, NormKind, Pool2dGeom, Reduction, TensorId, Unary};
 pub use optim::{Adam, PerModel, Sgd};
 pub use plan::{Plan, PlanStats, Update};

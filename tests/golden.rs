@@ -54,7 +54,8 @@ fn check(name: &str, spec: ModelSpec) {
     let gold = Golden::load(name);
     let model = BatchModel::new(gpu, &spec, G, 0).unwrap();
     for m in 0..G {
-        let values: Vec<Vec<f32>> = model.entries().iter().map(|e| gold.get32(&format!("m{m}.init.{}", e.name))).collect();
+        let values: Vec<Vec<f32>> =
+            model.entries().iter().map(|e| gold.get32(&format!("m{m}.init.{}", e.name))).collect();
         model.load_state_dict(m, &values).unwrap();
     }
     let mut input = vec![N];
@@ -70,7 +71,8 @@ fn check(name: &str, spec: ModelSpec) {
     let params = built.params();
     let mut wrt = params.clone();
     wrt.push(x);
-    let grads: Vec<TensorId> = autograd::grad(&mut graph, loss, None, &wrt).unwrap().into_iter().map(Option::unwrap).collect();
+    let grads: Vec<TensorId> =
+        autograd::grad(&mut graph, loss, None, &wrt).unwrap().into_iter().map(Option::unwrap).collect();
     let pairs: Vec<_> = params.iter().copied().zip(grads.iter().copied()).collect();
     let mut sgd = Sgd::new(0.05).momentum(0.9).nesterov(true).weight_decay(1e-3).attach(&mut graph, &pairs).unwrap();
     let mut updates = sgd.updates().to_vec();
@@ -133,4 +135,3 @@ fn normnet_matches_pytorch() {
     let json = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/normnet.json")).unwrap();
     check("normnet", ModelSpec::from_json(&json).unwrap());
 }
-

@@ -30,9 +30,12 @@ impl Conv2dGeom {
     /// Output size of one spatial axis (0 = height, 1 = width) for input size `size`, or
     /// `None` if the kernel does not fit.
     pub fn out_size(&self, axis: usize, size: usize) -> Option<usize> {
+        if self.kernel[axis] == 0 || self.dilation[axis] == 0 || self.stride[axis] == 0 {
+            return None;
+        }
         let span = self.dilation[axis] * (self.kernel[axis] - 1) + 1;
         let padded = size + 2 * self.padding[axis];
-        if padded < span || self.stride[axis] == 0 {
+        if padded < span {
             return None;
         }
         Some((padded - span) / self.stride[axis] + 1)

@@ -3,16 +3,16 @@
 //!
 //! Statistics are `[G, 3, S]` (mean, 1/sqrt(var + eps), biased var). Reductions run one
 //! workgroup per (model, statistic) or (model, channel); elementwise kernels give each
-//! invocation a few consecutive elements. See the shader for the walk over an item.
+//! workgroup a block of consecutive elements. See the shader for how positions are tracked.
 
 use super::{f, grid_1d, grid_groups, Dispatch, Image, Lower, NORM};
 use crate::error::{Error, Result};
 use crate::gpu::Binding;
 use crate::graph::NormKind;
 
-/// Invocations per workgroup (the shader's `WG`).
+/// Invocations per workgroup of the elementwise kernels (the shader's `WG`).
 const WG: u32 = 256;
-/// Elements per invocation in the elementwise kernels (the shader's `VPT`).
+/// Elements per invocation in the elementwise kernels, `WG` apart (the shader's `VPT`).
 const VPT: usize = 4;
 /// Four read operands and the output.
 const STANDARD: [Binding; 5] = [Binding::Read, Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
@@ -56,12 +56,13 @@ struct Params {
 
 fn words(op: &str, x: Image, l: Layout, p: &Params) -> Result<Vec<u32>> {
     let numel = x.numel();
-    // Flat indices, including the ones one past a model's tensors, must fit in u32.
-    if numel.max(x.g * 3 * l.s) + VPT >= u32::MAX as usize {
+    // Flat indices, including those of the last elementwise workgroup's idle invocations,
+    // must fit in u32.
+    if numel.max(x.g * 3 * l.s) + VPT * WG as usize >= u32::MAX as usize {
         return Err(Error::Usage(format!("{op}: {numel} elements exceed the 32-bit index range; split the batch")));
     }
     let hw = (x.h * x.w).max(1);
-    let wg = WG as usize;
+    let wgr = reduction_wg(p.n_seg * hw) as usize;
     let u = [
         x.g,
         x.n,
@@ -73,8 +74,8 @@ fn words(op: &str, x: Image, l: Layout, p: &Params) -> Result<Vec<u32>> {
         l.stat_mod,
         p.n_seg,
         p.seg_stride,
-        wg / hw,
-        wg % hw,
+        wgr / hw,
+        wgr % hw,
         p.item_stride,
         p.c_step,
         p.items,
@@ -82,8 +83,31 @@ fn words(op: &str, x: Image, l: Layout, p: &Params) -> Result<Vec<u32>> {
     ]
     .map(|v| v as u32);
     let mut w = u.to_vec();
-    w.extend([f(p.eps), f(p.momentum), f((p.n_seg * hw) as f32), f(p.unbias), numel as u32, 0, 0, 0]);
+    w.extend([f(p.eps), f(p.momentum), f((p.n_seg * hw) as f32), f(p.unbias), numel as u32]);
+    // WG as digits in the radices (hw, cpg, groups, N) of an element's position, G last.
+    let mut rest = WG as usize;
+    for radix in [hw, l.cpg.max(1), l.stat_mod, x.n.max(1)] {
+        w.push((rest % radix) as u32);
+        rest /= radix;
+    }
+    w.extend([rest as u32, 0, 0]);
     Ok(w)
+}
+
+/// Invocations per reduction item of `count` values (the shader's `WGR`): a full workgroup
+/// for long items, a quarter for short ones (group norm on small maps), whose barriers and
+/// idle invocations would otherwise dominate.
+fn reduction_wg(count: usize) -> u32 {
+    if count >= 4096 {
+        256
+    } else {
+        64
+    }
+}
+
+/// The `WGR` override of a reduction kernel for `p`.
+fn wgr(x: Image, p: &Params) -> [(&'static str, f64); 1] {
+    [("WGR", reduction_wg(p.n_seg * x.h * x.w) as f64)]
 }
 
 /// Reduction items per statistic: batch norm, a channel's N runs of H*W values C*H*W apart;
@@ -111,8 +135,9 @@ fn per_channel(x: Image) -> Params {
     Params { n_seg: x.n, seg_stride: x.c * hw, item_stride: hw, c_step: 0, items: x.c, ..Default::default() }
 }
 
+/// One workgroup per `WG * VPT` consecutive elements.
 fn elementwise_grid(x: Image) -> [u32; 3] {
-    grid_1d(x.numel().div_ceil(VPT), WG)
+    grid_groups(x.numel().div_ceil(VPT * WG as usize))
 }
 
 /// `stats [G, 3, S]` = (mean, 1/sqrt(var + eps), biased var) of `x`.
@@ -127,7 +152,7 @@ pub(crate) fn lower_stats(
     let l = layout("norm_stats", x, kind)?;
     let p = Params { eps, ..per_statistic(x, kind, l) };
     let w = words("norm_stats", x, l, &p)?;
-    let kernel = ctx.kernel(&NORM, "norm_stats", &STANDARD, &[]);
+    let kernel = ctx.kernel(&NORM, "norm_stats", &STANDARD, &wgr(x, &p));
     let d = ctx.dummy;
     Ok(vec![ctx.dispatch(kernel, "norm_stats", &w, &[xb, d, d, d, stats], grid_groups(x.g * l.s))])
 }
@@ -202,7 +227,7 @@ pub(crate) fn lower_grad(
         usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     });
-    let reduce = ctx.kernel(&NORM, "norm_grad_reduce", &STANDARD, &[]);
+    let reduce = ctx.kernel(&NORM, "norm_grad_reduce", &STANDARD, &wgr(x, &p));
     let apply = ctx.kernel(&NORM, "norm_grad_apply", &STANDARD, &[]);
     Ok(vec![
         ctx.dispatch(reduce, "norm_grad_reduce", &w, &[xb, dy, stats, wb, &scratch], grid_groups(x.g * l.s)),
@@ -221,8 +246,9 @@ pub(crate) fn lower_weight_grad(
     dw: &wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
     let l = layout("norm_weight_grad", x, kind)?;
-    let w = words("norm_weight_grad", x, l, &per_channel(x))?;
-    let kernel = ctx.kernel(&NORM, "norm_weight_grad", &STANDARD, &[]);
+    let p = per_channel(x);
+    let w = words("norm_weight_grad", x, l, &p)?;
+    let kernel = ctx.kernel(&NORM, "norm_weight_grad", &STANDARD, &wgr(x, &p));
     Ok(vec![ctx.dispatch(kernel, "norm_weight_grad", &w, &[xb, dy, stats, ctx.dummy, dw], grid_groups(x.g * x.c))])
 }
 

@@ -13,7 +13,7 @@ use crate::graph::Pool2dGeom;
 const WG: u32 = 256;
 const BINDINGS: [Binding; 3] = [Binding::Read, Binding::Read, Binding::ReadWrite];
 
-/// Average-pooling divisor modes of the shader's `mode` word.
+/// Average-pooling divisor modes (the shader's `MODE` constant).
 const MODE_INCLUDE_PAD: u32 = 0;
 const MODE_EXCLUDE_PAD: u32 = 1;
 const MODE_ADAPTIVE: u32 = 2;
@@ -26,14 +26,16 @@ pub(crate) struct Pool<'a> {
     pub geom: Option<&'a Pool2dGeom>,
 }
 
-/// The shader's uniform words for `total` invocations.
-fn words(op: &str, s: &Pool, total: usize, mode: u32) -> Result<Vec<u32>> {
-    if total > u32::MAX as usize {
-        return Err(Error::Usage(format!("{op}: {total} elements exceed the u32 indexing of the pooling kernels")));
-    }
+/// The shader's pipeline constants (shapes, window, divisor mode) for one pooling layer.
+/// Only the invocation count `total` goes in the uniform: N and G never recompile a kernel.
+fn constants(op: &str, s: &Pool, mode: u32) -> Result<Vec<(&'static str, f64)>> {
     let (x, y) = (s.x, s.y);
-    if (x.g, x.n, x.c) != (y.g, y.n, y.c) || y.h == 0 || y.w == 0 {
-        return Err(Error::Shape(format!("{op}: input {x:?} and output {y:?} do not match")));
+    let most = x.numel().max(y.numel());
+    if most > u32::MAX as usize {
+        return Err(Error::Usage(format!("{op}: {most} elements exceed the u32 indexing of the pooling kernels")));
+    }
+    if (x.g, x.n, x.c) != (y.g, y.n, y.c) || [x.h, x.w, y.h, y.w].contains(&0) {
+        return Err(Error::Shape(format!("{op}: input {x:?} and output {y:?} do not match or are empty")));
     }
     let geom = s.geom.copied().unwrap_or(Pool2dGeom {
         kernel: [1, 1],
@@ -42,30 +44,46 @@ fn words(op: &str, s: &Pool, total: usize, mode: u32) -> Result<Vec<u32>> {
         dilation: [1, 1],
         count_include_pad: false,
     });
+    if [geom.kernel, geom.stride, geom.dilation].iter().flatten().any(|&v| v == 0) {
+        return Err(Error::Shape(format!(
+            "{op}: window {:?}, stride {:?} and dilation {:?} must be positive",
+            geom.kernel, geom.stride, geom.dilation
+        )));
+    }
     if s.geom.is_some() && (geom.out_size(0, x.h) != Some(y.h) || geom.out_size(1, x.w) != Some(y.w)) {
         return Err(Error::Shape(format!(
             "{op}: output {}x{} is not what window {:?} (stride {:?}, padding {:?}, dilation {:?}) gives on {}x{}",
             y.h, y.w, geom.kernel, geom.stride, geom.padding, geom.dilation, x.h, x.w
         )));
     }
-    let w = [
-        total,
-        x.h,
-        x.w,
-        y.h,
-        y.w,
-        geom.kernel[0],
-        geom.kernel[1],
-        geom.stride[0],
-        geom.stride[1],
-        geom.padding[0],
-        geom.padding[1],
-        geom.dilation[0].max(1),
-        geom.dilation[1].max(1),
+    // Most outputs one input can feed along an axis: floor(span / stride) + 1 for fixed
+    // windows, ceil(out / in) + 1 for adaptive ones.
+    let reach = |a: usize, size: usize, out: usize| {
+        match s.geom {
+            Some(g) => (g.kernel[a] - 1) * g.dilation[a] / g.stride[a] + 1,
+            None => out.div_ceil(size) + 1,
+        }
+        .min(out)
+    };
+    let c = [
+        ("WG", WG as usize),
+        ("H", x.h),
+        ("W", x.w),
+        ("OH", y.h),
+        ("OW", y.w),
+        ("KH", geom.kernel[0]),
+        ("KW", geom.kernel[1]),
+        ("SH", geom.stride[0]),
+        ("SW", geom.stride[1]),
+        ("PH", geom.padding[0]),
+        ("PW", geom.padding[1]),
+        ("DH", geom.dilation[0]),
+        ("DW", geom.dilation[1]),
+        ("MODE", mode as usize),
+        ("NY", reach(0, x.h, y.h)),
+        ("NX", reach(1, x.w, y.w)),
     ];
-    let mut v: Vec<u32> = w.iter().map(|&a| a as u32).collect();
-    v.push(mode);
-    Ok(v)
+    Ok(c.iter().map(|&(k, v)| (k, v as f64)).collect())
 }
 
 fn max_geom<'a>(op: &str, s: &Pool<'a>) -> Result<&'a Pool2dGeom> {
@@ -89,24 +107,24 @@ fn avg_mode(s: &Pool, grad: bool) -> Result<(u32, &'static str)> {
     }
 }
 
+/// One dispatch of `entry` over `total` invocations (the uniform holds only `total`).
 fn pool_dispatch(
     ctx: &Lower,
+    s: &Pool,
     entry: &'static str,
     label: &'static str,
-    words: &[u32],
+    mode: u32,
     buffers: [&wgpu::Buffer; 3],
     total: usize,
-) -> Dispatch {
-    let kernel = ctx.kernel(&POOL, entry, &BINDINGS, &[("WG", WG as f64)]);
-    ctx.dispatch(kernel, label, words, &buffers, grid_1d(total, WG))
+) -> Result<Vec<Dispatch>> {
+    let kernel = ctx.kernel(&POOL, entry, &BINDINGS, &constants(label, s, mode)?);
+    Ok(vec![ctx.dispatch(kernel, label, &[total as u32], &buffers, grid_1d(total, WG))])
 }
 
 /// Max pooling forward.
 pub(crate) fn lower_max(ctx: &Lower, s: &Pool, x: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
     max_geom("maxpool2d", s)?;
-    let total = s.y.numel();
-    let w = words("maxpool2d", s, total, 0)?;
-    Ok(vec![pool_dispatch(ctx, "maxpool2d", "maxpool2d", &w, [x, ctx.dummy, out], total)])
+    pool_dispatch(ctx, s, "maxpool2d", "maxpool2d", 0, [x, ctx.dummy, out], s.y.numel())
 }
 
 /// Max pooling backward: `dx [x]` from `dy [y]` and the forward input `x`.
@@ -118,23 +136,17 @@ pub(crate) fn lower_max_grad(
     dx: &wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
     max_geom("maxpool2d_grad", s)?;
-    let total = s.x.numel();
-    let w = words("maxpool2d_grad", s, total, 0)?;
-    Ok(vec![pool_dispatch(ctx, "maxpool2d_grad", "maxpool2d_grad", &w, [dy, x, dx], total)])
+    pool_dispatch(ctx, s, "maxpool2d_grad", "maxpool2d_grad", 0, [dy, x, dx], s.x.numel())
 }
 
 /// Average pooling forward (fixed windows when `s.geom` is set, adaptive otherwise).
 pub(crate) fn lower_avg(ctx: &Lower, s: &Pool, x: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
     let (mode, label) = avg_mode(s, false)?;
-    let total = s.y.numel();
-    let w = words(label, s, total, mode)?;
-    Ok(vec![pool_dispatch(ctx, "avgpool2d", label, &w, [x, ctx.dummy, out], total)])
+    pool_dispatch(ctx, s, "avgpool2d", label, mode, [x, ctx.dummy, out], s.y.numel())
 }
 
 /// Average pooling backward: `dx [x]` from `dy [y]`.
 pub(crate) fn lower_avg_grad(ctx: &Lower, s: &Pool, dy: &wgpu::Buffer, dx: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
     let (mode, label) = avg_mode(s, true)?;
-    let total = s.x.numel();
-    let w = words(label, s, total, mode)?;
-    Ok(vec![pool_dispatch(ctx, "avgpool2d_grad", label, &w, [dy, ctx.dummy, dx], total)])
+    pool_dispatch(ctx, s, "avgpool2d_grad", label, mode, [dy, ctx.dummy, dx], s.x.numel())
 }
