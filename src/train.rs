@@ -358,6 +358,11 @@ impl<'a> Trainer<'a> {
         Ok(t)
     }
 
+    /// The compiled training step (for profiling and inspection).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
     /// Steps taken so far.
     pub fn step(&self) -> u64 {
         self.step

@@ -507,6 +507,30 @@ impl Plan {
         &self.queue
     }
 
+    /// Runs every dispatch alone (its own submit, waited for) and returns its label and wall
+    /// time in seconds: a coarse profile where timestamp queries are unavailable. Native only.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(&self) -> Result<Vec<(&'static str, f64)>> {
+        let mut out = Vec::with_capacity(self.dispatches.len());
+        for d in &self.dispatches {
+            let start = std::time::Instant::now();
+            let mut encoder =
+                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
+            {
+                let mut pass = encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(d.label), timestamp_writes: None });
+                pass.set_pipeline(&d.kernel.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            }
+            self.queue.submit([encoder.finish()]);
+            self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("profiling: {e}")))?;
+            out.push((d.label, start.elapsed().as_secs_f64()));
+        }
+        self.check_error()?;
+        Ok(out)
+    }
+
     /// Labels of the recorded dispatches, in order (for profiling and tests).
     pub fn dispatch_labels(&self) -> Vec<&'static str> {
         self.dispatches.iter().map(|d| d.label).collect()

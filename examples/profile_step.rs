@@ -1,0 +1,29 @@
+//! Prints where a LeNet training step spends its time, dispatch by dispatch (each run
+//! alone and waited for), sorted by cost: `cargo run --release --example profile_step -- [G] [N]`.
+
+use modelbatch::bench::synthetic_dataset;
+use modelbatch::nn::{BatchModel, ModelSpec};
+use modelbatch::train::{Optimizer, TrainConfig, Trainer};
+use modelbatch::{Gpu, Sgd};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
+    let g = args.next().transpose()?.unwrap_or(8);
+    let n = args.next().transpose()?.unwrap_or(128);
+    let gpu = Gpu::new_blocking()?;
+    let spec = ModelSpec::lenet();
+    let model = BatchModel::new(&gpu, &spec, g, 0)?;
+    let data = synthetic_dataset(&spec, 4 * n, 1);
+    let config = TrainConfig { batch_size: n, ..TrainConfig::default() };
+    let mut trainer = Trainer::new(&gpu, &model, &data, Optimizer::Sgd(Sgd::new(0.01).momentum(0.9)), config)?;
+    trainer.train(1, |_| {})?;
+    trainer.finish(|_| {})?;
+    let mut rows = trainer.plan().profile()?;
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("G={g} N={n} on {}: {:.1} ms in {} dispatches", gpu.report().name, total * 1e3, rows.len());
+    for (label, t) in rows {
+        println!("{:>9.3} ms {:>5.1}%  {label}", t * 1e3, 100.0 * t / total);
+    }
+    Ok(())
+}
