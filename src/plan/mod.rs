@@ -144,55 +144,10 @@ impl Plan {
 
     fn build(gpu: &Gpu, graph: &Graph, keep: &[TensorId], updates: &[Update], share: Option<&Plan>) -> Result<Plan> {
         let nodes = graph.nodes();
-        let n = nodes.len();
-        for t in keep.iter().chain(updates.iter().flat_map(|u| u.operands()).collect::<Vec<_>>().iter()) {
-            if t.index() >= n {
-                return Err(Error::Usage(format!("plan: tensor {} is not in this graph", t.index())));
-            }
-        }
+        check_ids(graph, keep, updates)?;
         check_updates(graph, updates)?;
 
-        // Liveness: what runs, who reads what last.
-        let mut live = vec![false; n];
-        for t in keep {
-            live[t.index()] = true;
-        }
-        for u in updates {
-            for t in u.operands() {
-                live[t.index()] = true;
-            }
-        }
-        for i in (0..n).rev() {
-            if live[i] {
-                for x in &nodes[i].inputs {
-                    live[x.index()] = true;
-                }
-            }
-        }
-        // Leaves always get buffers so that callers can write them.
-        for (i, node) in nodes.iter().enumerate() {
-            if node.op.is_leaf() {
-                live[i] = true;
-            }
-        }
-        let mut last_use: Vec<usize> = (0..n).collect();
-        for (i, node) in nodes.iter().enumerate() {
-            if live[i] {
-                for x in &node.inputs {
-                    last_use[x.index()] = last_use[x.index()].max(i);
-                }
-            }
-        }
-        for u in updates {
-            for t in u.operands() {
-                last_use[t.index()] = n;
-            }
-        }
-        let mut keep_mask = vec![false; n];
-        for t in keep {
-            keep_mask[t.index()] = true;
-        }
-        let assignment = alloc::assign(graph, &live, &keep_mask, &last_use);
+        let (live, assignment) = liveness(graph, keep, updates);
 
         // Buffers borrowed from the plan we share parameters with.
         let mut shared: HashMap<usize, wgpu::Buffer> = HashMap::new();
@@ -213,19 +168,35 @@ impl Plan {
                 }
             }
         }
-        let max_binding = gpu.limits().max_storage_buffer_binding_size;
+        // Check the limits before allocating anything: the largest tensor grows with G, so the
+        // message can say how many models would fit.
+        let max_binding = gpu.limits().max_storage_buffer_binding_size.min(gpu.limits().max_buffer_size);
+        let g = graph.models();
+        if let Some((i, &size)) =
+            assignment.sizes.iter().enumerate().filter(|(i, _)| !shared.contains_key(i)).max_by_key(|(_, &s)| s)
+        {
+            if size > max_binding {
+                let tensor = assignment.slot.iter().position(|s| *s == Some(i)).unwrap_or(0);
+                let fit = (g as u128 * max_binding as u128 / size as u128) as usize;
+                return Err(Error::Usage(format!(
+                    "plan: tensor {tensor} ({} {:?}) needs {} MiB, but this adapter binds at most {} MiB per buffer: \
+                     use at most {fit} models at this batch size (G={g} now), or a smaller batch",
+                    nodes[tensor].op.name(),
+                    nodes[tensor].shape,
+                    size >> 20,
+                    max_binding >> 20
+                )));
+            }
+        }
+        let total: u64 =
+            assignment.sizes.iter().enumerate().filter(|(i, _)| !shared.contains_key(i)).map(|(_, s)| s).sum();
+        #[cfg(not(target_arch = "wasm32"))]
+        let oom_scope = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let mut buffers = Vec::with_capacity(assignment.sizes.len());
         for (i, &size) in assignment.sizes.iter().enumerate() {
             if let Some(b) = shared.remove(&i) {
                 buffers.push(b);
                 continue;
-            }
-            if size > max_binding {
-                return Err(Error::Usage(format!(
-                    "plan: a tensor needs {} MiB but the adapter binds at most {} MiB per buffer; use fewer models or a smaller batch",
-                    size >> 20,
-                    max_binding >> 20
-                )));
             }
             buffers.push(gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("modelbatch tensor buffer {i}")),
@@ -233,6 +204,14 @@ impl Plan {
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }));
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(e) = pollster::block_on(oom_scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "out of GPU memory: this plan needs {} MiB for G={g} models ({} KiB per model); use fewer models or a smaller batch ({e})",
+                total >> 20,
+                (total / g as u64) >> 10
+            )));
         }
         let dummy = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("modelbatch unused operand"),
@@ -622,6 +601,89 @@ impl Plan {
         let (g, k) = (shape[0], shape[1]);
         Ok((0..k).map(|j| (0..g).map(|m| flat[m * k + j]).collect()).collect())
     }
+}
+
+/// What runs and where each tensor lives: liveness from the kept tensors and the updates
+/// back to the leaves, then buffer assignment with reuse.
+fn liveness(graph: &Graph, keep: &[TensorId], updates: &[Update]) -> (Vec<bool>, alloc::Assignment) {
+    let nodes = graph.nodes();
+    let n = nodes.len();
+    // Liveness: what runs, who reads what last.
+    let mut live = vec![false; n];
+    for t in keep {
+        live[t.index()] = true;
+    }
+    for u in updates {
+        for t in u.operands() {
+            live[t.index()] = true;
+        }
+    }
+    for i in (0..n).rev() {
+        if live[i] {
+            for x in &nodes[i].inputs {
+                live[x.index()] = true;
+            }
+        }
+    }
+    // Leaves always get buffers so that callers can write them.
+    for (i, node) in nodes.iter().enumerate() {
+        if node.op.is_leaf() {
+            live[i] = true;
+        }
+    }
+    let mut last_use: Vec<usize> = (0..n).collect();
+    for (i, node) in nodes.iter().enumerate() {
+        if live[i] {
+            for x in &node.inputs {
+                last_use[x.index()] = last_use[x.index()].max(i);
+            }
+        }
+    }
+    for u in updates {
+        for t in u.operands() {
+            last_use[t.index()] = n;
+        }
+    }
+    let mut keep_mask = vec![false; n];
+    for t in keep {
+        keep_mask[t.index()] = true;
+    }
+    let assignment = alloc::assign(graph, &live, &keep_mask, &last_use);
+    (live, assignment)
+}
+
+/// GPU memory a plan would allocate, known before allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Total bytes of the plan's buffers.
+    pub bytes: u64,
+    /// Bytes of its largest buffer (the binding-size limit applies to it).
+    pub largest: u64,
+    /// Number of buffers.
+    pub buffers: usize,
+}
+
+impl Plan {
+    /// The memory [`Plan::new`] would allocate for this graph, without allocating.
+    pub fn estimate(graph: &Graph, keep: &[TensorId], updates: &[Update]) -> Result<MemoryEstimate> {
+        check_ids(graph, keep, updates)?;
+        let (_, a) = liveness(graph, keep, updates);
+        Ok(MemoryEstimate {
+            bytes: a.sizes.iter().sum(),
+            largest: a.sizes.iter().copied().max().unwrap_or(0),
+            buffers: a.sizes.len(),
+        })
+    }
+}
+
+fn check_ids(graph: &Graph, keep: &[TensorId], updates: &[Update]) -> Result<()> {
+    let n = graph.nodes().len();
+    for t in keep.iter().copied().chain(updates.iter().flat_map(|u| u.operands())) {
+        if t.index() >= n {
+            return Err(Error::Usage(format!("plan: tensor {} is not in this graph", t.index())));
+        }
+    }
+    Ok(())
 }
 
 fn leaf_name(op: &Op) -> String {

@@ -1,0 +1,48 @@
+//! Memory: the plan knows what it needs before allocating, and a tensor beyond the
+//! adapter's binding limit is a clear error that says how many models would fit.
+
+mod common;
+
+use modelbatch::nn::{BatchModel, ModelSpec};
+use modelbatch::{DType, Graph, Plan};
+
+#[test]
+fn estimate_matches_what_the_plan_allocates() {
+    let gpu = gpu_or_skip!();
+    let spec = ModelSpec::lenet();
+    let model = BatchModel::new(gpu, &spec, 3, 0).unwrap();
+    let mut graph = Graph::new(3);
+    let x = graph.input("x", &[4, 1, 28, 28], DType::F32).unwrap();
+    let built = spec.build(&mut graph, x, modelbatch::nn::Mode::Eval).unwrap();
+    let est = Plan::estimate(&graph, &[built.output], &[]).unwrap();
+    let plan = Plan::new(gpu, &graph, &[built.output], &[]).unwrap();
+    assert_eq!(est.bytes, plan.stats().bytes);
+    assert_eq!(est.buffers, plan.stats().buffers);
+    assert!(est.largest >= 3 * 4 * 6 * 24 * 24 * 4, "the first conv output is the largest tensor");
+    drop(model);
+}
+
+#[test]
+fn a_tensor_beyond_the_binding_limit_says_how_many_models_fit() {
+    let gpu = gpu_or_skip!();
+    let max = gpu.limits().max_storage_buffer_binding_size.min(gpu.limits().max_buffer_size);
+    // G = 8 models whose input alone is 1.5x the limit: 5 models would fit.
+    let per_model = (max as usize / 4) * 3 / 2 / 8;
+    let mut graph = Graph::new(8);
+    let x = graph.input("x", &[per_model], DType::F32).unwrap();
+    let y = graph.relu(x).unwrap();
+    let est = Plan::estimate(&graph, &[y], &[]).unwrap();
+    assert!(est.largest > max);
+    let e = Plan::new(gpu, &graph, &[y], &[]).err().expect("must not compile").to_string();
+    assert!(e.contains("use at most 5 models") && e.contains("G=8"), "{e}");
+}
+
+#[test]
+fn foreign_tensor_ids_are_errors_not_panics() {
+    let small = Graph::new(2);
+    let mut big = Graph::new(2);
+    let t = big.input("x", &[3], DType::F32).unwrap();
+    let t = big.relu(t).unwrap();
+    let e = Plan::estimate(&small, &[t], &[]).unwrap_err().to_string();
+    assert!(e.contains("not in this graph"), "{e}");
+}
