@@ -6,6 +6,11 @@ use modelbatch::nn::ModelSpec;
 use modelbatch::Gpu;
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets without `--bench`: stay quick there.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benches/step: run with `cargo bench --bench step` to measure");
+        return;
+    }
     let gpu = match Gpu::new_blocking() {
         Ok(g) => g,
         Err(e) => {
