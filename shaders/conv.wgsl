@@ -9,14 +9,22 @@
 //   conv2d_grad_weight  rows o (O/groups) x cols (c, ky, kx)          depth (n, oh, ow), split-K
 //
 // Register blocking as in linear.wgsl: one invocation owns a 4x4 block of outputs in four
-// vec4 accumulators. The 4 entries along the memory-contiguous axis of the output (rows for
-// the two data kernels, cols for the weight kernel) are strided by the workgroup width
-// (index base + i * WGX + lid.x), so consecutive invocations read and write consecutive
-// addresses for every load and store. Each invocation decomposes its 4 output positions once;
-// the depth loop is nested (ky, kx, then the channel axis innermost), so the spatial index
-// math and zero-padding checks are hoisted out of the innermost loop and there is no integer
-// division in it. Out-of-range taps are loaded from a clamped address and masked by select.
-// All index arithmetic is u32; "negative" coordinates wrap to huge values and fail `< H`.
+// vec4 accumulators. Workgroups are one-dimensional, along the memory-contiguous axis of the
+// output; all invocations of a workgroup share one block of the other axis (wid.y), so the
+// loads of that operand are uniform: the same address in every invocation.
+//   conv2d, conv2d_grad_input: the block's 4 rows are 4 images at one spatial position, and
+//     consecutive invocations take consecutive positions (consecutive addresses). The
+//     position is decomposed once per invocation, and since the 4 rows share it, so are the
+//     taps that land inside the input (a range of ky and of kx, computed once): the depth
+//     loops (ky, kx, then the channel innermost) run over that range only, with no padding
+//     checks and no integer division inside them.
+//   conv2d_grad_weight: the block's 4 columns are taps (c, ky, kx) strided by the workgroup
+//     width (k0 + j * WGX), so consecutive invocations take consecutive taps; each column's
+//     tap is decomposed once, and out-of-range taps are loaded from a clamped address and
+//     masked by select (u32 arithmetic: a "negative" coordinate wraps and fails `< H`).
+//
+// lavapipe stops an invocation's loops after 65,535 iterations in total; the Rust side keeps
+// every invocation's loop count under that.
 
 struct Params {
     n: u32,
@@ -43,6 +51,10 @@ struct Params {
     z0: u32,             // first z of this dispatch
     rows_per_split: u32, // grad_weight: output rows (n, oh) per split
     total: u32,          // grad_weight: elements of dw (stride between split partials)
+    dq0: u32,            // grad_input: d0 / s0, d0 % s0, d1 / s1, d1 % s1
+    dr0: u32,
+    dq1: u32,
+    dr1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -60,72 +72,57 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out4: array<f32>;
 
 override WGX: u32 = 64u;
-override WGY: u32 = 1u;
 const REDUCE_WG: u32 = 256u;
 
-@compute @workgroup_size(WGX, WGY, 1)
+// One invocation: output position (oh, ow) of 4 images (rows) x 4 output channels (cols).
+// The 4 rows share their taps: the range of kernel rows and columns that land inside the
+// input is computed once per invocation, and the loops run over it only (no padding checks).
+@compute @workgroup_size(WGX, 1, 1)
 fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let z = wid.z + p.z0;
     let g = z / p.groups;
     let grp = z - g * p.groups;
     let ohw = p.oh * p.ow;
-    let rows = p.n * ohw;
-    let r0 = (wid.x + p.x0) * 4u * WGX + lid.x;
-    let c0 = (wid.y * WGY + lid.y) * 4u;
-    if (r0 >= rows || c0 >= p.og) {
+    let t = (wid.x + p.x0) * WGX + lid.x;
+    let c0 = wid.y * 4u;
+    if (t >= (p.n + 3u) / 4u * ohw || c0 >= p.og) {
         return;
     }
+    let nb = t / ohw;
+    let sp = t - nb * ohw;
+    let oy = sp / p.ow;
+    let ox = sp - oy * p.ow;
     let hw = p.h * p.w;
     let kk = p.kh * p.kw;
-    // Rows past the edge are clamped for loading and dropped at the store.
+    // Images past the batch are clamped for loading and dropped at the store.
     var xb: array<u32, 4>;
-    var ih0: array<u32, 4>;
-    var iw0: array<u32, 4>;
     for (var i = 0u; i < 4u; i++) {
-        let m = min(r0 + i * WGX, rows - 1u);
-        let n = m / ohw;
-        let rem = m - n * ohw;
-        let oy = rem / p.ow;
-        let ox = rem - oy * p.ow;
-        xb[i] = ((g * p.n + n) * p.c + grp * p.cg) * hw;
-        ih0[i] = oy * p.s0 - p.p0;
-        iw0[i] = ox * p.s1 - p.p1;
+        xb[i] = ((g * p.n + min(nb * 4u + i, p.n - 1u)) * p.c + grp * p.cg) * hw;
     }
     var wb: array<u32, 4>;
     for (var j = 0u; j < 4u; j++) {
         wb[j] = (g * p.o + grp * p.og + min(c0 + j, p.og - 1u)) * p.cg * kk;
     }
+    // Taps inside the input: ih = ih0 + ky * d0 in [0, H), likewise for the columns.
+    let ih0 = i32(oy * p.s0) - i32(p.p0);
+    let iw0 = i32(ox * p.s1) - i32(p.p1);
+    let ky_lo = tap_lo(ih0, p.d0);
+    let ky_end = tap_end(ih0, p.d0, p.h, p.kh);
+    let kx_lo = tap_lo(iw0, p.d1);
+    let kx_end = tap_end(iw0, p.d1, p.w, p.kw);
     var acc: array<vec4<f32>, 4>;
-    for (var ky = 0u; ky < p.kh; ky++) {
-        var hok: array<bool, 4>;
-        var hoff: array<u32, 4>;
-        for (var i = 0u; i < 4u; i++) {
-            let ih = ih0[i] + ky * p.d0;
-            hok[i] = ih < p.h;
-            hoff[i] = xb[i] + ih * p.w;
-        }
-        for (var kx = 0u; kx < p.kw; kx++) {
-            var ok: array<bool, 4>;
-            var off: array<u32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                let iw = iw0[i] + kx * p.d1;
-                ok[i] = hok[i] && iw < p.w;
-                off[i] = select(0u, hoff[i] + iw, ok[i]);
-            }
-            if (!(ok[0] || ok[1] || ok[2] || ok[3])) {
-                continue;
-            }
+    for (var ky = ky_lo; ky < ky_end; ky++) {
+        let row = u32(ih0 + i32(ky * p.d0)) * p.w;
+        for (var kx = kx_lo; kx < kx_end; kx++) {
+            var off = row + u32(iw0 + i32(kx * p.d1));
             var wo = ky * p.kw + kx;
             for (var c = 0u; c < p.cg; c++) {
                 let bv = vec4<f32>(b_in[wb[0] + wo], b_in[wb[1] + wo], b_in[wb[2] + wo], b_in[wb[3] + wo]);
-                acc[0] += select(0.0, a_in[off[0]], ok[0]) * bv;
-                acc[1] += select(0.0, a_in[off[1]], ok[1]) * bv;
-                acc[2] += select(0.0, a_in[off[2]], ok[2]) * bv;
-                acc[3] += select(0.0, a_in[off[3]], ok[3]) * bv;
-                off[0] += hw;
-                off[1] += hw;
-                off[2] += hw;
-                off[3] += hw;
+                acc[0] += a_in[xb[0] + off] * bv;
+                acc[1] += a_in[xb[1] + off] * bv;
+                acc[2] += a_in[xb[2] + off] * bv;
+                acc[3] += a_in[xb[3] + off] * bv;
+                off += hw;
                 wo += kk;
             }
         }
@@ -139,12 +136,11 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         }
     }
     for (var i = 0u; i < 4u; i++) {
-        let m = r0 + i * WGX;
-        if (m >= rows) {
+        let n = nb * 4u + i;
+        if (n >= p.n) {
             break;
         }
-        let n = m / ohw;
-        let base = ((g * p.n + n) * p.o + grp * p.og + c0) * ohw + (m - n * ohw);
+        let base = ((g * p.n + n) * p.o + grp * p.og + c0) * ohw + sp;
         let v = acc[i] + add;
         for (var j = 0u; j < 4u; j++) {
             if (c0 + j < p.og) {
@@ -154,85 +150,93 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     }
 }
 
+// First tap index k with start + k * step >= 0.
+fn tap_lo(start: i32, step: u32) -> u32 {
+    return select(0u, (u32(-start) + step - 1u) / step, start < 0);
+}
+
+// One past the last tap index k < taps with start + k * step < size (at most taps).
+fn tap_end(start: i32, step: u32, size: u32, taps: u32) -> u32 {
+    return select(0u, min(taps, u32(i32(size) - 1 - start) / step + 1u), start < i32(size));
+}
+
 // dx[g, n, c, h, w] = sum over o of c's group, ky, kx with (h + p0 - ky*d0) = oh*s0 and
 // (w + p1 - kx*d1) = ow*s1 inside the output of dy[g, n, o, oh, ow] * w[g, o, c_local, ky, kx].
-@compute @workgroup_size(WGX, WGY, 1)
+// One invocation: input position (h, w) of 4 images x 4 input channels. The taps whose
+// (h + p0 - ky*d0) lies in [0, (OH-1)*s0] form a range computed once; inside it the division
+// by the stride is tracked as quotient and remainder, stepped by (d0 / s0, d0 % s0) per tap with
+// a borrow, and a tap contributes when the remainder is 0 (always, with stride 1).
+@compute @workgroup_size(WGX, 1, 1)
 fn conv2d_grad_input(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let z = wid.z + p.z0;
     let g = z / p.groups;
     let grp = z - g * p.groups;
     let hw = p.h * p.w;
     let ohw = p.oh * p.ow;
-    let rows = p.n * hw;
-    let r0 = (wid.x + p.x0) * 4u * WGX + lid.x;
-    let c0 = (wid.y * WGY + lid.y) * 4u;
-    if (r0 >= rows || c0 >= p.cg) {
+    let t = (wid.x + p.x0) * WGX + lid.x;
+    let c0 = wid.y * 4u;
+    if (t >= (p.n + 3u) / 4u * hw || c0 >= p.cg) {
         return;
     }
+    let nb = t / hw;
+    let sp = t - nb * hw;
+    let y = sp / p.w;
+    let x = sp - y * p.w;
     let kk = p.kh * p.kw;
     var db: array<u32, 4>;
-    var th: array<u32, 4>;
-    var tw: array<u32, 4>;
     for (var i = 0u; i < 4u; i++) {
-        let m = min(r0 + i * WGX, rows - 1u);
-        let n = m / hw;
-        let rem = m - n * hw;
-        let y = rem / p.w;
-        let x = rem - y * p.w;
-        db[i] = ((g * p.n + n) * p.o + grp * p.og) * ohw;
-        th[i] = y + p.p0;
-        tw[i] = x + p.p1;
+        db[i] = ((g * p.n + min(nb * 4u + i, p.n - 1u)) * p.o + grp * p.og) * ohw;
     }
     var wb: array<u32, 4>;
     for (var j = 0u; j < 4u; j++) {
         wb[j] = ((g * p.o + grp * p.og) * p.cg + min(c0 + j, p.cg - 1u)) * kk;
     }
     let wstep = p.cg * kk;
+    // (y + p0 - ky * d0) in [0, (OH - 1) * s0]: ky from ky_lo (inclusive) to ky_end.
+    let th = y + p.p0;
+    let tw = x + p.p1;
+    let ky_lo = tap_lo(i32((p.oh - 1u) * p.s0) - i32(th), p.d0);
+    let ky_end = min(p.kh, th / p.d0 + 1u);
+    let kx_lo = tap_lo(i32((p.ow - 1u) * p.s1) - i32(tw), p.d1);
+    let kx_end = min(p.kw, tw / p.d1 + 1u);
+    var qh = (th - ky_lo * p.d0) / p.s0;
+    var rh = (th - ky_lo * p.d0) - qh * p.s0;
+    let qw0 = (tw - kx_lo * p.d1) / p.s1;
+    let rw0 = (tw - kx_lo * p.d1) - qw0 * p.s1;
     var acc: array<vec4<f32>, 4>;
-    for (var ky = 0u; ky < p.kh; ky++) {
-        var hok: array<bool, 4>;
-        var hoff: array<u32, 4>;
-        for (var i = 0u; i < 4u; i++) {
-            // t wraps past th when ky * d0 > th (a tap above the padded input).
-            let t = th[i] - ky * p.d0;
-            let q = t / p.s0;
-            hok[i] = t <= th[i] && q * p.s0 == t && q < p.oh;
-            hoff[i] = db[i] + q * p.ow;
-        }
-        for (var kx = 0u; kx < p.kw; kx++) {
-            var ok: array<bool, 4>;
-            var off: array<u32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                let t = tw[i] - kx * p.d1;
-                let q = t / p.s1;
-                ok[i] = hok[i] && t <= tw[i] && q * p.s1 == t && q < p.ow;
-                off[i] = select(0u, hoff[i] + q, ok[i]);
-            }
-            if (!(ok[0] || ok[1] || ok[2] || ok[3])) {
-                continue;
-            }
-            var wo = ky * p.kw + kx;
-            for (var o = 0u; o < p.og; o++) {
-                let bv = vec4<f32>(b_in[wb[0] + wo], b_in[wb[1] + wo], b_in[wb[2] + wo], b_in[wb[3] + wo]);
-                acc[0] += select(0.0, a_in[off[0]], ok[0]) * bv;
-                acc[1] += select(0.0, a_in[off[1]], ok[1]) * bv;
-                acc[2] += select(0.0, a_in[off[2]], ok[2]) * bv;
-                acc[3] += select(0.0, a_in[off[3]], ok[3]) * bv;
-                off[0] += ohw;
-                off[1] += ohw;
-                off[2] += ohw;
-                off[3] += ohw;
-                wo += wstep;
+    for (var ky = ky_lo; ky < ky_end; ky++) {
+        if (rh == 0u) {
+            var qw = qw0;
+            var rw = rw0;
+            for (var kx = kx_lo; kx < kx_end; kx++) {
+                if (rw == 0u) {
+                    var off = qh * p.ow + qw;
+                    var wo = ky * p.kw + kx;
+                    for (var o = 0u; o < p.og; o++) {
+                        let bv = vec4<f32>(b_in[wb[0] + wo], b_in[wb[1] + wo], b_in[wb[2] + wo], b_in[wb[3] + wo]);
+                        acc[0] += a_in[db[0] + off] * bv;
+                        acc[1] += a_in[db[1] + off] * bv;
+                        acc[2] += a_in[db[2] + off] * bv;
+                        acc[3] += a_in[db[3] + off] * bv;
+                        off += ohw;
+                        wo += wstep;
+                    }
+                }
+                let borrow = rw < p.dr1;
+                rw = select(rw - p.dr1, rw + p.s1 - p.dr1, borrow);
+                qw = qw - p.dq1 - select(0u, 1u, borrow);
             }
         }
+        let borrow = rh < p.dr0;
+        rh = select(rh - p.dr0, rh + p.s0 - p.dr0, borrow);
+        qh = qh - p.dq0 - select(0u, 1u, borrow);
     }
     for (var i = 0u; i < 4u; i++) {
-        let m = r0 + i * WGX;
-        if (m >= rows) {
+        let n = nb * 4u + i;
+        if (n >= p.n) {
             break;
         }
-        let n = m / hw;
-        let base = ((g * p.n + n) * p.c + grp * p.cg + c0) * hw + (m - n * hw);
+        let base = ((g * p.n + n) * p.c + grp * p.cg + c0) * hw + sp;
         for (var j = 0u; j < 4u; j++) {
             if (c0 + j < p.cg) {
                 out3[base + j * hw] = acc[i][j];
@@ -246,7 +250,7 @@ fn conv2d_grad_input(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(work
 // long); split s sums output rows (n, oh) in [s * rows_per_split, ...) and writes its partial
 // at out3[s * total + ...]; conv2d_grad_weight_reduce adds the partials in a fixed order.
 // With one split the kernel writes dw directly.
-@compute @workgroup_size(WGX, WGY, 1)
+@compute @workgroup_size(WGX, 1, 1)
 fn conv2d_grad_weight(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let z = wid.z + p.z0;
     let gg = z / p.splits;
@@ -256,7 +260,7 @@ fn conv2d_grad_weight(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(wor
     let kk = p.kh * p.kw;
     let cols = p.cg * kk;
     let k0 = (wid.x + p.x0) * 4u * WGX + lid.x;
-    let o0 = (wid.y * WGY + lid.y) * 4u;
+    let o0 = wid.y * 4u;
     if (k0 >= cols || o0 >= p.og) {
         return;
     }

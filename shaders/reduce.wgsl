@@ -45,26 +45,49 @@ fn red_offset(r: u32) -> u32 {
     return off;
 }
 
-// out[o] = scale * sum over the reduced coordinates of x. One invocation per output.
-@compute @workgroup_size(WG)
-fn sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let o = gid.x + gid.y * nwg.x * WG;
-    if (o >= p.n_out) {
-        return;
-    }
-    let base = kept_offset(o);
+// out[o] = scale * sum over the reduced coordinates of x. One workgroup per output: its
+// invocations stride over the reduced elements and combine partial sums in workgroup
+// memory in a fixed order (deterministic). Keeping each invocation's loop short matters:
+// some drivers (lavapipe) silently cut loops after 65,535 iterations per invocation.
+const RED_WG: u32 = 64u;
+var<workgroup> partial: array<f32, RED_WG>;
+
+@compute @workgroup_size(RED_WG)
+fn sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+       @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = wg.x + wg.y * nwg.x;
     var acc = 0.0;
-    if (p.rank_red == 1u) {
-        let stride = p.red_stride[0][0];
-        for (var r = 0u; r < p.n_red; r++) {
-            acc += x[base + r * stride];
-        }
-    } else {
-        for (var r = 0u; r < p.n_red; r++) {
-            acc += x[base + red_offset(r)];
+    if (o < p.n_out) {
+        let base = kept_offset(o);
+        if (p.rank_red == 1u) {
+            let stride = p.red_stride[0][0];
+            for (var r = lid.x; r < p.n_red; r += RED_WG) {
+                acc += x[base + r * stride];
+            }
+        } else if (p.rank_red == 2u) {
+            let inner = p.red_size[0][1];
+            let s0 = p.red_stride[0][0];
+            let s1 = p.red_stride[0][1];
+            for (var r = lid.x; r < p.n_red; r += RED_WG) {
+                acc += x[base + (r / inner) * s0 + (r % inner) * s1];
+            }
+        } else {
+            for (var r = lid.x; r < p.n_red; r += RED_WG) {
+                acc += x[base + red_offset(r)];
+            }
         }
     }
-    out[o] = acc * p.scale;
+    partial[lid.x] = acc;
+    workgroupBarrier();
+    for (var stride = RED_WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid.x < stride) {
+            partial[lid.x] += partial[lid.x + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u && o < p.n_out) {
+        out[o] = partial[0] * p.scale;
+    }
 }
 
 // out[o] = scale * x[offset of o's coordinates]; repeated axes have input stride 0.

@@ -1,6 +1,6 @@
 //! Sum over axes and broadcast (`shaders/reduce.wgsl`).
 
-use super::{f, grid_1d, Dispatch, Lower, REDUCE};
+use super::{f, grid_1d, grid_groups, Dispatch, Lower, REDUCE};
 use crate::error::{Error, Result};
 use crate::gpu::Binding;
 
@@ -75,9 +75,10 @@ pub(crate) fn lower_sum(
     let dims = split_dims(shape, axes);
     let n_red: usize = axes.iter().map(|&a| shape[a]).product();
     let n_out = shape.iter().product::<usize>() / n_red.max(1);
-    let kernel = ctx.kernel(&REDUCE, "sum", &[Binding::Read, Binding::ReadWrite], &[("WG", WG as f64)]);
+    let kernel = ctx.kernel(&REDUCE, "sum", &[Binding::Read, Binding::ReadWrite], &[]);
     let w = words(n_out, n_red, scale, &dims)?;
-    Ok(ctx.dispatch(kernel, "sum", &w, &[x, out], grid_1d(n_out, WG)))
+    // One workgroup per output (see the shader).
+    Ok(ctx.dispatch(kernel, "sum", &w, &[x, out], grid_groups(n_out)))
 }
 
 /// `out [shape] = scale * x` repeated along `axes` of the output.
