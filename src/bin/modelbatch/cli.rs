@@ -1,0 +1,228 @@
+//! Command-line flags (clap) and the program's one-line error type.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default pixel normalisation (MNIST's mean and standard deviation of pixel/255).
+pub const DEFAULT_NORMALIZE: &str = "0.1307,0.3081";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "modelbatch",
+    version,
+    about = "Train a batch of G independent copies of one neural network at once on any WebGPU device"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the GPU adapter, backend, device type and the limits granted.
+    Info,
+    /// Train G models on an MNIST-format data set, evaluate them on its test split.
+    Train(Box<TrainArgs>),
+    /// Evaluate saved models (model-{i}.safetensors) on a split of an MNIST-format data set.
+    Eval(EvalArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OptKind {
+    /// SGD (momentum, dampening, Nesterov, weight decay), PyTorch's rule.
+    Sgd,
+    /// Adam (L2 weight decay), PyTorch's rule.
+    Adam,
+    /// AdamW (decoupled weight decay), PyTorch's rule.
+    Adamw,
+}
+
+impl OptKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            OptKind::Sgd => "sgd",
+            OptKind::Adam => "adam",
+            OptKind::Adamw => "adamw",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Split {
+    /// The t10k-* files.
+    Test,
+    /// The train-* files.
+    Train,
+}
+
+const PER_MODEL: &str = "PER-MODEL";
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+PER-MODEL values: each numeric optimizer flag takes one value for all models (0.1), exactly G \
+comma-separated values (0.1,0.05,0.01), or log:A:B / lin:A:B for G values spread from A to B \
+(log-spaced or evenly spaced, both ends included). Each of the two --betas takes one value or \
+log:A:B / lin:A:B (a per-model list is not accepted there: the comma separates B1 from B2).")]
+pub struct TrainArgs {
+    /// The architecture: the built-in LeNet or a JSON model spec file.
+    #[arg(long, value_name = "lenet|PATH.json", default_value = "lenet")]
+    pub model: String,
+    /// Number of models trained at once (G).
+    #[arg(long, value_name = "G", default_value_t = 64)]
+    pub models: usize,
+    /// Folder with train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte,
+    /// t10k-labels-idx1-ubyte (each raw or .gz) [default: the embedded MNIST]
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Start from DIR/model-0.safetensors … model-{G-1}.safetensors (PyTorch state dicts)
+    /// instead of a fresh initialisation.
+    #[arg(long, value_name = "DIR")]
+    pub init: Option<PathBuf>,
+    /// Number of training steps (each model sees --batch-size images per step).
+    #[arg(long, value_name = "K", conflicts_with = "epochs")]
+    pub steps: Option<u64>,
+    /// Number of epochs (full batches of the training set) [default: 1]
+    #[arg(long, value_name = "E")]
+    pub epochs: Option<u64>,
+    /// Images per model per step.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub batch_size: usize,
+    /// The optimizer.
+    #[arg(long, value_enum, default_value_t = OptKind::Sgd)]
+    pub optimizer: OptKind,
+    /// Learning rate [default: 0.01 for sgd, 0.001 for adam and adamw]
+    #[arg(long, value_name = PER_MODEL)]
+    pub lr: Option<String>,
+    /// SGD momentum [default: 0]
+    #[arg(long, value_name = PER_MODEL)]
+    pub momentum: Option<String>,
+    /// SGD dampening [default: 0]
+    #[arg(long, value_name = PER_MODEL)]
+    pub dampening: Option<String>,
+    /// Weight decay [default: 0 for sgd and adam, 0.01 for adamw]
+    #[arg(long, value_name = PER_MODEL)]
+    pub weight_decay: Option<String>,
+    /// Adam/AdamW moment decay rates [default: 0.9,0.999]
+    #[arg(long, value_name = "B1,B2")]
+    pub betas: Option<String>,
+    /// Adam/AdamW denominator term [default: 1e-8]
+    #[arg(long, value_name = PER_MODEL)]
+    pub eps: Option<String>,
+    /// SGD with Nesterov momentum (needs --momentum > 0 and zero dampening).
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Step s uses samples [s*N, (s+1)*N) (modulo the set size) in file order, for every
+    /// model. Default: each model shuffles each epoch with seed --seed + model index.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Seed of the initialisation (model m from seed + m) and of the shuffles.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// Pixel normalisation applied to pixel/255: (x - MEAN) / STD.
+    #[arg(long, value_name = "MEAN,STD", default_value = DEFAULT_NORMALIZE)]
+    pub normalize: String,
+    /// Learning-rate schedule for every model: constant, step:SIZE:GAMMA or
+    /// cosine:T_MAX[:ETA_MIN], optionally after warmup:STEPS, (e.g. warmup:100,cosine:900).
+    #[arg(long, value_name = "SCHEDULE", default_value = "constant")]
+    pub schedule: String,
+    /// Read the metrics back (progress line, divergence check) every K steps.
+    #[arg(long, value_name = "K", default_value_t = 50)]
+    pub metrics_every: usize,
+    /// Evaluate on the first N test images only [default: all of them].
+    #[arg(long, value_name = "N")]
+    pub test_samples: Option<usize>,
+    /// Write model-{i}.safetensors, metrics.csv and summary.json to DIR (all or nothing:
+    /// an existing DIR is replaced only once the new one is complete).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The architecture: the built-in LeNet or a JSON model spec file.
+    #[arg(long, value_name = "lenet|PATH.json", default_value = "lenet")]
+    pub model: String,
+    /// Number of models (G) [default: the number of model-{i}.safetensors files in --weights]
+    #[arg(long, value_name = "G")]
+    pub models: Option<usize>,
+    /// Folder with model-0.safetensors … model-{G-1}.safetensors.
+    #[arg(long, value_name = "DIR")]
+    pub weights: PathBuf,
+    /// Folder with the MNIST-format IDX files (raw or .gz) [default: the embedded MNIST]
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Which split to evaluate on.
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    pub split: Split,
+    /// Print {"samples": n, "models": [{"model": i, "top1_count": …, "top5_count": …,
+    /// "top1": …, "top5": …, "loss": …}, …]} instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Pixel normalisation applied to pixel/255: (x - MEAN) / STD.
+    #[arg(long, value_name = "MEAN,STD", default_value = DEFAULT_NORMALIZE)]
+    pub normalize: String,
+    /// Images per model per evaluation pass [default: 500, or fewer where the adapter's
+    /// per-binding limit needs it]
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+}
+
+/// A failure to report: one line, naming the file or flag at fault.
+#[derive(Debug)]
+pub struct CliError(String);
+
+pub type Result<T> = std::result::Result<T, CliError>;
+
+impl CliError {
+    pub fn new(msg: impl fmt::Display) -> CliError {
+        CliError(one_line(&msg.to_string()))
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<modelbatch::Error> for CliError {
+    fn from(e: modelbatch::Error) -> Self {
+        CliError::new(e)
+    }
+}
+
+impl From<modelbatch::data::DataError> for CliError {
+    fn from(e: modelbatch::data::DataError) -> Self {
+        CliError::new(e)
+    }
+}
+
+/// Prefixes errors with what was being handled (a flag, a file).
+pub trait Context<T> {
+    fn context(self, what: impl fmt::Display) -> Result<T>;
+}
+
+impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl fmt::Display) -> Result<T> {
+        self.map_err(|e| CliError::new(format!("{what}: {e}")))
+    }
+}
+
+/// Collapses a message onto one line.
+pub fn one_line(msg: &str) -> String {
+    msg.split(['\n', '\r']).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// Parses `MEAN,STD` (named by `flag` in errors).
+pub fn parse_normalize(flag: &str, text: &str) -> Result<modelbatch::train::Normalize> {
+    let bad = || CliError::new(format!("{flag} {text:?}: expected MEAN,STD (two numbers, STD > 0)"));
+    let (m, s) = text.split_once(',').ok_or_else(bad)?;
+    let mean: f32 = m.trim().parse().map_err(|_| bad())?;
+    let std: f32 = s.trim().parse().map_err(|_| bad())?;
+    if !mean.is_finite() || !std.is_finite() || std <= 0.0 {
+        return Err(bad());
+    }
+    Ok(modelbatch::train::Normalize { mean, std })
+}

@@ -1,0 +1,338 @@
+//! `modelbatch train`: every input checked first (flags, spec, init weights, data, output
+//! location), then G models trained at once, evaluated on the test split, and written out
+//! all or nothing.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::time::Instant;
+
+use modelbatch::data::Mnist;
+use modelbatch::nn::{BatchModel, ModelSpec, TensorKind};
+use modelbatch::train::{Dataset, Evaluation, Order, Schedule, StepMetrics, TrainConfig, Trainer};
+use modelbatch::Gpu;
+use serde_json::{json, Value};
+
+use crate::cli::{parse_normalize, CliError, Context, Result, TrainArgs};
+use crate::hyper::{self, tidy, Hyper};
+use crate::inputs;
+use crate::output::{write_file, Staging};
+use crate::report::{fmt_loss, fmt_secs, group, table, Progress};
+
+pub fn run(a: &TrainArgs) -> Result<()> {
+    let started = Instant::now();
+    let g = a.models;
+    for (flag, v) in [("--models", g), ("--batch-size", a.batch_size), ("--metrics-every", a.metrics_every)] {
+        if v == 0 {
+            return Err(CliError::new(format!("{flag} must be at least 1")));
+        }
+    }
+    let hyper = hyper::from_args(a, g)?;
+    let normalize = parse_normalize("--normalize", &a.normalize)?;
+    let schedule = Schedule::parse(&a.schedule).context("--schedule")?;
+    // Fail on an unwritable output location at once; from here on, any failure removes
+    // the staging directory again (and the parents it created).
+    let staging = a.out.as_deref().map(|d| Staging::prepare("--out", d)).transpose()?;
+    let (spec, spec_name) = inputs::load_spec(&a.model)?;
+    if let Some(dir) = &a.init {
+        inputs::check_weights(dir, "--init", &spec, g)?;
+    }
+    let data_dir = inputs::data_dir(&a.data);
+    let mnist = Mnist::load(&data_dir)?;
+    let train = Dataset::from_mnist(&mnist.train, "train");
+    let mut test = Dataset::from_mnist(&mnist.test, "test");
+    if let Some(n) = a.test_samples {
+        if n == 0 {
+            return Err(CliError::new("--test-samples: must be at least 1".to_string()));
+        }
+        test = test.head(n);
+    }
+    drop(mnist);
+    check_fits(&spec, &spec_name, &train, &data_dir.display().to_string())?;
+    check_fits(&spec, &spec_name, &test, &data_dir.display().to_string())?;
+    if !a.no_shuffle && a.batch_size > train.n {
+        return Err(CliError::new(format!(
+            "--batch-size {}: larger than the {} training images (shuffled batches are drawn without replacement)",
+            a.batch_size, train.n
+        )));
+    }
+    let mut metrics = Metrics::new(g, staging.as_ref())?;
+
+    let gpu = Gpu::new_blocking()?;
+    let adapter = gpu.report();
+    let model = BatchModel::new(&gpu, &spec, g, a.seed)?;
+    if let Some(dir) = &a.init {
+        model.load_dir(dir)?;
+    }
+    let order = if a.no_shuffle { Order::Sequential } else { Order::PerModel };
+    // Every field is set today; the update keeps this compiling when TrainConfig grows.
+    #[allow(clippy::needless_update)]
+    let config = TrainConfig {
+        batch_size: a.batch_size,
+        order,
+        seed: a.seed,
+        normalize,
+        metrics_every: a.metrics_every,
+        schedules: vec![schedule],
+        eval_batch: inputs::fit_eval_batch(&gpu, &spec, g, TrainConfig::default().eval_batch)?,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(&gpu, &model, &train, hyper.optimizer.clone(), config)?;
+    let spe = trainer.steps_per_epoch();
+    let total = a.steps.unwrap_or_else(|| a.epochs.unwrap_or(1).saturating_mul(spe));
+    let params: usize = model.entries().iter().filter(|e| e.kind == TensorKind::Param).map(|e| e.numel()).sum();
+
+    println!("adapter: {} ({}, {})", adapter.name, adapter.backend, adapter.device_type);
+    println!(
+        "training {g} × {spec_name} ({} parameters each) on {} images ({}): {total} steps of {} images per model ({:.2} epochs), {}",
+        group(params as f64),
+        train.n,
+        data_dir.display(),
+        a.batch_size,
+        total as f64 / spe as f64,
+        if a.no_shuffle { "file order" } else { "shuffled per model" }
+    );
+    println!("optimizer: {}", describe(&hyper, &a.schedule));
+
+    let samples_per_step = (g * a.batch_size) as u64;
+    let mut progress = Progress::new(total, samples_per_step);
+    let t0 = Instant::now();
+    let mut deaths = Vec::new();
+    for s in 0..total {
+        trainer.train(1, |ms| metrics.record(ms, &mut progress))?;
+        progress.submitted(s + 1);
+        deaths.extend(trainer.take_newly_dead());
+        report_deaths(&mut deaths, &metrics.first_bad, &progress);
+    }
+    trainer.finish(|ms| metrics.record(ms, &mut progress))?;
+    deaths.extend(trainer.take_newly_dead());
+    report_deaths(&mut deaths, &metrics.first_bad, &progress);
+    progress.finish();
+    metrics.check()?;
+    let train_secs = t0.elapsed().as_secs_f64();
+    println!(
+        "trained {total} steps in {}: {} samples/s",
+        fmt_secs(train_secs),
+        group(total as f64 * samples_per_step as f64 / train_secs.max(1e-9))
+    );
+
+    println!("test set: {} images", test.n);
+    let ev = pollster::block_on(trainer.evaluate(&test))?;
+    let dead = trainer.dead().to_vec();
+    drop(trainer);
+    println!("{}", results_table(&hyper, &metrics.last_loss, &dead, &ev));
+
+    if let Some(staging) = staging {
+        model.save_dir(staging.path())?;
+        metrics.close()?;
+        let summary = json!({
+            "G": g,
+            "steps": total,
+            "epochs": total as f64 / spe as f64,
+            "batch_size": a.batch_size,
+            "model": spec_name,
+            "optimizer": hyper.kind.name(),
+            "schedule": a.schedule,
+            "order": if a.no_shuffle { "sequential" } else { "per-model" },
+            "seed": a.seed,
+            "normalize": {"mean": tidy(normalize.mean), "std": tidy(normalize.std)},
+            "init": a.init.as_ref().map(|p| p.display().to_string()),
+            "data": data_dir.display().to_string(),
+            "train_samples": train.n,
+            "test_samples": ev.samples,
+            "adapter": {
+                "name": adapter.name,
+                "backend": adapter.backend,
+                "device_type": adapter.device_type,
+                "driver": adapter.driver,
+            },
+            "train_time_s": train_secs,
+            "samples_per_s": total as f64 * samples_per_step as f64 / train_secs.max(1e-9),
+            "wall_time_s": started.elapsed().as_secs_f64(),
+            "models": (0..g).map(|m| model_summary(m, &hyper, &metrics, &dead, &ev)).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&summary).context("summary.json")? + "\n";
+        write_file(&staging.path().join("summary.json"), text.as_bytes())?;
+        let target = staging.target().to_path_buf();
+        staging.commit()?;
+        println!("wrote {}: model-0 … model-{}.safetensors, metrics.csv, summary.json", target.display(), g - 1);
+    }
+    Ok(())
+}
+
+fn report_deaths(deaths: &mut Vec<usize>, first_bad: &[Option<(u64, f32)>], progress: &Progress) {
+    for m in deaths.drain(..) {
+        let when = match first_bad.get(m).copied().flatten() {
+            Some((step, loss)) => format!("at step {step} (loss {loss})"),
+            None => "(non-finite loss)".to_string(),
+        };
+        progress.println(&format!("model {m} diverged {when}: frozen, no further updates"));
+    }
+}
+
+/// The data's images fit the model's input and its labels its outputs.
+fn check_fits(spec: &ModelSpec, spec_name: &str, d: &Dataset, dir: &str) -> Result<()> {
+    let px: usize = d.sample.iter().product();
+    let want: usize = spec.input.iter().product();
+    if px != want {
+        return Err(CliError::new(format!(
+            "{dir}: the {} images are {:?} ({px} values) but the model takes input {:?} ({want} values)",
+            d.name, d.sample, spec.input
+        )));
+    }
+    let out = spec.shapes()?.last().cloned().unwrap_or_default();
+    if out.len() != 1 || out[0] < d.classes {
+        return Err(CliError::new(format!(
+            "--model {spec_name}: the model outputs {out:?} per sample but the data has {} classes",
+            d.classes
+        )));
+    }
+    Ok(())
+}
+
+fn describe(h: &Hyper, schedule: &str) -> String {
+    let mut parts = vec![h.kind.name().to_string()];
+    for c in &h.columns {
+        if c.varies() {
+            let (lo, hi) = c.values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            parts.push(format!("{} {}…{} (per model)", c.name, tidy(lo), tidy(hi)));
+        } else {
+            parts.push(format!("{} {}", c.name, tidy(c.values[0])));
+        }
+    }
+    if let Some(n) = h.nesterov {
+        parts.push(format!("nesterov {n}"));
+    }
+    if schedule != "constant" {
+        parts.push(format!("schedule {schedule}"));
+    }
+    parts.join("  ")
+}
+
+fn results_table(h: &Hyper, last_loss: &[f32], dead: &[bool], ev: &Evaluation) -> String {
+    let varying: Vec<_> = h.columns.iter().filter(|c| c.varies()).collect();
+    let any_dead = dead.iter().any(|&d| d);
+    let mut header = vec!["rank".to_string(), "model".to_string()];
+    header.extend(varying.iter().map(|c| c.name.to_string()));
+    header.extend(["final loss", "top-1 %", "top-5 %"].map(String::from));
+    if any_dead {
+        header.push("note".into());
+    }
+    // Best test top-1 first; diverged models after all the others whatever their accuracy.
+    let mut order: Vec<usize> = (0..last_loss.len()).collect();
+    order.sort_by(|&x, &y| {
+        (dead[x].cmp(&dead[y])).then(ev.top1[y].cmp(&ev.top1[x])).then(ev.top5[y].cmp(&ev.top5[x])).then(x.cmp(&y))
+    });
+    let rows: Vec<Vec<String>> = order
+        .iter()
+        .enumerate()
+        .map(|(rank, &m)| {
+            let mut r = vec![(rank + 1).to_string(), m.to_string()];
+            r.extend(varying.iter().map(|c| format!("{}", tidy(c.values[m]))));
+            r.push(fmt_loss(last_loss[m] as f64));
+            r.push(format!("{:.2}", 100.0 * ev.top1_frac(m)));
+            r.push(format!("{:.2}", 100.0 * ev.top5_frac(m)));
+            if any_dead {
+                r.push(if dead[m] { "diverged" } else { "" }.into());
+            }
+            r
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+fn finite_or_null(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
+}
+
+fn model_summary(m: usize, h: &Hyper, metrics: &Metrics, dead: &[bool], ev: &Evaluation) -> Value {
+    let mut hyper = serde_json::Map::new();
+    for c in &h.columns {
+        hyper.insert(c.name.into(), json!(tidy(c.values[m])));
+    }
+    if let Some(n) = h.nesterov {
+        hyper.insert("nesterov".into(), json!(n));
+    }
+    json!({
+        "model": m,
+        "hyper": hyper,
+        "final_loss": finite_or_null(tidy(metrics.last_loss[m])),
+        "diverged": dead[m],
+        "diverged_at_step": metrics.first_bad[m].map(|(s, _)| s),
+        "top1": ev.top1_frac(m),
+        "top5": ev.top5_frac(m),
+        "top1_count": ev.top1[m],
+        "top5_count": ev.top5[m],
+        "test_loss": finite_or_null(ev.loss[m]),
+    })
+}
+
+/// Per-step metrics as they arrive: the last loss of each model, the first non-finite one,
+/// and `metrics.csv` rows streamed into the staging directory.
+struct Metrics {
+    g: usize,
+    last_loss: Vec<f32>,
+    first_bad: Vec<Option<(u64, f32)>>,
+    csv: Option<(BufWriter<File>, std::path::PathBuf)>,
+    error: Option<CliError>,
+}
+
+impl Metrics {
+    fn new(g: usize, staging: Option<&Staging>) -> Result<Metrics> {
+        let csv = match staging {
+            Some(s) => {
+                let path = s.path().join("metrics.csv");
+                let f = File::create(&path).context(path.display())?;
+                let mut w = BufWriter::new(f);
+                writeln!(w, "step,model,loss,correct").context(path.display())?;
+                Some((w, path))
+            }
+            None => None,
+        };
+        Ok(Metrics { g, last_loss: vec![f32::NAN; g], first_bad: vec![None; g], csv, error: None })
+    }
+
+    /// Records a batch of steps and shows the progress (completed steps, mean loss of the
+    /// live models at the last of them).
+    fn record(&mut self, ms: &[StepMetrics], progress: &mut Progress) {
+        for s in ms {
+            for m in 0..self.g {
+                let (loss, correct) = (s.loss[m], s.correct[m]);
+                self.last_loss[m] = loss;
+                if !loss.is_finite() && self.first_bad[m].is_none() {
+                    self.first_bad[m] = Some((s.step, loss));
+                }
+                if let Some((w, path)) = &mut self.csv {
+                    if self.error.is_none() {
+                        if let Err(e) = writeln!(w, "{},{m},{loss},{correct}", s.step) {
+                            self.error = Some(CliError::new(format!("{}: {e}", path.display())));
+                        }
+                    }
+                }
+            }
+        }
+        let Some(last) = ms.last() else { return };
+        let live: Vec<f64> = last.loss.iter().filter(|l| l.is_finite()).map(|&l| l as f64).collect();
+        let mean = if live.is_empty() { f64::NAN } else { live.iter().sum::<f64>() / live.len() as f64 };
+        progress.metrics(last.step + 1, mean);
+    }
+
+    fn check(&mut self) -> Result<()> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.check()?;
+        if let Some((w, path)) = self.csv.take() {
+            let f = w.into_inner().map_err(|e| CliError::new(format!("{}: {}", path.display(), e.error())))?;
+            f.sync_all().context(path.display())?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,563 @@
+//! The `modelbatch` command-line program, run as a user runs it: tiny MNIST-format data
+//! sets written to a temporary folder, tiny runs (2 models, a few steps of 8 images).
+//!
+//! Error cases need no GPU (the program checks its inputs before acquiring one); the
+//! tests that train skip without an adapter unless `MODELBATCH_REQUIRE_GPU=1`.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use modelbatch::nn::{ModelSpec, StateEntry, TensorKind};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_modelbatch");
+const TRAIN_N: usize = 64;
+const TEST_N: usize = 32;
+
+/// A fresh folder under the system temp dir, removed at the end of the test.
+struct Temp(PathBuf);
+
+impl Temp {
+    fn new(tag: &str) -> Temp {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("modelbatch-cli-{}-{n}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Temp(dir)
+    }
+
+    fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+
+    /// Names in the folder (to prove nothing was left behind).
+    fn listing(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut b = magic.to_be_bytes().to_vec();
+    for d in dims {
+        b.extend_from_slice(&d.to_be_bytes());
+    }
+    b.extend_from_slice(data);
+    b
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn write_gz(path: &Path, bytes: &[u8]) {
+    let mut e = flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap();
+}
+
+/// `n` 28x28 images whose class shows as a bright bar (learnable), plus their labels.
+fn images(n: usize, seed: u32) -> (Vec<u8>, Vec<u8>) {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    };
+    let (mut px, mut labels) = (Vec::with_capacity(n * 784), Vec::with_capacity(n));
+    for _ in 0..n {
+        let label = (next() % 10) as usize;
+        for r in 0..28 {
+            for c in 0..28 {
+                let bar = r >= 2 + 2 * label && r < 4 + 2 * label && (4..24).contains(&c);
+                px.push(if bar { 200 + (next() % 56) as u8 } else { (next() % 40) as u8 });
+            }
+        }
+        labels.push(label as u8);
+    }
+    (px, labels)
+}
+
+/// A tiny MNIST folder: 64 training images (raw IDX) and 32 test images (gzipped IDX).
+fn tiny_mnist(t: &Temp) -> PathBuf {
+    let dir = t.join("mnist");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (px, lb) = images(TRAIN_N, 1);
+    write(&dir.join("train-images-idx3-ubyte"), &idx_bytes(0x803, &[TRAIN_N as u32, 28, 28], &px));
+    write(&dir.join("train-labels-idx1-ubyte"), &idx_bytes(0x801, &[TRAIN_N as u32], &lb));
+    let (px, lb) = images(TEST_N, 2);
+    write_gz(&dir.join("t10k-images-idx3-ubyte.gz"), &idx_bytes(0x803, &[TEST_N as u32, 28, 28], &px));
+    write_gz(&dir.join("t10k-labels-idx1-ubyte.gz"), &idx_bytes(0x801, &[TEST_N as u32], &lb));
+    dir
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(BIN).args(args).env("RUST_BACKTRACE", "1").output().expect("running modelbatch");
+    eprintln!(
+        "$ modelbatch {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn assert_ok(out: &Output) -> String {
+    assert!(out.status.success(), "modelbatch failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Exit status 1, and stderr is exactly one line `error: …` holding every `needle`.
+fn assert_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit status; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "stderr must be one line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "stderr must start with `error: `: {stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error should mention {n:?}: {stderr}");
+    }
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+}
+
+/// `train` on the tiny data with `extra` flags, writing to `t/out`; expects failure and
+/// that nothing was left in `t` besides what was there before.
+fn train_fails(t: &Temp, data: &Path, extra: &[&str], needles: &[&str]) {
+    let before = t.listing();
+    let out_dir = t.join("out");
+    let mut args = vec!["train", "--steps", "3", "--batch-size", "8", "--data", p(data), "--out", p(&out_dir)];
+    if !extra.contains(&"--models") {
+        args.extend(["--models", "2"]);
+    }
+    args.extend_from_slice(extra);
+    assert_error(&run(&args), needles);
+    assert!(!out_dir.exists(), "{} was created", out_dir.display());
+    assert_eq!(t.listing(), before, "files were left behind");
+}
+
+fn lenet_entries() -> Vec<StateEntry> {
+    ModelSpec::lenet().state_entries().unwrap()
+}
+
+/// `g` valid LeNet state dicts written as `dir/model-{i}.safetensors`, no GPU needed.
+fn write_weights(dir: &Path, g: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let spec = ModelSpec::lenet();
+    let entries = spec.state_entries().unwrap();
+    for m in 0..g {
+        let values = spec.init_model(7, m).unwrap();
+        let bytes = modelbatch::io::encode_state(&entries, &values, None).unwrap();
+        write(&dir.join(format!("model-{m}.safetensors")), &bytes);
+    }
+}
+
+/// A LeNet state dict written with `entries` (altered by the caller).
+fn write_altered(path: &Path, entries: &[StateEntry]) {
+    let values: Vec<Vec<f32>> = entries.iter().map(|e| vec![0.01; e.numel().max(1)]).collect();
+    write(path, &modelbatch::io::encode_state(entries, &values, None).unwrap());
+}
+
+// ---------------------------------------------------------------- errors (no GPU needed)
+
+#[test]
+fn missing_data_file() {
+    let t = Temp::new("missing");
+    let data = tiny_mnist(&t);
+    std::fs::remove_file(data.join("t10k-labels-idx1-ubyte.gz")).unwrap();
+    train_fails(&t, &data, &[], &["t10k-labels-idx1-ubyte"]);
+    train_fails(&t, &t.join("nowhere"), &[], &["nowhere", "train-images-idx3-ubyte"]);
+}
+
+#[test]
+fn truncated_idx_file() {
+    let t = Temp::new("truncated");
+    let data = tiny_mnist(&t);
+    let f = data.join("train-images-idx3-ubyte");
+    let bytes = std::fs::read(&f).unwrap();
+    write(&f, &bytes[..bytes.len() - 100]);
+    train_fails(&t, &data, &[], &["train-images-idx3-ubyte", "truncated"]);
+    write(&f, &bytes[..10]);
+    train_fails(&t, &data, &[], &["train-images-idx3-ubyte", "truncated"]);
+}
+
+#[test]
+fn wrong_idx_magic() {
+    let t = Temp::new("magic");
+    let data = tiny_mnist(&t);
+    let (_, lb) = images(TRAIN_N, 1);
+    write(&data.join("train-labels-idx1-ubyte"), &idx_bytes(0x1234_5678, &[TRAIN_N as u32], &lb));
+    train_fails(&t, &data, &[], &["train-labels-idx1-ubyte", "magic"]);
+}
+
+#[test]
+fn image_label_count_mismatch() {
+    let t = Temp::new("count");
+    let data = tiny_mnist(&t);
+    let (_, lb) = images(TRAIN_N, 1);
+    write(&data.join("train-labels-idx1-ubyte"), &idx_bytes(0x801, &[TRAIN_N as u32 - 1], &lb[1..]));
+    train_fails(&t, &data, &[], &["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "mismatch"]);
+}
+
+#[test]
+fn label_out_of_range() {
+    let t = Temp::new("label");
+    let data = tiny_mnist(&t);
+    let (_, mut lb) = images(TRAIN_N, 1);
+    lb[5] = 10;
+    write(&data.join("train-labels-idx1-ubyte"), &idx_bytes(0x801, &[TRAIN_N as u32], &lb));
+    train_fails(&t, &data, &[], &["train-labels-idx1-ubyte", "label 10", "index 5"]);
+}
+
+#[test]
+fn init_with_missing_tensor() {
+    let t = Temp::new("st-missing");
+    let data = tiny_mnist(&t);
+    let init = t.join("init");
+    write_weights(&init, 2);
+    let entries: Vec<StateEntry> = lenet_entries().into_iter().filter(|e| e.name != "layers.3.bias").collect();
+    write_altered(&init.join("model-1.safetensors"), &entries);
+    train_fails(&t, &data, &["--init", p(&init)], &["model-1.safetensors", "missing", "layers.3.bias"]);
+}
+
+#[test]
+fn init_with_extra_tensor() {
+    let t = Temp::new("st-extra");
+    let data = tiny_mnist(&t);
+    let init = t.join("init");
+    write_weights(&init, 2);
+    let mut entries = lenet_entries();
+    entries.push(StateEntry { name: "head.weight".into(), shape: vec![3, 4], kind: TensorKind::Param });
+    write_altered(&init.join("model-0.safetensors"), &entries);
+    train_fails(&t, &data, &["--init", p(&init)], &["model-0.safetensors", "unexpected", "head.weight"]);
+}
+
+#[test]
+fn init_with_misshaped_tensor() {
+    let t = Temp::new("st-shape");
+    let data = tiny_mnist(&t);
+    let init = t.join("init");
+    write_weights(&init, 2);
+    let mut entries = lenet_entries();
+    let e = entries.iter_mut().find(|e| e.name == "layers.0.weight").unwrap();
+    e.shape = vec![6, 1, 3, 3];
+    write_altered(&init.join("model-1.safetensors"), &entries);
+    train_fails(&t, &data, &["--init", p(&init)], &["model-1.safetensors", "layers.0.weight", "[6, 1, 3, 3]"]);
+}
+
+#[test]
+fn init_file_count_must_match_models() {
+    let t = Temp::new("st-count");
+    let data = tiny_mnist(&t);
+    let init = t.join("init");
+    write_weights(&init, 3);
+    train_fails(&t, &data, &["--init", p(&init)], &["--init", "init", "3 model files", "--models is 2"]);
+    let none = t.join("empty");
+    std::fs::create_dir_all(&none).unwrap();
+    train_fails(&t, &data, &["--init", p(&none)], &["--init", "empty", "--models is 2"]);
+    std::fs::rename(init.join("model-1.safetensors"), init.join("model-3.safetensors")).unwrap();
+    train_fails(&t, &data, &["--init", p(&init), "--models", "3"], &["--init", "model-1.safetensors", "missing"]);
+}
+
+#[test]
+fn hyper_parameter_list_of_wrong_length() {
+    let t = Temp::new("hyper-len");
+    let data = tiny_mnist(&t);
+    train_fails(&t, &data, &["--models", "3", "--lr", "0.1,0.2"], &["--lr", "2 values", "3 models"]);
+    train_fails(&t, &data, &["--momentum", "0.9,0.9,0.9"], &["--momentum", "3 values", "2 models"]);
+}
+
+#[test]
+fn bad_log_spec() {
+    let t = Temp::new("hyper-log");
+    let data = tiny_mnist(&t);
+    train_fails(&t, &data, &["--lr", "log:0:0.1"], &["--lr", "log:0:0.1"]);
+    train_fails(&t, &data, &["--lr", "log:0.1"], &["--lr", "log:0.1"]);
+    train_fails(&t, &data, &["--weight-decay", "lin:a:1"], &["--weight-decay", "lin:a:1"]);
+    train_fails(&t, &data, &["--optimizer", "adam", "--betas", "0.9"], &["--betas"]);
+    train_fails(&t, &data, &["--optimizer", "adam", "--momentum", "0.9"], &["--momentum", "sgd"]);
+}
+
+#[test]
+fn spec_json_error_names_the_layer() {
+    let t = Temp::new("spec");
+    let data = tiny_mnist(&t);
+    let spec = t.join("net.json");
+    write(
+        &spec,
+        br#"{"input": [1, 28, 28], "layers": [{"type": "conv2d", "out_channels": 4, "kernel_size": 5}, {"type": "swishy"}]}"#,
+    );
+    train_fails(&t, &data, &["--model", p(&spec)], &["net.json", "layer 1", "swishy"]);
+    write(&spec, b"{\"input\": [1, 28, 28], \"layers\": [");
+    train_fails(&t, &data, &["--model", p(&spec)], &["net.json", "JSON"]);
+    std::fs::remove_file(&spec).unwrap();
+    train_fails(&t, &data, &["--model", p(&spec)], &["--model", "net.json"]);
+}
+
+#[test]
+fn unwritable_output_directory() {
+    let t = Temp::new("out");
+    let data = tiny_mnist(&t);
+    let base = ["train", "--models", "2", "--steps", "3", "--batch-size", "8", "--data", p(&data)];
+    // A pseudo-filesystem that refuses new entries.
+    let mut args = base.to_vec();
+    args.extend(["--out", "/proc/modelbatch-nope"]);
+    assert_error(&run(&args), &["--out", "/proc/modelbatch-nope"]);
+    assert!(!Path::new("/proc/modelbatch-nope").exists());
+    // Below a regular file, directly and through a missing folder.
+    let file = t.join("file.txt");
+    write(&file, b"not a folder");
+    let before = t.listing();
+    for target in [file.join("out"), file.join("sub").join("out")] {
+        let mut args = base.to_vec();
+        args.extend(["--out", p(&target)]);
+        assert_error(&run(&args), &["--out", p(&target)]);
+        assert_eq!(t.listing(), before);
+    }
+    // A regular file as the output, and a folder holding someone else's files: both kept.
+    let mut args = base.to_vec();
+    args.extend(["--out", p(&file)]);
+    assert_error(&run(&args), &["--out", "file.txt", "not a directory"]);
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
+    let theirs = t.join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    write(&theirs.join("notes.txt"), b"keep me");
+    let mut args = base.to_vec();
+    args.extend(["--out", p(&theirs)]);
+    assert_error(&run(&args), &["--out", "theirs", "notes.txt"]);
+    assert_eq!(std::fs::read(theirs.join("notes.txt")).unwrap(), b"keep me");
+}
+
+#[test]
+fn missing_output_parents_are_removed_again_on_failure() {
+    let t = Temp::new("parents");
+    let data = tiny_mnist(&t);
+    let out = t.join("a").join("b").join("out");
+    let before = t.listing();
+    let args = ["train", "--models", "2", "--lr", "1,2,3", "--data", p(&data), "--out", p(&out)];
+    assert_error(&run(&args), &["--lr"]);
+    // The --lr check comes first; now a failure after the output was prepared.
+    write(&data.join("t10k-labels-idx1-ubyte.gz"), b"\x1f\x8bjunk");
+    let args = ["train", "--models", "2", "--steps", "1", "--data", p(&data), "--out", p(&out)];
+    assert_error(&run(&args), &["t10k-labels-idx1-ubyte.gz"]);
+    assert_eq!(t.listing(), before);
+}
+
+#[test]
+fn eval_errors() {
+    let t = Temp::new("eval-err");
+    let data = tiny_mnist(&t);
+    let w = t.join("w");
+    write_weights(&w, 2);
+    let args = ["eval", "--models", "3", "--weights", p(&w), "--data", p(&data)];
+    assert_error(&run(&args), &["--weights", "2 model files", "--models is 3"]);
+    std::fs::remove_file(data.join("t10k-images-idx3-ubyte.gz")).unwrap();
+    let args = ["eval", "--weights", p(&w), "--data", p(&data)];
+    assert_error(&run(&args), &["t10k-images-idx3-ubyte"]);
+    let nothing = t.join("nothing");
+    let args = ["eval", "--weights", p(&nothing)];
+    assert_error(&run(&args), &["--weights", "nothing"]);
+}
+
+// ---------------------------------------------------------------- runs (GPU)
+
+#[test]
+fn info_prints_the_adapter() {
+    let gpu = gpu_or_skip!();
+    let out = assert_ok(&run(&["info"]));
+    let name = gpu.report().name;
+    assert!(out.contains("adapter:") && out.contains(&name), "{out}");
+    assert!(out.contains("backend:") && out.contains("device type:") && out.contains("limits:"), "{out}");
+}
+
+fn csv_rows(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.csv")).unwrap().lines().map(String::from).collect()
+}
+
+#[test]
+fn train_writes_weights_metrics_and_summary_then_eval_reads_them() {
+    let _gpu = gpu_or_skip!();
+    let t = Temp::new("happy");
+    let data = tiny_mnist(&t);
+    let out_dir = t.join("run");
+    let args = [
+        "train",
+        "--models",
+        "2",
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.05,0.1",
+        "--momentum",
+        "0.9",
+        "--data",
+        p(&data),
+        "--out",
+        p(&out_dir),
+    ];
+    let stdout = assert_ok(&run(&args));
+    assert!(stdout.contains("top-1 %") && stdout.contains("final loss"), "{stdout}");
+    // One row per model, sorted by test top-1, the varying lr shown.
+    let table: Vec<&str> = stdout.lines().skip_while(|l| !l.contains("top-1 %")).collect();
+    assert!(table[0].contains("lr") && !table[0].contains("momentum"), "{stdout}");
+    assert!(table.len() >= 3, "{stdout}");
+    let mut names = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    names.sort();
+    assert_eq!(names, ["metrics.csv", "model-0.safetensors", "model-1.safetensors", "summary.json"]);
+    assert_eq!(t.listing(), ["mnist", "run"], "no staging folder left");
+
+    let rows = csv_rows(&out_dir);
+    assert_eq!(rows[0], "step,model,loss,correct");
+    assert_eq!(rows.len(), 1 + 2 * 3);
+    for (i, r) in rows[1..].iter().enumerate() {
+        let f: Vec<&str> = r.split(',').collect();
+        assert_eq!((f[0].parse::<usize>().unwrap(), f[1].parse::<usize>().unwrap()), (i / 2, i % 2), "{r}");
+        let loss: f32 = f[2].parse().unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "{r}");
+        assert!(f[3].parse::<u32>().unwrap() <= 8, "{r}");
+    }
+
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["G"], 2);
+    assert_eq!(summary["steps"], 3);
+    assert!(summary["adapter"]["name"].is_string() && summary["wall_time_s"].is_number());
+    let models = summary["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    let last: Vec<f64> = rows[5..7].iter().map(|r| r.split(',').nth(2).unwrap().parse().unwrap()).collect();
+    for (m, s) in models.iter().enumerate() {
+        assert_eq!(s["model"], m);
+        assert_eq!(s["hyper"]["lr"], [0.05, 0.1][m]);
+        assert_eq!(s["hyper"]["momentum"], 0.9);
+        assert_eq!(s["diverged"], false);
+        assert!((s["final_loss"].as_f64().unwrap() - last[m]).abs() < 1e-6);
+        let (c1, c5) = (s["top1_count"].as_u64().unwrap(), s["top5_count"].as_u64().unwrap());
+        assert!(c1 <= c5 && c5 <= TEST_N as u64);
+        assert!((s["top1"].as_f64().unwrap() - c1 as f64 / TEST_N as f64).abs() < 1e-12);
+    }
+
+    // The saved models evaluate to the numbers the summary reports.
+    let args = ["eval", "--models", "2", "--weights", p(&out_dir), "--data", p(&data), "--json"];
+    let json = assert_ok(&run(&args));
+    assert!(
+        json.starts_with(&format!("{{\"samples\": {TEST_N}, \"models\": [{{\"model\": 0, \"top1_count\": ")),
+        "{json}"
+    );
+    let ev: Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(ev["samples"], TEST_N);
+    let evm = ev["models"].as_array().unwrap();
+    assert_eq!(evm.len(), 2);
+    for (m, e) in evm.iter().enumerate() {
+        let keys: Vec<&String> = e.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 6, "{e}");
+        for k in ["model", "top1_count", "top5_count", "top1", "top5", "loss"] {
+            assert!(e.get(k).is_some(), "{k} missing in {e}");
+        }
+        assert_eq!(e["model"], m);
+        assert_eq!(e["top1_count"], models[m]["top1_count"]);
+        assert_eq!(e["top5_count"], models[m]["top5_count"]);
+        assert!(e["loss"].as_f64().unwrap().is_finite());
+    }
+    // Without --models the files are counted; --split train reads the other files.
+    let args = ["eval", "--weights", p(&out_dir), "--data", p(&data), "--split", "train"];
+    let table = assert_ok(&run(&args));
+    assert!(table.contains("top-1 %") && table.contains(&format!("{TRAIN_N} images")), "{table}");
+}
+
+/// Trains with `args` into `out` and returns metrics.csv and the model files' bytes.
+fn train_snapshot(args: &[&str], out: &Path) -> (String, Vec<Vec<u8>>) {
+    let mut a = args.to_vec();
+    a.extend(["--out", p(out)]);
+    assert_ok(&run(&a));
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let models = (0..2).map(|m| std::fs::read(out.join(format!("model-{m}.safetensors"))).unwrap()).collect();
+    (csv, models)
+}
+
+#[test]
+fn no_shuffle_runs_are_deterministic() {
+    let _gpu = gpu_or_skip!();
+    let t = Temp::new("determinism");
+    let data = tiny_mnist(&t);
+    let args = [
+        "train",
+        "--models",
+        "2",
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--no-shuffle",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "log:0.001:0.01",
+        "--betas",
+        "0.9,0.99",
+        "--schedule",
+        "warmup:2",
+        "--data",
+        p(&data),
+    ];
+    let a = train_snapshot(&args, &t.join("a"));
+    let b = train_snapshot(&args, &t.join("b"));
+    assert_eq!(a.0, b.0, "metrics.csv differs between identical --no-shuffle runs");
+    assert!(a.1 == b.1, "weights differ between identical --no-shuffle runs");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(t.join("a/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["optimizer"], "adamw");
+    assert_eq!(summary["models"][1]["hyper"]["lr"], 0.01);
+    assert_eq!(summary["models"][1]["hyper"]["beta2"], 0.99);
+}
+
+#[test]
+fn init_from_a_saved_run_reproduces() {
+    let _gpu = gpu_or_skip!();
+    let t = Temp::new("init");
+    let data = tiny_mnist(&t);
+    let base = ["train", "--models", "2", "--batch-size", "8", "--steps", "2", "--lr", "0.05", "--data", p(&data)];
+    train_snapshot(&base, &t.join("a"));
+    let mut resumed = base.to_vec();
+    let a = t.join("a");
+    resumed.extend(["--init", p(&a), "--no-shuffle"]);
+    let first = train_snapshot(&resumed, &t.join("b"));
+    // The second run replaces the first one's output in place.
+    let second = train_snapshot(&resumed, &t.join("b"));
+    assert_eq!(first.0, second.0, "metrics.csv differs between runs from the same --init");
+    assert!(first.1 == second.1, "weights differ between runs from the same --init");
+    let fresh = train_snapshot(&[&base[..], &["--no-shuffle"]].concat(), &t.join("c"));
+    assert_ne!(first.0, fresh.0, "--init was ignored");
+    assert_eq!(t.listing(), ["a", "b", "c", "mnist"]);
+}
+
+#[test]
+fn trains_on_the_embedded_mnist() {
+    let _gpu = gpu_or_skip!();
+    let out = run(&["train", "--models", "1", "--steps", "2", "--batch-size", "8", "--metrics-every", "1"]);
+    let stdout = assert_ok(&out);
+    assert!(stdout.contains("60000 images") && stdout.contains("test set: 10000 images"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("step 2/2") && stderr.contains("samples/s"), "{stderr}");
+}
