@@ -41,10 +41,16 @@ fn row_lse(row: u32) -> f32 {
     return m + log(s);
 }
 
+// A quiet NaN made at run time: WGSL forbids NaN and infinity in constant expressions, and
+// Tint (Chrome, Dawn) rejects `bitcast<f32>(0x7fc00000u)` written as a constant.
+fn f32_nan(label: u32) -> f32 {
+    return bitcast<f32>(0x7fc00000u | (label & 0u));
+}
+
 fn row_loss(row: u32) -> f32 {
     let label = labels[row];
     if (label >= p.c) {
-        return bitcast<f32>(0x7fc00000u);
+        return f32_nan(label);
     }
     return row_lse(row) - logits[row * p.c + label];
 }
@@ -106,7 +112,7 @@ fn ce_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let base = row * p.c;
     // An out-of-range label has a NaN loss: its gradient is NaN too, never a silent push.
     if (label >= p.c) {
-        up = bitcast<f32>(0x7fc00000u);
+        up = f32_nan(label);
     }
     for (var j = 0u; j < p.c; j++) {
         var v = exp(logits[base + j] - lse);

@@ -126,7 +126,7 @@ fn maxpool2d(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let plane = t / OH;
     let best = window_argmax_a(plane * H * W, oy, ox);
     // A window with no tap inside the input holds only padding: -inf.
-    out[i] = select(best.value, bitcast<f32>(0xff800000u), best.at == NONE);
+    out[i] = select(best.value, bitcast<f32>(0xff800000u | (i & 0u)), best.at == NONE);
 }
 
 // Outputs along one axis whose window can hold input position `pos` + pad (dilated window of

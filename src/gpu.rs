@@ -91,12 +91,27 @@ pub struct Gpu {
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
     error: Arc<Mutex<Option<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 /// The message every "no adapter" error carries: how to get a software adapter.
 pub const NO_ADAPTER_HINT: &str = "no WebGPU adapter found. Install a GPU driver, or a software \
 Vulkan adapter: `apt-get install mesa-vulkan-drivers` on Debian/Ubuntu (lavapipe). \
 WGPU_BACKEND=vulkan|metal|dx12|gl and WGPU_ADAPTER_NAME=<substring> choose among several";
+
+/// In the browser: which browsers and flags provide WebGPU.
+pub const NO_WEBGPU_HINT: &str = "this browser does not provide WebGPU (navigator.gpu). Use Chrome or Edge 113+ \
+(on Linux start it with --enable-unsafe-webgpu --enable-features=Vulkan, or enable chrome://flags/#enable-unsafe-webgpu), \
+Safari 26+ (or Safari Technology Preview), or Firefox 141+ on Windows (Nightly elsewhere, or dom.webgpu.enabled in \
+about:config); WebGPU also needs a secure context (https or localhost)";
+
+fn no_adapter_hint() -> &'static str {
+    if cfg!(target_arch = "wasm32") {
+        NO_WEBGPU_HINT
+    } else {
+        NO_ADAPTER_HINT
+    }
+}
 
 /// The storage buffers per stage the engine's largest kernel needs.
 pub const STORAGE_BUFFERS_NEEDED: u32 = 6;
@@ -160,10 +175,15 @@ impl Gpu {
             }
         }));
         let sink = error.clone();
+        let lost = Arc::new(Mutex::new(None::<String>));
+        let lost_sink = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
+            let text = format!("device lost ({reason:?}): {msg}");
+            // Sticky: a lost device never comes back, unlike errors that `take_error` clears.
+            lost_sink.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| text.clone());
             let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
             if slot.is_none() {
-                *slot = Some(format!("device lost ({reason:?}): {msg}"));
+                *slot = Some(text);
             }
         });
         Ok(Gpu {
@@ -174,7 +194,13 @@ impl Gpu {
             modules: Mutex::new(HashMap::new()),
             kernels: Mutex::new(HashMap::new()),
             error,
+            lost,
         })
+    }
+
+    /// Why the device was lost, once it has been (it stays lost: create a new [`Gpu`]).
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The limits the device was created with.
@@ -317,7 +343,7 @@ async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
             ..Default::default()
         })
         .await
-        .map_err(|e| Error::NoAdapter(format!("{NO_ADAPTER_HINT} ({e})")))
+        .map_err(|e| Error::NoAdapter(format!("{} ({e})", no_adapter_hint())))
 }
 
 impl Gpu {

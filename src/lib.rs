@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod autograd;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod data;
 pub mod error;
@@ -13,6 +14,8 @@ pub mod ops;
 pub mod optim;
 pub mod plan;
 pub mod train;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;

@@ -4,7 +4,10 @@
 //! through an asynchronous readback that never stalls the queue. A model whose loss turns
 //! NaN or infinite is frozen on the GPU in that very step and reported.
 
+#[cfg(not(target_arch = "wasm32"))]
 mod checkpoint;
+mod eval;
+mod predict;
 mod schedule;
 
 use std::collections::VecDeque;
@@ -18,6 +21,8 @@ use crate::nn::{BatchModel, Mode, Rng};
 use crate::optim::{Adam, AdamState, Sgd, SgdState};
 use crate::plan::{Plan, Readback, Update};
 
+pub use eval::{evaluate, Evaluator};
+pub use predict::Predictor;
 pub use schedule::Schedule;
 
 /// A labelled dataset of byte images (MNIST-like), uploaded to the GPU by the trainer.
@@ -81,6 +86,13 @@ impl Dataset {
         if let Some((i, &l)) = self.labels.iter().enumerate().find(|(_, &l)| l as usize >= self.classes) {
             return Err(Error::Usage(format!(
                 "dataset {}: label {l} at index {i} is >= {} classes",
+                self.name, self.classes
+            )));
+        }
+        let outputs = model.spec().shapes()?.last().and_then(|s| s.last().copied()).unwrap_or(0);
+        if outputs < self.classes {
+            return Err(Error::Usage(format!(
+                "dataset {}: {} classes, but the model has only {outputs} outputs",
                 self.name, self.classes
             )));
         }
@@ -279,6 +291,12 @@ impl<'a> Trainer<'a> {
         data.check(model)?;
         let g = model.models();
         let nb = config.batch_size;
+        if config.order != Order::Sequential && nb > data.n {
+            return Err(Error::Usage(format!(
+                "batch size {nb} is larger than the {} samples of {} (shuffled batches are drawn without replacement)",
+                data.n, data.name
+            )));
+        }
         if nb == 0 || config.eval_batch == 0 || config.metrics_every == 0 {
             return Err(Error::Usage("batch size, evaluation batch and metrics interval must be at least 1".into()));
         }
@@ -433,50 +451,77 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// Runs `steps` training steps. Metrics of completed readbacks are delivered to
-    /// `on_metrics` as they arrive (read back every `metrics_every` steps, never stalling).
-    pub fn train(&mut self, steps: u64, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+    /// Records and submits one training step (no readback).
+    fn run_step(&mut self) -> Result<()> {
         let g = self.model.models();
-        for _ in 0..steps {
-            self.fill_indices();
-            self.plan.write_u32(self.indices, &self.idx_host)?;
-            for (l, &t) in self.dropout_seeds.iter().enumerate() {
-                let seeds: Vec<u32> = (0..g)
-                    .flat_map(|m| {
-                        let s = Rng::new(self.config.seed ^ ((l as u64 + 1) << 40) ^ m as u64).next_u64() as u32;
-                        [s, self.step as u32]
-                    })
-                    .collect();
-                self.plan.write_u32(t, &seeds)?;
-            }
-            let row = (self.step as usize) % self.log_rows;
-            let loss_off = (row * g * 4) as u64;
-            let acc_off = ((self.log_rows + row) * g * 4) as u64;
-            self.plan.run_with(&[(self.loss, &self.log, loss_off), (self.correct, &self.log, acc_off)])?;
-            self.opt.after_step(&self.plan)?;
-            self.step += 1;
-            if self.step % self.log_rows as u64 == 0 {
-                self.flush_log()?;
-            }
-            if self.config.schedules.iter().any(|s| *s != Schedule::Constant) {
-                self.apply_schedule()?;
-            }
-            self.collect(false, &mut on_metrics)?;
+        self.fill_indices();
+        self.plan.write_u32(self.indices, &self.idx_host)?;
+        for (l, &t) in self.dropout_seeds.iter().enumerate() {
+            let seeds: Vec<u32> = (0..g)
+                .flat_map(|m| {
+                    let s = Rng::new(self.config.seed ^ ((l as u64 + 1) << 40) ^ m as u64).next_u64() as u32;
+                    [s, self.step as u32]
+                })
+                .collect();
+            self.plan.write_u32(t, &seeds)?;
+        }
+        let row = (self.step as usize) % self.log_rows;
+        let loss_off = (row * g * 4) as u64;
+        let acc_off = ((self.log_rows + row) * g * 4) as u64;
+        self.plan.run_with(&[(self.loss, &self.log, loss_off), (self.correct, &self.log, acc_off)])?;
+        self.opt.after_step(&self.plan)?;
+        self.step += 1;
+        if self.config.schedules.iter().any(|s| *s != Schedule::Constant) {
+            self.apply_schedule()?;
         }
         Ok(())
     }
 
-    /// Starts reading back the log rows written since the last flush.
+    /// Runs `steps` training steps. Metrics of completed readbacks are delivered to
+    /// `on_metrics` as they arrive (read back every `metrics_every` steps, never stalling).
+    /// Natively only: in the browser use [`Trainer::train_async`], which can wait for a
+    /// staging buffer without blocking.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn train(&mut self, steps: u64, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+        for _ in 0..steps {
+            self.run_step()?;
+            if self.step % self.log_rows as u64 == 0 {
+                while self.readbacks[self.next_readback].busy() {
+                    // Both staging buffers in flight: the older one finished long ago in practice.
+                    self.collect_front(true)?;
+                }
+                self.flush_log()?;
+            }
+            self.collect(&mut on_metrics)?;
+        }
+        Ok(())
+    }
+
+    /// [`Trainer::train`] for any platform: where both staging buffers are still in flight
+    /// it awaits the older one (in the browser the event loop completes it) instead of
+    /// blocking. The same steps, metrics and weights as [`Trainer::train`].
+    pub async fn train_async(&mut self, steps: u64, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+        for _ in 0..steps {
+            self.run_step()?;
+            if self.step % self.log_rows as u64 == 0 {
+                while self.readbacks[self.next_readback].busy() {
+                    self.collect_front_async().await?;
+                }
+                self.flush_log()?;
+            }
+            self.collect(&mut on_metrics)?;
+        }
+        Ok(())
+    }
+
+    /// Starts reading back the log rows written since the last flush (the next staging
+    /// buffer must be idle).
     fn flush_log(&mut self) -> Result<()> {
         if self.step == self.flushed {
             return Ok(());
         }
         let rows = (self.step - self.flushed) as usize;
         let rb = self.next_readback;
-        while self.readbacks[rb].busy() {
-            // Both staging buffers in flight: the older one finished long ago in practice.
-            self.collect_front(true)?;
-        }
         self.readbacks[rb].start(&self.log, self.log.size())?;
         self.pending.push_back((self.step, rows, rb));
         self.flushed = self.step;
@@ -484,13 +529,26 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Parses the oldest readback if it has completed (or, with `wait`, once it has).
+    /// Parses the oldest readback if it has completed (or, with `wait`, once it has; native).
     fn collect_front(&mut self, wait: bool) -> Result<bool> {
-        let Some(&(end, rows, rb)) = self.pending.front() else { return Ok(false) };
+        let Some(&(_, _, rb)) = self.pending.front() else { return Ok(false) };
         let Some(bytes) = self.readbacks[rb].try_finish(wait)? else { return Ok(false) };
-        self.pending.pop_front();
+        self.parse_front(&bytes);
+        Ok(true)
+    }
+
+    /// Waits for the oldest readback and parses it.
+    async fn collect_front_async(&mut self) -> Result<bool> {
+        let Some(&(_, _, rb)) = self.pending.front() else { return Ok(false) };
+        let Some(bytes) = self.readbacks[rb].finish().await? else { return Ok(false) };
+        self.parse_front(&bytes);
+        Ok(true)
+    }
+
+    fn parse_front(&mut self, bytes: &[u8]) {
+        let Some((end, rows, _)) = self.pending.pop_front() else { return };
         let g = self.model.models();
-        let data: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+        let data: Vec<f32> = bytemuck::pod_collect_to_vec(bytes);
         for step in end - rows as u64..end {
             let row = step as usize % self.log_rows;
             let loss = data[row * g..(row + 1) * g].to_vec();
@@ -504,22 +562,45 @@ impl<'a> Trainer<'a> {
             }
             self.metrics.push(StepMetrics { step, loss, correct });
         }
-        Ok(true)
     }
 
-    fn collect(&mut self, wait: bool, on_metrics: &mut impl FnMut(&[StepMetrics])) -> Result<()> {
-        while self.collect_front(wait)? {}
+    /// Parses every readback that has completed, without waiting, and delivers the metrics.
+    fn collect(&mut self, on_metrics: &mut impl FnMut(&[StepMetrics])) -> Result<()> {
+        while self.collect_front(false)? {}
+        self.deliver(on_metrics);
+        Ok(())
+    }
+
+    fn deliver(&mut self, on_metrics: &mut impl FnMut(&[StepMetrics])) {
         if !self.metrics.is_empty() {
             on_metrics(&self.metrics);
             self.metrics.clear();
         }
+    }
+
+    /// Reads back every step's metrics not yet delivered (blocking; native only, see
+    /// [`Trainer::finish_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn finish(&mut self, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+        while self.readbacks[self.next_readback].busy() {
+            self.collect_front(true)?;
+        }
+        self.flush_log()?;
+        while self.collect_front(true)? {}
+        self.deliver(&mut on_metrics);
         Ok(())
     }
 
-    /// Reads back every step's metrics not yet delivered (blocking natively).
-    pub fn finish(&mut self, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+    /// Reads back every step's metrics not yet delivered, awaiting the readbacks (one map
+    /// per `metrics_every` steps, at most two in flight); never blocks the browser's page.
+    pub async fn finish_async(&mut self, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+        while self.readbacks[self.next_readback].busy() {
+            self.collect_front_async().await?;
+        }
         self.flush_log()?;
-        self.collect(true, &mut on_metrics)
+        while self.collect_front_async().await? {}
+        self.deliver(&mut on_metrics);
+        Ok(())
     }
 
     /// Models whose divergence was detected since the last call.
@@ -533,63 +614,4 @@ impl<'a> Trainer<'a> {
         data.check(self.model)?;
         evaluate(self.gpu, self.model, data, self.config.eval_batch, self.config.normalize).await
     }
-}
-
-/// Evaluates every model of `model` on all of `data` in batches of `batch`.
-pub async fn evaluate(
-    gpu: &Gpu,
-    model: &BatchModel,
-    data: &Dataset,
-    batch: usize,
-    norm: Normalize,
-) -> Result<Evaluation> {
-    data.check(model)?;
-    let g = model.models();
-    let mut ev = Evaluation { samples: data.n, top1: vec![0; g], top5: vec![0; g], loss: vec![0.0; g] };
-    let ks: Vec<u32> = if data.classes >= 5 { vec![1, 5] } else { vec![1, data.classes as u32] };
-    let full = data.n / batch;
-    let rest = data.n % batch;
-    let mut shared: Option<Plan> = None;
-    for (size, chunks, start) in [(batch, full, 0), (rest, usize::from(rest > 0), full * batch)] {
-        if chunks == 0 {
-            continue;
-        }
-        let mut graph = Graph::new(g);
-        let images = graph.dataset("eval.images", data.images.len())?;
-        let labels = graph.dataset("eval.labels", data.labels.len())?;
-        let indices = graph.input("indices", &[size], DType::U32)?;
-        let x = graph.gather_images(images, indices, &model.spec().input, norm.mean, norm.std)?;
-        let y = graph.gather_labels(labels, indices)?;
-        let built = model.spec().build(&mut graph, x, Mode::Eval)?;
-        let loss = graph.cross_entropy(built.output, y, Reduction::Sum)?;
-        let top = graph.topk_accuracy(built.output, y, &ks, true)?;
-        let plan = match &shared {
-            // The remainder plan reads the dataset the first plan uploaded.
-            Some(first) => Plan::sharing(gpu, &graph, &[loss, top], &[], first)?,
-            None => model.plan(gpu, &graph, &[loss, top], &[])?,
-        };
-        if shared.is_none() {
-            plan.write_bytes(images, &data.images)?;
-            plan.write_bytes(labels, &data.labels)?;
-        }
-        for c in 0..chunks {
-            let idx: Vec<u32> = (0..g).flat_map(|_| (0..size).map(|i| (start + c * size + i) as u32)).collect();
-            plan.write_u32(indices, &idx)?;
-            plan.run()?;
-            let t = plan.read(top).await?;
-            let l = plan.read(loss).await?;
-            for m in 0..g {
-                ev.top1[m] += t[2 * m] as u64;
-                ev.top5[m] += t[2 * m + 1] as u64;
-                ev.loss[m] += l[m] as f64;
-            }
-        }
-        if shared.is_none() {
-            shared = Some(plan);
-        }
-    }
-    for l in &mut ev.loss {
-        *l /= data.n as f64;
-    }
-    Ok(ev)
 }

@@ -46,7 +46,7 @@ fn adam(g: usize) -> Optimizer {
     Optimizer::Adam(Adam::adamw(PerModel::lin_space(1e-3, 5e-3, g)).weight_decay(0.05))
 }
 
-fn resume_matches(gpu: &Gpu, optimizer: fn(usize) -> Optimizer) {
+fn resume_matches(gpu: &Gpu, name: &str, optimizer: fn(usize) -> Optimizer) {
     let data = synthetic(40, 1);
     let g = 3;
     // 12 steps straight (crossing an epoch boundary at step 5).
@@ -54,7 +54,7 @@ fn resume_matches(gpu: &Gpu, optimizer: fn(usize) -> Optimizer) {
     let mut t = Trainer::new(gpu, &straight, &data, optimizer(g), config()).unwrap();
     let all = run(&mut t, 12);
     // 7 steps, checkpoint, a fresh model and trainer resume for 5 more.
-    let dir = std::env::temp_dir().join(format!("modelbatch-ckpt-{}-{}", std::process::id(), t.step()));
+    let dir = std::env::temp_dir().join(format!("modelbatch-ckpt-{}-{}", std::process::id(), name));
     let first = BatchModel::new(gpu, &spec(), g, 9).unwrap();
     let mut t1 = Trainer::new(gpu, &first, &data, optimizer(g), config()).unwrap();
     let head = run(&mut t1, 7);
@@ -74,13 +74,13 @@ fn resume_matches(gpu: &Gpu, optimizer: fn(usize) -> Optimizer) {
 #[test]
 fn resume_continues_exactly_sgd() {
     let gpu = gpu_or_skip!();
-    resume_matches(gpu, sgd);
+    resume_matches(gpu, "sgd", sgd);
 }
 
 #[test]
 fn resume_continues_exactly_adamw() {
     let gpu = gpu_or_skip!();
-    resume_matches(gpu, adam);
+    resume_matches(gpu, "adamw", adam);
 }
 
 #[test]
@@ -179,4 +179,17 @@ fn schedules_change_the_learning_rate_the_kernels_use() {
     run(&mut t, 3);
     assert_ne!(s0, s2);
     assert_eq!(s2, state(&model));
+}
+
+#[test]
+fn impossible_configurations_are_errors_not_panics() {
+    let gpu = gpu_or_skip!();
+    let data = synthetic(20, 4);
+    let model = BatchModel::new(gpu, &spec(), 2, 0).unwrap();
+    let big = TrainConfig { batch_size: 21, ..config() };
+    let e = Trainer::new(gpu, &model, &data, sgd(2), big).err().expect("batch > samples").to_string();
+    assert!(e.contains("batch size 21") && e.contains("20 samples"), "{e}");
+    let narrow = BatchModel::new(gpu, &ModelSpec::mlp(&[16, 4]), 2, 0).unwrap();
+    let e = Trainer::new(gpu, &narrow, &data, sgd(2), config()).err().expect("4 outputs for 10 classes").to_string();
+    assert!(e.contains("10 classes") && e.contains("only 4 outputs"), "{e}");
 }

@@ -1,12 +1,15 @@
 //! `BatchModel`: G independent models of one [`ModelSpec`], their weights resident on the
 //! GPU, with per-model state dicts in and out (safetensors, PyTorch names).
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::graph::{Graph, TensorId};
-use crate::io::{decode_state, encode_state, write_atomic};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::io::write_atomic;
+use crate::io::{decode_state, encode_state};
 use crate::nn::build::{StateEntry, TensorKind};
 use crate::nn::spec::ModelSpec;
 use crate::plan::Plan;

@@ -188,6 +188,7 @@ impl Plan {
                 )));
             }
         }
+        #[cfg(not(target_arch = "wasm32"))]
         let total: u64 =
             assignment.sizes.iter().enumerate().filter(|(i, _)| !shared.contains_key(i)).map(|(_, s)| s).sum();
         #[cfg(not(target_arch = "wasm32"))]

@@ -1,19 +1,21 @@
 //! Asynchronous readback of a GPU buffer that never stalls the queue: the copy is
-//! submitted, the map is requested, and the caller collects the bytes later (polling
-//! without blocking natively; the browser's event loop completes it on the web).
+//! submitted, the map is requested, and the caller collects the bytes later, either by
+//! polling ([`Readback::try_finish`], non-blocking natively) or by awaiting
+//! ([`Readback::finish`]): in the browser the map completes only when the JavaScript event
+//! loop runs, so there the future is the only way to wait.
 
-use std::sync::{Arc, Mutex};
+use futures::channel::oneshot;
 
 use crate::error::{Error, Result};
 
-type Slot = Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>>;
+type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
 
 /// A staging buffer with at most one readback in flight.
 pub struct Readback {
     device: wgpu::Device,
     queue: wgpu::Queue,
     staging: wgpu::Buffer,
-    pending: Option<(u64, Slot)>,
+    pending: Option<(u64, oneshot::Receiver<MapResult>)>,
 }
 
 impl Readback {
@@ -42,33 +44,54 @@ impl Readback {
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
         encoder.copy_buffer_to_buffer(src, 0, &self.staging, 0, bytes);
         self.queue.submit([encoder.finish()]);
-        let slot: Slot = Arc::new(Mutex::new(None));
-        let sink = slot.clone();
+        let (tx, rx) = oneshot::channel();
         self.staging.slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
-            *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            let _ = tx.send(r);
         });
-        self.pending = Some((bytes, slot));
+        self.pending = Some((bytes, rx));
         Ok(())
     }
 
     /// The bytes if the readback has completed (`None` while in flight or idle). With
-    /// `wait`, blocks until it completes (native) instead.
+    /// `wait`, blocks until it completes (native) instead; in the browser `wait` cannot
+    /// block (use [`Readback::finish`]).
     pub fn try_finish(&mut self, wait: bool) -> Result<Option<Vec<u8>>> {
-        let Some((bytes, slot)) = &self.pending else { return Ok(None) };
+        let Some((_, rx)) = &mut self.pending else { return Ok(None) };
         #[cfg(not(target_arch = "wasm32"))]
         {
             let poll = if wait { wgpu::PollType::wait_indefinitely() } else { wgpu::PollType::Poll };
             self.device.poll(poll).map_err(|e| Error::Gpu(format!("waiting for metrics: {e}")))?;
         }
-        let done = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let bytes = *bytes;
-        match done {
-            None => Ok(None),
-            Some(Err(e)) => {
-                self.pending = None;
-                Err(Error::Gpu(format!("mapping metrics: {e}")))
-            }
-            Some(Ok(())) => {
+        #[cfg(target_arch = "wasm32")]
+        let _ = wait;
+        match rx.try_recv() {
+            Ok(None) => Ok(None),
+            Ok(Some(r)) => self.complete(Ok(r)).map(Some),
+            Err(oneshot::Canceled) => self.complete(Err(oneshot::Canceled)).map(Some),
+        }
+    }
+
+    /// Waits for the readback in flight and returns its bytes (`None` when idle). Natively
+    /// this polls the device to completion; in the browser it resolves once the event loop
+    /// has delivered the map callback, without blocking the page.
+    pub async fn finish(&mut self) -> Result<Option<Vec<u8>>> {
+        let Some((_, rx)) = &mut self.pending else { return Ok(None) };
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for metrics: {e}")))?;
+        let r = rx.await;
+        self.complete(r).map(Some)
+    }
+
+    fn complete(&mut self, r: std::result::Result<MapResult, oneshot::Canceled>) -> Result<Vec<u8>> {
+        let Some((bytes, _)) = self.pending.take() else {
+            return Err(Error::Usage("no readback in flight".into()));
+        };
+        match r {
+            Err(oneshot::Canceled) => Err(Error::Gpu("metrics readback was cancelled (device lost?)".into())),
+            Ok(Err(e)) => Err(Error::Gpu(format!("mapping metrics: {e}"))),
+            Ok(Ok(())) => {
                 let data = self
                     .staging
                     .slice(..bytes)
@@ -76,8 +99,7 @@ impl Readback {
                     .map_err(|e| Error::Gpu(format!("reading metrics: {e}")))?
                     .to_vec();
                 self.staging.unmap();
-                self.pending = None;
-                Ok(Some(data))
+                Ok(data)
             }
         }
     }
