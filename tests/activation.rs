@@ -7,106 +7,16 @@
 
 mod common;
 
-use common::{assert_close, check_fd, randn, randn_away, FdLeaf};
+use common::grad_case::case_with_inputs as case;
+use common::{assert_close, randn, randn_away};
 use modelbatch::graph::Unary;
-use modelbatch::{autograd, DType, Graph, Plan, TensorId};
-
-/// Finite differences: step and tolerances (f32 forward passes; see `common::check_fd`).
-const EPS: f32 = 1e-2;
-const FD_RTOL: f64 = 2e-2;
-const FD_ATOL: f64 = 1e-2;
-const FD_COORDS: usize = 3;
+use modelbatch::{DType, Graph, Plan, TensorId};
 
 const ALL_UNARY: [Unary; 6] =
     [Unary::Relu, Unary::LeakyRelu(0.1), Unary::Gelu, Unary::Silu, Unary::Tanh, Unary::Sigmoid];
 
 // ---------------------------------------------------------------------------------------
 // Harness
-
-/// A compiled forward + seeded backward graph with its leaves written.
-struct Case {
-    plan: Plan,
-    y: TensorId,
-    r: Vec<f32>,
-    leaves: Vec<(String, TensorId, Vec<f32>)>,
-    grads: Vec<TensorId>,
-    /// Extra inputs the builder made (e.g. the dropout seed), by name.
-    extra: Vec<(String, TensorId)>,
-}
-
-/// What a case builder gets: the graph, the parameters, and a place to register inputs.
-type Build<'a> = dyn FnOnce(&mut Graph, &[TensorId], &mut Vec<(String, TensorId)>) -> modelbatch::Result<TensorId> + 'a;
-
-/// Builds `y = build(graph, params)` over parameters `leaves` (name, per-model shape, values),
-/// seeds the backward pass with random `r`, compiles `[y, grads...]` and writes the leaves.
-fn case(
-    gpu: &modelbatch::Gpu,
-    g: usize,
-    leaves: Vec<(&str, Vec<usize>, Vec<f32>)>,
-    seed: u64,
-    build: Box<Build>,
-) -> Case {
-    let mut graph = Graph::new(g);
-    let params: Vec<TensorId> = leaves.iter().map(|(name, shape, _)| graph.param(name, shape).unwrap()).collect();
-    let mut extra = Vec::new();
-    let y = build(&mut graph, &params, &mut extra).unwrap();
-    let y_shape = graph.shape(y).to_vec();
-    let r_id = graph.input("seed_r", &y_shape[1..], DType::F32).unwrap();
-    let grads = autograd::grad(&mut graph, y, Some(r_id), &params).unwrap();
-    let grads: Vec<TensorId> = grads
-        .iter()
-        .zip(&leaves)
-        .map(|(g, (name, _, _))| g.unwrap_or_else(|| panic!("no gradient for {name}")))
-        .collect();
-    let mut keep = vec![y];
-    keep.extend_from_slice(&grads);
-    let plan = Plan::new(gpu, &graph, &keep, &[]).unwrap();
-    let r = randn(seed ^ 0xA5A5, y_shape.iter().product());
-    plan.write(r_id, &r).unwrap();
-    let leaves: Vec<(String, TensorId, Vec<f32>)> = leaves
-        .into_iter()
-        .zip(&params)
-        .map(|((name, shape, values), &id)| {
-            assert_eq!(values.len(), g * shape.iter().product::<usize>(), "{name}: value count");
-            plan.write(id, &values).unwrap();
-            (name.to_string(), id, values)
-        })
-        .collect();
-    Case { plan, y, r, leaves, grads, extra }
-}
-
-impl Case {
-    /// Runs once; returns `y` and each leaf's gradient.
-    fn run(&self) -> (Vec<f32>, Vec<Vec<f32>>) {
-        self.plan.run().unwrap();
-        let y = self.plan.read_blocking(self.y).unwrap();
-        let grads = self.grads.iter().map(|&t| self.plan.read_blocking(t).unwrap()).collect();
-        (y, grads)
-    }
-
-    fn values(&self, i: usize) -> &[f32] {
-        &self.leaves[i].2
-    }
-
-    fn input(&self, name: &str) -> TensorId {
-        self.extra.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no input {name}")).1
-    }
-
-    /// Finite-difference check of every leaf's gradient; the output must come back bit for
-    /// bit once the leaves are restored.
-    fn fd(&self, grads: &[Vec<f32>]) {
-        let leaves: Vec<FdLeaf> = self
-            .leaves
-            .iter()
-            .zip(grads)
-            .map(|((name, id, values), grad)| FdLeaf { name, id: *id, values, grad })
-            .collect();
-        let before = self.plan.read_blocking(self.y).unwrap();
-        check_fd(&self.plan, self.y, &self.r, &leaves, FD_COORDS, EPS, FD_RTOL, FD_ATOL);
-        let (after, _) = self.run();
-        assert_eq!(before, after, "output after the finite differences");
-    }
-}
 
 /// Runs a one-input, one-output graph `out = build(x)` on `xs` (`g` models) and returns `out`.
 fn eval(

@@ -6,103 +6,13 @@
 
 mod common;
 
-use common::{assert_close, check_fd, labels, randn, randn_away, FdLeaf};
-use modelbatch::{autograd, DType, Error, Graph, Plan, Reduction, TensorId};
+use common::grad_case::{case, EPS, FD_ATOL, FD_RTOL};
+use common::{assert_close, labels, randn, randn_away};
+use modelbatch::{autograd, DType, Error, Graph, Plan, Reduction};
 
 /// Tolerances of GPU results against the f64 CPU references.
 const RTOL: f64 = 1e-4;
 const ATOL: f64 = 1e-5;
-/// Finite differences: step and tolerance (f32 forward passes).
-const EPS: f32 = 1e-2;
-const FD_RTOL: f64 = 2e-2;
-/// Absolute part, as a fraction of the leaf's largest gradient (see `common::check_fd`).
-const FD_ATOL: f64 = 1e-2;
-/// Coordinates probed per leaf.
-const FD_COORDS: usize = 3;
-
-/// A compiled forward + seeded backward graph with its leaves written.
-struct Case {
-    plan: Plan,
-    y: TensorId,
-    r: Vec<f32>,
-    leaves: Vec<(String, TensorId, Vec<f32>)>,
-    grads: Vec<TensorId>,
-}
-
-/// Builds `y = build(graph, params)` over parameters `leaves` (name, per-model shape, values),
-/// seeds the backward pass with random `r`, compiles `[y, grads...]` and writes the leaves.
-fn case(
-    gpu: &modelbatch::Gpu,
-    g: usize,
-    leaves: Vec<(&str, Vec<usize>, Vec<f32>)>,
-    seed: u64,
-    build: impl FnOnce(&mut Graph, &[TensorId]) -> modelbatch::Result<TensorId>,
-) -> Case {
-    let mut graph = Graph::new(g);
-    let params: Vec<TensorId> = leaves.iter().map(|(name, shape, _)| graph.param(name, shape).unwrap()).collect();
-    let y = build(&mut graph, &params).unwrap();
-    let y_shape = graph.shape(y).to_vec();
-    let r_id = graph.input("seed_r", &y_shape[1..], DType::F32).unwrap();
-    let grads = autograd::grad(&mut graph, y, Some(r_id), &params).unwrap();
-    let grads: Vec<TensorId> = grads
-        .iter()
-        .zip(&leaves)
-        .map(|(g, (name, _, _))| g.unwrap_or_else(|| panic!("no gradient for {name}")))
-        .collect();
-    let mut keep = vec![y];
-    keep.extend_from_slice(&grads);
-    let plan = Plan::new(gpu, &graph, &keep, &[]).unwrap();
-    let r = randn(seed ^ 0xA5A5, y_shape.iter().product());
-    plan.write(r_id, &r).unwrap();
-    let leaves: Vec<(String, TensorId, Vec<f32>)> = leaves
-        .into_iter()
-        .zip(&params)
-        .map(|((name, shape, values), &id)| {
-            assert_eq!(values.len(), g * shape.iter().product::<usize>(), "{name}: value count");
-            plan.write(id, &values).unwrap();
-            (name.to_string(), id, values)
-        })
-        .collect();
-    Case { plan, y, r, leaves, grads }
-}
-
-impl Case {
-    /// Runs once; returns `y` and each leaf's gradient.
-    fn run(&self) -> (Vec<f32>, Vec<Vec<f32>>) {
-        self.plan.run().unwrap();
-        let y = self.plan.read_blocking(self.y).unwrap();
-        let grads = self.grads.iter().map(|&t| self.plan.read_blocking(t).unwrap()).collect();
-        (y, grads)
-    }
-
-    fn values(&self, i: usize) -> &[f32] {
-        &self.leaves[i].2
-    }
-
-    /// Finite-difference check of every leaf's gradient.
-    fn fd(&self, grads: &[Vec<f32>]) {
-        self.fd_with(grads, EPS, FD_RTOL, FD_ATOL);
-    }
-
-    fn fd_with(&self, grads: &[Vec<f32>], eps: f32, rtol: f64, atol: f64) {
-        let leaves: Vec<FdLeaf> = self
-            .leaves
-            .iter()
-            .zip(grads)
-            .map(|((name, id, values), grad)| FdLeaf { name, id: *id, values, grad })
-            .collect();
-        let before = self.plan.read_blocking(self.y).unwrap();
-        check_fd(&self.plan, self.y, &self.r, &leaves, FD_COORDS, eps, rtol, atol);
-        // The leaves are restored: the output must come back bit for bit (deterministic kernels).
-        let (after, _) = self.run();
-        assert_eq!(before, after, "output after the finite differences");
-    }
-
-    fn labels(&self) -> Vec<&'static str> {
-        self.plan.dispatch_labels()
-    }
-}
-
 fn r64(v: &[f32]) -> Vec<f64> {
     common::to64(v)
 }

@@ -1,6 +1,8 @@
 //! Shared test helpers: the GPU (or a skip / failure), random data, CPU references.
 #![allow(dead_code)]
 
+pub mod grad_case;
+
 use std::sync::OnceLock;
 
 use modelbatch::nn::Rng;
