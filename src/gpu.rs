@@ -203,6 +203,28 @@ impl Gpu {
         self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// A view of this device that plans as if the adapter bound at most `max_binding` bytes
+    /// per storage binding and allocated at most `max_buffer` bytes per buffer (never more
+    /// than granted): to leave headroom, or to see how plans split a batch into chunks.
+    pub fn restricted(&self, max_binding: u64, max_buffer: u64) -> Gpu {
+        let mut limits = self.limits.clone();
+        limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(max_binding);
+        limits.max_buffer_size = limits.max_buffer_size.min(max_buffer);
+        // One lock at a time (`kernel` takes them in the other order).
+        let modules = self.modules.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let kernels = self.kernels.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Gpu {
+            device: self.device.clone(),
+            queue: self.queue.clone(),
+            info: self.info.clone(),
+            limits,
+            modules: Mutex::new(modules),
+            kernels: Mutex::new(kernels),
+            error: self.error.clone(),
+            lost: self.lost.clone(),
+        }
+    }
+
     /// The limits the device was created with.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits

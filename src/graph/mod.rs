@@ -78,6 +78,20 @@ impl Graph {
         self.g
     }
 
+    /// The same graph for a batch of `g` models: every per-model tensor's first dimension
+    /// becomes `g` (datasets are shared and keep their shape). Plans lower one such graph per
+    /// chunk of models when a batch passes the adapter's binding limits.
+    pub(crate) fn with_models(&self, g: usize) -> Graph {
+        let mut out = self.clone();
+        out.g = g;
+        for n in &mut out.nodes {
+            if !matches!(n.op, Op::Data { .. }) {
+                n.shape[0] = g;
+            }
+        }
+        out
+    }
+
     /// All nodes in topological order.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes

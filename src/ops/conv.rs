@@ -250,13 +250,8 @@ pub(crate) fn lower_grad_weight(
     if splits == 1 {
         return tiled(ctx, &kernel, LABEL, &words, &[dy, x, dw], grid);
     }
-    // Created once, at plan compile time; the bind groups keep it alive.
-    let partial = ctx.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("conv2d_grad_weight partial sums"),
-        size: (4 * splits * total) as u64,
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    });
+    // Shared scratch, created at plan compile time; the bind groups keep it alive.
+    let partial = ctx.scratch((4 * splits * total) as u64);
     let mut out = tiled(ctx, &kernel, LABEL, &words, &[dy, x, &partial], grid)?;
     let reduce = ctx.kernel(&CONV, "conv2d_grad_weight_reduce", &[Binding::Read, Binding::ReadWrite], &[]);
     out.push(ctx.dispatch(reduce, "conv2d_grad_weight_reduce", &words, &[&partial, dw], grid_1d(total, REDUCE_WG)));

@@ -12,6 +12,8 @@ pub(crate) mod optim;
 pub(crate) mod pool;
 pub(crate) mod reduce;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
@@ -90,6 +92,12 @@ pub(crate) struct Lower<'a> {
     pub gpu: &'a Gpu,
     /// A 16-byte buffer bound where a kernel's optional operand is absent.
     pub dummy: &'a wgpu::Buffer,
+    /// Buffers bound as a byte range `(offset, size)` instead of whole: the models of the
+    /// chunk being lowered, when a plan splits its batch (see `plan`).
+    pub ranges: RefCell<HashMap<wgpu::Buffer, (u64, u64)>>,
+    /// Scratch buffers by size (split-K partial sums): dispatches run in order, so kernels
+    /// of any chunk may share one.
+    pub scratch: RefCell<HashMap<u64, wgpu::Buffer>>,
 }
 
 impl Lower<'_> {
@@ -113,7 +121,15 @@ impl Lower<'_> {
         });
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
         for (i, b) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+            let resource = match self.ranges.borrow().get(*b) {
+                Some(&(offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b,
+                    offset,
+                    size: wgpu::BufferSize::new(size),
+                }),
+                None => b.as_entire_binding(),
+            };
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource });
         }
         let bind_group = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(label),
@@ -121,6 +137,23 @@ impl Lower<'_> {
             entries: &entries,
         });
         Dispatch { kernel, bind_group, groups, label }
+    }
+
+    /// A storage buffer of `size` bytes for intermediate results that live within one
+    /// op's dispatches; created once per size and shared by every op that asks.
+    pub fn scratch(&self, size: u64) -> wgpu::Buffer {
+        self.scratch
+            .borrow_mut()
+            .entry(size)
+            .or_insert_with(|| {
+                self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("modelbatch scratch"),
+                    size,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
+            })
+            .clone()
     }
 
     /// A kernel whose binding 0 is the uniform followed by `storage` bindings.

@@ -220,13 +220,8 @@ pub(crate) fn lower_grad(
     }
     let p = Params { affine: weight.is_some(), ..per_statistic(x, kind, l) };
     let w = words("norm_grad", x, l, &p)?;
-    // Created once, at compile time; the two bind groups keep it alive.
-    let scratch = ctx.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("norm_grad scratch"),
-        size: (x.g * l.s * 16).max(16) as u64,
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    });
+    // Shared scratch, created at compile time; the two bind groups keep it alive.
+    let scratch = ctx.scratch((x.g * l.s * 16).max(16) as u64);
     let reduce = ctx.kernel(&NORM, "norm_grad_reduce", &STANDARD, &wgr(x, &p));
     let apply = ctx.kernel(&NORM, "norm_grad_apply", &STANDARD, &[]);
     Ok(vec![

@@ -12,6 +12,9 @@ pub(crate) struct Assignment {
     pub slot: Vec<Option<usize>>,
     /// Byte size of each buffer.
     pub sizes: Vec<u64>,
+    /// Whether each buffer belongs to one tensor for the whole run (leaves and kept
+    /// tensors) rather than to the pool of temporaries.
+    pub owned: Vec<bool>,
 }
 
 /// Bytes a tensor of `numel` 4-byte elements occupies, padded for vec4 access.
@@ -42,6 +45,7 @@ pub(crate) fn assign(graph: &Graph, live: &[bool], keep: &[bool], last_use: &[us
     }
     let mut slot: Vec<Option<usize>> = vec![None; n];
     let mut sizes: Vec<u64> = Vec::new();
+    let mut owned: Vec<bool> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     // Buffers to release once position p has executed.
     let mut release_at: Vec<Vec<usize>> = vec![Vec::new(); n + 1];
@@ -57,6 +61,7 @@ pub(crate) fn assign(graph: &Graph, live: &[bool], keep: &[bool], last_use: &[us
         let own = node.op.is_leaf() || root_keep[i];
         let s = if own {
             sizes.push(need);
+            owned.push(true);
             sizes.len() - 1
         } else {
             // Best fit among free buffers at least as large; otherwise a new one.
@@ -70,6 +75,7 @@ pub(crate) fn assign(graph: &Graph, live: &[bool], keep: &[bool], last_use: &[us
                 Some(pos) => free.swap_remove(pos),
                 None => {
                     sizes.push(need);
+                    owned.push(false);
                     sizes.len() - 1
                 }
             }
@@ -82,5 +88,5 @@ pub(crate) fn assign(graph: &Graph, live: &[bool], keep: &[bool], last_use: &[us
         // node's own output was assigned above, so it never aliases its operands.
         free.append(&mut release_at[i]);
     }
-    Assignment { slot, sizes }
+    Assignment { slot, sizes, owned }
 }

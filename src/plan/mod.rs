@@ -100,6 +100,8 @@ pub struct PlanStats {
     pub bytes: u64,
     /// Dispatches recorded per run.
     pub dispatches: usize,
+    /// Chunks of models the batch is split into (1: one pass over all G models).
+    pub chunks: usize,
     /// Submits made by `run` so far.
     pub submits: u64,
     /// Staging buffers created for reads so far (one per tensor ever read).
@@ -121,7 +123,10 @@ pub struct Plan {
     slot: Vec<Option<usize>>,
     buffers: Vec<wgpu::Buffer>,
     bytes: u64,
-    dispatches: Vec<Dispatch>,
+    steps: Vec<Chunk>,
+    split: bool,
+    /// Per buffer: holds all G models (leaves, kept tensors), not one chunk's temporaries.
+    whole: Vec<bool>,
     names: HashMap<String, TensorId>,
     staging: Mutex<HashMap<usize, wgpu::Buffer>>,
     staging_created: AtomicU64,
@@ -168,44 +173,55 @@ impl Plan {
                 }
             }
         }
-        // Check the limits before allocating anything: the largest tensor grows with G, so the
-        // message can say how many models would fit.
-        let max_binding = gpu.limits().max_storage_buffer_binding_size.min(gpu.limits().max_buffer_size);
         let g = graph.models();
-        if let Some((i, &size)) =
-            assignment.sizes.iter().enumerate().filter(|(i, _)| !shared.contains_key(i)).max_by_key(|(_, &s)| s)
-        {
-            if size > max_binding {
-                let tensor = assignment.slot.iter().position(|s| *s == Some(i)).unwrap_or(0);
-                let fit = (g as u128 * max_binding as u128 / size as u128) as usize;
-                return Err(Error::Usage(format!(
-                    "plan: tensor {tensor} ({} {:?}) needs {} MiB, but this adapter binds at most {} MiB per buffer: \
-                     use at most {fit} models at this batch size (G={g} now), or a smaller batch",
-                    nodes[tensor].op.name(),
-                    nodes[tensor].shape,
-                    size >> 20,
-                    max_binding >> 20
-                )));
-            }
-        }
+        let layout = Layout::new(graph, &assignment);
+        // Check the limits before allocating anything, and split the batch into chunks of
+        // models where one pass would bind more than the adapter allows.
+        let chunk = layout.chunk_size(gpu.limits(), g)?;
+        let split = chunk < g;
+        let chunks: Vec<(usize, usize)> = (0..g).step_by(chunk).map(|g0| (g0, chunk.min(g - g0))).collect();
+        let align = u64::from(gpu.limits().min_storage_buffer_offset_alignment).max(16);
+        let sizes: Vec<u64> = (0..layout.kind.len())
+            .map(|s| match layout.kind[s] {
+                SlotKind::Temp | SlotKind::Fill if split => pad16(chunk as u64 * layout.per_model[s]),
+                _ => assignment.sizes[s],
+            })
+            .collect();
+        // Whole-batch tensors whose chunk slices are not aligned for binding at an offset are
+        // staged through a chunk-sized buffer (copied in before the chunk, out after).
+        let staged: Vec<bool> = (0..sizes.len())
+            .map(|s| split && layout.kind[s].whole() && (chunk as u64 * layout.per_model[s]) % align != 0)
+            .collect();
         #[cfg(not(target_arch = "wasm32"))]
-        let total: u64 =
-            assignment.sizes.iter().enumerate().filter(|(i, _)| !shared.contains_key(i)).map(|(_, s)| s).sum();
+        let total: u64 = (0..sizes.len())
+            .filter(|s| !shared.contains_key(s))
+            .map(|s| sizes[s])
+            .chain((0..sizes.len()).filter(|&s| staged[s]).map(|s| pad16(chunk as u64 * layout.per_model[s])))
+            .sum();
         #[cfg(not(target_arch = "wasm32"))]
         let oom_scope = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let mut buffers = Vec::with_capacity(assignment.sizes.len());
-        for (i, &size) in assignment.sizes.iter().enumerate() {
-            if let Some(b) = shared.remove(&i) {
-                buffers.push(b);
-                continue;
-            }
-            buffers.push(gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(&format!("modelbatch tensor buffer {i}")),
+        let new_buffer = |label: String, size: u64| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&label),
                 size,
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
-            }));
+            })
+        };
+        let mut buffers = Vec::with_capacity(sizes.len());
+        for (i, &size) in sizes.iter().enumerate() {
+            match shared.remove(&i) {
+                Some(b) => buffers.push(b),
+                None => buffers.push(new_buffer(format!("modelbatch tensor buffer {i}"), size)),
+            }
         }
+        let stage: Vec<Option<wgpu::Buffer>> = (0..sizes.len())
+            .map(|s| {
+                staged[s].then(|| {
+                    new_buffer(format!("modelbatch chunk staging {s}"), pad16(chunk as u64 * layout.per_model[s]))
+                })
+            })
+            .collect();
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(e) = pollster::block_on(oom_scope.pop()) {
             return Err(Error::Gpu(format!(
@@ -220,70 +236,69 @@ impl Plan {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        let buf =
-            |t: TensorId| -> &wgpu::Buffer { &buffers[assignment.slot[t.index()].expect("live tensor has a buffer")] };
-
-        let ctx = Lower { gpu, dummy: &dummy };
-        let mut dispatches = Vec::new();
+        let slot_of = |t: TensorId| assignment.slot[t.index()].expect("live tensor has a buffer");
+        let buf = |t: TensorId| -> &wgpu::Buffer {
+            let s = slot_of(t);
+            stage[s].as_ref().unwrap_or(&buffers[s])
+        };
         for (i, node) in nodes.iter().enumerate() {
-            if !live[i] {
-                continue;
+            if let (true, Op::Fill { value }) = (live[i], &node.op) {
+                let numel = if split { chunk * node.numel() / g } else { node.numel() };
+                gpu.queue.write_buffer(buf(TensorId(i)), 0, bytemuck::cast_slice(&vec![*value; numel]));
             }
-            if let Op::Fill { value } = node.op {
-                gpu.queue.write_buffer(buf(TensorId(i)), 0, bytemuck::cast_slice(&vec![value; node.numel()]));
-                continue;
-            }
-            dispatches.extend(lower_node(&ctx, graph, node, TensorId(i), &buf)?);
         }
-        for u in updates {
-            match *u {
-                Update::Sgd { param, grad, momentum, hyper, dead } => {
-                    let shape = graph.shape(param);
-                    let numel: usize = shape.iter().product();
-                    dispatches.push(ops::optim::lower_sgd(
-                        &ctx,
-                        numel,
-                        numel / shape[0],
-                        buf(param),
-                        buf(grad),
-                        buf(momentum),
-                        buf(hyper),
-                        buf(dead),
-                    ));
-                }
-                Update::Guard { loss, dead } => {
-                    dispatches.push(ops::optim::lower_guard(&ctx, graph.shape(loss)[0], buf(loss), buf(dead)));
-                }
-                Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper, dead } => {
-                    let shape = graph.shape(param);
-                    let numel: usize = shape.iter().product();
-                    dispatches.push(ops::optim::lower_adam(
-                        &ctx,
-                        numel,
-                        numel / shape[0],
-                        buf(param),
-                        buf(grad),
-                        buf(exp_avg),
-                        buf(exp_avg_sq),
-                        buf(hyper),
-                        buf(dead),
-                    ));
-                }
-                Update::BatchNormRunning { stats, mean, var, count, momentum } => {
-                    let x = ops::Image::of(graph.shape(graph.node(stats).inputs[0]));
-                    dispatches.extend(ops::norm::lower_running_update(
-                        &ctx,
-                        x.g,
-                        x.c,
-                        x.n * x.h * x.w,
-                        momentum,
-                        buf(stats),
-                        buf(mean),
-                        buf(var),
-                        buf(count),
-                    )?);
+
+        let ctx = Lower { gpu, dummy: &dummy, ranges: Default::default(), scratch: Default::default() };
+        let mut steps = Vec::with_capacity(chunks.len());
+        for &(g0, gc) in &chunks {
+            let chunk_graph;
+            let lg = if split {
+                chunk_graph = graph.with_models(gc);
+                &chunk_graph
+            } else {
+                graph
+            };
+            let mut step = Chunk { copy_in: Vec::new(), dispatches: Vec::new(), copy_out: Vec::new() };
+            // Buffers hash by identity, which their interior mutability does not change.
+            #[allow(clippy::mutable_key_type)]
+            let mut ranges = HashMap::new();
+            for s in (0..sizes.len()).filter(|&s| split && layout.kind[s].whole()) {
+                let (offset, size) = (g0 as u64 * layout.per_model[s], gc as u64 * layout.per_model[s]);
+                match &stage[s] {
+                    None => {
+                        ranges.insert(buffers[s].clone(), (offset, pad16(size).min(buffers[s].size() - offset)));
+                    }
+                    Some(st) => {
+                        let (whole, st) = (buffers[s].clone(), st.clone());
+                        if layout.kind[s] != SlotKind::Kept {
+                            step.copy_in.push(BufferCopy {
+                                src: whole.clone(),
+                                src_offset: offset,
+                                dst: st.clone(),
+                                dst_offset: 0,
+                                size,
+                            });
+                        }
+                        if layout.kind[s] != SlotKind::Input {
+                            step.copy_out.push(BufferCopy {
+                                src: st,
+                                src_offset: 0,
+                                dst: whole,
+                                dst_offset: offset,
+                                size,
+                            });
+                        }
+                    }
                 }
             }
+            *ctx.ranges.borrow_mut() = ranges;
+            for (i, node) in lg.nodes().iter().enumerate() {
+                if live[i] && !matches!(node.op, Op::Fill { .. }) {
+                    step.dispatches.extend(lower_node(&ctx, lg, node, TensorId(i), &buf)?);
+                }
+            }
+            step.dispatches.extend(lower_updates(&ctx, lg, updates, &buf)?);
+            steps.push(step);
         }
         let mut names = HashMap::new();
         for (i, node) in nodes.iter().enumerate() {
@@ -301,9 +316,13 @@ impl Plan {
                 .map(|n| TensorMeta { shape: n.shape.clone(), dtype: n.dtype, op: n.op.clone() })
                 .collect(),
             slot: assignment.slot,
-            bytes: assignment.sizes.iter().sum(),
-            buffers,
-            dispatches,
+            bytes: sizes.iter().sum::<u64>() + stage.iter().flatten().map(|b| b.size()).sum::<u64>(),
+            buffers: buffers.into_iter().chain(stage.into_iter().flatten()).collect(),
+            steps,
+            split,
+            whole: (0..layout.kind.len())
+                .map(|s| matches!(layout.kind[s], SlotKind::Data) || layout.kind[s].whole())
+                .collect(),
             names,
             staging: Mutex::new(HashMap::new()),
             staging_created: AtomicU64::new(0),
@@ -339,7 +358,8 @@ impl Plan {
             tensors: self.slot.iter().filter(|s| s.is_some()).count(),
             buffers: self.buffers.len(),
             bytes: self.bytes,
-            dispatches: self.dispatches.len(),
+            dispatches: self.steps.iter().map(|c| c.dispatches.len()).sum(),
+            chunks: self.steps.len(),
             submits: self.submits.load(Ordering::Relaxed),
             staging_buffers: self.staging_created.load(Ordering::Relaxed) as usize,
         }
@@ -351,8 +371,8 @@ impl Plan {
             .get(t.index())
             .ok_or_else(|| Error::Usage(format!("tensor {} is not in this plan", t.index())))?;
         match self.slot[t.index()] {
-            Some(s) => Ok(&self.buffers[s]),
-            None => Err(Error::Usage(format!(
+            Some(s) if !self.split || self.whole[s] => Ok(&self.buffers[s]),
+            _ => Err(Error::Usage(format!(
                 "tensor {} ({} {:?}) is not kept by this plan; list it in `keep` when compiling",
                 t.index(),
                 meta.op.name(),
@@ -450,16 +470,20 @@ impl Plan {
     pub fn run_with(&self, copies: &[(TensorId, &wgpu::Buffer, u64)]) -> Result<()> {
         let mut encoder =
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("modelbatch step") });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("modelbatch step"),
-                timestamp_writes: None,
-            });
-            for d in &self.dispatches {
-                pass.set_pipeline(&d.kernel.pipeline);
-                pass.set_bind_group(0, &d.bind_group, &[]);
-                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        for chunk in &self.steps {
+            record_copies(&mut encoder, &chunk.copy_in);
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("modelbatch step"),
+                    timestamp_writes: None,
+                });
+                for d in &chunk.dispatches {
+                    pass.set_pipeline(&d.kernel.pipeline);
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                }
             }
+            record_copies(&mut encoder, &chunk.copy_out);
         }
         for &(t, dst, offset) in copies {
             let bytes = (self.meta[t.index()].shape.iter().product::<usize>() * 4) as u64;
@@ -488,24 +512,38 @@ impl Plan {
     }
 
     /// Runs every dispatch alone (its own submit, waited for) and returns its label and wall
-    /// time in seconds: a coarse profile where timestamp queries are unavailable. Native only.
+    /// time in seconds: a coarse profile where timestamp queries are unavailable. A split
+    /// batch's staging copies are timed as `"chunk copies"`. Native only.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn profile(&self) -> Result<Vec<(&'static str, f64)>> {
-        let mut out = Vec::with_capacity(self.dispatches.len());
-        for d in &self.dispatches {
+        let mut out = Vec::new();
+        let timed = |label: &'static str, record: &dyn Fn(&mut wgpu::CommandEncoder)| -> Result<(&'static str, f64)> {
             let start = std::time::Instant::now();
             let mut encoder =
                 self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
-            {
-                let mut pass = encoder
-                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(d.label), timestamp_writes: None });
-                pass.set_pipeline(&d.kernel.pipeline);
-                pass.set_bind_group(0, &d.bind_group, &[]);
-                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
-            }
+            record(&mut encoder);
             self.queue.submit([encoder.finish()]);
             self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("profiling: {e}")))?;
-            out.push((d.label, start.elapsed().as_secs_f64()));
+            Ok((label, start.elapsed().as_secs_f64()))
+        };
+        for chunk in &self.steps {
+            if !chunk.copy_in.is_empty() {
+                out.push(timed("chunk copies", &|e| record_copies(e, &chunk.copy_in))?);
+            }
+            for d in &chunk.dispatches {
+                out.push(timed(d.label, &|encoder| {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(d.label),
+                        timestamp_writes: None,
+                    });
+                    pass.set_pipeline(&d.kernel.pipeline);
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                })?);
+            }
+            if !chunk.copy_out.is_empty() {
+                out.push(timed("chunk copies", &|e| record_copies(e, &chunk.copy_out))?);
+            }
         }
         self.check_error()?;
         Ok(out)
@@ -513,7 +551,7 @@ impl Plan {
 
     /// Labels of the recorded dispatches, in order (for profiling and tests).
     pub fn dispatch_labels(&self) -> Vec<&'static str> {
-        self.dispatches.iter().map(|d| d.label).collect()
+        self.steps.iter().flat_map(|c| &c.dispatches).map(|d| d.label).collect()
     }
 
     async fn read_bytes(&self, t: TensorId) -> Result<Vec<u8>> {
@@ -775,6 +813,220 @@ fn check_updates(graph: &Graph, updates: &[Update]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The in-place updates (optimizer steps, running estimates), lowered after the graph.
+fn lower_updates<'b>(
+    ctx: &Lower,
+    graph: &Graph,
+    updates: &[Update],
+    buf: &impl Fn(TensorId) -> &'b wgpu::Buffer,
+) -> Result<Vec<Dispatch>> {
+    let mut out = Vec::new();
+    for u in updates {
+        match *u {
+            Update::Sgd { param, grad, momentum, hyper, dead } => {
+                let shape = graph.shape(param);
+                let numel: usize = shape.iter().product();
+                out.push(ops::optim::lower_sgd(
+                    ctx,
+                    numel,
+                    numel / shape[0],
+                    buf(param),
+                    buf(grad),
+                    buf(momentum),
+                    buf(hyper),
+                    buf(dead),
+                ));
+            }
+            Update::Guard { loss, dead } => {
+                out.push(ops::optim::lower_guard(ctx, graph.shape(loss)[0], buf(loss), buf(dead)));
+            }
+            Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper, dead } => {
+                let shape = graph.shape(param);
+                let numel: usize = shape.iter().product();
+                out.push(ops::optim::lower_adam(
+                    ctx,
+                    numel,
+                    numel / shape[0],
+                    buf(param),
+                    buf(grad),
+                    buf(exp_avg),
+                    buf(exp_avg_sq),
+                    buf(hyper),
+                    buf(dead),
+                ));
+            }
+            Update::BatchNormRunning { stats, mean, var, count, momentum } => {
+                let x = ops::Image::of(graph.shape(graph.node(stats).inputs[0]));
+                out.extend(ops::norm::lower_running_update(
+                    ctx,
+                    x.g,
+                    x.c,
+                    x.n * x.h * x.w,
+                    momentum,
+                    buf(stats),
+                    buf(mean),
+                    buf(var),
+                    buf(count),
+                )?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a buffer holds, which decides how it is sized and bound when a plan splits its
+/// batch into chunks of models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotKind {
+    /// A dataset shared by all models: bound whole.
+    Data,
+    /// Temporaries: sized for one chunk and reused by every chunk.
+    Temp,
+    /// A constant: sized for one chunk.
+    Fill,
+    /// An input written by the host, all G models.
+    Input,
+    /// Parameters and state, all G models, updated by the run.
+    Weights,
+    /// A computed tensor the caller keeps, all G models.
+    Kept,
+}
+
+impl SlotKind {
+    /// Holds every model for the whole run (a chunk binds its slice).
+    fn whole(self) -> bool {
+        matches!(self, SlotKind::Input | SlotKind::Weights | SlotKind::Kept)
+    }
+}
+
+/// Bytes rounded up to whole vec4s (at least one).
+fn pad16(bytes: u64) -> u64 {
+    bytes.max(1).div_ceil(16) * 16
+}
+
+/// Per buffer: what it holds, its bytes per model, and its largest tensor (for messages).
+struct Layout {
+    kind: Vec<SlotKind>,
+    per_model: Vec<u64>,
+    tensor: Vec<(usize, String, Vec<usize>)>,
+}
+
+impl Layout {
+    fn new(graph: &Graph, a: &alloc::Assignment) -> Layout {
+        let n = a.sizes.len();
+        let mut l =
+            Layout { kind: vec![SlotKind::Temp; n], per_model: vec![0; n], tensor: vec![Default::default(); n] };
+        for (i, node) in graph.nodes().iter().enumerate() {
+            let Some(s) = a.slot[i] else { continue };
+            if node.op == Op::Reshape {
+                continue;
+            }
+            l.kind[s] = match node.op {
+                Op::Data { .. } => SlotKind::Data,
+                Op::Fill { .. } => SlotKind::Fill,
+                Op::Input { .. } => SlotKind::Input,
+                Op::Param { .. } | Op::State { .. } => SlotKind::Weights,
+                _ if a.owned[s] => SlotKind::Kept,
+                _ => SlotKind::Temp,
+            };
+            let m = (node.numel() * 4 / node.shape[0].max(1)) as u64;
+            if m > l.per_model[s] {
+                l.per_model[s] = m;
+                l.tensor[s] = (i, node.op.name().to_string(), node.shape.clone());
+            }
+        }
+        l
+    }
+
+    /// The most models one pass can take within the adapter's limits: `g` when everything
+    /// fits, else the largest chunk whose slices fit one binding each. Errors name the tensor
+    /// that does not fit and what would.
+    fn chunk_size(&self, limits: &wgpu::Limits, g: usize) -> Result<usize> {
+        let max_buffer = limits.max_buffer_size;
+        let max_binding = limits.max_storage_buffer_binding_size.min(max_buffer);
+        let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64);
+        for s in 0..self.kind.len() {
+            let (t, op, shape) = &self.tensor[s];
+            let data = self.kind[s] == SlotKind::Data;
+            let whole = if data { self.per_model[s] } else { g as u64 * self.per_model[s] };
+            let limit = if data { max_binding } else { max_buffer };
+            if (data || self.kind[s].whole()) && pad16(whole) > limit {
+                return Err(Error::Usage(if data {
+                    format!(
+                        "plan: dataset tensor {t} needs {}, but this adapter binds at most {}: use a smaller dataset",
+                        mib(whole),
+                        mib(limit)
+                    )
+                } else {
+                    format!(
+                        "plan: tensor {t} ({op} {shape:?}) needs {} for all G={g} models, but this adapter allocates at most \
+                         {} per buffer: use at most {} models at this batch size, or a smaller batch",
+                        mib(whole),
+                        mib(limit),
+                        limit / self.per_model[s].max(1)
+                    )
+                }));
+            }
+        }
+        let fits = |c: usize| {
+            (0..self.kind.len()).all(|s| match self.kind[s] {
+                SlotKind::Data => true,
+                _ => pad16(c as u64 * self.per_model[s]) <= max_binding,
+            })
+        };
+        if fits(g) {
+            return Ok(g);
+        }
+        // `fits` is monotone in c: binary search the largest chunk that fits.
+        let (mut lo, mut hi) = (0, g);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo == 0 {
+            let s = (0..self.kind.len())
+                .filter(|&s| self.kind[s] != SlotKind::Data)
+                .max_by_key(|&s| self.per_model[s])
+                .expect("a slot passes the limit");
+            let (t, op, shape) = &self.tensor[s];
+            return Err(Error::Usage(format!(
+                "plan: tensor {t} ({op} {shape:?}) needs {} for a single model, but this adapter binds at most {} per buffer: \
+                 use a smaller batch",
+                mib(self.per_model[s]),
+                mib(max_binding)
+            )));
+        }
+        Ok(lo)
+    }
+}
+
+fn record_copies(encoder: &mut wgpu::CommandEncoder, copies: &[BufferCopy]) {
+    for c in copies {
+        encoder.copy_buffer_to_buffer(&c.src, c.src_offset, &c.dst, c.dst_offset, c.size);
+    }
+}
+
+/// A buffer-to-buffer copy recorded between compute passes.
+struct BufferCopy {
+    src: wgpu::Buffer,
+    src_offset: u64,
+    dst: wgpu::Buffer,
+    dst_offset: u64,
+    size: u64,
+}
+
+/// The dispatches of one chunk of models (all G when the batch is not split), with the
+/// copies that stage its slice of whole-batch tensors that cannot be bound at an offset.
+struct Chunk {
+    copy_in: Vec<BufferCopy>,
+    dispatches: Vec<Dispatch>,
+    copy_out: Vec<BufferCopy>,
 }
 
 fn lower_node<'b>(

@@ -1,0 +1,133 @@
+//! Beyond the adapter's limits: a plan whose tensors pass the binding size splits its batch
+//! into chunks of models (slices bound at offsets, or staged through chunk-sized buffers),
+//! and gives the results of the unsplit run. Small limits are forced with `Gpu::restricted`.
+
+mod common;
+
+use modelbatch::nn::{BatchModel, ModelSpec};
+use modelbatch::train::{evaluate, Dataset, Normalize, Optimizer, Order, StepMetrics, TrainConfig, Trainer};
+use modelbatch::{DType, Gpu, Graph, PerModel, Plan, Sgd};
+
+fn synthetic(n: usize, px: usize, seed: u64) -> Dataset {
+    let mut rng = modelbatch::nn::Rng::new(seed);
+    let labels: Vec<u8> = (0..n).map(|_| rng.below(10) as u8).collect();
+    let images =
+        labels.iter().flat_map(|&l| (0..px).map(move |p| if p % 10 == l as usize { 200u8 } else { 20 })).collect();
+    Dataset { images, labels, n, sample: vec![1, 12, 12], classes: 10, name: "synthetic".into() }
+}
+
+/// Conv, BatchNorm (running estimates: state updated in place), dropout (per-model seeds),
+/// pooling and linear layers: every kind of per-model tensor a chunk must slice.
+fn spec() -> ModelSpec {
+    ModelSpec::from_json(
+        r#"{"input": [1, 12, 12], "layers": [
+            {"type": "conv2d", "out_channels": 5, "kernel_size": 3, "padding": 1},
+            {"type": "batchnorm2d"},
+            {"type": "relu"},
+            {"type": "maxpool2d", "kernel_size": 2},
+            {"type": "flatten"},
+            {"type": "dropout", "p": 0.2},
+            {"type": "linear", "out_features": 10}
+        ]}"#,
+    )
+    .unwrap()
+}
+
+struct Run {
+    metrics: Vec<StepMetrics>,
+    state: Vec<Vec<f32>>,
+    eval_loss: Vec<f64>,
+    chunks: usize,
+}
+
+fn train(gpu: &Gpu, g: usize, data: &Dataset) -> Run {
+    let model = BatchModel::new(gpu, &spec(), g, 3).unwrap();
+    let opt = Optimizer::Sgd(Sgd::new(PerModel::log_space(0.01, 0.2, g)).momentum(0.9));
+    let config =
+        TrainConfig { batch_size: 8, metrics_every: 2, seed: 11, order: Order::PerModel, ..TrainConfig::default() };
+    let mut t = Trainer::new(gpu, &model, data, opt, config).unwrap();
+    let mut metrics = Vec::new();
+    t.train(5, |m| metrics.extend_from_slice(m)).unwrap();
+    t.finish(|m| metrics.extend_from_slice(m)).unwrap();
+    let chunks = t.plan().stats().chunks;
+    let eval = pollster::block_on(evaluate(gpu, &model, data, 16, Normalize::default())).unwrap();
+    let state = pollster::block_on(model.state_dicts_batched()).unwrap();
+    Run { metrics, state, eval_loss: eval.loss, chunks }
+}
+
+fn close(what: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{what}: length");
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= 1e-4 * scale, "{what}[{i}]: split {x} vs whole {y}");
+    }
+}
+
+#[test]
+fn a_split_batch_trains_and_evaluates_like_the_whole_batch() {
+    let gpu = gpu_or_skip!();
+    let g = 7;
+    let data = synthetic(48, 144, 2);
+    let whole = train(gpu, g, &data);
+    assert_eq!(whole.chunks, 1);
+    // The conv output is 8 images x 5 x 12 x 12 floats = 23 KiB per model: a 64 KiB binding
+    // takes two models per pass, so G=7 runs in 4 chunks.
+    let small = gpu.restricted(64 << 10, 1 << 30);
+    let split = train(&small, g, &data);
+    assert_eq!(split.chunks, 4, "G=7 in chunks of 2");
+    assert_eq!(split.metrics.len(), whole.metrics.len());
+    for (s, w) in split.metrics.iter().zip(&whole.metrics) {
+        assert_eq!(s.step, w.step);
+        close(&format!("loss at step {}", s.step), &s.loss, &w.loss);
+        assert_eq!(s.correct, w.correct, "correct at step {}", s.step);
+    }
+    for (i, (s, w)) in split.state.iter().zip(&whole.state).enumerate() {
+        close(&format!("state tensor {i}"), s, w);
+    }
+    let (se, we): (Vec<f32>, Vec<f32>) =
+        split.eval_loss.iter().zip(&whole.eval_loss).map(|(&s, &w)| (s as f32, w as f32)).unzip();
+    close("evaluation loss", &se, &we);
+    // Models differ (per-model learning rates), so equality is not trivial.
+    assert!(whole.state[0][..45] != whole.state[0][45 * 3..45 * 4]);
+}
+
+/// G=10 models of `n` floats through relu + add with 16 KiB bindings (3 chunks of 4).
+fn relu_add_in_chunks(gpu: &Gpu, n: usize) {
+    let g = 10;
+    let mut graph = Graph::new(g);
+    let x = graph.input("x", &[n], DType::F32).unwrap();
+    let y = graph.relu(x).unwrap();
+    let z = graph.add(y, x).unwrap();
+    let small = gpu.restricted(16 << 10, 1 << 30);
+    let plan = Plan::new(&small, &graph, &[z], &[]).unwrap();
+    assert_eq!(plan.stats().chunks, 3);
+    let data = common::randn(4, g * n);
+    plan.write(x, &data).unwrap();
+    plan.run().unwrap();
+    let got = plan.read_blocking(z).unwrap();
+    let want: Vec<f32> = data.iter().map(|&v| v.max(0.0) + v).collect();
+    assert_eq!(got, want, "n = {n}");
+}
+
+#[test]
+fn a_graph_split_in_chunks_computes_every_model() {
+    let gpu = gpu_or_skip!();
+    // The input and the kept output are whole-batch buffers. With 1000 floats per model a
+    // chunk of 4 models (16,000 bytes) is not a multiple of the 256-byte offset alignment,
+    // so chunks are staged through copies; with 1024 floats the slices are bound in place.
+    relu_add_in_chunks(gpu, 1000);
+    relu_add_in_chunks(gpu, 1024);
+}
+
+#[test]
+fn one_model_beyond_the_binding_limit_asks_for_a_smaller_batch() {
+    let gpu = gpu_or_skip!();
+    let mut graph = Graph::new(4);
+    let x = graph.input("x", &[2, 1000], DType::F32).unwrap();
+    let y = graph.relu(x).unwrap();
+    let z = graph.relu(y).unwrap();
+    // 8,000 bytes per model; bindings of 4 KiB cannot take one model.
+    let small = gpu.restricted(4 << 10, 1 << 30);
+    let e = Plan::new(&small, &graph, &[z], &[]).err().expect("must not compile").to_string();
+    assert!(e.contains("for a single model") && e.contains("smaller batch"), "{e}");
+}
