@@ -35,6 +35,11 @@ const MAX_DATA_BYTES: u64 = 1 << 32;
 /// header lying about its size cannot make us reserve a huge buffer.
 const MAX_PREALLOC: usize = 64 << 20;
 
+/// Deflate expands data at most 1032-fold, so a gzip stream of `n` bytes holds at most
+/// `1032 n` bytes: the up-front allocation for gzipped data is bounded by that, not by the
+/// (unchecked) header.
+const MAX_DEFLATE_RATIO: usize = 1032;
+
 /// Number of classes (digits) in MNIST.
 const MNIST_CLASSES: u8 = 10;
 
@@ -269,7 +274,7 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
 pub fn parse_idx(bytes: &[u8], what: &str) -> Result<IdxArray, DataError> {
     if bytes.starts_with(&GZIP_MAGIC) {
         // `MultiGzDecoder` also accepts concatenated gzip members, as `zcat` does.
-        parse_stream(MultiGzDecoder::new(bytes), what, true, usize::MAX)
+        parse_stream(MultiGzDecoder::new(bytes), what, true, bytes.len().saturating_mul(MAX_DEFLATE_RATIO))
     } else {
         parse_stream(bytes, what, false, bytes.len())
     }

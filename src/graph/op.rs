@@ -33,8 +33,9 @@ impl Conv2dGeom {
         if self.kernel[axis] == 0 || self.dilation[axis] == 0 || self.stride[axis] == 0 {
             return None;
         }
-        let span = self.dilation[axis] * (self.kernel[axis] - 1) + 1;
-        let padded = size + 2 * self.padding[axis];
+        // Checked: the sizes come from user specs, and usize is 32 bits on wasm32.
+        let span = self.dilation[axis].checked_mul(self.kernel[axis] - 1)?.checked_add(1)?;
+        let padded = self.padding[axis].checked_mul(2)?.checked_add(size)?;
         if padded < span {
             return None;
         }

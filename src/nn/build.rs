@@ -1,10 +1,10 @@
 //! Turning a [`ModelSpec`] into graph nodes, and PyTorch's default initialisation of its
 //! parameters.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::{Conv2dGeom, DType, Graph, NormKind, Pool2dGeom, TensorId, Unary};
 use crate::nn::init::Rng;
-use crate::nn::spec::{Layer, ModelSpec};
+use crate::nn::spec::{Layer, ModelSpec, MAX_TENSOR_ELEMENTS};
 use crate::plan::Update;
 
 /// Training mode (batch statistics, dropout on) or evaluation mode.
@@ -75,7 +75,8 @@ impl Built {
 }
 
 impl ModelSpec {
-    /// Every tensor of a model's state dict, in PyTorch's order.
+    /// Every tensor of a model's state dict, in PyTorch's order; errors if one has more than
+    /// [`MAX_TENSOR_ELEMENTS`] elements.
     pub fn state_entries(&self) -> Result<Vec<StateEntry>> {
         let shapes = self.shapes()?;
         let mut prev = self.input.clone();
@@ -118,6 +119,14 @@ impl ModelSpec {
                 _ => {}
             }
             prev = shape;
+        }
+        for e in &out {
+            if e.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_none_or(|n| n > MAX_TENSOR_ELEMENTS) {
+                return Err(Error::Usage(format!(
+                    "model spec: {} of shape {:?} has more than {MAX_TENSOR_ELEMENTS} elements",
+                    e.name, e.shape
+                )));
+            }
         }
         Ok(out)
     }

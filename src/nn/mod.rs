@@ -11,4 +11,4 @@ pub use batch_model::BatchModel;
 pub use build::{Built, Mode, StateEntry, TensorKind};
 pub use init::{linear_init, Rng};
 pub use mlp::Mlp;
-pub use spec::{Layer, LayerSpec, ModelSpec, LENET_JSON};
+pub use spec::{Layer, LayerSpec, ModelSpec, LENET_JSON, MAX_TENSOR_ELEMENTS};

@@ -149,6 +149,17 @@ pub struct ModelSpec {
     pub layers: Vec<LayerSpec>,
 }
 
+/// Most elements a spec may give one tensor: a layer's per-sample output or one model's
+/// parameter (2^31). The kernels index tensors with `u32`, and the batched tensor (G models,
+/// N samples) must still fit; specs over the cap are rejected when parsed, before anything
+/// is allocated.
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 31;
+
+/// Elements of `shape` if at most [`MAX_TENSOR_ELEMENTS`] (checked: no overflow).
+fn capped_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).filter(|&n| n <= MAX_TENSOR_ELEMENTS)
+}
+
 /// torchmb's test LeNet, with its PyTorch parameter names.
 pub const LENET_JSON: &str = r#"{
   "input": [1, 28, 28],
@@ -233,7 +244,11 @@ impl<'a> Opts<'a> {
     fn finish(self) -> Result<()> {
         for key in self.map.keys() {
             if key != "type" && key != "name" && !self.used.contains(&key.as_str()) {
-                return Err(self.err(format!("unknown option `{key}` (expected one of {:?})", self.used)));
+                return Err(self.err(format!(
+                    "unknown option `{}` (expected one of {:?})",
+                    key.escape_debug(),
+                    self.used
+                )));
             }
         }
         Ok(())
@@ -257,7 +272,10 @@ fn parse_layer(index: usize, v: &Value) -> Result<LayerSpec> {
         None | Some(Value::Null) => index.to_string(),
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(other) => {
-            return Err(Error::Usage(format!("model spec: layer {index} ({ty}): `name` must be a string, got {other}")))
+            return Err(Error::Usage(format!(
+                "model spec: layer {index} ({}): `name` must be a string, got {other}",
+                ty.escape_debug()
+            )))
         }
     };
     let mut o = Opts { index, ty, map, used: Vec::new() };
@@ -396,7 +414,8 @@ impl ModelSpec {
         for key in map.keys() {
             if key != "input" && key != "layers" {
                 return Err(Error::Usage(format!(
-                    "model spec: unknown top-level key `{key}` (expected `input`, `layers`)"
+                    "model spec: unknown top-level key `{}` (expected `input`, `layers`)",
+                    key.escape_debug()
                 )));
             }
         }
@@ -419,13 +438,20 @@ impl ModelSpec {
         }
         let layers = layers.iter().enumerate().map(|(i, l)| parse_layer(i, l)).collect::<Result<Vec<_>>>()?;
         let spec = ModelSpec { input, layers };
-        spec.shapes()?;
+        spec.state_entries()?;
         Ok(spec)
     }
 
-    /// Per-sample output shape of every layer (checks the whole spec); a `flatten` before
-    /// the first linear layer is implicit.
+    /// Per-sample output shape of every layer (checks the whole spec, including that no
+    /// output exceeds [`MAX_TENSOR_ELEMENTS`]); a `flatten` before the first linear layer is
+    /// implicit.
     pub fn shapes(&self) -> Result<Vec<Vec<usize>>> {
+        if capped_numel(&self.input).is_none() {
+            return Err(Error::Usage(format!(
+                "model spec: input {:?} has more than {MAX_TENSOR_ELEMENTS} elements",
+                self.input
+            )));
+        }
         let mut s = self.input.clone();
         let mut out = Vec::new();
         let mut names = std::collections::HashSet::new();
@@ -483,6 +509,9 @@ impl ModelSpec {
                 Layer::Flatten => vec![s.iter().product()],
                 _ => s,
             };
+            if capped_numel(&s).is_none() {
+                return Err(err(format!("output {s:?} has more than {MAX_TENSOR_ELEMENTS} elements")));
+            }
             out.push(s.clone());
         }
         Ok(out)
@@ -496,7 +525,7 @@ fn pooled(
     pad: [usize; 2],
     dil: [usize; 2],
 ) -> std::result::Result<Vec<usize>, String> {
-    if 2 * pad[0] > k[0] || 2 * pad[1] > k[1] {
+    if pad[0] > k[0] / 2 || pad[1] > k[1] / 2 {
         return Err(format!("padding {pad:?} must be at most half the window {k:?}"));
     }
     let g = crate::graph::Pool2dGeom { kernel: k, stride, padding: pad, dilation: dil, count_include_pad: true };
