@@ -137,6 +137,29 @@ pub fn grad(
                 let d = graph.cross_entropy_grad(x[0], x[1], dy, *reduction)?;
                 contributions.push((x[0], d));
             }
+            Op::Custom(op) => {
+                let d = op.backward(graph, x, y, dy)?;
+                if d.len() != x.len() {
+                    return Err(Error::Usage(format!(
+                        "grad: custom op `{}` returned {} gradients for {} inputs",
+                        op.name(),
+                        d.len(),
+                        x.len()
+                    )));
+                }
+                for (i, (&xi, di)) in x.iter().zip(d).enumerate() {
+                    let Some(di) = di else { continue };
+                    if graph.shape(di) != graph.shape(xi) {
+                        return Err(Error::Shape(format!(
+                            "grad: custom op `{}`: the gradient of input {i} has shape {:?}, the input {:?}",
+                            op.name(),
+                            graph.shape(di),
+                            graph.shape(xi)
+                        )));
+                    }
+                    contributions.push((xi, di));
+                }
+            }
             op @ (Op::UnaryGrad(_)
             | Op::SoftmaxGrad { .. }
             | Op::DropoutGrad { .. }

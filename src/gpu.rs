@@ -78,7 +78,16 @@ impl fmt::Display for AdapterReport {
     }
 }
 
-type KernelKey = (&'static str, &'static str, Vec<Binding>, Vec<(String, u64)>);
+/// Which WGSL a kernel comes from: a shader of the crate (by file name) or a user's source
+/// (custom ops), keyed by name and full text so two ops never share a module by accident.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum ModuleKey {
+    Crate(&'static str),
+    User { name: String, source: String },
+}
+
+/// Module, entry point, bind layout (with the uniform's minimum size, if any), override constants.
+type KernelKey = (ModuleKey, String, Vec<Binding>, Option<u64>, Vec<(String, u64)>);
 
 /// A WebGPU device ready for modelbatch: device, queue, granted limits, pipeline cache.
 pub struct Gpu {
@@ -88,7 +97,7 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
     kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
     error: Arc<Mutex<Option<String>>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -266,23 +275,109 @@ impl Gpu {
         constants: &[(&str, f64)],
     ) -> Arc<Kernel> {
         let key: KernelKey = (
-            shader.name,
-            entry,
+            ModuleKey::Crate(shader.name),
+            entry.to_string(),
             bindings.to_vec(),
+            None,
             constants.iter().map(|(k, v)| (k.to_string(), v.to_bits())).collect(),
         );
+        self.cached(key, shader.name, || shader.source.into(), entry, bindings, None, constants)
+    }
+
+    /// A compute kernel from user WGSL (a [`crate::graph::CustomOp`]), cached by name, source,
+    /// entry point, layout and constants like the crate's own. Binding 0 is a uniform of at
+    /// least `uniform_bytes` bytes (a shader whose uniform struct is larger is rejected), then
+    /// `storage` in order. Natively, WGSL that does not parse or validate, or that does not match
+    /// the layout, is returned as [`Error::Usage`] naming `name`; in the browser such errors
+    /// arrive asynchronously and surface from the next [`Gpu::take_error`] (at the latest when
+    /// the plan first runs).
+    pub fn custom_kernel(
+        &self,
+        name: &str,
+        source: &str,
+        entry: &str,
+        storage: &[Binding],
+        uniform_bytes: u64,
+        constants: &[(&str, f64)],
+    ) -> Result<Arc<Kernel>> {
+        let mut bindings = vec![Binding::Uniform];
+        bindings.extend_from_slice(storage);
+        let key: KernelKey = (
+            ModuleKey::User { name: name.to_string(), source: source.to_string() },
+            entry.to_string(),
+            bindings.clone(),
+            Some(uniform_bytes),
+            constants.iter().map(|(k, v)| (k.to_string(), v.to_bits())).collect(),
+        );
+        if let Some(k) = self.kernels.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(k.clone());
+        }
+        // Capture what the device reports while compiling: a broken user shader is an error
+        // value, never a panic, and must not be cached.
+        #[cfg(not(target_arch = "wasm32"))]
+        let scopes = (
+            self.device.push_error_scope(wgpu::ErrorFilter::Validation),
+            self.device.push_error_scope(wgpu::ErrorFilter::Internal),
+        );
+        let kernel =
+            self.build(&key, name, || source.to_string().into(), entry, &bindings, Some(uniform_bytes), constants);
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let internal = pollster::block_on(scopes.1.pop());
+            let validation = pollster::block_on(scopes.0.pop());
+            if let Some(e) = validation.or(internal) {
+                self.modules.lock().unwrap_or_else(|p| p.into_inner()).remove(&key.0);
+                return Err(Error::Usage(format!(
+                    "custom op `{name}`: its WGSL (entry point `{entry}`) does not compile for the layout \
+                     [uniform, {} read-only input(s), read_write output]: {e}",
+                    storage.len().saturating_sub(1)
+                )));
+            }
+        }
+        self.kernels.lock().unwrap_or_else(|p| p.into_inner()).insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cached(
+        &self,
+        key: KernelKey,
+        label: &str,
+        source: impl FnOnce() -> std::borrow::Cow<'static, str>,
+        entry: &str,
+        bindings: &[Binding],
+        uniform_bytes: Option<u64>,
+        constants: &[(&str, f64)],
+    ) -> Arc<Kernel> {
         let mut kernels = self.kernels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = kernels.get(&key) {
             return k.clone();
         }
+        let k = self.build(&key, label, source, entry, bindings, uniform_bytes, constants);
+        kernels.insert(key, k.clone());
+        k
+    }
+
+    /// Compiles (module cached per [`ModuleKey`]) the pipeline and layout of `key`.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        &self,
+        key: &KernelKey,
+        label: &str,
+        source: impl FnOnce() -> std::borrow::Cow<'static, str>,
+        entry: &str,
+        bindings: &[Binding],
+        uniform_bytes: Option<u64>,
+        constants: &[(&str, f64)],
+    ) -> Arc<Kernel> {
         let module = {
             let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
             modules
-                .entry(shader.name)
+                .entry(key.0.clone())
                 .or_insert_with(|| {
                     self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(shader.name),
-                        source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                        label: Some(label),
+                        source: wgpu::ShaderSource::Wgsl(source()),
                     })
                 })
                 .clone()
@@ -297,7 +392,7 @@ impl Gpu {
                     Binding::Uniform => wgpu::BindingType::Buffer {
                         ty: wgpu::BufferBindingType::Uniform,
                         has_dynamic_offset: false,
-                        min_binding_size: None,
+                        min_binding_size: uniform_bytes.and_then(wgpu::BufferSize::new),
                     },
                     Binding::Read | Binding::ReadWrite => wgpu::BindingType::Buffer {
                         ty: wgpu::BufferBindingType::Storage { read_only: *b == Binding::Read },
@@ -308,7 +403,7 @@ impl Gpu {
                 count: None,
             })
             .collect();
-        let label = format!("{}::{}", shader.name, entry);
+        let label = format!("{label}::{entry}");
         let layout = self
             .device
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
@@ -328,9 +423,7 @@ impl Gpu {
             },
             cache: None,
         });
-        let k = Arc::new(Kernel { pipeline, layout });
-        kernels.insert(key, k.clone());
-        k
+        Arc::new(Kernel { pipeline, layout })
     }
 
     /// Waits until the GPU has finished all submitted work (native); a no-op in the browser,

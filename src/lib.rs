@@ -19,6 +19,6 @@ pub mod wasm;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;
-pub use graph::{Conv2dGeom, DType, Graph, NormKind, Pool2dGeom, Reduction, TensorId, Unary};
+pub use graph::{Conv2dGeom, CustomOp, DType, Graph, NormKind, Pool2dGeom, Reduction, TensorId, Unary};
 pub use optim::{Adam, PerModel, Sgd};
 pub use plan::{Plan, PlanStats, Update};

@@ -7,8 +7,10 @@
 
 mod op;
 
+mod custom;
 mod layers;
 
+pub use custom::{CustomOp, CUSTOM_HEADER_WORDS};
 pub use op::{Conv2dGeom, NormKind, Op, Pool2dGeom, Reduction, Unary};
 
 use crate::error::{Error, Result};

@@ -1,4 +1,8 @@
-//! The closed set of ops a graph can hold.
+//! The ops a graph can hold: a closed set, plus user-defined [`Op::Custom`] ops.
+
+use std::sync::Arc;
+
+use super::CustomOp;
 
 /// How a per-sample loss is reduced per model (torchmb's `batch_loss` reductions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -309,6 +313,9 @@ pub enum Op {
         /// Counts instead of fractions.
         counts: bool,
     },
+    /// `[inputs...]`: a user-defined op with its own WGSL kernel and backward rule (nodes
+    /// compare equal when they share one op allocation).
+    Custom(Arc<dyn CustomOp>),
 }
 
 impl Op {
@@ -351,6 +358,7 @@ impl Op {
             Op::CrossEntropy { .. } => "cross_entropy",
             Op::CrossEntropyGrad { .. } => "cross_entropy_grad",
             Op::TopK { .. } => "topk_accuracy",
+            Op::Custom(op) => op.name(),
         }
     }
 

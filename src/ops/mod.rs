@@ -3,6 +3,7 @@
 
 pub(crate) mod activation;
 pub(crate) mod conv;
+pub(crate) mod custom;
 pub(crate) mod data;
 pub(crate) mod elementwise;
 pub(crate) mod linear;

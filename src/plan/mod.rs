@@ -1151,5 +1151,9 @@ fn lower_node<'b>(
         Op::CrossEntropy { reduction } => one(ops::loss::lower_forward(ctx, &rows(), *reduction, buf(out))),
         Op::CrossEntropyGrad { reduction } => one(ops::loss::lower_grad(ctx, &rows(), *reduction, buf(x[2]), buf(out))),
         Op::TopK { ks, counts } => one(ops::loss::lower_topk(ctx, &rows(), ks, *counts, buf(out))?),
+        Op::Custom(op) => {
+            let operands: Vec<(&[usize], &wgpu::Buffer)> = x.iter().map(|&t| (shape(t), buf(t))).collect();
+            ops::custom::lower(ctx, op.as_ref(), &operands, &node.shape, buf(out))
+        }
     }
 }
