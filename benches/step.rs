@@ -1,9 +1,29 @@
-//! `cargo bench`: a full LeNet training step (gather, forward, loss, backward, SGD with
-//! momentum), N = 128 images per model, for several G; one JSON line per G.
-//! `MODELBATCH_BENCH_MODELS=1,8,64` and `MODELBATCH_BENCH_STEPS=10` override the defaults.
+//! `cargo bench --bench step`: a full LeNet training step (gather, forward, loss, backward,
+//! SGD with momentum), N = 128 images per model, for G in 1, 8, 64, 256, 1024; one JSON line
+//! per G (the lines of `modelbatch bench`). A G that does not fit prints a line with
+//! `"skipped": "<reason>"` instead: its estimated memory is over the cap (default: half the
+//! available memory on a software adapter), its largest buffer is over the adapter's
+//! per-binding limit, or it is predicted to take longer than the time limit (default 60 s on
+//! a software adapter, 300 s on a GPU).
+//!
+//! Overrides: `MODELBATCH_BENCH_MODELS=1,8,64`, `MODELBATCH_BENCH_STEPS=10` (timed steps per
+//! repetition; default 3 on a software adapter, 20 on a GPU), `MODELBATCH_BENCH_TIME_LIMIT=S`
+//! (seconds per G), `MODELBATCH_BENCH_MAX_MEMORY_MIB=M`.
 
+use modelbatch::bench::{default_memory_cap, sweep, Sweep};
 use modelbatch::nn::ModelSpec;
 use modelbatch::Gpu;
+
+fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let v = std::env::var(name).ok()?;
+    match v.trim().parse() {
+        Ok(x) => Some(x),
+        Err(_) => {
+            eprintln!("ignoring {name}={v:?}: not a number");
+            None
+        }
+    }
+}
 
 fn main() {
     // `cargo test --all-targets` runs bench targets without `--bench`: stay quick there.
@@ -18,15 +38,20 @@ fn main() {
             return;
         }
     };
-    let soft = gpu.report().device_type == "Cpu";
-    let default = if soft { "1,8,64" } else { "1,8,64,256,1024" };
-    let models = std::env::var("MODELBATCH_BENCH_MODELS").unwrap_or_else(|_| default.into());
-    let steps: u64 =
-        std::env::var("MODELBATCH_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(if soft { 3 } else { 20 });
-    for g in models.split(',').filter_map(|s| s.trim().parse::<usize>().ok()) {
-        match modelbatch::bench::step(&gpu, &ModelSpec::lenet(), g, 128, steps, 2, 3) {
-            Ok(b) => println!("{}", b.json()),
-            Err(e) => println!("{}", serde_json::json!({ "models": g, "batch_size": 128, "error": e.to_string() })),
-        }
-    }
+    let report = gpu.report();
+    let soft = report.device_type == "Cpu";
+    eprintln!("adapter: {} ({}, {})", report.name, report.backend, report.device_type);
+    let models = std::env::var("MODELBATCH_BENCH_MODELS").unwrap_or_else(|_| "1,8,64,256,1024".into());
+    let s = Sweep {
+        spec: ModelSpec::lenet(),
+        model: "lenet".into(),
+        models: models.split(',').filter_map(|s| s.trim().parse::<usize>().ok()).filter(|&g| g > 0).collect(),
+        batch_size: 128,
+        steps: env("MODELBATCH_BENCH_STEPS").unwrap_or(if soft { 3 } else { 20 }),
+        warmup: 2,
+        repeats: 3,
+        max_memory: env::<u64>("MODELBATCH_BENCH_MAX_MEMORY_MIB").map(|m| m << 20).or_else(|| default_memory_cap(&gpu)),
+        time_limit: Some(env("MODELBATCH_BENCH_TIME_LIMIT").unwrap_or(if soft { 60.0 } else { 300.0 })),
+    };
+    sweep(&gpu, &s, |p| eprintln!("bench: {p}"), |v| println!("{v}"));
 }

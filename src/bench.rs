@@ -3,10 +3,14 @@
 
 use std::time::Instant;
 
-use crate::error::Result;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::nn::{BatchModel, ModelSpec, Rng};
+use crate::graph::{DType, Graph, Reduction};
+use crate::nn::{BatchModel, Mode, ModelSpec, Rng};
 use crate::optim::Sgd;
+use crate::plan::{MemoryEstimate, Plan, Update};
 use crate::train::{Dataset, Optimizer, Order, TrainConfig, Trainer};
 
 /// One measurement: a training step of G models on N images each.
@@ -22,6 +26,10 @@ pub struct StepBench {
     pub samples_per_s: f64,
     /// Every repetition's steps per second.
     pub runs: Vec<f64>,
+    /// Timed steps per repetition.
+    pub steps: u64,
+    /// Warm-up steps before the first repetition.
+    pub warmup: u64,
     /// Adapter name.
     pub adapter: String,
     /// Backend.
@@ -31,32 +39,49 @@ pub struct StepBench {
 impl StepBench {
     /// One JSON line.
     pub fn json(&self) -> String {
-        serde_json::json!({
+        self.value().to_string()
+    }
+
+    /// The JSON object of [`StepBench::json`].
+    pub fn value(&self) -> Value {
+        json!({
             "models": self.models,
             "batch_size": self.batch_size,
             "steps_per_s": self.steps_per_s,
             "samples_per_s": self.samples_per_s,
             "step_ms": 1000.0 / self.steps_per_s,
             "runs_steps_per_s": self.runs,
+            "steps": self.steps,
+            "warmup": self.warmup,
+            "repeats": self.runs.len(),
             "adapter": self.adapter,
             "backend": self.backend,
         })
-        .to_string()
     }
 }
 
-/// A random byte dataset shaped for `spec` (10 classes), `n` samples.
+/// A random byte dataset shaped for `spec`, `n` samples, with as many classes as the model
+/// has outputs (10 where that is not a plain vector; at most 256, labels are bytes).
 pub fn synthetic_dataset(spec: &ModelSpec, n: usize, seed: u64) -> Dataset {
     let px: usize = spec.input.iter().product();
+    let classes = match spec.shapes().ok().and_then(|s| s.last().cloned()) {
+        Some(out) if out.len() == 1 && out[0] >= 1 => out[0].min(256),
+        _ => 10,
+    };
     let mut rng = Rng::new(seed);
     Dataset {
         images: (0..n * px).map(|_| rng.below(256) as u8).collect(),
-        labels: (0..n).map(|_| rng.below(10) as u8).collect(),
+        labels: (0..n).map(|_| rng.below(classes) as u8).collect(),
         n,
         sample: spec.input.clone(),
-        classes: 10,
+        classes,
         name: "synthetic".into(),
     }
+}
+
+/// Samples in the synthetic dataset [`step`] trains on for batch size `n`.
+pub fn dataset_samples(n: usize) -> usize {
+    (4 * n).max(256)
 }
 
 /// Times `steps` training steps (SGD with momentum 0.9) of `g` models of `spec` on `n`
@@ -73,7 +98,7 @@ pub fn step(
     repeats: usize,
 ) -> Result<StepBench> {
     let model = BatchModel::new(gpu, spec, g, 0)?;
-    let data = synthetic_dataset(spec, (4 * n).max(256), 1);
+    let data = synthetic_dataset(spec, dataset_samples(n), 1);
     let config = TrainConfig {
         batch_size: n,
         order: Order::Shared,
@@ -101,7 +126,175 @@ pub fn step(
         steps_per_s,
         samples_per_s: steps_per_s * (g * n) as f64,
         runs,
+        steps,
+        warmup,
         adapter: r.name,
         backend: r.backend,
     })
+}
+
+/// The GPU memory a training step of `g` models of `spec` on `n` images each allocates
+/// (SGD with momentum, a resident dataset of `samples` images): [`Plan::estimate`] of the
+/// graph [`Trainer::new`] compiles, known before anything is allocated. The parameters and
+/// running estimates are counted once (the model's store shares them with the step).
+pub fn step_estimate(spec: &ModelSpec, g: usize, n: usize, samples: usize) -> Result<MemoryEstimate> {
+    let px: usize = spec.input.iter().product();
+    let mut graph = Graph::new(g);
+    let images = graph.dataset("train.images", samples * px)?;
+    let labels = graph.dataset("train.labels", samples)?;
+    let indices = graph.input("indices", &[n], DType::U32)?;
+    let x = graph.gather_images(images, indices, &spec.input, 0.0, 1.0)?;
+    let y = graph.gather_labels(labels, indices)?;
+    let built = spec.build(&mut graph, x, Mode::Train)?;
+    let loss = graph.cross_entropy(built.output, y, Reduction::Mean)?;
+    let correct = graph.topk_accuracy(built.output, y, &[1], true)?;
+    let params = built.params();
+    let grads = crate::autograd::grad(&mut graph, loss, None, &params)?;
+    let pairs: Vec<_> = params.iter().zip(grads).filter_map(|(&p, d)| d.map(|d| (p, d))).collect();
+    let sgd = Sgd::new(0.01).momentum(0.9).attach(&mut graph, &pairs)?;
+    let mut updates = vec![Update::Guard { loss, dead: sgd.dead() }];
+    updates.extend(sgd.updates().iter().cloned());
+    updates.extend(built.updates.iter().cloned());
+    Plan::estimate(&graph, &[loss, correct], &updates)
+}
+
+/// A default cap on the memory a benchmark may allocate: on a software (CPU) adapter,
+/// whose buffers live in system memory, half of the memory available now (Linux's
+/// `MemAvailable`); `None` elsewhere (a GPU reports no memory size through WebGPU, so an
+/// out-of-memory error is caught instead).
+pub fn default_memory_cap(gpu: &Gpu) -> Option<u64> {
+    if gpu.report().device_type != "Cpu" {
+        return None;
+    }
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024 / 2)
+}
+
+/// Why a step of this size cannot run on `gpu` under `max_bytes`, if it cannot.
+pub fn check_fits(gpu: &Gpu, est: &MemoryEstimate, max_bytes: Option<u64>) -> Option<String> {
+    let limits = gpu.limits();
+    let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+    if est.largest > max_binding {
+        return Some(format!(
+            "its largest buffer needs {} MiB but the adapter binds at most {} MiB per buffer",
+            est.largest.div_ceil(1 << 20),
+            max_binding >> 20
+        ));
+    }
+    match max_bytes {
+        Some(max) if est.bytes > max => Some(format!(
+            "it needs an estimated {} MiB of GPU memory, more than the {} MiB allowed",
+            est.bytes.div_ceil(1 << 20),
+            max >> 20
+        )),
+        _ => None,
+    }
+}
+
+/// A series of [`step`] measurements over several G: what [`sweep`] runs.
+#[derive(Clone, Debug)]
+pub struct Sweep {
+    /// The architecture.
+    pub spec: ModelSpec,
+    /// Its name in the JSON lines (`lenet`, a file name).
+    pub model: String,
+    /// The values of G, measured in this order.
+    pub models: Vec<usize>,
+    /// Images per model per step N.
+    pub batch_size: usize,
+    /// Timed steps per repetition.
+    pub steps: u64,
+    /// Warm-up steps (untimed) before the repetitions.
+    pub warmup: u64,
+    /// Repetitions; the median is reported.
+    pub repeats: usize,
+    /// Skip a G whose estimated memory is larger (bytes); see [`default_memory_cap`].
+    pub max_memory: Option<u64>,
+    /// Skip a G whose predicted time (from the last G measured, assuming time grows with G)
+    /// is longer, in seconds, and every G after a measurement that took longer.
+    pub time_limit: Option<f64>,
+}
+
+/// Measures each G of `s` in turn, calling `line` with one JSON object per G: a
+/// [`StepBench`] with `"model"` added, or `{"models", "batch_size", "model", "skipped":
+/// reason, "adapter", "backend"}` where the size does not fit the adapter or the limits, or
+/// failed. `progress` receives a human-readable line before each G and never fails the run.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn sweep(gpu: &Gpu, s: &Sweep, mut progress: impl FnMut(&str), mut line: impl FnMut(Value)) {
+    let report = gpu.report();
+    // Seconds per model-step of the last G measured, and whether it ran past the limit.
+    let mut rate: Option<(usize, f64)> = None;
+    let mut over: Option<(usize, f64)> = None;
+    let timed_steps = s.warmup + s.steps * s.repeats.max(1) as u64;
+    for &g in &s.models {
+        let skipped = |reason: String| {
+            json!({
+                "models": g,
+                "batch_size": s.batch_size,
+                "model": s.model,
+                "skipped": reason,
+                "adapter": report.name,
+                "backend": report.backend,
+            })
+        };
+        let est = step_estimate(&s.spec, g, s.batch_size, dataset_samples(s.batch_size));
+        let reason = match &est {
+            Err(e) => Some(format!("error: {e}")),
+            Ok(est) => check_fits(gpu, est, s.max_memory),
+        };
+        let reason = reason.or_else(|| {
+            let limit = s.time_limit?;
+            if let Some((g0, secs)) = over.filter(|&(g0, _)| g > g0) {
+                return Some(format!("G={g0} took {secs:.1} s, more than the time limit of {limit} s"));
+            }
+            let (g0, per) = rate?;
+            let predicted = per * g as f64 * timed_steps as f64;
+            (predicted > limit).then(|| {
+                format!("predicted {predicted:.1} s (scaled from G={g0}), more than the time limit of {limit} s")
+            })
+        });
+        if let Some(reason) = reason {
+            progress(&format!("G={g}: skipped: {reason}"));
+            line(skipped(reason));
+            continue;
+        }
+        let mib = est.map(|e| e.bytes.div_ceil(1 << 20)).unwrap_or(0);
+        progress(&format!(
+            "G={g}: {} × {} steps of {} images per model ({} warm-up), about {mib} MiB",
+            s.repeats.max(1),
+            s.steps,
+            s.batch_size,
+            s.warmup
+        ));
+        let start = Instant::now();
+        match step(gpu, &s.spec, g, s.batch_size, s.steps, s.warmup, s.repeats) {
+            Ok(b) => {
+                let secs = start.elapsed().as_secs_f64();
+                let mut v = b.value();
+                v["model"] = json!(s.model);
+                line(v);
+                rate = Some((g, 1.0 / (b.steps_per_s * g as f64)));
+                if s.time_limit.is_some_and(|l| secs > l) {
+                    over = Some((g, secs));
+                }
+            }
+            Err(e) => {
+                let reason = format!("error: {}", one_line(&e));
+                progress(&format!("G={g}: {reason}"));
+                line(skipped(reason));
+            }
+        }
+    }
+}
+
+fn one_line(e: &Error) -> String {
+    e.to_string().split(['\n', '\r']).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
 }

@@ -378,6 +378,20 @@ fn eval_errors() {
     assert_error(&run(&args), &["--weights", "nothing"]);
 }
 
+#[test]
+fn bench_errors() {
+    let t = Temp::new("bench-errors");
+    assert_error(&run(&["bench", "--models", "1,x"]), &["--models", "1,x"]);
+    assert_error(&run(&["bench", "--models", "2,0"]), &["--models", "at least 1"]);
+    assert_error(&run(&["bench", "--models", "1", "--repeats", "0"]), &["--repeats"]);
+    assert_error(&run(&["bench", "--models", "1", "--time-limit", "0"]), &["--time-limit"]);
+    let missing = t.join("nowhere.json");
+    assert_error(&run(&["bench", "--model", p(&missing)]), &["--model", "nowhere.json"]);
+    let regression = t.join("regression.json");
+    write(&regression, br#"{"input": [4], "layers": [{"type": "linear", "name": "fc", "out_features": 1}]}"#);
+    assert_error(&run(&["bench", "--model", p(&regression)]), &["--model", "at least 2 outputs"]);
+}
+
 // ---------------------------------------------------------------- runs (GPU)
 
 #[test]
@@ -560,4 +574,70 @@ fn trains_on_the_embedded_mnist() {
     assert!(stdout.contains("60000 images") && stdout.contains("test set: 10000 images"), "{stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("step 2/2") && stderr.contains("samples/s"), "{stderr}");
+}
+
+/// The JSON lines of a `bench` run (stdout holds nothing else).
+fn bench_lines(out: &Output) -> Vec<Value> {
+    let stdout = assert_ok(out);
+    stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line: {l:?}: {e}"))).collect()
+}
+
+#[test]
+fn bench_prints_one_json_line_per_g() {
+    let gpu = gpu_or_skip!();
+    let out = run(&["bench", "--models", "1,2", "--batch-size", "4", "--steps", "2", "--repeats", "2"]);
+    let lines = bench_lines(&out);
+    assert_eq!(lines.len(), 2, "one line per G");
+    for (line, g) in lines.iter().zip([1u64, 2]) {
+        assert_eq!(line["models"], g, "{line}");
+        assert_eq!(line["batch_size"], 4, "{line}");
+        assert_eq!(line["steps"], 2, "{line}");
+        assert_eq!(line["repeats"], 2, "{line}");
+        assert_eq!(line["model"], "lenet", "{line}");
+        assert_eq!(line["adapter"], gpu.report().name.as_str(), "{line}");
+        assert!(line.get("skipped").is_none(), "{line}");
+        let steps_per_s = line["steps_per_s"].as_f64().expect("steps_per_s");
+        let samples_per_s = line["samples_per_s"].as_f64().expect("samples_per_s");
+        assert!(steps_per_s.is_finite() && steps_per_s > 0.0, "{line}");
+        let want = (g * 4) as f64 * steps_per_s;
+        assert!((samples_per_s - want).abs() <= 1e-9 * want, "samples_per_s {samples_per_s} != G*N*steps_per_s {want}");
+        let runs: Vec<f64> = line["runs_steps_per_s"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(runs.len(), 2, "{line}");
+        assert!(runs.contains(&steps_per_s), "the median is one of the runs with 2 repeats (the upper one): {line}");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("G=1") && stderr.contains("G=2"), "progress names each G: {stderr}");
+}
+
+#[test]
+fn bench_skips_what_does_not_fit_and_goes_on() {
+    let _gpu = gpu_or_skip!();
+    // 10^6 LeNets at 4 images each need about 50 GiB: over the 64 MiB cap (and any adapter's
+    // per-binding limit), so that G is reported as skipped and the next one still runs.
+    let out = run(&[
+        "bench",
+        "--models",
+        "1000000,1",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--max-memory-mib",
+        "64",
+        "--model",
+        "mlp",
+    ]);
+    let lines = bench_lines(&out);
+    assert_eq!(lines.len(), 2, "one line per G");
+    assert_eq!(lines[0]["models"], 1_000_000);
+    let reason = lines[0]["skipped"].as_str().expect("the large G is skipped");
+    assert!(reason.contains("MiB"), "{reason}");
+    assert!(lines[0].get("steps_per_s").is_none());
+    assert_eq!(lines[1]["models"], 1);
+    assert_eq!(lines[1]["model"], "mlp");
+    assert!(lines[1]["steps_per_s"].as_f64().unwrap() > 0.0, "{}", lines[1]);
 }

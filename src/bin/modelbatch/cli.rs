@@ -27,6 +27,9 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Evaluate saved models (model-{i}.safetensors) on a split of an MNIST-format data set.
     Eval(EvalArgs),
+    /// Time full training steps (gather, forward, loss, backward, SGD with momentum 0.9) on
+    /// synthetic data: one JSON line per G on stdout, progress on stderr.
+    Bench(BenchArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -167,6 +170,38 @@ pub struct EvalArgs {
     /// per-binding limit needs it]
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Each line: {\"models\": G, \"batch_size\": N, \"steps_per_s\": …, \"samples_per_s\": …, \"step_ms\": …, \"runs_steps_per_s\": […], \"steps\": K, \"warmup\": W, \"repeats\": R, \"adapter\": …, \"backend\": …, \"model\": …}; steps_per_s is the median over the repetitions and samples_per_s = G × N × steps_per_s. A G that does not fit (memory estimate, the adapter's per-binding limit, --time-limit) or fails prints {\"models\": G, …, \"skipped\": \"<reason>\"} instead and the next G runs.")]
+pub struct BenchArgs {
+    /// The architecture: the built-in LeNet, an MLP 784-256-128-10, or a JSON model spec file.
+    #[arg(long, value_name = "lenet|mlp|PATH.json", default_value = "lenet")]
+    pub model: String,
+    /// The values of G to measure, comma-separated, in this order.
+    #[arg(long, value_name = "G[,G2,...]", default_value = "1,8,64")]
+    pub models: String,
+    /// Images per model per step.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub batch_size: usize,
+    /// Timed steps per repetition.
+    #[arg(long, value_name = "K", default_value_t = 10)]
+    pub steps: u64,
+    /// Repetitions (each K steps, ended by waiting for the GPU); the median is reported.
+    #[arg(long, value_name = "R", default_value_t = 3)]
+    pub repeats: usize,
+    /// Untimed warm-up steps before the repetitions.
+    #[arg(long, value_name = "W", default_value_t = 2)]
+    pub warmup: u64,
+    /// Skip a G whose estimated GPU memory exceeds M MiB [default: half the available
+    /// system memory on a software (CPU) adapter, no limit on a GPU]
+    #[arg(long, value_name = "M")]
+    pub max_memory_mib: Option<u64>,
+    /// Skip a G predicted (from the previous G) to take longer than S seconds, and every G
+    /// after one that did.
+    #[arg(long, value_name = "S")]
+    pub time_limit: Option<f64>,
 }
 
 /// A failure to report: one line, naming the file or flag at fault.

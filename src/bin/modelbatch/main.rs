@@ -5,11 +5,14 @@
 //! modelbatch info
 //! modelbatch train --models 64 --lr log:0.001:0.1 --momentum 0.9 --epochs 1 --out runs/sweep
 //! modelbatch eval --models 64 --weights runs/sweep --json
+//! modelbatch bench --models 1,8,64 --batch-size 128 --steps 10
 //! ```
 //!
 //! Every failure is one line on stderr starting with `error: ` and naming the file or flag
 //! at fault, with exit status 1; `train --out` never leaves a partial output directory.
 
+#[cfg(not(target_arch = "wasm32"))]
+mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 mod cli;
 #[cfg(not(target_arch = "wasm32"))]
@@ -48,6 +51,7 @@ fn main() {
         cli::Command::Info => info(),
         cli::Command::Train(a) => train::run(&a),
         cli::Command::Eval(a) => eval::run(&a),
+        cli::Command::Bench(a) => bench::run(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -1,0 +1,83 @@
+//! `modelbatch bench`: full training steps timed for each G, one JSON line per G on stdout
+//! (see [`modelbatch::bench::sweep`]), progress on stderr.
+
+use std::io::Write;
+
+use modelbatch::bench::{default_memory_cap, Sweep};
+use modelbatch::nn::ModelSpec;
+use modelbatch::Gpu;
+
+use crate::cli::{BenchArgs, CliError, Context, Result};
+use crate::inputs;
+
+/// `--model mlp`: a two-hidden-layer MLP on flattened 28x28 images.
+const MLP_SIZES: [usize; 4] = [784, 256, 128, 10];
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let models = parse_models(&a.models)?;
+    for (flag, v) in [("--batch-size", a.batch_size as u64), ("--steps", a.steps), ("--repeats", a.repeats as u64)] {
+        if v == 0 {
+            return Err(CliError::new(format!("{flag} must be at least 1")));
+        }
+    }
+    if let Some(s) = a.time_limit {
+        if !(s.is_finite() && s > 0.0) {
+            return Err(CliError::new(format!("--time-limit {s}: must be a positive number of seconds")));
+        }
+    }
+    let (spec, model) =
+        if a.model == "mlp" { (ModelSpec::mlp(&MLP_SIZES), "mlp".to_string()) } else { inputs::load_spec(&a.model)? };
+    let out = spec.shapes().context(format!("--model {model}"))?.last().cloned().unwrap_or_default();
+    if out.len() != 1 || out[0] < 2 {
+        return Err(CliError::new(format!(
+            "--model {model}: the model outputs {out:?} per sample; a classifier with at least 2 outputs is needed"
+        )));
+    }
+    let gpu = Gpu::new_blocking()?;
+    let report = gpu.report();
+    eprintln!("adapter: {} ({}, {})", report.name, report.backend, report.device_type);
+    let max_memory = a.max_memory_mib.map(|m| m << 20).or_else(|| default_memory_cap(&gpu));
+    let sweep = Sweep {
+        spec,
+        model,
+        models,
+        batch_size: a.batch_size,
+        steps: a.steps,
+        warmup: a.warmup,
+        repeats: a.repeats,
+        max_memory,
+        time_limit: a.time_limit,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut failed = None;
+    modelbatch::bench::sweep(
+        &gpu,
+        &sweep,
+        |p| eprintln!("bench: {p}"),
+        |v| {
+            // Flush each line: a long sweep is watched (or piped) while it runs.
+            if failed.is_none() {
+                if let Err(e) = writeln!(stdout, "{v}").and_then(|_| stdout.flush()) {
+                    failed = Some(e);
+                }
+            }
+        },
+    );
+    match failed {
+        Some(e) => Err(CliError::new(format!("writing to stdout: {e}"))),
+        None => Ok(()),
+    }
+}
+
+/// `G[,G2,...]`: positive integers.
+fn parse_models(text: &str) -> Result<Vec<usize>> {
+    let bad = |what: &str| CliError::new(format!("--models {text:?}: {what}"));
+    let models: Vec<usize> = text
+        .split(',')
+        .map(|s| s.trim().parse::<usize>().map_err(|_| bad("expected comma-separated whole numbers such as 1,8,64")))
+        .collect::<Result<_>>()?;
+    if models.contains(&0) {
+        return Err(bad("each G must be at least 1"));
+    }
+    Ok(models)
+}
