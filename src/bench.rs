@@ -133,11 +133,12 @@ pub fn step(
     })
 }
 
-/// The GPU memory a training step of `g` models of `spec` on `n` images each allocates
-/// (SGD with momentum, a resident dataset of `samples` images): [`Plan::estimate`] of the
-/// graph [`Trainer::new`] compiles, known before anything is allocated. The parameters and
-/// running estimates are counted once (the model's store shares them with the step).
-pub fn step_estimate(spec: &ModelSpec, g: usize, n: usize, samples: usize) -> Result<MemoryEstimate> {
+/// The GPU memory a training step of `g` models of `spec` on `n` images each allocates on
+/// `gpu` (SGD with momentum, a resident dataset of `samples` images): [`Plan::estimate_on`]
+/// of the graph [`Trainer::new`] compiles, split into chunks of models where the adapter's
+/// binding limit asks for it, known before anything is allocated. The parameters and running
+/// estimates are counted once (the model's store shares them with the step).
+pub fn step_estimate(gpu: &Gpu, spec: &ModelSpec, g: usize, n: usize, samples: usize) -> Result<MemoryEstimate> {
     let px: usize = spec.input.iter().product();
     let mut graph = Graph::new(g);
     let images = graph.dataset("train.images", samples * px)?;
@@ -155,7 +156,7 @@ pub fn step_estimate(spec: &ModelSpec, g: usize, n: usize, samples: usize) -> Re
     let mut updates = vec![Update::Guard { loss, dead: sgd.dead() }];
     updates.extend(sgd.updates().iter().cloned());
     updates.extend(built.updates.iter().cloned());
-    Plan::estimate(&graph, &[loss, correct], &updates)
+    Plan::estimate_on(gpu, &graph, &[loss, correct], &updates)
 }
 
 /// A default cap on the memory a benchmark may allocate: on a software (CPU) adapter,
@@ -178,17 +179,9 @@ pub fn default_memory_cap(gpu: &Gpu) -> Option<u64> {
     Some(kib * 1024 / 2)
 }
 
-/// Why a step of this size cannot run on `gpu` under `max_bytes`, if it cannot.
-pub fn check_fits(gpu: &Gpu, est: &MemoryEstimate, max_bytes: Option<u64>) -> Option<String> {
-    let limits = gpu.limits();
-    let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-    if est.largest > max_binding {
-        return Some(format!(
-            "its largest buffer needs {} MiB but the adapter binds at most {} MiB per buffer",
-            est.largest.div_ceil(1 << 20),
-            max_binding >> 20
-        ));
-    }
+/// Why a step of this size cannot run under `max_bytes`, if it cannot (binding limits are
+/// already met by the estimate's chunks; [`step_estimate`] errs where no chunk fits).
+pub fn check_fits(est: &MemoryEstimate, max_bytes: Option<u64>) -> Option<String> {
     match max_bytes {
         Some(max) if est.bytes > max => Some(format!(
             "it needs an estimated {} MiB of GPU memory, more than the {} MiB allowed",
@@ -245,10 +238,10 @@ pub fn sweep(gpu: &Gpu, s: &Sweep, mut progress: impl FnMut(&str), mut line: imp
                 "backend": report.backend,
             })
         };
-        let est = step_estimate(&s.spec, g, s.batch_size, dataset_samples(s.batch_size));
+        let est = step_estimate(gpu, &s.spec, g, s.batch_size, dataset_samples(s.batch_size));
         let reason = match &est {
             Err(e) => Some(format!("error: {e}")),
-            Ok(est) => check_fits(gpu, est, s.max_memory),
+            Ok(est) => check_fits(est, s.max_memory),
         };
         let reason = reason.or_else(|| {
             let limit = s.time_limit?;

@@ -181,17 +181,7 @@ impl Plan {
         let split = chunk < g;
         let chunks: Vec<(usize, usize)> = (0..g).step_by(chunk).map(|g0| (g0, chunk.min(g - g0))).collect();
         let align = u64::from(gpu.limits().min_storage_buffer_offset_alignment).max(16);
-        let sizes: Vec<u64> = (0..layout.kind.len())
-            .map(|s| match layout.kind[s] {
-                SlotKind::Temp | SlotKind::Fill if split => pad16(chunk as u64 * layout.per_model[s]),
-                _ => assignment.sizes[s],
-            })
-            .collect();
-        // Whole-batch tensors whose chunk slices are not aligned for binding at an offset are
-        // staged through a chunk-sized buffer (copied in before the chunk, out after).
-        let staged: Vec<bool> = (0..sizes.len())
-            .map(|s| split && layout.kind[s].whole() && (chunk as u64 * layout.per_model[s]) % align != 0)
-            .collect();
+        let (sizes, staged) = layout.buffers(&assignment, chunk, g, align);
         #[cfg(not(target_arch = "wasm32"))]
         let total: u64 = (0..sizes.len())
             .filter(|s| !shared.contains_key(s))
@@ -700,10 +690,13 @@ pub struct MemoryEstimate {
     pub largest: u64,
     /// Number of buffers.
     pub buffers: usize,
+    /// Chunks of models the batch is split into.
+    pub chunks: usize,
 }
 
 impl Plan {
-    /// The memory [`Plan::new`] would allocate for this graph, without allocating.
+    /// The memory [`Plan::new`] would allocate for this graph in one pass over all G models,
+    /// without allocating (the binding-size limit applies to `largest`).
     pub fn estimate(graph: &Graph, keep: &[TensorId], updates: &[Update]) -> Result<MemoryEstimate> {
         check_ids(graph, keep, updates)?;
         let (_, a) = liveness(graph, keep, updates);
@@ -711,6 +704,28 @@ impl Plan {
             bytes: a.sizes.iter().sum(),
             largest: a.sizes.iter().copied().max().unwrap_or(0),
             buffers: a.sizes.len(),
+            chunks: 1,
+        })
+    }
+
+    /// The memory [`Plan::new`] would allocate on `gpu`, without allocating: split into
+    /// chunks of models where the adapter's binding limit asks for it (temporaries then hold
+    /// one chunk). Errors as `Plan::new` does when nothing fits.
+    pub fn estimate_on(gpu: &Gpu, graph: &Graph, keep: &[TensorId], updates: &[Update]) -> Result<MemoryEstimate> {
+        check_ids(graph, keep, updates)?;
+        check_updates(graph, updates)?;
+        let (_, a) = liveness(graph, keep, updates);
+        let g = graph.models();
+        let layout = Layout::new(graph, &a);
+        let chunk = layout.chunk_size(gpu.limits(), g)?;
+        let align = u64::from(gpu.limits().min_storage_buffer_offset_alignment).max(16);
+        let (mut sizes, staged) = layout.buffers(&a, chunk, g, align);
+        sizes.extend((0..staged.len()).filter(|&s| staged[s]).map(|s| pad16(chunk as u64 * layout.per_model[s])));
+        Ok(MemoryEstimate {
+            bytes: sizes.iter().sum(),
+            largest: sizes.iter().copied().max().unwrap_or(0),
+            buffers: sizes.len(),
+            chunks: g.div_ceil(chunk),
         })
     }
 }
@@ -938,6 +953,22 @@ impl Layout {
             }
         }
         l
+    }
+
+    /// Buffer sizes for chunks of `chunk` models (of `g`), and which whole-batch buffers are
+    /// staged through a chunk-sized copy because their slices are not `align`ed.
+    fn buffers(&self, a: &alloc::Assignment, chunk: usize, g: usize, align: u64) -> (Vec<u64>, Vec<bool>) {
+        let split = chunk < g;
+        let sizes = (0..self.kind.len())
+            .map(|s| match self.kind[s] {
+                SlotKind::Temp | SlotKind::Fill if split => pad16(chunk as u64 * self.per_model[s]),
+                _ => a.sizes[s],
+            })
+            .collect();
+        let staged = (0..self.kind.len())
+            .map(|s| split && self.kind[s].whole() && (chunk as u64 * self.per_model[s]) % align != 0)
+            .collect();
+        (sizes, staged)
     }
 
     /// The most models one pass can take within the adapter's limits: `g` when everything
