@@ -134,6 +134,37 @@ impl Gpu {
         Gpu::from_adapter(adapter).await
     }
 
+    /// Every adapter of the backends in `WGPU_BACKEND` (all by default) whose name contains
+    /// `WGPU_ADAPTER_NAME` (if set), each opened as a device: the devices a model batch can
+    /// be sharded over ([`crate::nn::BatchModel::sharded`]). Native only. Adapters that
+    /// cannot give the engine a device are skipped; none at all is an error.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn all_blocking() -> Result<Vec<Gpu>> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let want = std::env::var("WGPU_ADAPTER_NAME").ok().map(|w| w.to_lowercase());
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for adapter in pollster::block_on(instance.enumerate_adapters(backends)) {
+            let info = adapter.get_info();
+            if want.as_ref().is_some_and(|w| !info.name.to_lowercase().contains(w)) {
+                continue;
+            }
+            match pollster::block_on(Gpu::from_adapter(adapter)) {
+                Ok(g) => out.push(g),
+                Err(e) => errors.push(format!("{} ({:?}): {e}", info.name, info.backend)),
+            }
+        }
+        if out.is_empty() {
+            return Err(Error::NoAdapter(if errors.is_empty() {
+                NO_ADAPTER_HINT.to_string()
+            } else {
+                format!("no adapter could open a device: {}", errors.join("; "))
+            }));
+        }
+        Ok(out)
+    }
+
     /// Native convenience: [`Gpu::new`] driven to completion on this thread.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new_blocking() -> Result<Gpu> {

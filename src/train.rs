@@ -9,6 +9,7 @@ mod checkpoint;
 mod eval;
 mod predict;
 mod schedule;
+mod shard;
 
 use std::collections::VecDeque;
 
@@ -24,6 +25,7 @@ use crate::plan::{Plan, Readback, Update};
 pub use eval::{evaluate, Evaluator};
 pub use predict::Predictor;
 pub use schedule::Schedule;
+pub use shard::ShardedTrainer;
 
 /// A labelled dataset of byte images (MNIST-like), uploaded to the GPU by the trainer.
 #[derive(Clone, Debug)]
@@ -412,6 +414,7 @@ impl<'a> Trainer<'a> {
 
     fn fill_indices(&mut self) {
         let (g, nb, n) = (self.model.models(), self.config.batch_size, self.n);
+        let first = self.model.first();
         let spe = self.steps_per_epoch();
         let (epoch, s) = (self.step / spe, (self.step % spe) as usize);
         match self.config.order {
@@ -424,8 +427,9 @@ impl<'a> Trainer<'a> {
             }
             Order::PerModel | Order::Shared => {
                 if self.order_epoch != Some(epoch) {
-                    let streams = if self.config.order == Order::Shared { 1 } else { g };
-                    self.order = (0..streams)
+                    // Stream of global model index m (PerModel), or stream 0 (Shared).
+                    let streams = if self.config.order == Order::Shared { 0..1 } else { first..first + g };
+                    self.order = streams
                         .map(|m| {
                             let mut rng = Rng::new(
                                 self.config
@@ -457,7 +461,7 @@ impl<'a> Trainer<'a> {
         self.fill_indices();
         self.plan.write_u32(self.indices, &self.idx_host)?;
         for (l, &t) in self.dropout_seeds.iter().enumerate() {
-            let seeds: Vec<u32> = (0..g)
+            let seeds: Vec<u32> = (self.model.first()..self.model.first() + g)
                 .flat_map(|m| {
                     let s = Rng::new(self.config.seed ^ ((l as u64 + 1) << 40) ^ m as u64).next_u64() as u32;
                     [s, self.step as u32]

@@ -20,6 +20,7 @@ use crate::plan::Update;
 pub struct BatchModel {
     spec: ModelSpec,
     g: usize,
+    first: usize,
     entries: Vec<StateEntry>,
     tensors: Vec<TensorId>,
     store: Plan,
@@ -28,6 +29,15 @@ pub struct BatchModel {
 impl BatchModel {
     /// `g` models of `spec`, model m initialised PyTorch-style from the stream `seed + m`.
     pub fn new(gpu: &Gpu, spec: &ModelSpec, g: usize, seed: u64) -> Result<BatchModel> {
+        BatchModel::new_slice(gpu, spec, 0..g, seed)
+    }
+
+    /// Models `models` of a larger batch (a shard): local model m is global model
+    /// `models.start + m`, initialised from the stream `seed + models.start + m`, and a
+    /// [`Trainer`](crate::train::Trainer) gives it that model's data order and dropout stream,
+    /// so a sharded batch trains exactly as the whole batch would.
+    pub fn new_slice(gpu: &Gpu, spec: &ModelSpec, models: std::ops::Range<usize>, seed: u64) -> Result<BatchModel> {
+        let (first, g) = (models.start, models.len());
         if g == 0 {
             return Err(Error::Usage("a model batch needs at least one model".into()));
         }
@@ -41,9 +51,9 @@ impl BatchModel {
             })
             .collect::<Result<Vec<_>>>()?;
         let store = Plan::new(gpu, &graph, &[], &[])?;
-        let model = BatchModel { spec: spec.clone(), g, entries, tensors, store };
+        let model = BatchModel { spec: spec.clone(), g, first, entries, tensors, store };
         for m in 0..g {
-            model.load_model_values(m, &spec.init_model(seed, m)?)?;
+            model.load_model_values(m, &spec.init_model(seed, first + m)?)?;
         }
         Ok(model)
     }
@@ -56,6 +66,29 @@ impl BatchModel {
     /// Number of models G.
     pub fn models(&self) -> usize {
         self.g
+    }
+
+    /// Global index of this batch's model 0 (non-zero for a shard, see
+    /// [`BatchModel::new_slice`]).
+    pub fn first(&self) -> usize {
+        self.first
+    }
+
+    /// `g` models split over `gpus` for a [`ShardedTrainer`](crate::train::ShardedTrainer):
+    /// consecutive slices as even as possible (the first shards take the remainder).
+    pub fn sharded(gpus: &[Gpu], spec: &ModelSpec, g: usize, seed: u64) -> Result<Vec<BatchModel>> {
+        if gpus.is_empty() || g < gpus.len() {
+            return Err(Error::Usage(format!("cannot shard {g} models over {} devices", gpus.len())));
+        }
+        let mut start = 0;
+        gpus.iter()
+            .enumerate()
+            .map(|(i, gpu)| {
+                let len = g / gpus.len() + usize::from(i < g % gpus.len());
+                start += len;
+                BatchModel::new_slice(gpu, spec, start - len..start, seed)
+            })
+            .collect()
     }
 
     /// The state-dict entries of one model, in order.
@@ -156,7 +189,8 @@ impl BatchModel {
         Ok(())
     }
 
-    /// Writes `dir/model-{m}.safetensors` for every model (each written atomically).
+    /// Writes `dir/model-{m}.safetensors` for every model (each written atomically); `m` is
+    /// the global index (`first() + local`), so the shards of a batch fill one directory.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn save_dir(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)
@@ -168,23 +202,25 @@ impl BatchModel {
                 .zip(&self.entries)
                 .map(|(v, e)| v[m * e.numel().max(1)..(m + 1) * e.numel().max(1)].to_vec())
                 .collect();
-            write_atomic(&dir.join(format!("model-{m}.safetensors")), &encode_state(&self.entries, &values, None)?)?;
+            let path = dir.join(format!("model-{}.safetensors", self.first + m));
+            write_atomic(&path, &encode_state(&self.entries, &values, None)?)?;
         }
         Ok(())
     }
 
-    /// Loads `dir/model-{m}.safetensors` for every model; checks the files first, so on any
-    /// error nothing is loaded.
+    /// Loads `dir/model-{m}.safetensors` for every model (global indices, as
+    /// [`BatchModel::save_dir`] writes them); checks the files first, so on any error nothing
+    /// is loaded.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load_dir(&self, dir: &Path) -> Result<()> {
         let mut all = Vec::with_capacity(self.g);
-        for m in 0..self.g {
+        for m in self.first..self.first + self.g {
             let path = dir.join(format!("model-{m}.safetensors"));
             let bytes = std::fs::read(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
             all.push(decode_state(&bytes, &path.display().to_string(), &self.entries, None)?);
         }
         let extra = dir.join(format!("model-{}.safetensors", self.g));
-        if extra.exists() {
+        if self.first == 0 && extra.exists() {
             return Err(Error::Io(format!(
                 "{}: found {} but the batch has {} models (model-0 … model-{})",
                 dir.display(),

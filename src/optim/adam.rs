@@ -19,6 +19,19 @@ pub struct Adam {
 }
 
 impl Adam {
+    /// The hyper-parameters of models `models` out of `g` (for a shard of the batch).
+    pub fn slice(&self, models: std::ops::Range<usize>, g: usize) -> Result<Adam> {
+        let r = || models.clone();
+        Ok(Adam {
+            lr: self.lr.slice(r(), g, "adam lr")?,
+            beta1: self.beta1.slice(r(), g, "adam beta1")?,
+            beta2: self.beta2.slice(r(), g, "adam beta2")?,
+            eps: self.eps.slice(r(), g, "adam eps")?,
+            weight_decay: self.weight_decay.slice(r(), g, "adam weight_decay")?,
+            decoupled: self.decoupled,
+        })
+    }
+
     /// Adam (L2 weight decay added to the gradient) with PyTorch's defaults: betas
     /// (0.9, 0.999), eps 1e-8, no weight decay.
     pub fn new(lr: impl Into<PerModel>) -> Adam {

@@ -53,6 +53,16 @@ impl PerModel {
     }
 }
 
+impl PerModel {
+    /// The values of models `models` out of `g` (a shard's hyper-parameters).
+    pub fn slice(&self, models: std::ops::Range<usize>, g: usize, what: &str) -> Result<PerModel> {
+        match self {
+            PerModel::Same(v) => Ok(PerModel::Same(*v)),
+            PerModel::Each(_) => Ok(PerModel::Each(self.values(g, what)?[models].to_vec())),
+        }
+    }
+}
+
 impl From<f32> for PerModel {
     fn from(v: f32) -> Self {
         PerModel::Same(v)

@@ -18,6 +18,18 @@ pub struct Sgd {
 }
 
 impl Sgd {
+    /// The hyper-parameters of models `models` out of `g` (for a shard of the batch).
+    pub fn slice(&self, models: std::ops::Range<usize>, g: usize) -> Result<Sgd> {
+        let r = || models.clone();
+        Ok(Sgd {
+            lr: self.lr.slice(r(), g, "sgd lr")?,
+            momentum: self.momentum.slice(r(), g, "sgd momentum")?,
+            dampening: self.dampening.slice(r(), g, "sgd dampening")?,
+            weight_decay: self.weight_decay.slice(r(), g, "sgd weight_decay")?,
+            nesterov: self.nesterov.slice(r(), g, "sgd nesterov")?,
+        })
+    }
+
     /// Plain SGD with learning rate `lr` (one value or one per model).
     pub fn new(lr: impl Into<PerModel>) -> Sgd {
         Sgd {

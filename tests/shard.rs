@@ -1,0 +1,133 @@
+//! Sharding a model batch over several devices gives the single-device results: here two
+//! devices opened on the test adapter (a machine with two GPUs would use `Gpu::all_blocking`).
+
+mod common;
+
+use modelbatch::nn::{BatchModel, ModelSpec};
+use modelbatch::train::{Dataset, Optimizer, Order, Schedule, ShardedTrainer, StepMetrics, TrainConfig, Trainer};
+use modelbatch::{Gpu, PerModel, Sgd};
+
+fn synthetic(n: usize, seed: u64) -> Dataset {
+    let mut rng = modelbatch::nn::Rng::new(seed);
+    let labels: Vec<u8> = (0..n).map(|_| rng.below(10) as u8).collect();
+    let images =
+        labels.iter().flat_map(|&l| (0..144).map(move |p| if p % 10 == l as usize { 200u8 } else { 20 })).collect();
+    Dataset { images, labels, n, sample: vec![1, 12, 12], classes: 10, name: "synthetic".into() }
+}
+
+fn spec() -> ModelSpec {
+    ModelSpec::from_json(
+        r#"{"input": [1, 12, 12], "layers": [
+            {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+            {"type": "batchnorm2d"},
+            {"type": "relu"},
+            {"type": "maxpool2d", "kernel_size": 2},
+            {"type": "flatten"},
+            {"type": "dropout", "p": 0.2},
+            {"type": "linear", "out_features": 10}
+        ]}"#,
+    )
+    .unwrap()
+}
+
+const G: usize = 5;
+
+fn optimizer() -> Optimizer {
+    Optimizer::Sgd(Sgd::new(PerModel::log_space(0.01, 0.3, G)).momentum(PerModel::lin_space(0.5, 0.9, G)))
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        batch_size: 8,
+        metrics_every: 3,
+        seed: 21,
+        order: Order::PerModel,
+        // Per-model schedules are sliced per shard too.
+        schedules: (0..G)
+            .map(|m| if m % 2 == 0 { Schedule::Constant } else { Schedule::parse("step:2:0.5").unwrap() })
+            .collect(),
+        ..TrainConfig::default()
+    }
+}
+
+fn close(what: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{what}: length");
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= 1e-4 * scale, "{what}[{i}]: sharded {x} vs one device {y}");
+    }
+}
+
+#[test]
+fn a_batch_sharded_over_two_devices_trains_like_one_device() {
+    let gpu = gpu_or_skip!();
+    let data = synthetic(40, 4);
+
+    let whole = BatchModel::new(gpu, &spec(), G, 8).unwrap();
+    let mut t = Trainer::new(gpu, &whole, &data, optimizer(), config()).unwrap();
+    let mut want: Vec<StepMetrics> = Vec::new();
+    t.train(7, |m| want.extend_from_slice(m)).unwrap();
+    t.finish(|m| want.extend_from_slice(m)).unwrap();
+    let want_eval = pollster::block_on(t.evaluate(&data)).unwrap();
+    let want_state = pollster::block_on(whole.state_dicts_batched()).unwrap();
+
+    let gpus = vec![Gpu::new_blocking().unwrap(), Gpu::new_blocking().unwrap()];
+    let models = BatchModel::sharded(&gpus, &spec(), G, 8).unwrap();
+    assert_eq!(models.iter().map(|m| (m.first(), m.models())).collect::<Vec<_>>(), vec![(0, 3), (3, 2)]);
+    let mut st = ShardedTrainer::new(&gpus, &models, &data, optimizer(), config()).unwrap();
+    let mut got: Vec<StepMetrics> = Vec::new();
+    st.train(7, |m| got.extend_from_slice(m)).unwrap();
+    st.finish(|m| got.extend_from_slice(m)).unwrap();
+    assert_eq!(st.step(), 7);
+    assert_eq!(st.dead(), vec![false; G]);
+
+    assert_eq!(got.len(), 7);
+    for (a, b) in got.iter().zip(&want) {
+        assert_eq!(a.step, b.step);
+        close(&format!("loss at step {}", a.step), &a.loss, &b.loss);
+        assert_eq!(a.correct, b.correct, "correct at step {}", a.step);
+    }
+    let eval = pollster::block_on(st.evaluate(&data)).unwrap();
+    assert_eq!(eval.top1, want_eval.top1);
+    let (a, b): (Vec<f32>, Vec<f32>) =
+        eval.loss.iter().zip(&want_eval.loss).map(|(&x, &y)| (x as f32, y as f32)).unzip();
+    close("evaluation loss", &a, &b);
+
+    // The shards' weights, side by side, are the whole batch's.
+    let parts: Vec<Vec<Vec<f32>>> =
+        models.iter().map(|m| pollster::block_on(m.state_dicts_batched()).unwrap()).collect();
+    for (i, w) in want_state.iter().enumerate() {
+        let joined: Vec<f32> = parts.iter().flat_map(|p| p[i].iter().copied()).collect();
+        close(&format!("state tensor {i}"), &joined, w);
+    }
+
+    // Both shards save into one directory under global indices, which loads as one batch.
+    let dir = std::env::temp_dir().join(format!("modelbatch-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for m in &models {
+        m.save_dir(&dir).unwrap();
+    }
+    let reloaded = BatchModel::new(gpu, &spec(), G, 99).unwrap();
+    reloaded.load_dir(&dir).unwrap();
+    let back = pollster::block_on(reloaded.state_dicts_batched()).unwrap();
+    for (i, w) in back.iter().enumerate() {
+        let joined: Vec<f32> = parts.iter().flat_map(|p| p[i].iter().copied()).collect();
+        assert_eq!(w, &joined, "state tensor {i} after save/load");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn shards_must_be_consecutive_slices() {
+    let _gpu = gpu_or_skip!();
+    let data = synthetic(16, 1);
+    let gpus = vec![Gpu::new_blocking().unwrap(), Gpu::new_blocking().unwrap()];
+    let models = vec![
+        BatchModel::new_slice(&gpus[0], &spec(), 0..2, 0).unwrap(),
+        BatchModel::new_slice(&gpus[1], &spec(), 3..5, 0).unwrap(),
+    ];
+    let e = ShardedTrainer::new(&gpus, &models, &data, optimizer(), config()).err().unwrap().to_string();
+    assert!(e.contains("consecutive"), "{e}");
+    let e = BatchModel::sharded(&gpus, &spec(), 1, 0).err().unwrap().to_string();
+    assert!(e.contains("cannot shard 1 models over 2 devices"), "{e}");
+}
