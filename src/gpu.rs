@@ -497,4 +497,9 @@ impl Gpu {
     pub(crate) fn error_slot(&self) -> Arc<Mutex<Option<String>>> {
         self.error.clone()
     }
+
+    /// The shared slot set once the device is lost (plans refuse to run after that).
+    pub(crate) fn lost_slot(&self) -> Arc<Mutex<Option<String>>> {
+        self.lost.clone()
+    }
 }

@@ -486,7 +486,24 @@ impl<'a> Trainer<'a> {
     /// Natively only: in the browser use [`Trainer::train_async`], which can wait for a
     /// staging buffer without blocking.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn train(&mut self, steps: u64, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+    pub fn train(&mut self, steps: u64, on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+        let r = self.train_inner(steps, on_metrics);
+        self.lost_context(r)
+    }
+
+    /// A failure caused by a lost device says so (the readback or submit that noticed it
+    /// may report something vaguer).
+    fn lost_context<T>(&self, r: Result<T>) -> Result<T> {
+        r.map_err(|e| match self.plan.check_lost() {
+            Err(lost) if !e.to_string().contains("device lost") => {
+                Error::Gpu(format!("training stopped after step {}: {lost}", self.step))
+            }
+            _ => e,
+        })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn train_inner(&mut self, steps: u64, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
         for _ in 0..steps {
             self.run_step()?;
             if self.step % self.log_rows as u64 == 0 {
@@ -504,7 +521,12 @@ impl<'a> Trainer<'a> {
     /// [`Trainer::train`] for any platform: where both staging buffers are still in flight
     /// it awaits the older one (in the browser the event loop completes it) instead of
     /// blocking. The same steps, metrics and weights as [`Trainer::train`].
-    pub async fn train_async(&mut self, steps: u64, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+    pub async fn train_async(&mut self, steps: u64, on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+        let r = self.train_async_inner(steps, on_metrics).await;
+        self.lost_context(r)
+    }
+
+    async fn train_async_inner(&mut self, steps: u64, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
         for _ in 0..steps {
             self.run_step()?;
             if self.step % self.log_rows as u64 == 0 {
@@ -585,7 +607,13 @@ impl<'a> Trainer<'a> {
     /// Reads back every step's metrics not yet delivered (blocking; native only, see
     /// [`Trainer::finish_async`]).
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn finish(&mut self, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+    pub fn finish(&mut self, on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+        let r = self.finish_inner(on_metrics);
+        self.lost_context(r)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn finish_inner(&mut self, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
         while self.readbacks[self.next_readback].busy() {
             self.collect_front(true)?;
         }

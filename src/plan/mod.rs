@@ -119,6 +119,7 @@ pub struct Plan {
     device: wgpu::Device,
     queue: wgpu::Queue,
     error: Arc<Mutex<Option<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
     meta: Vec<TensorMeta>,
     slot: Vec<Option<usize>>,
     buffers: Vec<wgpu::Buffer>,
@@ -301,6 +302,7 @@ impl Plan {
             device: gpu.device.clone(),
             queue: gpu.queue.clone(),
             error: gpu.error_slot(),
+            lost: gpu.lost_slot(),
             meta: nodes
                 .iter()
                 .map(|n| TensorMeta { shape: n.shape.clone(), dtype: n.dtype, op: n.op.clone() })
@@ -458,6 +460,7 @@ impl Plan {
     /// Like [`Plan::run`], then copies each `(tensor, buffer, byte offset)` in the same
     /// submit (metrics logs: per-step values gathered on the GPU, read back every K steps).
     pub fn run_with(&self, copies: &[(TensorId, &wgpu::Buffer, u64)]) -> Result<()> {
+        self.check_lost()?;
         let mut encoder =
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("modelbatch step") });
         for chunk in &self.steps {
@@ -484,7 +487,16 @@ impl Plan {
         self.check_error()
     }
 
+    /// An error once the device is lost: nothing can run on it any more.
+    pub fn check_lost(&self) -> Result<()> {
+        match self.lost.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(why) => Err(Error::Gpu(format!("{why}; create a new Gpu (resume from the last checkpoint)"))),
+            None => Ok(()),
+        }
+    }
+
     fn check_error(&self) -> Result<()> {
+        self.check_lost()?;
         match self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(m) => Err(Error::Gpu(m)),
             None => Ok(()),
@@ -545,6 +557,7 @@ impl Plan {
     }
 
     async fn read_bytes(&self, t: TensorId) -> Result<Vec<u8>> {
+        self.check_lost()?;
         let src = self.buffer(t)?;
         let meta = &self.meta[t.index()];
         let size = (meta.shape.iter().product::<usize>() * 4) as u64;

@@ -33,6 +33,8 @@ impl Trainer<'_> {
     /// Writes a checkpoint to `dir` (replacing any previous one there, atomically).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn save_checkpoint(&mut self, dir: &Path) -> Result<()> {
+        // Nothing is written from a lost device: the previous checkpoint stays as it was.
+        self.plan.check_lost()?;
         let model = pollster::block_on(self.model.to_safetensors_batched())?;
         let mut tensors = Vec::new();
         for (name, t) in optimizer_states(self) {

@@ -127,6 +127,26 @@ impl<'a> ShardedTrainer<'a> {
         Ok(())
     }
 
+    /// [`ShardedTrainer::train`] for any platform (awaits readbacks instead of blocking).
+    pub async fn train_async(&mut self, steps: u64, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+        for _ in 0..steps {
+            for (t, q) in self.shards.iter_mut().zip(&mut self.pending) {
+                t.train_async(1, |m| q.extend(m.iter().cloned())).await?;
+            }
+            self.merge(&mut on_metrics);
+        }
+        Ok(())
+    }
+
+    /// [`ShardedTrainer::finish`] for any platform.
+    pub async fn finish_async(&mut self, mut on_metrics: impl FnMut(&[StepMetrics])) -> Result<()> {
+        for (t, q) in self.shards.iter_mut().zip(&mut self.pending) {
+            t.finish_async(|m| q.extend(m.iter().cloned())).await?;
+        }
+        self.merge(&mut on_metrics);
+        Ok(())
+    }
+
     /// Models whose divergence was detected since the last call (global indices).
     pub fn take_newly_dead(&mut self) -> Vec<usize> {
         let mut out = Vec::new();
