@@ -131,3 +131,19 @@ fn one_model_beyond_the_binding_limit_asks_for_a_smaller_batch() {
     let e = Plan::new(&small, &graph, &[z], &[]).err().expect("must not compile").to_string();
     assert!(e.contains("for a single model") && e.contains("smaller batch"), "{e}");
 }
+
+#[test]
+fn evaluation_takes_fewer_samples_per_pass_when_one_model_does_not_fit() {
+    let gpu = gpu_or_skip!();
+    let data = synthetic(40, 144, 5);
+    let model = BatchModel::new(gpu, &spec(), 3, 1).unwrap();
+    let whole = pollster::block_on(evaluate(gpu, &model, &data, 40, Normalize::default())).unwrap();
+    // 40 images x 5 x 12 x 12 floats = 113 KiB per model for the conv output: a 16 KiB
+    // binding takes 5 images of one model per pass.
+    let small = gpu.restricted(16 << 10, 1 << 30);
+    let split = pollster::block_on(evaluate(&small, &model, &data, 40, Normalize::default())).unwrap();
+    assert_eq!(split.top1, whole.top1);
+    assert_eq!(split.top5, whole.top5);
+    let (a, b): (Vec<f32>, Vec<f32>) = split.loss.iter().zip(&whole.loss).map(|(&x, &y)| (x as f32, y as f32)).unzip();
+    close("evaluation loss", &a, &b);
+}

@@ -1050,6 +1050,17 @@ impl Layout {
     }
 }
 
+/// Whether one model of `graph` fits a pass on `gpu`: every per-model tensor within one
+/// binding (more models are then split into chunks; fewer samples per model is the only
+/// remedy otherwise).
+pub(crate) fn one_model_fits(gpu: &Gpu, graph: &Graph, keep: &[TensorId], updates: &[Update]) -> bool {
+    let (_, a) = liveness(graph, keep, updates);
+    let layout = Layout::new(graph, &a);
+    let limits = gpu.limits();
+    let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+    (0..layout.kind.len()).all(|s| layout.kind[s] == SlotKind::Data || pad16(layout.per_model[s]) <= max_binding)
+}
+
 fn record_copies(encoder: &mut wgpu::CommandEncoder, copies: &[BufferCopy]) {
     for c in copies {
         encoder.copy_buffer_to_buffer(&c.src, c.src_offset, &c.dst, c.dst_offset, c.size);

@@ -38,7 +38,8 @@ pub struct Evaluator {
 
 impl Evaluator {
     /// Uploads `data` and compiles the evaluation of `model` in batches of `batch` samples
-    /// per model (plus one plan for the remainder).
+    /// per model (plus one plan for the remainder); fewer where one model's batch would pass
+    /// the adapter's binding limit.
     pub fn new(gpu: &Gpu, model: &BatchModel, data: &Dataset, batch: usize, norm: Normalize) -> Result<Evaluator> {
         data.check(model)?;
         if batch == 0 {
@@ -46,13 +47,8 @@ impl Evaluator {
         }
         let g = model.models();
         let ks: Vec<u32> = if data.classes >= 5 { vec![1, 5] } else { vec![1, data.classes as u32] };
-        let full = data.n / batch;
-        let rest = data.n % batch;
-        let mut parts: Vec<Part> = Vec::new();
-        for (size, chunks, start) in [(batch, full, 0), (rest, usize::from(rest > 0), full * batch)] {
-            if chunks == 0 {
-                continue;
-            }
+        // Build the evaluation graph for `size` samples per model.
+        let make = |size: usize| -> Result<(Graph, [TensorId; 5])> {
             let mut graph = Graph::new(g);
             let images = graph.dataset("eval.images", data.images.len())?;
             let labels = graph.dataset("eval.labels", data.labels.len())?;
@@ -62,6 +58,27 @@ impl Evaluator {
             let built = model.spec().build(&mut graph, x, Mode::Eval)?;
             let loss = graph.cross_entropy(built.output, y, Reduction::Sum)?;
             let top = graph.topk_accuracy(built.output, y, &ks, true)?;
+            Ok((graph, [images, labels, indices, loss, top]))
+        };
+        // Plans split the models into chunks that fit the adapter's bindings; when even one
+        // model's batch does not fit, evaluate fewer samples per pass (the results are the
+        // same: evaluation has no batch statistics).
+        let mut batch = batch.min(data.n);
+        while batch > 1 {
+            let (graph, [.., loss, top]) = make(batch)?;
+            if crate::plan::one_model_fits(gpu, &graph, &[loss, top], &[]) {
+                break;
+            }
+            batch = batch.div_ceil(2);
+        }
+        let full = data.n / batch;
+        let rest = data.n % batch;
+        let mut parts: Vec<Part> = Vec::new();
+        for (size, chunks, start) in [(batch, full, 0), (rest, usize::from(rest > 0), full * batch)] {
+            if chunks == 0 {
+                continue;
+            }
+            let (graph, [images, labels, indices, loss, top]) = make(size)?;
             let plan = match parts.first() {
                 // The remainder plan reads the dataset the first plan uploaded.
                 Some(first) => Plan::sharing(gpu, &graph, &[loss, top], &[], &first.plan)?,
