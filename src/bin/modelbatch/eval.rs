@@ -44,7 +44,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     model.load_dir(&a.weights)?;
     let batch = match a.batch_size {
         Some(n) => n,
-        None => inputs::fit_eval_batch(&gpu, &spec, g, 500)?,
+        None => inputs::fit_eval_batch(&gpu, &spec, 500)?,
     };
     let ev = pollster::block_on(evaluate(&gpu, &model, &data, batch, normalize))?;
     if a.json {

@@ -122,10 +122,11 @@ fn fmt_set(s: &BTreeSet<usize>) -> String {
     format!("{}{more}", v.join(","))
 }
 
-/// The largest evaluation batch up to `want` whose biggest activation (`G × batch × the
-/// largest per-sample layer output`) fits the adapter's per-binding limit, so that a long
-/// training run does not end in an evaluation the adapter refuses.
-pub fn fit_eval_batch(gpu: &modelbatch::Gpu, spec: &ModelSpec, g: usize, want: usize) -> Result<usize> {
+/// The largest evaluation batch up to `want` whose biggest activation for one model
+/// (`batch × the largest per-sample layer output`) fits the adapter's per-binding limit;
+/// plans split the G models into chunks that fit (and the library would also shrink the
+/// batch itself), this keeps the evaluation passes few and large.
+pub fn fit_eval_batch(gpu: &modelbatch::Gpu, spec: &ModelSpec, want: usize) -> Result<usize> {
     let limits = gpu.limits();
     let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
     let per_sample = spec
@@ -137,6 +138,6 @@ pub fn fit_eval_batch(gpu: &modelbatch::Gpu, spec: &ModelSpec, g: usize, want: u
         .unwrap_or(1)
         .max(1) as u64;
     // A little headroom for buffer alignment.
-    let fit = (max_binding - max_binding / 64) / (4 * g as u64 * per_sample);
+    let fit = (max_binding - max_binding / 64) / (4 * per_sample);
     Ok((fit as usize).clamp(1, want.max(1)))
 }

@@ -73,7 +73,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         normalize,
         metrics_every: a.metrics_every,
         schedules: vec![schedule],
-        eval_batch: inputs::fit_eval_batch(&gpu, &spec, g, TrainConfig::default().eval_batch)?,
+        eval_batch: inputs::fit_eval_batch(&gpu, &spec, TrainConfig::default().eval_batch)?,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(&gpu, &model, &train, hyper.optimizer.clone(), config)?;
