@@ -21,7 +21,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = trainer.plan().profile()?;
     let total: f64 = rows.iter().map(|r| r.1).sum();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    println!("G={g} N={n} on {}: {:.1} ms in {} dispatches", gpu.report().name, total * 1e3, rows.len());
+    let how = if gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+        "GPU timestamps"
+    } else {
+        "wall time, one submit per dispatch"
+    };
+    println!("G={g} N={n} on {}: {:.1} ms in {} dispatches ({how})", gpu.report().name, total * 1e3, rows.len());
     for (label, t) in rows {
         println!("{:>9.3} ms {:>5.1}%  {label}", t * 1e3, 100.0 * t / total);
     }

@@ -198,7 +198,9 @@ impl Gpu {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("modelbatch"),
-                required_features: wgpu::Features::empty(),
+                // Timestamp queries where the adapter has them (per-dispatch GPU times in
+                // `Plan::profile`); nothing else is needed.
+                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,

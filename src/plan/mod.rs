@@ -513,27 +513,27 @@ impl Plan {
         &self.queue
     }
 
-    /// Runs every dispatch alone (its own submit, waited for) and returns its label and wall
-    /// time in seconds: a coarse profile where timestamp queries are unavailable. A split
-    /// batch's staging copies are timed as `"chunk copies"`. Native only.
+    /// Per-dispatch times in seconds, in run order, with each dispatch's label. Where the
+    /// device has timestamp queries, every dispatch runs in its own compute pass of one
+    /// submit and its GPU time is measured between the pass's timestamps; elsewhere each
+    /// dispatch runs alone (its own submit, waited for) and its wall time is taken, a coarse
+    /// profile that includes the submit overhead. A split batch's staging copies are timed
+    /// as `"chunk copies"` (wall time). Native only.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn profile(&self) -> Result<Vec<(&'static str, f64)>> {
+        self.check_lost()?;
+        if self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            let r = self.profile_timestamps();
+            self.check_error()?;
+            return r;
+        }
         let mut out = Vec::new();
-        let timed = |label: &'static str, record: &dyn Fn(&mut wgpu::CommandEncoder)| -> Result<(&'static str, f64)> {
-            let start = std::time::Instant::now();
-            let mut encoder =
-                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
-            record(&mut encoder);
-            self.queue.submit([encoder.finish()]);
-            self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("profiling: {e}")))?;
-            Ok((label, start.elapsed().as_secs_f64()))
-        };
         for chunk in &self.steps {
             if !chunk.copy_in.is_empty() {
-                out.push(timed("chunk copies", &|e| record_copies(e, &chunk.copy_in))?);
+                out.push(self.timed("chunk copies", &|e| record_copies(e, &chunk.copy_in))?);
             }
             for d in &chunk.dispatches {
-                out.push(timed(d.label, &|encoder| {
+                out.push(self.timed(d.label, &|encoder| {
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some(d.label),
                         timestamp_writes: None,
@@ -544,10 +544,100 @@ impl Plan {
                 })?);
             }
             if !chunk.copy_out.is_empty() {
-                out.push(timed("chunk copies", &|e| record_copies(e, &chunk.copy_out))?);
+                out.push(self.timed("chunk copies", &|e| record_copies(e, &chunk.copy_out))?);
             }
         }
         self.check_error()?;
+        Ok(out)
+    }
+
+    /// Wall time of what `record` records, submitted alone and waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn timed(&self, label: &'static str, record: &dyn Fn(&mut wgpu::CommandEncoder)) -> Result<(&'static str, f64)> {
+        let start = std::time::Instant::now();
+        let mut encoder =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
+        record(&mut encoder);
+        self.queue.submit([encoder.finish()]);
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("profiling: {e}")))?;
+        Ok((label, start.elapsed().as_secs_f64()))
+    }
+
+    /// [`Plan::profile`] with timestamp queries: the dispatches in order, one pass each,
+    /// timestamps at the beginning and end of every pass, in batches of one query set.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn profile_timestamps(&self) -> Result<Vec<(&'static str, f64)>> {
+        const PER_SET: usize = 2048; // dispatches per query set (4,096 queries, wgpu's maximum)
+        let period = f64::from(self.queue.get_timestamp_period()) * 1e-9;
+        let mut out = Vec::new();
+        for chunk in &self.steps {
+            if !chunk.copy_in.is_empty() {
+                out.push(self.timed("chunk copies", &|e| record_copies(e, &chunk.copy_in))?);
+            }
+            for batch in chunk.dispatches.chunks(PER_SET) {
+                let queries = 2 * batch.len() as u32;
+                let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("modelbatch profile"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: queries,
+                });
+                let bytes = u64::from(queries) * 8;
+                let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("modelbatch profile resolve"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("modelbatch profile readback"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut encoder =
+                    self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
+                for (i, d) in batch.iter().enumerate() {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(d.label),
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: &set,
+                            beginning_of_pass_write_index: Some(2 * i as u32),
+                            end_of_pass_write_index: Some(2 * i as u32 + 1),
+                        }),
+                    });
+                    pass.set_pipeline(&d.kernel.pipeline);
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                }
+                encoder.resolve_query_set(&set, 0..queries, &resolve, 0);
+                encoder.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
+                self.queue.submit([encoder.finish()]);
+                let (tx, rx) = std::sync::mpsc::channel();
+                staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                    let _ = tx.send(r);
+                });
+                self.device
+                    .poll(wgpu::PollType::wait_indefinitely())
+                    .map_err(|e| Error::Gpu(format!("profiling: {e}")))?;
+                rx.recv()
+                    .map_err(|_| Error::Gpu("profiling: readback cancelled (device lost?)".into()))?
+                    .map_err(|e| Error::Gpu(format!("profiling: {e}")))?;
+                let stamps: Vec<u64> = {
+                    let view = staging
+                        .slice(..)
+                        .get_mapped_range()
+                        .map_err(|e| Error::Gpu(format!("profiling: reading timestamps: {e}")))?;
+                    bytemuck::pod_collect_to_vec(&view)
+                };
+                staging.unmap();
+                for (i, d) in batch.iter().enumerate() {
+                    out.push((d.label, stamps[2 * i + 1].saturating_sub(stamps[2 * i]) as f64 * period));
+                }
+            }
+            if !chunk.copy_out.is_empty() {
+                out.push(self.timed("chunk copies", &|e| record_copies(e, &chunk.copy_out))?);
+            }
+        }
         Ok(out)
     }
 
