@@ -23,7 +23,7 @@ struct Params {
 // Upstream gradient (unary_grad, softmax_grad); bound to a dummy elsewhere.
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-// dropout: [G, 2] u32 (seed, step) per model.
+// dropout: [G, 3] u32 (seed, step, element offset) per model.
 @group(0) @binding(4) var<storage, read> seeds: array<u32>;
 
 // Invocations per workgroup of the elementwise and one-row-per-invocation kernels.
@@ -296,8 +296,8 @@ fn softmax_grad_wg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
 // ---------------------------------------------------------------------------------------
 // Dropout: out = x * keep / (1 - p) (also its gradient, with dy bound as x).
 //
-// The keep decision for element i of model g is a pure function of (seed_g, step, i):
-// r = MurmurHash3_x86_32 of the three little-endian words (seed, step, i) with hash seed 0,
+// The keep decision for element i of model g is a pure function of (seed_g, step, i + offset_g):
+// r = MurmurHash3_x86_32 of the three little-endian words (seed, step, i + offset) with hash seed 0,
 // and the element is dropped when r < threshold = round(p * 2^32). Models never share a
 // stream unless they share a seed row, and a model's mask does not depend on G.
 // Grid: x, y fold the elements of one model; z is the model, offset by p.w1 (models are
@@ -336,8 +336,8 @@ fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     }
     let g = p.w1 + gid.z;
     // The (seed, step) part of the hash: per model, the same for every element.
-    let key = murmur_block(murmur_block(0u, seeds[2u * g]), seeds[2u * g + 1u]);
-    let r = murmur_final(murmur_block(key, i));
+    let key = murmur_block(murmur_block(0u, seeds[3u * g]), seeds[3u * g + 1u]);
+    let r = murmur_final(murmur_block(key, seeds[3u * g + 2u] + i));
     let k = g * per_model + i;
     out[k] = select(0.0, x[k] * bitcast<f32>(p.w3), r >= p.w2);
 }

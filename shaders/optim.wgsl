@@ -118,3 +118,17 @@ fn guard(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
         guard_dead[g] = 1.0;
     }
 }
+
+// Gradient accumulation over micro-batches: acc_dst[i] += acc_src[i] (p.per_model = 1), or
+// acc_dst[i] = 0 (p.per_model = 0: clear).
+@group(0) @binding(1) var<storage, read_write> acc_dst: array<f32>;
+@group(0) @binding(2) var<storage, read> acc_src: array<f32>;
+
+@compute @workgroup_size(WG)
+fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.numel) {
+        return;
+    }
+    acc_dst[i] = select(0.0, acc_dst[i] + acc_src[i], p.per_model != 0u);
+}

@@ -464,7 +464,7 @@ impl<'a> Trainer<'a> {
             let seeds: Vec<u32> = (self.model.first()..self.model.first() + g)
                 .flat_map(|m| {
                     let s = Rng::new(self.config.seed ^ ((l as u64 + 1) << 40) ^ m as u64).next_u64() as u32;
-                    [s, self.step as u32]
+                    [s, self.step as u32, 0]
                 })
                 .collect();
             self.plan.write_u32(t, &seeds)?;

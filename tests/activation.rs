@@ -447,11 +447,11 @@ fn softmax_many_rows_fold_the_grid() {
 // Dropout
 
 /// Runs dropout over `xs` (`g` models of `per_model` values) with seed rows `seeds`
-/// (`[G, 2]`, flattened); returns the output.
+/// (`[G, 3]`: seed, step, element offset; flattened); returns the output.
 fn run_dropout(gpu: &modelbatch::Gpu, g: usize, per_model: &[usize], xs: &[f32], seeds: &[u32], p: f32) -> Vec<f32> {
     let mut graph = Graph::new(g);
     let x = graph.input("x", per_model, DType::F32).unwrap();
-    let seed = graph.input("seed", &[2], DType::U32).unwrap();
+    let seed = graph.input("seed", &[3], DType::U32).unwrap();
     let y = graph.dropout(x, seed, p).unwrap();
     let plan = Plan::new(gpu, &graph, &[y], &[]).unwrap();
     plan.write(x, xs).unwrap();
@@ -470,7 +470,7 @@ fn dropout_drops_a_fraction_p_and_scales_the_rest_exactly() {
     let gpu = gpu_or_skip!();
     let (g, per) = (2, 50_000);
     let x = randn_away(21, g * per, 0.01);
-    let seeds = [12_345u32, 7, 999, 7];
+    let seeds = [12_345u32, 7, 0, 999, 7, 0];
     for p in [0.1f32, 0.5, 0.9] {
         let y = run_dropout(gpu, g, &[per], &x, &seeds, p);
         let scale = dropout_scale(p);
@@ -485,9 +485,26 @@ fn dropout_drops_a_fraction_p_and_scales_the_rest_exactly() {
         }
         for (i, (&yi, &xi)) in y.iter().zip(&x).enumerate() {
             let (m, j) = (i / per, i % per);
-            let keep = keeps(seeds[2 * m], seeds[2 * m + 1], j, p);
+            let keep = keeps(seeds[3 * m], seeds[3 * m + 1], j, p);
             let want = if keep { xi * scale } else { 0.0 };
             assert_eq!(yi.to_bits(), want.to_bits(), "p={p}: element {i} (model {m}): got {yi}, want {want} (x {xi})");
+        }
+    }
+}
+
+#[test]
+fn dropout_offset_continues_one_mask() {
+    // A row's third word offsets the element index: running elements [o, o + n) with offset
+    // o gives the same mask as elements o.. of one longer run (micro-batches of one batch).
+    let gpu = gpu_or_skip!();
+    let (g, per, p) = (2, 600, 0.5f32);
+    let x = randn_away(24, g * per, 0.01);
+    let whole = run_dropout(gpu, g, &[per], &x, &[5, 3, 0, 6, 3, 0], p);
+    for (o, n) in [(0, 200), (200, 250), (450, 150)] {
+        let xs: Vec<f32> = (0..g).flat_map(|m| x[m * per + o..m * per + o + n].to_vec()).collect();
+        let part = run_dropout(gpu, g, &[n], &xs, &[5, 3, o as u32, 6, 3, o as u32], p);
+        for m in 0..g {
+            assert_eq!(&part[m * n..(m + 1) * n], &whole[m * per + o..m * per + o + n], "model {m}, offset {o}");
         }
     }
 }
@@ -500,7 +517,7 @@ fn dropout_with_p_zero_is_the_identity() {
     x[1] = f32::INFINITY;
     x[2] = -1e30;
     x[3] = f32::MAX;
-    let y = run_dropout(gpu, 3, &[37], &x, &[1, 2, 3, 4, 5, 6], 0.0);
+    let y = run_dropout(gpu, 3, &[37], &x, &[1, 2, 0, 3, 4, 9, 5, 6, 0], 0.0);
     let (yb, xb): (Vec<u32>, Vec<u32>) =
         (y.iter().map(|v| v.to_bits()).collect(), x.iter().map(|v| v.to_bits()).collect());
     assert_eq!(yb, xb);
@@ -517,7 +534,7 @@ fn dropout_backward_uses_the_forward_mask() {
         vec![("x", shape, randn_away(23, numel, 0.01))],
         23,
         Box::new(move |gr, t, extra| {
-            let seed = gr.input("seed", &[2], DType::U32)?;
+            let seed = gr.input("seed", &[3], DType::U32)?;
             extra.push(("seed".into(), seed));
             gr.dropout(t[0], seed, p)
         }),
@@ -525,7 +542,7 @@ fn dropout_backward_uses_the_forward_mask() {
     let seed = c.input("seed");
     let scale = dropout_scale(p);
     for step in [0u32, 1, 2] {
-        c.plan.write_u32(seed, &[77, step, 78, step, 79, step]).unwrap();
+        c.plan.write_u32(seed, &[77, step, 0, 78, step, 0, 79, step, 0]).unwrap();
         let (y, grads) = c.run();
         let x = c.values(0);
         let kept = y.iter().filter(|&&v| v != 0.0).count();
@@ -552,7 +569,7 @@ fn dropout_masks_change_with_the_step_and_repeat_with_the_seed() {
     let build = || {
         let mut graph = Graph::new(g);
         let x = graph.input("x", &[per], DType::F32).unwrap();
-        let seed = graph.input("seed", &[2], DType::U32).unwrap();
+        let seed = graph.input("seed", &[3], DType::U32).unwrap();
         let y = graph.dropout(x, seed, p).unwrap();
         (Plan::new(gpu, &graph, &[y], &[]).unwrap(), x, seed, y)
     };
@@ -563,8 +580,8 @@ fn dropout_masks_change_with_the_step_and_repeat_with_the_seed() {
         plan.run().unwrap();
         mask_of(&plan.read_blocking(yi).unwrap())
     };
-    let step0 = [11, 0, 12, 0, 13, 0];
-    let step1 = [11, 1, 12, 1, 13, 1];
+    let step0 = [11, 0, 0, 12, 0, 0, 13, 0, 0];
+    let step1 = [11, 1, 0, 12, 1, 0, 13, 1, 0];
     let a = mask(&plan, &step0);
     let b = mask(&plan, &step1);
     assert_eq!(mask(&plan, &step0), a, "the same (seed, step) gave a different mask on a second run");
@@ -579,7 +596,7 @@ fn dropout_masks_change_with_the_step_and_repeat_with_the_seed() {
         assert!((agree - per as f64 / 2.0).abs() <= 4.0 * sigma, "model {m}: steps 0 and 1 agree on {agree} of {per}");
     }
     // The step goes through a hash: consecutive steps and seeds are not shifted copies.
-    let c = mask(&plan, &[11, 2, 12, 2, 13, 2]);
+    let c = mask(&plan, &[11, 2, 0, 12, 2, 0, 13, 2, 0]);
     assert!(c != a && c != b);
 }
 
@@ -589,21 +606,21 @@ fn dropout_mask_of_a_model_does_not_depend_on_the_batch() {
     let (g, shape, p) = (17, [5usize, 7, 13], 0.3f32);
     let per: usize = shape.iter().product();
     let x = randn_away(25, g * per, 0.01);
-    let mut seeds: Vec<u32> = (0..g as u32).flat_map(|m| [1000 + 7919 * m, 5 + m % 3]).collect();
+    let mut seeds: Vec<u32> = (0..g as u32).flat_map(|m| [1000 + 7919 * m, 5 + m % 3, 0]).collect();
     // Model 16 shares model 3's seed row: it must get model 3's mask.
-    seeds[32] = seeds[6];
-    seeds[33] = seeds[7];
+    seeds[48] = seeds[9];
+    seeds[49] = seeds[10];
     let batch = run_dropout(gpu, g, &shape, &x, &seeds, p);
     let masks: Vec<Vec<bool>> = batch.chunks(per).map(mask_of).collect();
     // A batch of one model with the same seed row and data gives the same output, bit for bit.
     let mut graph = Graph::new(1);
     let xi = graph.input("x", &shape, DType::F32).unwrap();
-    let si = graph.input("seed", &[2], DType::U32).unwrap();
+    let si = graph.input("seed", &[3], DType::U32).unwrap();
     let yi = graph.dropout(xi, si, p).unwrap();
     let single = Plan::new(gpu, &graph, &[yi], &[]).unwrap();
     for m in 0..g {
         single.write(xi, &x[m * per..(m + 1) * per]).unwrap();
-        single.write_u32(si, &seeds[2 * m..2 * m + 2]).unwrap();
+        single.write_u32(si, &seeds[3 * m..3 * m + 3]).unwrap();
         single.run().unwrap();
         assert_eq!(single.read_blocking(yi).unwrap(), &batch[m * per..(m + 1) * per], "model {m} of 17 vs alone");
     }
@@ -624,12 +641,12 @@ fn dropout_many_models_are_dispatched_in_chunks() {
     let gpu = gpu_or_skip!();
     let (g, per, p) = (70_000, 3, 0.5f32);
     let x = randn_away(26, g * per, 0.01);
-    let seeds: Vec<u32> = (0..g as u32).flat_map(|m| [m.wrapping_mul(2_654_435_761), m / 1000]).collect();
+    let seeds: Vec<u32> = (0..g as u32).flat_map(|m| [m.wrapping_mul(2_654_435_761), m / 1000, 0]).collect();
     let y = run_dropout(gpu, g, &[per], &x, &seeds, p);
     let scale = dropout_scale(p);
     for (i, (&yi, &xi)) in y.iter().zip(&x).enumerate() {
         let m = i / per;
-        let want = if keeps(seeds[2 * m], seeds[2 * m + 1], i % per, p) { xi * scale } else { 0.0 };
+        let want = if keeps(seeds[3 * m], seeds[3 * m + 1], i % per, p) { xi * scale } else { 0.0 };
         assert_eq!(yi, want, "element {i} (model {m})");
     }
 }
@@ -651,7 +668,7 @@ fn models_are_isolated() {
             vec![("x", shape, randn(27, g * per))],
             27,
             Box::new(move |gr, t, extra| {
-                let seed = gr.input("seed", &[2], DType::U32)?;
+                let seed = gr.input("seed", &[3], DType::U32)?;
                 extra.push(("seed".into(), seed));
                 let h = gr.unary(Unary::Gelu, t[0])?;
                 let s = gr.softmax(h, log)?;
@@ -659,7 +676,7 @@ fn models_are_isolated() {
             }),
         );
         let seed = c.input("seed");
-        let seeds: Vec<u32> = (0..2 * g as u32).collect();
+        let seeds: Vec<u32> = (0..g as u32).flat_map(|m| [2 * m, 2 * m + 1, 0]).collect();
         c.plan.write_u32(seed, &seeds).unwrap();
         let (y0, d0) = c.run();
         let mut x = c.values(0).to_vec();

@@ -94,17 +94,19 @@ impl Graph {
 
     fn check_seed(&self, op: &str, seed: TensorId) -> Result<()> {
         self.check_dtype(op, seed, DType::U32)?;
-        if self.shape(seed) != [self.models(), 2] {
+        if self.shape(seed) != [self.models(), 3] {
             return Err(Error::Shape(format!(
-                "{op}: seed must be a [G, 2] u32 input (seed, step), got {}",
+                "{op}: seed must be a [G, 3] u32 input (seed, step, element offset), got {}",
                 shape_str(self.shape(seed))
             )));
         }
         Ok(())
     }
 
-    /// Inverted dropout with probability `p`; `seed` is a `[G, 2]` u32 input holding each
-    /// model's seed and the step number (write a new step each run for a new mask).
+    /// Inverted dropout with probability `p`; `seed` is a `[G, 3]` u32 input holding each
+    /// model's seed, the step number (write a new step each run for a new mask) and the
+    /// index of this tensor's first element in the model's mask (0, or where a micro-batch
+    /// of a larger batch starts, so its mask is that batch's).
     pub fn dropout(&mut self, x: TensorId, seed: TensorId, p: f32) -> Result<TensorId> {
         self.check_dtype("dropout", x, DType::F32)?;
         self.check_seed("dropout", seed)?;

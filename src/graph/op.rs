@@ -191,7 +191,8 @@ pub enum Op {
         /// Log-softmax instead of softmax.
         log: bool,
     },
-    /// `[x, seed]`: inverted dropout; `seed` is a `[G, 2]` u32 input (per-model seed, step)
+    /// `[x, seed]`: inverted dropout; `seed` is a `[G, 3]` u32 input (per-model seed, step,
+    /// element offset)
     /// so each model draws an independent stream and each step a new mask.
     Dropout {
         /// Probability of zeroing an element.

@@ -63,8 +63,11 @@ pub struct Built {
     pub state: Vec<(StateEntry, TensorId)>,
     /// In-place updates the training step must run (BatchNorm running estimates).
     pub updates: Vec<Update>,
-    /// Dropout seed inputs (`[G, 2]` u32: seed, step), one per dropout layer.
+    /// Dropout seed inputs (`[G, 3]` u32: seed, step, element offset), one per dropout layer.
     pub dropout_seeds: Vec<TensorId>,
+    /// Elements per sample of each dropout layer's input (a micro-batch starting at sample
+    /// s has element offset `s * elems`).
+    pub dropout_sample_elems: Vec<usize>,
 }
 
 impl Built {
@@ -171,6 +174,7 @@ impl ModelSpec {
         let mut state = Vec::new();
         let mut updates = Vec::new();
         let mut dropout_seeds = Vec::new();
+        let mut dropout_sample_elems = Vec::new();
         let mut find = |graph: &mut Graph, name: &str| -> Result<Option<TensorId>> {
             let Some(e) = entries.iter().find(|e| e.name == name) else { return Ok(None) };
             let t = match e.kind {
@@ -259,14 +263,15 @@ impl ModelSpec {
                 Layer::Dropout { p: prob } => match mode {
                     Mode::Eval => h,
                     Mode::Train => {
-                        let seed = graph.input(&p("seed"), &[2], DType::U32)?;
+                        let seed = graph.input(&p("seed"), &[3], DType::U32)?;
                         dropout_seeds.push(seed);
+                        dropout_sample_elems.push(graph.shape(h)[2..].iter().product());
                         graph.dropout(h, seed, *prob)?
                     }
                 },
                 Layer::Flatten => graph.flatten(h)?,
             };
         }
-        Ok(Built { output: h, state, updates, dropout_seeds })
+        Ok(Built { output: h, state, updates, dropout_seeds, dropout_sample_elems })
     }
 }

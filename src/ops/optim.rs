@@ -70,3 +70,11 @@ pub(crate) fn lower_guard(ctx: &Lower, g: usize, loss: &wgpu::Buffer, dead: &wgp
     let kernel = ctx.kernel(&OPTIM, "guard", &[Binding::Read, Binding::ReadWrite], &[("WG", WG as f64)]);
     ctx.dispatch(kernel, "guard", &[g as u32, 1], &[loss, dead], grid_1d(g, WG))
 }
+
+/// `dst += src` over `numel` elements, or `dst = 0` when `src` is `None` (gradient
+/// accumulation over micro-batches).
+pub(crate) fn lower_accumulate(ctx: &Lower, numel: usize, dst: &wgpu::Buffer, src: Option<&wgpu::Buffer>) -> Dispatch {
+    let kernel = ctx.kernel(&OPTIM, "accumulate", &[Binding::ReadWrite, Binding::Read], &[("WG", WG as f64)]);
+    let words = [numel as u32, u32::from(src.is_some())];
+    ctx.dispatch(kernel, "accumulate", &words, &[dst, src.unwrap_or(ctx.dummy)], grid_1d(numel, WG))
+}

@@ -59,6 +59,19 @@ pub enum Update {
         /// Per-model freeze flags `[G, 1]` (state; non-zero: skip this model).
         dead: TensorId,
     },
+    /// Gradient accumulation: `dst += src` (same shape), for training a batch in
+    /// micro-batches.
+    Accumulate {
+        /// Accumulator (state), updated in place.
+        dst: TensorId,
+        /// What is added.
+        src: TensorId,
+    },
+    /// `dst = 0` (clears an accumulator once it has been used).
+    Zero {
+        /// State tensor cleared in place.
+        dst: TensorId,
+    },
     /// BatchNorm2d's running estimates, updated from the batch statistics `stats` (a
     /// `norm_stats` node with batch kind) as PyTorch does in training mode: `mean` and `var`
     /// are `[G, C]` state, `count` is `[G, 1]` state (batches tracked).
@@ -81,6 +94,8 @@ impl Update {
         match self {
             Update::Sgd { param, grad, momentum, hyper, dead } => vec![*param, *grad, *momentum, *hyper, *dead],
             Update::Guard { loss, dead } => vec![*loss, *dead],
+            Update::Accumulate { dst, src } => vec![*dst, *src],
+            Update::Zero { dst } => vec![*dst],
             Update::BatchNormRunning { stats, mean, var, count, .. } => vec![*stats, *mean, *var, *count],
             Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper, dead } => {
                 vec![*param, *grad, *exp_avg, *exp_avg_sq, *hyper, *dead]
@@ -874,6 +889,23 @@ fn check_updates(graph: &Graph, updates: &[Update]) -> Result<()> {
                 )));
             }
             Update::Guard { .. } => {}
+            Update::Accumulate { dst, src } => {
+                if !matches!(graph.node(dst).op, Op::State { .. })
+                    || graph.shape(dst) != graph.shape(src)
+                    || graph.node(src).dtype != DType::F32
+                {
+                    return Err(Error::Usage(format!(
+                        "accumulate update: the accumulator must be an f32 state tensor shaped like the addend, got {:?} and {:?}",
+                        graph.shape(dst),
+                        graph.shape(src)
+                    )));
+                }
+            }
+            Update::Zero { dst } => {
+                if !matches!(graph.node(dst).op, Op::State { .. }) {
+                    return Err(Error::Usage("zero update: only state tensors can be cleared".into()));
+                }
+            }
             Update::Sgd { param, grad, momentum, hyper, .. } => {
                 let ps = graph.shape(param);
                 if !matches!(graph.node(param).op, Op::Param { .. })
@@ -974,6 +1006,13 @@ fn lower_updates<'b>(
                     buf(hyper),
                     buf(dead),
                 ));
+            }
+            Update::Accumulate { dst, src } => {
+                let numel = graph.node(dst).numel();
+                out.push(ops::optim::lower_accumulate(ctx, numel, buf(dst), Some(buf(src))));
+            }
+            Update::Zero { dst } => {
+                out.push(ops::optim::lower_accumulate(ctx, graph.node(dst).numel(), buf(dst), None));
             }
             Update::BatchNormRunning { stats, mean, var, count, momentum } => {
                 let x = ops::Image::of(graph.shape(graph.node(stats).inputs[0]));
