@@ -7,6 +7,7 @@
 #[cfg(not(target_arch = "wasm32"))]
 mod checkpoint;
 mod eval;
+mod micro;
 mod predict;
 mod schedule;
 mod shard;
@@ -254,6 +255,9 @@ pub struct Trainer<'a> {
     loss: TensorId,
     correct: TensorId,
     dropout_seeds: Vec<TensorId>,
+    /// Micro-batch plans when one model's batch does not fit one pass (`plan` then applies
+    /// the accumulated gradients).
+    micro: Option<micro::Micro>,
     opt: OptState,
     base_lr: Vec<f32>,
     n: usize,
@@ -333,9 +337,28 @@ impl<'a> Trainer<'a> {
         let mut updates = vec![Update::Guard { loss, dead: opt.dead() }];
         updates.extend(opt.updates().iter().cloned());
         updates.extend(built.updates.iter().cloned());
-        let plan = model.plan(gpu, &graph, &[loss, correct], &updates)?;
-        plan.write_bytes(images, &data.images)?;
-        plan.write_bytes(labels, &data.labels)?;
+        // One pass per step, or micro-batches where one model's batch passes the binding limit.
+        let fits = crate::plan::one_model_fits(gpu, &graph, &[loss, correct], &updates);
+        let (plan, loss, correct, opt, micro) = match micro::plan(gpu, model, data, nb, config.normalize, fits)? {
+            None => {
+                let plan = model.plan(gpu, &graph, &[loss, correct], &updates)?;
+                plan.write_bytes(images, &data.images)?;
+                plan.write_bytes(labels, &data.labels)?;
+                (plan, loss, correct, opt, None)
+            }
+            Some((micro, mut apply)) => {
+                let opt = match &optimizer {
+                    Optimizer::Sgd(s) => OptState::Sgd(s.attach(&mut apply.graph, &apply.params)?),
+                    Optimizer::Adam(a) => OptState::Adam(a.attach(&mut apply.graph, &apply.params)?),
+                };
+                let mut updates = vec![Update::Guard { loss: apply.loss, dead: opt.dead() }];
+                updates.extend(opt.updates().iter().cloned());
+                updates.extend(apply.clear);
+                let keep = [apply.loss, apply.correct];
+                let plan = Plan::sharing(gpu, &apply.graph, &keep, &updates, &micro.plans[0].plan)?;
+                (plan, apply.loss, apply.correct, opt, Some(micro))
+            }
+        };
         opt.upload(&plan)?;
         let log_rows = config.metrics_every;
         let log_bytes = (2 * log_rows * g * 4) as u64;
@@ -357,6 +380,7 @@ impl<'a> Trainer<'a> {
             loss,
             correct,
             dropout_seeds: built.dropout_seeds,
+            micro,
             opt,
             base_lr,
             n: data.n,
@@ -459,15 +483,32 @@ impl<'a> Trainer<'a> {
     fn run_step(&mut self) -> Result<()> {
         let g = self.model.models();
         self.fill_indices();
-        self.plan.write_u32(self.indices, &self.idx_host)?;
-        for (l, &t) in self.dropout_seeds.iter().enumerate() {
-            let seeds: Vec<u32> = (self.model.first()..self.model.first() + g)
+        let seeds = |l: usize, offset: usize| -> Vec<u32> {
+            (self.model.first()..self.model.first() + g)
                 .flat_map(|m| {
                     let s = Rng::new(self.config.seed ^ ((l as u64 + 1) << 40) ^ m as u64).next_u64() as u32;
-                    [s, self.step as u32, 0]
+                    [s, self.step as u32, offset as u32]
                 })
-                .collect();
-            self.plan.write_u32(t, &seeds)?;
+                .collect()
+        };
+        if let Some(micro) = &self.micro {
+            // Each micro-batch: its slice of every model's indices and its part of the masks.
+            let nb = self.config.batch_size;
+            for &(i, first) in &micro.passes {
+                let mp = &micro.plans[i];
+                let idx: Vec<u32> =
+                    (0..g).flat_map(|m| self.idx_host[m * nb + first..m * nb + first + mp.size].to_vec()).collect();
+                mp.plan.write_u32(mp.indices, &idx)?;
+                for (l, (&t, &elems)) in mp.dropout_seeds.iter().zip(&mp.dropout_elems).enumerate() {
+                    mp.plan.write_u32(t, &seeds(l, first * elems))?;
+                }
+                mp.plan.run()?;
+            }
+        } else {
+            self.plan.write_u32(self.indices, &self.idx_host)?;
+            for (l, &t) in self.dropout_seeds.iter().enumerate() {
+                self.plan.write_u32(t, &seeds(l, 0))?;
+            }
         }
         let row = (self.step as usize) % self.log_rows;
         let loss_off = (row * g * 4) as u64;
@@ -479,6 +520,12 @@ impl<'a> Trainer<'a> {
             self.apply_schedule()?;
         }
         Ok(())
+    }
+
+    /// Passes per step: 1, or the number of micro-batches when one model's batch does not
+    /// fit the adapter's binding limit in one pass.
+    pub fn micro_batches(&self) -> usize {
+        self.micro.as_ref().map_or(1, |m| m.passes.len())
     }
 
     /// Runs `steps` training steps. Metrics of completed readbacks are delivered to

@@ -147,3 +147,58 @@ fn evaluation_takes_fewer_samples_per_pass_when_one_model_does_not_fit() {
     let (a, b): (Vec<f32>, Vec<f32>) = split.loss.iter().zip(&whole.loss).map(|(&x, &y)| (x as f32, y as f32)).unzip();
     close("evaluation loss", &a, &b);
 }
+
+/// The BatchNorm-free variant of `spec()` (dropout kept): batch statistics would change
+/// with micro-batches, nothing else does.
+fn spec_without_batchnorm() -> ModelSpec {
+    ModelSpec::from_json(
+        r#"{"input": [1, 12, 12], "layers": [
+            {"type": "conv2d", "out_channels": 5, "kernel_size": 3, "padding": 1},
+            {"type": "relu"},
+            {"type": "maxpool2d", "kernel_size": 2},
+            {"type": "flatten"},
+            {"type": "dropout", "p": 0.3},
+            {"type": "linear", "out_features": 10}
+        ]}"#,
+    )
+    .unwrap()
+}
+
+fn train_micro(gpu: &Gpu, spec: &ModelSpec, data: &Dataset) -> (Vec<StepMetrics>, Vec<Vec<f32>>, usize) {
+    let g = 3;
+    let model = BatchModel::new(gpu, spec, g, 4).unwrap();
+    let opt = Optimizer::Sgd(Sgd::new(PerModel::log_space(0.02, 0.2, g)).momentum(0.9));
+    let config = TrainConfig { batch_size: 14, metrics_every: 2, seed: 3, ..TrainConfig::default() };
+    let mut t = Trainer::new(gpu, &model, data, opt, config).unwrap();
+    let mut metrics = Vec::new();
+    t.train(4, |m| metrics.extend_from_slice(m)).unwrap();
+    t.finish(|m| metrics.extend_from_slice(m)).unwrap();
+    (metrics, pollster::block_on(model.state_dicts_batched()).unwrap(), t.micro_batches())
+}
+
+#[test]
+fn a_batch_beyond_the_binding_limit_trains_in_micro_batches_like_one_pass() {
+    let gpu = gpu_or_skip!();
+    let data = synthetic(40, 144, 7);
+    let (want, want_state, passes) = train_micro(gpu, &spec_without_batchnorm(), &data);
+    assert_eq!(passes, 1);
+    // The conv output is 2,880 bytes per sample: a 16 KiB binding holds 5 samples of one
+    // model, so a batch of 14 runs as micro-batches of 5, 5 and 4 (and one model per chunk).
+    let small = gpu.restricted(16 << 10, 1 << 30);
+    let (got, got_state, passes) = train_micro(&small, &spec_without_batchnorm(), &data);
+    assert_eq!(passes, 3);
+    assert_eq!(got.len(), want.len());
+    for (a, b) in got.iter().zip(&want) {
+        close(&format!("loss at step {}", a.step), &a.loss, &b.loss);
+        assert_eq!(a.correct, b.correct, "correct at step {}", a.step);
+    }
+    for (i, (a, b)) in got_state.iter().zip(&want_state).enumerate() {
+        close(&format!("state tensor {i}"), a, b);
+    }
+    // With BatchNorm the batch statistics would change: a clear error instead.
+    let model = BatchModel::new(&small, &spec(), 3, 4).unwrap();
+    let opt = Optimizer::Sgd(Sgd::new(0.1));
+    let config = TrainConfig { batch_size: 14, ..TrainConfig::default() };
+    let e = Trainer::new(&small, &model, &data, opt, config).err().expect("BatchNorm cannot split").to_string();
+    assert!(e.contains("BatchNorm") && e.contains("smaller batch"), "{e}");
+}

@@ -92,6 +92,13 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         if a.no_shuffle { "file order" } else { "shuffled per model" }
     );
     println!("optimizer: {}", describe(&hyper, &a.schedule));
+    let (chunks, micro) = (trainer.plan().stats().chunks, trainer.micro_batches());
+    if chunks > 1 || micro > 1 {
+        println!(
+            "split to fit the adapter's {} MiB bindings: {chunks} chunk(s) of models per pass, {micro} micro-batch(es) per step",
+            gpu.limits().max_storage_buffer_binding_size >> 20
+        );
+    }
 
     let samples_per_step = (g * a.batch_size) as u64;
     let mut progress = Progress::new(total, samples_per_step);
