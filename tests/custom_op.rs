@@ -121,9 +121,9 @@ fn swish_after_linear_matches_cpu_and_finite_differences() {
 }
 
 /// Linear(8 → 16) → Swish(beta) → Linear(16 → 3) → cross-entropy, trained by SGD.
-#[test]
-fn sgd_through_swish_reduces_every_models_loss() {
-    let gpu = gpu_or_skip!();
+/// 40 SGD steps of Linear -> Swish -> Linear for 4 models: (first losses, last losses,
+/// betas, chunks of models per pass).
+fn swish_training(gpu: &modelbatch::Gpu) -> (Vec<f32>, Vec<f32>, Vec<f32>, usize) {
     let (g, n, d_in, hidden, classes) = (4, 32, 8, 16, 3);
     let mut graph = Graph::new(g);
     let x = graph.input("x", &[n, d_in], DType::F32).unwrap();
@@ -173,6 +173,15 @@ fn sgd_through_swish_reduces_every_models_loss() {
         }
     }
     let betas = plan.read_blocking(beta).unwrap();
+    (first, last, betas, plan.stats().chunks)
+}
+
+#[test]
+fn sgd_through_swish_reduces_every_models_loss() {
+    let gpu = gpu_or_skip!();
+    let g = 4;
+    let (first, last, betas, chunks) = swish_training(gpu);
+    assert_eq!(chunks, 1);
     for m in 0..g {
         assert!(last[m].is_finite() && last[m] < 0.5 * first[m], "model {m}: loss {} -> {}", first[m], last[m]);
         assert_ne!(betas[m], 1.0, "model {m}: beta never moved");
@@ -180,6 +189,21 @@ fn sgd_through_swish_reduces_every_models_loss() {
             assert_eq!(first[m], first[0], "identical models start with identical losses");
             assert_ne!(last[m], last[m - 1], "models {m} and {} ended equal despite different learning rates", m - 1);
             assert_ne!(betas[m], betas[m - 1], "models {m} and {} learned the same beta", m - 1);
+        }
+    }
+    // A custom op in a plan split into chunks of models (the kernel sees the chunk's G):
+    // hidden activations are 32 x 16 floats = 2 KiB per model, 4 KiB bindings take 2 models.
+    let small = gpu.restricted(4 << 10, 1 << 30);
+    let (first2, last2, betas2, chunks2) = swish_training(&small);
+    assert_eq!(chunks2, 2);
+    for (what, a, b) in [("first loss", &first2, &first), ("last loss", &last2, &last), ("beta", &betas2, &betas)] {
+        for m in 0..g {
+            assert!(
+                (a[m] - b[m]).abs() <= 1e-5 * b[m].abs().max(1.0),
+                "{what} of model {m}: split {} vs {}",
+                a[m],
+                b[m]
+            );
         }
     }
 }
