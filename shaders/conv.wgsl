@@ -362,12 +362,14 @@ fn conv2d_grad_weight_reduce(
 // axes swapped (w(c, o, ky, kx) = w[o, c, kh-1-ky, kw-1-kx], padding kh-1-p0): the weight is
 // addressed through strides (wrapping u32 arithmetic for the negative ones).
 //
-// One invocation: a strip of 4 consecutive output columns (one vec4 accumulator per output
-// channel) of one image, for OB output channels. A workgroup shares one output row oy and one
-// block of OB output channels (wid.y), its invocations walk (n, strip): the kernel rows that
-// land inside the input are a workgroup-uniform range (padding rows are skipped, not masked),
-// and the weight loads are uniform. For each (c, ky) the strip's KW + 3 input values are loaded
-// once and reused for every kx: KW + 3 loads per 4 * KW * OB multiply-adds.
+// One invocation: a strip of 8 consecutive output columns (two vec4 accumulators per output
+// channel) of one image, for OB output channels. A workgroup shares one output row oy
+// and one block of OB output channels (wid.y), its invocations walk (n, strip): the kernel rows
+// that land inside the input are a workgroup-uniform range (padding rows are skipped, not
+// masked), and the weight loads are uniform. For each (c, ky) the strip's KW + 7 input values
+// are loaded once and reused for every kx, and each weight serves 8 columns. (Measured on
+// lavapipe: 4 output channels x 8 columns beat 8 x 4 by 1.3x, as many accumulators but fewer
+// loads per multiply-add.)
 //
 // conv2d_grad_weight_direct: dw(o, c, ky, kx) = sum over (n, oy, ox) of dy[n, o, oy, ox] *
 // x[n, c, oy + ky - p0, ox + kx - p1]. One invocation owns a kernel row (c, ky) for OB output
@@ -389,7 +391,7 @@ struct Direct {
     kh: u32,
     p0: u32,      // input row = output row + ky - p0
     p1: u32,
-    strips: u32,  // ceil(ow / 4)
+    strips: u32,  // ceil(ow / 8)
     oblocks: u32, // ceil(cog / OB)
     flags: u32,   // bit 0: add bias
     w_oc: u32,    // weight strides: output channel, input channel, ky, kx (wrapping u32)
@@ -431,7 +433,7 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
         return;
     }
     let n = t / q.strips;
-    let ox0 = (t - n * q.strips) * 4u;
+    let ox0 = (t - n * q.strips) * 8u;
     let ihw = q.ih * q.iw;
     // Kernel rows with 0 <= oy + ky - p0 < ih (uniform over the workgroup).
     let ky_lo = select(0u, q.p0 - oy, oy < q.p0);
@@ -442,25 +444,32 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
         wo[j] = z * q.wgrp + q.w0 + min(o0 + j, q.cog - 1u) * q.w_oc;
     }
     let xb = ((g * q.n + n) * q.ci + grp * q.cig) * ihw;
-    // Input columns col0 + i for the strip's tap kx and column s: i = kx + s.
+    // Input column of tap kx for the strip's column s: col0 + kx + s.
     let col0 = ox0 - q.p1;
+    // Columns 0-3 of the strip in acc, 4-7 in acc2.
     var acc: array<vec4<f32>, MAX_OB>;
+    var acc2: array<vec4<f32>, MAX_OB>;
     for (var c = 0u; c < q.cig; c++) {
         for (var ky = ky_lo; ky < ky_end; ky++) {
             let row = xb + c * ihw + (oy + ky - q.p0) * q.iw;
             let wk = c * q.w_ic + ky * q.w_ky;
-            // xv holds the inputs of tap kx for the 4 columns; sliding it by one column per
-            // tap loads KW + 3 values per row. (No private array: lavapipe indexes those
-            // through memory unless every index is a constant.)
+            // (xv, xv2) hold the inputs of tap kx for the strip's columns; sliding them by one
+            // column per tap loads KW + 7 values per row. (No private array:
+            // lavapipe indexes those through memory unless every index is a constant.)
             var xv = vec4<f32>(direct_x(row, col0), direct_x(row, col0 + 1u), direct_x(row, col0 + 2u),
                                direct_x(row, col0 + 3u));
+            var xv2 = vec4<f32>(direct_x(row, col0 + 4u), direct_x(row, col0 + 5u), direct_x(row, col0 + 6u),
+                                direct_x(row, col0 + 7u));
             for (var kx = 0u; kx < KW; kx++) {
                 let wx = wk + kx * q.w_kx;
                 for (var j = 0u; j < OB; j++) {
-                    acc[j] += xv * b_in[wo[j] + wx];
+                    let wv = b_in[wo[j] + wx];
+                    acc[j] += xv * wv;
+                    acc2[j] += xv2 * wv;
                 }
                 if (kx + 1u < KW) {
-                    xv = vec4<f32>(xv.yzw, direct_x(row, col0 + kx + 4u));
+                    xv = vec4<f32>(xv.yzw, xv2.x);
+                    xv2 = vec4<f32>(xv2.yzw, direct_x(row, col0 + kx + 8u));
                 }
             }
         }
@@ -470,13 +479,13 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
     for (var j = 0u; j < OB; j++) {
         let o = o0 + j;
         if (o < q.cog) {
-            var v = acc[j];
+            var add = 0.0;
             if ((q.flags & 1u) != 0u) {
-                v += bias[g * q.co + grp * q.cog + o];
+                add = bias[g * q.co + grp * q.cog + o];
             }
-            for (var s = 0u; s < 4u; s++) {
+            for (var s = 0u; s < 8u; s++) {
                 if (ox0 + s < q.ow) {
-                    out4[ob + o * ohw + s] = v[s];
+                    out4[ob + o * ohw + s] = select(acc2[j][s & 3u], acc[j][s & 3u], s < 4u) + add;
                 }
             }
         }

@@ -329,8 +329,8 @@ fn kernel_sizes_1x1_3x3_5x5() {
 }
 
 /// The direct kernels slide a window of up to 8 columns (two vec4): kernel widths 1 to 8, odd
-/// output widths, 1 to 17 output channels (blocks of up to 8); wider kernels take the general
-/// kernels.
+/// output widths, 1 to 17 output channels (blocks of up to 4 and 8); wider kernels take the
+/// general kernels.
 #[test]
 fn direct_kernel_widths() {
     let gpu = gpu_or_skip!();
@@ -396,14 +396,13 @@ fn x_axis_past_the_dispatch_limit() {
     }
 }
 
-/// The direct (stride-1) kernels: one invocation per image and strip of 4 output columns,
-/// 64 per workgroup, so 65,535 workgroups hold 4,194,240 strips; 263 images of 64,000
-/// columns have 4,208,000. (The weight gradient, one output row of 64,000 columns per image,
-/// runs the general kernel.)
+/// The direct (stride-1) kernels: one invocation per image and strip of 8 output columns, 64
+/// per workgroup, so 65,535 workgroups hold 4,194,240 strips; 4,200,000 one-pixel images have
+/// more.
 #[test]
 fn direct_x_axis_past_the_dispatch_limit() {
     let gpu = gpu_or_skip!();
-    let spec = Spec::new(1, 263, 1, 1, [1, 64_000], [1, 1]).no_bias();
+    let spec = Spec::new(1, 4_200_000, 1, 1, [1, 1], [1, 1]).no_bias();
     let case = Case::new(gpu, spec, 8);
     case.check_reference();
     let labels = case.labels();
@@ -412,14 +411,14 @@ fn direct_x_axis_past_the_dispatch_limit() {
     }
 }
 
-/// The direct kernels give each output row its own workgroup row (times the blocks of 8
-/// output channels): past 65,535 rows the forward pass and the input gradient fall back to
+/// The direct kernels give each output row its own workgroup row (times the blocks of up to
+/// 4 output channels): past 65,535 rows the forward pass and the input gradient fall back to
 /// the general kernels; the direct weight gradient splits its 70,000 rows.
 #[test]
 fn direct_rows_past_the_dispatch_limit() {
     let gpu = gpu_or_skip!();
     check(gpu, Spec::new(1, 1, 1, 2, [70_000, 1], [1, 1]));
-    // 9 output channels: 2 blocks of 5, 33,000 rows: 66,000 workgroup rows.
+    // 9 output channels: 3 blocks of 3, 33,000 rows: 99,000 workgroup rows.
     check(gpu, Spec::new(1, 1, 2, 9, [33_000, 3], [3, 3]).padding([1, 1]));
 }
 

@@ -5,6 +5,12 @@
 //! outputs per invocation; no im2col buffer is materialised. The weight gradient has a small
 //! output and a long depth (every sample and output position), so it is split along the
 //! depth (split-K) into partial sums that a second dispatch adds in a fixed order.
+//!
+//! Stride-1, undilated convolutions with kernels up to 8 wide (LeNet's) take direct kernels
+//! instead (`conv2d_direct`, `conv2d_grad_weight_direct`), which reuse each loaded input across
+//! the kernel's taps; the input gradient is then the forward kernel applied to dy with the
+//! flipped weight. Measured on lavapipe at G=64, N=128 they run LeNet's convolutions 2.5-6x
+//! faster than the implicit GEMM.
 
 use std::sync::Arc;
 
@@ -228,6 +234,7 @@ pub(crate) fn lower_grad_weight(
     const LABEL: &str = "conv2d_grad_weight";
     let d = dims(LABEL, s)?;
     if let Some(c) = Corr::forward(s, &d) {
+        let c = Corr { max_ob: GRAD_WEIGHT_OB, ..c };
         if let Some(out) = grad_weight_direct(ctx, LABEL, &c, &d, [dy, x, dw])? {
             return Ok(out);
         }
@@ -271,8 +278,14 @@ pub(crate) fn lower_grad_weight(
 
 /// Widest kernel of the direct kernels (`MAX_KW` in the shader).
 const DIRECT_MAX_KW: usize = 8;
-/// Most output channels per invocation of the direct kernels (at most `MAX_OB` = 8).
-const DIRECT_OB: usize = 8;
+/// Output columns per invocation of `conv2d_direct` (a strip).
+const STRIP: usize = 8;
+/// Most output channels per invocation of `conv2d_direct` and of
+/// `conv2d_grad_weight_direct` (at most `MAX_OB` = 8). Measured on lavapipe: 4 x 8 columns
+/// beat 8 x 4 columns by 1.3x in the forward pass (fewer weight loads per multiply-add, as
+/// many accumulators); the weight gradient is 1.25x faster with 8 than with 4.
+const DIRECT_OB: usize = 4;
+const GRAD_WEIGHT_OB: usize = 8;
 
 /// A stride-1, undilated correlation as `conv2d_direct` computes it (`Direct` in the shader):
 /// `y[n, o, oy, ox]` sums `x[n, c, oy + ky - p0, ox + kx - p1] w(o, c, ky, kx)` over the
@@ -296,6 +309,8 @@ struct Corr {
     /// the offset of tap (0, 0) within a group.
     strides: [i64; 4],
     w0: usize,
+    /// Most output channels per invocation.
+    max_ob: usize,
 }
 
 impl Corr {
@@ -325,6 +340,7 @@ impl Corr {
             padding: s.geom.padding,
             strides: [(d.cg * kh * kw) as i64, (kh * kw) as i64, kw as i64, 1],
             w0: 0,
+            max_ob: DIRECT_OB,
         })
     }
 
@@ -347,6 +363,7 @@ impl Corr {
             padding: [kh - 1 - p[0], kw - 1 - p[1]],
             strides: [(kh * kw) as i64, (d.cg * kh * kw) as i64, -(kw as i64), -1],
             w0: kh * kw - 1,
+            max_ob: DIRECT_OB,
         })
     }
 
@@ -356,13 +373,13 @@ impl Corr {
         let [kh, kw] = self.kernel;
         let ob = self.ob();
         let per_row = 2 + (kw + 3) + kw * (ob + 1);
-        let iterations = ob + self.cig * (1 + kh * per_row) + 5 * ob;
+        let iterations = ob + self.cig * (1 + kh * per_row) + ob * (1 + STRIP);
         iterations <= LOOP_BUDGET && self.oh * self.cog.div_ceil(ob) <= MAX_GROUPS
     }
 
-    /// Output channels per invocation: blocks of at most `DIRECT_OB`, balanced.
+    /// Output channels per invocation: blocks of at most `max_ob`, balanced.
     fn ob(&self) -> usize {
-        self.cog.div_ceil(self.cog.div_ceil(DIRECT_OB))
+        self.cog.div_ceil(self.cog.div_ceil(self.max_ob))
     }
 
     /// The uniform `Direct` of the shader, with the per-dispatch offsets zero.
@@ -382,7 +399,7 @@ impl Corr {
             self.kernel[0] as u32,
             self.padding[0] as u32,
             self.padding[1] as u32,
-            self.ow.div_ceil(4) as u32,
+            self.ow.div_ceil(STRIP) as u32,
             self.cog.div_ceil(ob) as u32,
             flags,
             self.strides[0] as u32,
@@ -418,7 +435,7 @@ fn direct(
     let ob = c.ob();
     let oblocks = c.cog.div_ceil(ob);
     // One invocation per (image, strip of 4 columns); one workgroup row per (oy, block).
-    let threads = c.n * c.ow.div_ceil(4);
+    let threads = c.n * c.ow.div_ceil(STRIP);
     let wgx = workgroup(threads);
     let kernel =
         c.kernel(ctx, "conv2d_direct", &[Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
