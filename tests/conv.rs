@@ -328,6 +328,20 @@ fn kernel_sizes_1x1_3x3_5x5() {
     check(gpu, Spec::new(2, 2, 3, 6, [9, 7], [5, 5]).padding([1, 2]));
 }
 
+/// The direct kernels slide a window of up to 8 columns (two vec4): kernel widths 1 to 8, odd
+/// output widths, 1 to 17 output channels (blocks of up to 4 and 8); wider kernels take the
+/// general kernels.
+#[test]
+fn direct_kernel_widths() {
+    let gpu = gpu_or_skip!();
+    check(gpu, Spec::new(2, 3, 3, 5, [6, 13], [2, 6]).padding([1, 2]));
+    check(gpu, Spec::new(2, 2, 2, 17, [5, 11], [3, 7]).padding([0, 6]).no_bias());
+    check(gpu, Spec::new(1, 3, 4, 1, [4, 9], [1, 8]).padding([0, 3]));
+    check(gpu, Spec::new(2, 2, 4, 6, [3, 16], [2, 8]).groups(2));
+    check(gpu, Spec::new(2, 2, 3, 4, [5, 12], [3, 9]).padding([1, 4]));
+    check(gpu, Spec::new(3, 1, 1, 8, [9, 4], [4, 4]).padding([3, 3]));
+}
+
 #[test]
 fn non_square_kernels_and_inputs() {
     let gpu = gpu_or_skip!();
@@ -369,16 +383,43 @@ fn z_axis_past_the_dispatch_limit() {
 #[test]
 fn x_axis_past_the_dispatch_limit() {
     let gpu = gpu_or_skip!();
-    // 64 invocations per workgroup, one per position (and block of 4 images): 65,535
-    // workgroups hold 4,194,240 positions; 2100 x 2100 has more. No bias: its gradient, a
-    // `sum` over 4.4M positions, is blocked (see below).
-    let spec = Spec::new(1, 1, 1, 1, [2100, 2100], [1, 1]).no_bias();
+    // The general kernels (dilation 2 keeps stride-1 convolutions off the direct kernels; a
+    // 1x1 kernel ignores it): 64 invocations per workgroup, one per position (and block of 4
+    // images): 65,535 workgroups hold 4,194,240 positions; 2100 x 2100 has more. No bias: its
+    // gradient, a `sum` over 4.4M positions, is blocked (see below).
+    let spec = Spec::new(1, 1, 1, 1, [2100, 2100], [1, 1]).dilation([2, 2]).no_bias();
     let case = Case::new(gpu, spec, 7);
     case.check_reference();
     let labels = case.labels();
     for l in ["conv2d", "conv2d_grad_input"] {
         assert_eq!(labels.iter().filter(|&&x| x == l).count(), 2, "{l} should take two dispatches: {labels:?}");
     }
+}
+
+/// The direct (stride-1) kernels: one invocation per image and strip of 8 output columns, 64
+/// per workgroup, so 65,535 workgroups hold 4,194,240 strips; 4,200,000 one-pixel images have
+/// more.
+#[test]
+fn direct_x_axis_past_the_dispatch_limit() {
+    let gpu = gpu_or_skip!();
+    let spec = Spec::new(1, 4_200_000, 1, 1, [1, 1], [1, 1]).no_bias();
+    let case = Case::new(gpu, spec, 8);
+    case.check_reference();
+    let labels = case.labels();
+    for l in ["conv2d", "conv2d_grad_input"] {
+        assert_eq!(labels.iter().filter(|&&x| x == l).count(), 2, "{l} should take two dispatches: {labels:?}");
+    }
+}
+
+/// The direct kernels give each output row its own workgroup row (times the blocks of up to
+/// 4 output channels): past 65,535 rows the forward pass and the input gradient fall back to
+/// the general kernels; the direct weight gradient splits its 70,000 rows.
+#[test]
+fn direct_rows_past_the_dispatch_limit() {
+    let gpu = gpu_or_skip!();
+    check(gpu, Spec::new(1, 1, 1, 2, [70_000, 1], [1, 1]));
+    // 9 output channels: 3 blocks of 3, 33,000 rows: 99,000 workgroup rows.
+    check(gpu, Spec::new(1, 1, 2, 9, [33_000, 3], [3, 3]).padding([1, 1]));
 }
 
 /// lavapipe stops every loop of an invocation once 65,535 iterations (all loops together)

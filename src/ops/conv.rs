@@ -5,6 +5,12 @@
 //! outputs per invocation; no im2col buffer is materialised. The weight gradient has a small
 //! output and a long depth (every sample and output position), so it is split along the
 //! depth (split-K) into partial sums that a second dispatch adds in a fixed order.
+//!
+//! Stride-1, undilated convolutions with kernels up to 8 wide (LeNet's) take direct kernels
+//! instead (`conv2d_direct`, `conv2d_grad_weight_direct`), which reuse each loaded input across
+//! the kernel's taps; the input gradient is then the forward kernel applied to dy with the
+//! flipped weight. Measured on lavapipe at G=64, N=128 they run LeNet's convolutions 2.5-6x
+//! faster than the implicit GEMM.
 
 use std::sync::Arc;
 
@@ -183,6 +189,9 @@ pub(crate) fn lower_forward(
 ) -> Result<Vec<Dispatch>> {
     const LABEL: &str = "conv2d";
     let d = dims(LABEL, s)?;
+    if let Some(c) = Corr::forward(s, &d).filter(Corr::direct_fits) {
+        return direct(ctx, LABEL, &c, &d, [x, w, bias.unwrap_or(ctx.dummy), out], bias.is_some());
+    }
     // One invocation per output position and block of 4 images.
     let threads = s.y.n.div_ceil(4) * s.y.h * s.y.w;
     let wgx = workgroup(threads);
@@ -202,6 +211,9 @@ pub(crate) fn lower_grad_input(
 ) -> Result<Vec<Dispatch>> {
     const LABEL: &str = "conv2d_grad_input";
     let d = dims(LABEL, s)?;
+    if let Some(c) = Corr::grad_input(s, &d).filter(Corr::direct_fits) {
+        return direct(ctx, LABEL, &c, &d, [dy, w, ctx.dummy, dx], false);
+    }
     // One invocation per input position and block of 4 images.
     let threads = s.x.n.div_ceil(4) * s.x.h * s.x.w;
     let wgx = workgroup(threads);
@@ -221,6 +233,12 @@ pub(crate) fn lower_grad_weight(
 ) -> Result<Vec<Dispatch>> {
     const LABEL: &str = "conv2d_grad_weight";
     let d = dims(LABEL, s)?;
+    if let Some(c) = Corr::forward(s, &d) {
+        let c = Corr { max_ob: GRAD_WEIGHT_OB, ..c };
+        if let Some(out) = grad_weight_direct(ctx, LABEL, &c, &d, [dy, x, dw])? {
+            return Ok(out);
+        }
+    }
     let cols = d.cg * d.kk;
     let total = d.g * s.y.c * cols;
     let out_rows = s.y.n * s.y.h;
@@ -256,4 +274,227 @@ pub(crate) fn lower_grad_weight(
     let reduce = ctx.kernel(&CONV, "conv2d_grad_weight_reduce", &[Binding::Read, Binding::ReadWrite], &[]);
     out.push(ctx.dispatch(reduce, "conv2d_grad_weight_reduce", &words, &[&partial, dw], grid_1d(total, REDUCE_WG)));
     Ok(out)
+}
+
+/// Widest kernel of the direct kernels (`MAX_KW` in the shader).
+const DIRECT_MAX_KW: usize = 8;
+/// Output columns per invocation of `conv2d_direct` (a strip).
+const STRIP: usize = 8;
+/// Most output channels per invocation of `conv2d_direct` and of
+/// `conv2d_grad_weight_direct` (at most `MAX_OB` = 8). Measured on lavapipe: 4 x 8 columns
+/// beat 8 x 4 columns by 1.3x in the forward pass (fewer weight loads per multiply-add, as
+/// many accumulators); the weight gradient is 1.25x faster with 8 than with 4.
+const DIRECT_OB: usize = 4;
+const GRAD_WEIGHT_OB: usize = 8;
+
+/// A stride-1, undilated correlation as `conv2d_direct` computes it (`Direct` in the shader):
+/// `y[n, o, oy, ox]` sums `x[n, c, oy + ky - p0, ox + kx - p1] w(o, c, ky, kx)` over the
+/// group's channels and the taps. It is the forward pass, or the input gradient (dy correlated
+/// with the flipped kernel).
+struct Corr {
+    n: usize,
+    /// Input channels, rows, columns (all groups).
+    ci: usize,
+    ih: usize,
+    iw: usize,
+    /// Output channels, rows, columns.
+    co: usize,
+    oh: usize,
+    ow: usize,
+    cig: usize,
+    cog: usize,
+    kernel: [usize; 2],
+    padding: [usize; 2],
+    /// Weight strides along output channel, input channel, ky, kx (negative: flipped), and
+    /// the offset of tap (0, 0) within a group.
+    strides: [i64; 4],
+    w0: usize,
+    /// Most output channels per invocation.
+    max_ob: usize,
+}
+
+impl Corr {
+    /// Whether the direct kernels handle this geometry: stride 1, dilation 1, a kernel at
+    /// most `DIRECT_MAX_KW` wide, padding under the kernel size.
+    fn fits(s: &Conv) -> bool {
+        let g = s.geom;
+        g.stride == [1, 1]
+            && g.dilation == [1, 1]
+            && g.kernel[1] <= DIRECT_MAX_KW
+            && (0..2).all(|a| g.padding[a] < g.kernel[a])
+    }
+
+    fn forward(s: &Conv, d: &Dims) -> Option<Corr> {
+        let (x, y, [kh, kw]) = (s.x, s.y, s.geom.kernel);
+        Corr::fits(s).then(|| Corr {
+            n: x.n,
+            ci: x.c,
+            ih: x.h,
+            iw: x.w,
+            co: y.c,
+            oh: y.h,
+            ow: y.w,
+            cig: d.cg,
+            cog: d.og,
+            kernel: s.geom.kernel,
+            padding: s.geom.padding,
+            strides: [(d.cg * kh * kw) as i64, (kh * kw) as i64, kw as i64, 1],
+            w0: 0,
+            max_ob: DIRECT_OB,
+        })
+    }
+
+    /// dx is dy correlated with the kernel flipped in both axes, input and output channels
+    /// swapped, padding `kernel - 1 - padding`.
+    fn grad_input(s: &Conv, d: &Dims) -> Option<Corr> {
+        let (x, y, [kh, kw]) = (s.x, s.y, s.geom.kernel);
+        let p = s.geom.padding;
+        Corr::fits(s).then(|| Corr {
+            n: x.n,
+            ci: y.c,
+            ih: y.h,
+            iw: y.w,
+            co: x.c,
+            oh: x.h,
+            ow: x.w,
+            cig: d.og,
+            cog: d.cg,
+            kernel: s.geom.kernel,
+            padding: [kh - 1 - p[0], kw - 1 - p[1]],
+            strides: [(kh * kw) as i64, (d.cg * kh * kw) as i64, -(kw as i64), -1],
+            w0: kh * kw - 1,
+            max_ob: DIRECT_OB,
+        })
+    }
+
+    /// Whether `conv2d_direct` can run this correlation: its loops (counted as if none were
+    /// unrolled) within lavapipe's budget, its grid rows within the dispatch limit.
+    fn direct_fits(&self) -> bool {
+        let [kh, kw] = self.kernel;
+        let ob = self.ob();
+        let per_row = 2 + (kw + 3) + kw * (ob + 1);
+        let iterations = ob + self.cig * (1 + kh * per_row) + ob * (1 + STRIP);
+        iterations <= LOOP_BUDGET && self.oh * self.cog.div_ceil(ob) <= MAX_GROUPS
+    }
+
+    /// Output channels per invocation: blocks of at most `max_ob`, balanced.
+    fn ob(&self) -> usize {
+        self.cog.div_ceil(self.cog.div_ceil(self.max_ob))
+    }
+
+    /// The uniform `Direct` of the shader, with the per-dispatch offsets zero.
+    fn words(&self, d: &Dims, flags: u32, splits: usize, rows_per_split: usize, total: usize) -> Vec<u32> {
+        let ob = self.ob();
+        let w = [
+            self.n as u32,
+            self.ci as u32,
+            self.ih as u32,
+            self.iw as u32,
+            self.co as u32,
+            self.oh as u32,
+            self.ow as u32,
+            d.groups as u32,
+            self.cig as u32,
+            self.cog as u32,
+            self.kernel[0] as u32,
+            self.padding[0] as u32,
+            self.padding[1] as u32,
+            self.ow.div_ceil(STRIP) as u32,
+            self.cog.div_ceil(ob) as u32,
+            flags,
+            self.strides[0] as u32,
+            self.strides[1] as u32,
+            self.strides[2] as u32,
+            self.strides[3] as u32,
+            0,
+            0,
+            self.w0 as u32,
+            (self.cig * self.cog * d.kk) as u32,
+            splits as u32,
+            rows_per_split as u32,
+            total as u32,
+        ];
+        w.to_vec()
+    }
+
+    fn kernel(&self, ctx: &Lower, entry: &'static str, storage: &[Binding], wgx: usize) -> Arc<Kernel> {
+        let consts = [("WGX", wgx as f64), ("KW", self.kernel[1] as f64), ("OB", self.ob() as f64)];
+        ctx.kernel(&CONV, entry, storage, &consts)
+    }
+}
+
+/// The forward pass or the input gradient through `conv2d_direct` (where `Corr::direct_fits`).
+fn direct(
+    ctx: &Lower,
+    label: &'static str,
+    c: &Corr,
+    d: &Dims,
+    [a, w, bias, out]: [&wgpu::Buffer; 4],
+    has_bias: bool,
+) -> Result<Vec<Dispatch>> {
+    let ob = c.ob();
+    let oblocks = c.cog.div_ceil(ob);
+    // One invocation per (image, strip of 4 columns); one workgroup row per (oy, block).
+    let threads = c.n * c.ow.div_ceil(STRIP);
+    let wgx = workgroup(threads);
+    let kernel =
+        c.kernel(ctx, "conv2d_direct", &[Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
+    let words = c.words(d, u32::from(has_bias), 1, 0, 0);
+    let grid = [threads.div_ceil(wgx), c.oh * oblocks, d.g * d.groups];
+    tiled(ctx, &kernel, label, &words, &[a, w, bias, out], grid)
+}
+
+/// The weight gradient through `conv2d_grad_weight_direct`, or `None` where its loop budget
+/// does not allow it.
+fn grad_weight_direct(
+    ctx: &Lower,
+    label: &'static str,
+    c: &Corr,
+    d: &Dims,
+    [dy, x, dw]: [&wgpu::Buffer; 3],
+) -> Result<Option<Vec<Dispatch>>> {
+    let [kh, kw] = c.kernel;
+    let ob = c.ob();
+    let oblocks = c.cog.div_ceil(ob);
+    let lanes = c.cig * kh;
+    let total = d.g * c.co * c.cig * d.kk;
+    let out_rows = c.n * c.oh;
+    // Loop iterations (none counted as unrolled): setup and store, then per output row the
+    // window fill and per column the shift, the load and OB x KW multiply-adds.
+    let fixed = 2 * ob + ob * (kw + 1) + 8;
+    let per_row = 2 + kw + c.ow * (kw + 2 + ob * (kw + 1));
+    if fixed + per_row > LOOP_BUDGET || oblocks > MAX_GROUPS {
+        return Ok(None);
+    }
+    let max_rows = (LOOP_BUDGET - fixed) / per_row;
+    let wgx = workgroup(lanes);
+    let threads = d.g * d.groups * oblocks * lanes;
+    let max_by_depth = (out_rows * c.ow / MIN_SPLIT_DEPTH).max(1);
+    let max_by_memory = ((MAX_PARTIAL_BYTES.min(ctx.gpu.limits().max_storage_buffer_binding_size) / (4 * total as u64))
+        as usize)
+        .max(1);
+    let want = TARGET_THREADS.div_ceil(threads);
+    let splits = want.min(max_by_depth).min(max_by_memory).max(out_rows.div_ceil(max_rows)).clamp(1, out_rows);
+    let rows_per_split = out_rows.div_ceil(splits);
+    let splits = out_rows.div_ceil(rows_per_split);
+    if splits > LOOP_BUDGET
+        || (splits > 1 && (4 * splits * total) as u64 > ctx.gpu.limits().max_storage_buffer_binding_size)
+    {
+        return Ok(None);
+    }
+    let words = c.words(d, 0, splits, rows_per_split, total);
+    let grid = [lanes.div_ceil(wgx), oblocks, d.g * d.groups * splits];
+    let kernel = c.kernel(ctx, "conv2d_grad_weight_direct", &[Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
+    if splits == 1 {
+        return tiled(ctx, &kernel, label, &words, &[dy, x, dw], grid).map(Some);
+    }
+    let partial = ctx.scratch((4 * splits * total) as u64);
+    let mut out = tiled(ctx, &kernel, label, &words, &[dy, x, &partial], grid)?;
+    // The reduction reads `splits` and `total` from the general kernel's uniform layout.
+    let reduce = ctx.kernel(&CONV, "conv2d_grad_weight_reduce", &[Binding::Read, Binding::ReadWrite], &[]);
+    let mut rw = vec![0u32; 28];
+    rw[19] = splits as u32;
+    rw[23] = total as u32;
+    out.push(ctx.dispatch(reduce, "conv2d_grad_weight_reduce", &rw, &[&partial, dw], grid_1d(total, REDUCE_WG)));
+    Ok(Some(out))
 }
