@@ -45,7 +45,7 @@ struct Params {
     p1: u32,
     d0: u32,
     d1: u32,
-    flags: u32,          // bit 0: add bias (forward)
+    flags: u32,          // bit 0: add bias, bit 1: relu (forward epilogue)
     splits: u32,         // grad_weight: depth splits (z = (g * groups + grp) * splits + s)
     x0: u32,             // first x tile of this dispatch
     z0: u32,             // first z of this dispatch
@@ -141,7 +141,10 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             break;
         }
         let base = ((g * p.n + n) * p.o + grp * p.og + c0) * ohw + sp;
-        let v = acc[i] + add;
+        var v = acc[i] + add;
+        if ((p.flags & 2u) != 0u) {
+            v = max(v, vec4<f32>(0.0));
+        }
         for (var j = 0u; j < 4u; j++) {
             if (c0 + j < p.og) {
                 out4[base + j * ohw] = v[j];
@@ -393,7 +396,7 @@ struct Direct {
     p1: u32,
     strips: u32,  // ceil(ow / 8)
     oblocks: u32, // ceil(cog / OB)
-    flags: u32,   // bit 0: add bias
+    flags: u32,   // bit 0: add bias, bit 1: relu (forward epilogue)
     w_oc: u32,    // weight strides: output channel, input channel, ky, kx (wrapping u32)
     w_ic: u32,
     w_ky: u32,
@@ -483,9 +486,11 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
             if ((q.flags & 1u) != 0u) {
                 add = bias[g * q.co + grp * q.cog + o];
             }
+            let relu = (q.flags & 2u) != 0u;
             for (var s = 0u; s < 8u; s++) {
                 if (ox0 + s < q.ow) {
-                    out4[ob + o * ohw + s] = select(acc2[j][s & 3u], acc[j][s & 3u], s < 4u) + add;
+                    let v = select(acc2[j][s & 3u], acc[j][s & 3u], s < 4u) + add;
+                    out4[ob + o * ohw + s] = select(v, max(v, 0.0), relu);
                 }
             }
         }

@@ -32,7 +32,8 @@ override PH: u32 = 0u;      // padding on each side
 override PW: u32 = 0u;
 override DH: u32 = 1u;      // dilation (max pooling only)
 override DW: u32 = 1u;
-override MODE: u32 = 0u;    // average pooling: 0 count_include_pad, 1 exclude padding, 2 adaptive
+override MODE: u32 = 0u;    // average pooling: 0 count_include_pad, 1 exclude padding, 2 adaptive;
+                            // max pooling gradient: 1 also applies relu's derivative at x (fused)
 override NY: u32 = 1u;      // backward: most outputs whose windows hold one input, per axis
 override NX: u32 = 1u;
 
@@ -176,7 +177,40 @@ fn maxpool2d_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
             }
         }
     }
+    if (MODE == 1u) {
+        // relu_grad(acc, x) as the activation kernel computes it.
+        acc = acc * select(0.0, 1.0, b[xbase + me] > 0.0);
+    }
     out[i] = acc;
+}
+
+// The same gradient where the windows tile the input exactly (stride = window, no padding
+// or dilation, H = OH * KH, W = OW * KW): one invocation per window finds its argmax once
+// and writes all of its KH x KW inputs, instead of every input scanning its window. The
+// values are bit for bit the general kernel's (0.0 + dy at the argmax, 0.0 elsewhere).
+@compute @workgroup_size(WG)
+fn maxpool2d_grad_window(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat(gid, nwg);
+    if (i >= p.total) {
+        return;
+    }
+    let ox = i % OW;
+    let t = i / OW;
+    let oy = t % OH;
+    let plane = t / OH;
+    let xbase = plane * H * W;
+    let at = window_argmax_b(xbase, oy, ox).at;
+    let dy = 0.0 + a[i];
+    for (var ky = 0u; ky < KH; ky++) {
+        let row = (oy * KH + ky) * W + ox * KW;
+        for (var kx = 0u; kx < KW; kx++) {
+            var v = select(0.0, dy, row + kx == at);
+            if (MODE == 1u) {
+                v = v * select(0.0, 1.0, b[xbase + row + kx] > 0.0);
+            }
+            out[xbase + row + kx] = v;
+        }
+    }
 }
 
 // ---- average pooling (fixed windows or adaptive) ----

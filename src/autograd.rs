@@ -6,7 +6,7 @@
 //! require them (that depend on a parameter), and contributions to one tensor are summed.
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Op, TensorId};
+use crate::graph::{Graph, Op, TensorId, Unary};
 
 /// Appends the backward pass of `loss` to `graph` and returns, for each tensor of `wrt`,
 /// its gradient (`None` where `loss` does not depend on it).
@@ -77,8 +77,22 @@ pub fn grad(
             Op::Unary(f) => contributions.push((x[0], graph.unary_grad(*f, dy, x[0])?)),
             Op::Softmax { log } => contributions.push((x[0], graph.softmax_grad(dy, y, *log)?)),
             Op::Dropout { p } => contributions.push((x[0], graph.dropout_grad(dy, x[1], *p)?)),
-            Op::Conv2d { geom, bias } => {
+            Op::Conv2d { geom, bias, relu } => {
                 let (xs, ws) = (graph.shape(x[0]).to_vec(), graph.shape(x[1]).to_vec());
+                // Through the fused relu first: its derivative at the output (y > 0 exactly
+                // where the pre-activation is). When y's gradient is a max-pooling gradient
+                // over y, the mask joins that kernel instead (the plain node is then unused).
+                let dy = if !*relu {
+                    dy
+                } else {
+                    match graph.node(dy).op {
+                        Op::MaxPool2dGrad { geom: pg, relu: false } if graph.node(dy).inputs[1] == y => {
+                            let dpool = graph.node(dy).inputs[0];
+                            graph.maxpool2d_relu_grad(dpool, y, pg)?
+                        }
+                        _ => graph.unary_grad(Unary::Relu, dy, y)?,
+                    }
+                };
                 if graph.node(x[0]).requires_grad {
                     contributions.push((x[0], graph.conv2d_grad_input(dy, x[1], &xs, *geom)?));
                 }

@@ -301,6 +301,17 @@ fn maxpool_2x2_stride_2_lenet_g17() {
     let gpu = gpu_or_skip!();
     let d = Dims { g: 17, n: 5, c: 3, h: 12, w: 9 };
     check_case(gpu, "maxpool 2x2/2", Kind::Max(geom([2, 2], [2, 2], [0, 0], [1, 1])), d, 1);
+    // Windows that tile the input exactly take the one-invocation-per-window gradient kernel:
+    // distinct values, then ties (the first maximum of each window gets the gradient).
+    let d = Dims { g: 17, n: 5, c: 3, h: 12, w: 10 };
+    check_case(gpu, "maxpool 2x2/2 tiling", Kind::Max(geom([2, 2], [2, 2], [0, 0], [1, 1])), d, 5);
+    let geo = geom([3, 2], [3, 2], [0, 0], [1, 1]);
+    let d = Dims { g: 3, n: 2, c: 3, h: 9, w: 8 };
+    let c = case(gpu, Kind::Max(geo), d, ties(6, d.numel()), 6);
+    c.check("maxpool 3x2/3x2 tiling, ties", false);
+    let (_, arg) = maxpool_ref(d, &geo, &c.x);
+    let (_, arg_last) = maxpool_ref_rule(d, &geo, &c.x, true);
+    assert_ne!(arg, arg_last, "no window holds a tie");
 }
 
 #[test]

@@ -126,6 +126,29 @@ impl Graph {
 
     /// 2-D convolution: x `[G, N, C, H, W]`, weight `[G, O, C/groups, kh, kw]`, bias `[G, O]`.
     pub fn conv2d(&mut self, x: TensorId, w: TensorId, bias: Option<TensorId>, geom: Conv2dGeom) -> Result<TensorId> {
+        self.conv2d_with(x, w, bias, geom, false)
+    }
+
+    /// `relu(conv2d(x, w, bias))` in one kernel: the relu runs in the convolution's epilogue
+    /// and the pre-activation is never stored. The same values and gradients as the two ops.
+    pub fn conv2d_relu(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        bias: Option<TensorId>,
+        geom: Conv2dGeom,
+    ) -> Result<TensorId> {
+        self.conv2d_with(x, w, bias, geom, true)
+    }
+
+    fn conv2d_with(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        bias: Option<TensorId>,
+        geom: Conv2dGeom,
+        relu: bool,
+    ) -> Result<TensorId> {
         let [g, n, c, h, wd] = self.image("conv2d", x)?;
         self.check_g("conv2d", w)?;
         let ws = self.shape(w).to_vec();
@@ -166,7 +189,7 @@ impl Graph {
             }
             inputs.push(b);
         }
-        Ok(self.push(Op::Conv2d { geom, bias: bias.is_some() }, inputs, vec![g, n, ws[1], oh, ow], DType::F32))
+        Ok(self.push(Op::Conv2d { geom, bias: bias.is_some(), relu }, inputs, vec![g, n, ws[1], oh, ow], DType::F32))
     }
 
     /// Gradient of a convolution with respect to its input, of shape `x_shape`.
@@ -216,7 +239,13 @@ impl Graph {
     /// Gradient of max pooling: `dy` routed to each window's first maximum of `x`.
     pub fn maxpool2d_grad(&mut self, dy: TensorId, x: TensorId, geom: Pool2dGeom) -> Result<TensorId> {
         let s = self.shape(x).to_vec();
-        Ok(self.push(Op::MaxPool2dGrad { geom }, vec![dy, x], s, DType::F32))
+        Ok(self.push(Op::MaxPool2dGrad { geom, relu: false }, vec![dy, x], s, DType::F32))
+    }
+
+    /// `relu_grad(maxpool2d_grad(dy, x), x)` in one kernel, where `x` is a relu output.
+    pub fn maxpool2d_relu_grad(&mut self, dy: TensorId, x: TensorId, geom: Pool2dGeom) -> Result<TensorId> {
+        let s = self.shape(x).to_vec();
+        Ok(self.push(Op::MaxPool2dGrad { geom, relu: true }, vec![dy, x], s, DType::F32))
     }
 
     /// Average pooling over windows of `[G, N, C, H, W]`.

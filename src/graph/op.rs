@@ -209,6 +209,9 @@ pub enum Op {
         geom: Conv2dGeom,
         /// A bias `[G, O]` follows.
         bias: bool,
+        /// Relu applied in the kernel's epilogue (conv → relu fused: one pass, no
+        /// pre-activation tensor).
+        relu: bool,
     },
     /// `[dy, w]`: gradient of a convolution with respect to its input (shape of x).
     Conv2dGradInput {
@@ -229,6 +232,9 @@ pub enum Op {
     MaxPool2dGrad {
         /// Window geometry.
         geom: Pool2dGeom,
+        /// `x` is a relu output and the result is also multiplied by relu's derivative at
+        /// `x` (relu's gradient fused into the pooling gradient).
+        relu: bool,
     },
     /// `[x]`: average pooling.
     AvgPool2d {

@@ -185,8 +185,13 @@ impl ModelSpec {
             Ok(Some(t))
         };
         let mut h = x;
-        for l in &self.layers {
+        let mut fused_relu = false;
+        for (i, l) in self.layers.iter().enumerate() {
             let p = |s: &str| format!("{}.{s}", l.name);
+            // A relu right after a convolution runs in the convolution's epilogue.
+            if std::mem::take(&mut fused_relu) {
+                continue;
+            }
             if matches!(l.layer, Layer::Linear { .. }) && graph.shape(h).len() > 3 {
                 h = graph.flatten(h)?;
             }
@@ -201,7 +206,12 @@ impl ModelSpec {
                         dilation: *dilation,
                         groups: *groups,
                     };
-                    graph.conv2d(h, w, b, geom)?
+                    fused_relu = matches!(self.layers.get(i + 1).map(|n| &n.layer), Some(Layer::Relu));
+                    if fused_relu {
+                        graph.conv2d_relu(h, w, b, geom)?
+                    } else {
+                        graph.conv2d(h, w, b, geom)?
+                    }
                 }
                 Layer::Linear { .. } => {
                     let w = find(graph, &p("weight"))?.expect("linear weight entry");

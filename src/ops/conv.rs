@@ -185,18 +185,21 @@ pub(crate) fn lower_forward(
     x: &wgpu::Buffer,
     w: &wgpu::Buffer,
     bias: Option<&wgpu::Buffer>,
+    relu: bool,
     out: &wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
     const LABEL: &str = "conv2d";
     let d = dims(LABEL, s)?;
+    // Epilogue flags: bit 0 adds the bias, bit 1 applies relu.
+    let flags = u32::from(bias.is_some()) | (u32::from(relu) << 1);
     if let Some(c) = Corr::forward(s, &d).filter(Corr::direct_fits) {
-        return direct(ctx, LABEL, &c, &d, [x, w, bias.unwrap_or(ctx.dummy), out], bias.is_some());
+        return direct(ctx, LABEL, &c, &d, [x, w, bias.unwrap_or(ctx.dummy), out], flags);
     }
     // One invocation per output position and block of 4 images.
     let threads = s.y.n.div_ceil(4) * s.y.h * s.y.w;
     let wgx = workgroup(threads);
     let kernel = gemm_kernel(ctx, LABEL, &[Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
-    let words = words(s, &d, u32::from(bias.is_some()), 1, 0, 0);
+    let words = words(s, &d, flags, 1, 0, 0);
     let grid = [threads.div_ceil(wgx), d.og.div_ceil(4), d.g * d.groups];
     tiled(ctx, &kernel, LABEL, &words, &[x, w, bias.unwrap_or(ctx.dummy), out], grid)
 }
@@ -212,7 +215,7 @@ pub(crate) fn lower_grad_input(
     const LABEL: &str = "conv2d_grad_input";
     let d = dims(LABEL, s)?;
     if let Some(c) = Corr::grad_input(s, &d).filter(Corr::direct_fits) {
-        return direct(ctx, LABEL, &c, &d, [dy, w, ctx.dummy, dx], false);
+        return direct(ctx, LABEL, &c, &d, [dy, w, ctx.dummy, dx], 0);
     }
     // One invocation per input position and block of 4 images.
     let threads = s.x.n.div_ceil(4) * s.x.h * s.x.w;
@@ -430,7 +433,7 @@ fn direct(
     c: &Corr,
     d: &Dims,
     [a, w, bias, out]: [&wgpu::Buffer; 4],
-    has_bias: bool,
+    flags: u32,
 ) -> Result<Vec<Dispatch>> {
     let ob = c.ob();
     let oblocks = c.cog.div_ceil(ob);
@@ -439,7 +442,7 @@ fn direct(
     let wgx = workgroup(threads);
     let kernel =
         c.kernel(ctx, "conv2d_direct", &[Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
-    let words = c.words(d, u32::from(has_bias), 1, 0, 0);
+    let words = c.words(d, flags, 1, 0, 0);
     let grid = [threads.div_ceil(wgx), c.oh * oblocks, d.g * d.groups];
     tiled(ctx, &kernel, label, &words, &[a, w, bias, out], grid)
 }

@@ -128,15 +128,23 @@ pub(crate) fn lower_max(ctx: &Lower, s: &Pool, x: &wgpu::Buffer, out: &wgpu::Buf
 }
 
 /// Max pooling backward: `dx [x]` from `dy [y]` and the forward input `x`.
+/// With `relu`, `x` is a relu output and the result is also masked by `x > 0` (MODE 1).
 pub(crate) fn lower_max_grad(
     ctx: &Lower,
     s: &Pool,
+    relu: bool,
     dy: &wgpu::Buffer,
     x: &wgpu::Buffer,
     dx: &wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
-    max_geom("maxpool2d_grad", s)?;
-    pool_dispatch(ctx, s, "maxpool2d_grad", "maxpool2d_grad", 0, [dy, x, dx], s.x.numel())
+    let g = max_geom("maxpool2d_grad", s)?;
+    let tiles = g.stride == g.kernel
+        && g.padding == [0, 0]
+        && g.dilation == [1, 1]
+        && s.x.h == s.y.h * g.kernel[0]
+        && s.x.w == s.y.w * g.kernel[1];
+    let (entry, total) = if tiles { ("maxpool2d_grad_window", s.y.numel()) } else { ("maxpool2d_grad", s.x.numel()) };
+    pool_dispatch(ctx, s, entry, "maxpool2d_grad", u32::from(relu), [dy, x, dx], total)
 }
 
 /// Average pooling forward (fixed windows when `s.geom` is set, adaptive otherwise).

@@ -1279,10 +1279,10 @@ fn lower_node<'b>(
         Op::Broadcast { axes, scale } => {
             one(ops::reduce::lower_broadcast(ctx, &node.shape, axes, *scale, buf(x[0]), buf(out))?)
         }
-        Op::Conv2d { geom, bias } => {
+        Op::Conv2d { geom, bias, relu } => {
             let s = ops::conv::Conv { x: img(x[0]), y: ops::Image::of(&node.shape), geom };
             let b = if *bias { Some(buf(x[2])) } else { None };
-            ops::conv::lower_forward(ctx, &s, buf(x[0]), buf(x[1]), b, buf(out))
+            ops::conv::lower_forward(ctx, &s, buf(x[0]), buf(x[1]), b, *relu, buf(out))
         }
         Op::Conv2dGradInput { geom } => {
             let s = ops::conv::Conv { x: ops::Image::of(&node.shape), y: img(x[0]), geom };
@@ -1296,9 +1296,9 @@ fn lower_node<'b>(
             let s = ops::pool::Pool { x: img(x[0]), y: ops::Image::of(&node.shape), geom: Some(geom) };
             ops::pool::lower_max(ctx, &s, buf(x[0]), buf(out))
         }
-        Op::MaxPool2dGrad { geom } => {
+        Op::MaxPool2dGrad { geom, relu } => {
             let s = ops::pool::Pool { x: img(x[1]), y: img(x[0]), geom: Some(geom) };
-            ops::pool::lower_max_grad(ctx, &s, buf(x[0]), buf(x[1]), buf(out))
+            ops::pool::lower_max_grad(ctx, &s, *relu, buf(x[0]), buf(x[1]), buf(out))
         }
         Op::AvgPool2d { geom } => {
             let s = ops::pool::Pool { x: img(x[0]), y: ops::Image::of(&node.shape), geom: Some(geom) };
