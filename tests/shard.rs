@@ -115,6 +115,21 @@ fn a_batch_sharded_over_two_devices_trains_like_one_device() {
         assert_eq!(w, &joined, "state tensor {i} after save/load");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+
+    // Checkpoint after 4 sharded steps, resume into fresh shards, finish: the same 7 steps.
+    let models = BatchModel::sharded(&gpus, &spec(), G, 8).unwrap();
+    let mut st = ShardedTrainer::new(&gpus, &models, &data, optimizer(), config()).unwrap();
+    st.train(4, |_| {}).unwrap();
+    st.finish(|_| {}).unwrap();
+    st.save_checkpoint(&dir).unwrap();
+    let fresh = BatchModel::sharded(&gpus, &spec(), G, 1234).unwrap();
+    let mut st = ShardedTrainer::new(&gpus, &fresh, &data, optimizer(), config()).unwrap();
+    st.resume(&dir).unwrap();
+    let mut tail: Vec<StepMetrics> = Vec::new();
+    st.train(3, |m| tail.extend_from_slice(m)).unwrap();
+    st.finish(|m| tail.extend_from_slice(m)).unwrap();
+    assert_eq!(tail, got[4..].to_vec(), "resumed shards continue exactly");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -157,6 +157,25 @@ impl<'a> ShardedTrainer<'a> {
         out
     }
 
+    /// Writes a checkpoint of every shard to `dir/shard-{i}` (each atomically).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save_checkpoint(&mut self, dir: &std::path::Path) -> Result<()> {
+        for (i, t) in self.shards.iter_mut().enumerate() {
+            t.save_checkpoint(&dir.join(format!("shard-{i}")))?;
+        }
+        Ok(())
+    }
+
+    /// Resumes every shard from `dir/shard-{i}` (as [`ShardedTrainer::save_checkpoint`]
+    /// writes them); the shards must split the batch as they did.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn resume(&mut self, dir: &std::path::Path) -> Result<()> {
+        for (i, t) in self.shards.iter_mut().enumerate() {
+            t.resume(&dir.join(format!("shard-{i}")))?;
+        }
+        Ok(())
+    }
+
     /// Per-model results on every sample of `data`, in global model order.
     pub async fn evaluate(&self, data: &Dataset) -> Result<Evaluation> {
         let mut all = Evaluation { samples: data.n, top1: Vec::new(), top5: Vec::new(), loss: Vec::new() };
