@@ -394,7 +394,7 @@ struct Direct {
     kh: u32,
     p0: u32,      // input row = output row + ky - p0
     p1: u32,
-    strips: u32,  // ceil(ow / 8)
+    strips: u32,  // ceil(ow / SW)
     oblocks: u32, // ceil(cog / OB)
     flags: u32,   // bit 0: add bias, bit 1: relu (forward epilogue)
     w_oc: u32,    // weight strides: output channel, input channel, ky, kx (wrapping u32)
@@ -415,6 +415,9 @@ struct Direct {
 // Kernel width and output channels per invocation; MAX_KW and MAX_OB bound them.
 override KW: u32 = 5u;
 override OB: u32 = 4u;
+// Output columns per invocation of conv2d_direct (a strip): 4, 8 or 12 (the Rust side uses 8
+// and 12).
+override SW: u32 = 8u;
 const MAX_KW: u32 = 8u;
 const MAX_OB: u32 = 8u;
 
@@ -436,7 +439,7 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
         return;
     }
     let n = t / q.strips;
-    let ox0 = (t - n * q.strips) * 8u;
+    let ox0 = (t - n * q.strips) * SW;
     let ihw = q.ih * q.iw;
     // Kernel rows with 0 <= oy + ky - p0 < ih (uniform over the workgroup).
     let ky_lo = select(0u, q.p0 - oy, oy < q.p0);
@@ -449,30 +452,52 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
     let xb = ((g * q.n + n) * q.ci + grp * q.cig) * ihw;
     // Input column of tap kx for the strip's column s: col0 + kx + s.
     let col0 = ox0 - q.p1;
-    // Columns 0-3 of the strip in acc, 4-7 in acc2.
+    // Columns 0-3 of the strip in acc, 4-7 in acc2 (SW >= 8), 8-11 in acc3 (SW = 12).
     var acc: array<vec4<f32>, MAX_OB>;
     var acc2: array<vec4<f32>, MAX_OB>;
+    var acc3: array<vec4<f32>, MAX_OB>;
     for (var c = 0u; c < q.cig; c++) {
         for (var ky = ky_lo; ky < ky_end; ky++) {
             let row = xb + c * ihw + (oy + ky - q.p0) * q.iw;
             let wk = c * q.w_ic + ky * q.w_ky;
             // (xv, xv2) hold the inputs of tap kx for the strip's columns; sliding them by one
-            // column per tap loads KW + 7 values per row. (No private array:
+            // column per tap loads KW + SW - 1 values per row. (No private array:
             // lavapipe indexes those through memory unless every index is a constant.)
             var xv = vec4<f32>(direct_x(row, col0), direct_x(row, col0 + 1u), direct_x(row, col0 + 2u),
                                direct_x(row, col0 + 3u));
-            var xv2 = vec4<f32>(direct_x(row, col0 + 4u), direct_x(row, col0 + 5u), direct_x(row, col0 + 6u),
+            var xv2 = vec4<f32>();
+            var xv3 = vec4<f32>();
+            if (SW >= 8u) {
+                xv2 = vec4<f32>(direct_x(row, col0 + 4u), direct_x(row, col0 + 5u), direct_x(row, col0 + 6u),
                                 direct_x(row, col0 + 7u));
+            }
+            if (SW == 12u) {
+                xv3 = vec4<f32>(direct_x(row, col0 + 8u), direct_x(row, col0 + 9u), direct_x(row, col0 + 10u),
+                                direct_x(row, col0 + 11u));
+            }
             for (var kx = 0u; kx < KW; kx++) {
                 let wx = wk + kx * q.w_kx;
                 for (var j = 0u; j < OB; j++) {
                     let wv = b_in[wo[j] + wx];
                     acc[j] += xv * wv;
-                    acc2[j] += xv2 * wv;
+                    if (SW >= 8u) {
+                        acc2[j] += xv2 * wv;
+                    }
+                    if (SW == 12u) {
+                        acc3[j] += xv3 * wv;
+                    }
                 }
                 if (kx + 1u < KW) {
-                    xv = vec4<f32>(xv.yzw, xv2.x);
-                    xv2 = vec4<f32>(xv2.yzw, direct_x(row, col0 + kx + 8u));
+                    if (SW == 12u) {
+                        xv = vec4<f32>(xv.yzw, xv2.x);
+                        xv2 = vec4<f32>(xv2.yzw, xv3.x);
+                        xv3 = vec4<f32>(xv3.yzw, direct_x(row, col0 + kx + 12u));
+                    } else if (SW == 8u) {
+                        xv = vec4<f32>(xv.yzw, xv2.x);
+                        xv2 = vec4<f32>(xv2.yzw, direct_x(row, col0 + kx + 8u));
+                    } else {
+                        xv = vec4<f32>(xv.yzw, direct_x(row, col0 + kx + 4u));
+                    }
                 }
             }
         }
@@ -487,9 +512,9 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
                 add = bias[g * q.co + grp * q.cog + o];
             }
             let relu = (q.flags & 2u) != 0u;
-            for (var s = 0u; s < 8u; s++) {
+            for (var s = 0u; s < SW; s++) {
                 if (ox0 + s < q.ow) {
-                    let v = select(acc2[j][s & 3u], acc[j][s & 3u], s < 4u) + add;
+                    let v = select(select(acc3[j][s & 3u], acc2[j][s & 3u], s < 8u), acc[j][s & 3u], s < 4u) + add;
                     out4[ob + o * ohw + s] = select(v, max(v, 0.0), relu);
                 }
             }

@@ -328,7 +328,7 @@ fn kernel_sizes_1x1_3x3_5x5() {
     check(gpu, Spec::new(2, 2, 3, 6, [9, 7], [5, 5]).padding([1, 2]));
 }
 
-/// The direct kernels slide a window of up to 8 columns (two vec4): kernel widths 1 to 8, odd
+/// The direct kernels slide a window of up to 8 columns per tap: kernel widths 1 to 8, odd
 /// output widths, 1 to 17 output channels (blocks of up to 4 and 8); wider kernels take the
 /// general kernels.
 #[test]
@@ -340,6 +340,20 @@ fn direct_kernel_widths() {
     check(gpu, Spec::new(2, 2, 4, 6, [3, 16], [2, 8]).groups(2));
     check(gpu, Spec::new(2, 2, 3, 4, [5, 12], [3, 9]).padding([1, 4]));
     check(gpu, Spec::new(3, 1, 1, 8, [9, 4], [4, 4]).padding([3, 3]));
+}
+
+/// The direct kernels take 12-column strips (three vec4) where they cover a row in less work
+/// than 8-column ones (widths 9-12, 23-24, 33-36 here): exact and ragged last strips, padding
+/// on both sides, channel blocks of 3 and 4 with a clamped last block, groups, one model,
+/// one image. Both the forward pass (output width) and the input gradient (input width).
+#[test]
+fn direct_twelve_column_strips() {
+    let gpu = gpu_or_skip!();
+    check(gpu, Spec::new(1, 1, 5, 6, [7, 9], [5, 5]).padding([2, 2]));
+    check(gpu, Spec::new(3, 2, 4, 7, [6, 35], [3, 3]));
+    check(gpu, Spec::new(2, 3, 6, 9, [5, 24], [3, 5]).padding([1, 2]).groups(3));
+    check(gpu, Spec::new(2, 1, 16, 6, [8, 11], [5, 5]).padding([4, 4]).no_bias());
+    check(gpu, Spec::new(5, 3, 2, 5, [4, 10], [2, 1]).padding([1, 0]));
 }
 
 #[test]
