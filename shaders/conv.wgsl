@@ -417,7 +417,7 @@ override KW: u32 = 5u;
 override OB: u32 = 4u;
 // Output columns per invocation of conv2d_direct (a strip): 4, 8 or 12 (the Rust side uses 8
 // and 12).
-override SW: u32 = 8u;
+override SW: u32 = 8u;  // strip width: 8 or 12 (`strip_width` in src/ops/conv.rs)
 const MAX_KW: u32 = 8u;
 const MAX_OB: u32 = 8u;
 
@@ -492,11 +492,9 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
                         xv = vec4<f32>(xv.yzw, xv2.x);
                         xv2 = vec4<f32>(xv2.yzw, xv3.x);
                         xv3 = vec4<f32>(xv3.yzw, direct_x(row, col0 + kx + 12u));
-                    } else if (SW == 8u) {
+                    } else {
                         xv = vec4<f32>(xv.yzw, xv2.x);
                         xv2 = vec4<f32>(xv2.yzw, direct_x(row, col0 + kx + 8u));
-                    } else {
-                        xv = vec4<f32>(xv.yzw, direct_x(row, col0 + kx + 4u));
                     }
                 }
             }
