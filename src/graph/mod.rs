@@ -3,7 +3,7 @@
 //!
 //! The graph is append-only, so node order is a topological order. Each node produces one
 //! tensor; a [`TensorId`] names both. Builder methods infer shapes and return
-//! [`Error::Shape`](crate::Error::Shape) naming the op and the shapes that disagree.
+//! [`Error::Shape`] naming the op and the shapes that disagree.
 
 mod op;
 
