@@ -134,14 +134,15 @@ impl Gpu {
         Gpu::from_adapter(adapter).await
     }
 
-    /// Every adapter of the backends in `WGPU_BACKEND` (all by default) whose name contains
+    /// Every adapter of the backends in `WGPU_BACKEND` (by default the primary ones: Vulkan,
+    /// Metal, DX12; `WGPU_BACKEND=vulkan,gl` adds OpenGL) whose name contains
     /// `WGPU_ADAPTER_NAME` (if set), each opened as a device: the devices a model batch can
     /// be sharded over ([`crate::nn::BatchModel::sharded`]). Native only. Adapters that
     /// cannot give the engine a device are skipped; none at all is an error.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn all_blocking() -> Result<Vec<Gpu>> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
         let want = std::env::var("WGPU_ADAPTER_NAME").ok().map(|w| w.to_lowercase());
         let mut out = Vec::new();
         let mut errors = Vec::new();

@@ -641,3 +641,48 @@ fn bench_skips_what_does_not_fit_and_goes_on() {
     assert_eq!(lines[1]["model"], "mlp");
     assert!(lines[1]["steps_per_s"].as_f64().unwrap() > 0.0, "{}", lines[1]);
 }
+
+#[test]
+fn devices_shard_the_models_with_the_one_device_results() {
+    let _gpu = gpu_or_skip!();
+    let t = Temp::new("devices");
+    let data = tiny_mnist(&t);
+    let base =
+        ["train", "--models", "3", "--steps", "3", "--batch-size", "8", "--lr", "log:0.01:0.1", "--data", p(&data)];
+    let run_to = |dir: &str, devices: &str| {
+        let out = t.join(dir);
+        let mut a = base.to_vec();
+        a.extend(["--devices", devices, "--out", p(&out)]);
+        let stdout = assert_ok(&run(&a));
+        let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+        let rows: Vec<(String, f64, String)> = csv
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (format!("{},{}", f[0], f[1]), f[2].parse().unwrap(), f[3].to_string())
+            })
+            .collect();
+        let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        (stdout, rows, summary)
+    };
+    let (_, one, s1) = run_to("one", "1");
+    let (stdout, two, s2) = run_to("two", "2");
+    assert!(stdout.contains("[device 1: models 2..2]"), "{stdout}");
+    assert_eq!(s2["devices"], 2);
+    assert_eq!(one.len(), 9);
+    for (a, b) in two.iter().zip(&one) {
+        assert_eq!(a.0, b.0, "step,model");
+        assert!((a.1 - b.1).abs() <= 1e-4 * b.1.abs().max(1.0), "{}: loss {} vs {}", a.0, a.1, b.1);
+        assert_eq!(a.2, b.2, "{}: correct", a.0);
+    }
+    for m in 0..3 {
+        let (x, y) = (&s2["models"][m], &s1["models"][m]);
+        assert_eq!(x["top1"], y["top1"], "model {m}: test accuracy");
+    }
+    // Every model's weights are written, under global indices.
+    for m in 0..3 {
+        assert!(t.join("two").join(format!("model-{m}.safetensors")).exists());
+    }
+    assert_error(&run(&["train", "--models", "2", "--devices", "3", "--data", p(&data)]), &["--devices 3", "2 models"]);
+}

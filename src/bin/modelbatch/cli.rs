@@ -75,6 +75,11 @@ pub struct TrainArgs {
     /// Number of models trained at once (G).
     #[arg(long, value_name = "G", default_value_t = 64)]
     pub models: usize,
+    /// Shard the G models over this many devices, each training a consecutive slice: the
+    /// first D adapters (WGPU_BACKEND / WGPU_ADAPTER_NAME filter them), or D devices opened
+    /// on the best adapter when fewer exist (same results, no speed-up: for testing).
+    #[arg(long, value_name = "D", default_value_t = 1)]
+    pub devices: usize,
     /// Folder with train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte,
     /// t10k-labels-idx1-ubyte (each raw or .gz) [default: the embedded MNIST]
     #[arg(long, value_name = "DIR")]

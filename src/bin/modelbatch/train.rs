@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use modelbatch::data::Mnist;
 use modelbatch::nn::{BatchModel, ModelSpec, TensorKind};
-use modelbatch::train::{Dataset, Evaluation, Order, Schedule, StepMetrics, TrainConfig, Trainer};
+use modelbatch::train::{Dataset, Evaluation, Order, Schedule, ShardedTrainer, StepMetrics, TrainConfig};
 use modelbatch::Gpu;
 use serde_json::{json, Value};
 
@@ -21,7 +21,12 @@ use crate::report::{fmt_loss, fmt_secs, group, table, Progress};
 pub fn run(a: &TrainArgs) -> Result<()> {
     let started = Instant::now();
     let g = a.models;
-    for (flag, v) in [("--models", g), ("--batch-size", a.batch_size), ("--metrics-every", a.metrics_every)] {
+    for (flag, v) in [
+        ("--models", g),
+        ("--devices", a.devices),
+        ("--batch-size", a.batch_size),
+        ("--metrics-every", a.metrics_every),
+    ] {
         if v == 0 {
             return Err(CliError::new(format!("{flag} must be at least 1")));
         }
@@ -57,11 +62,17 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     }
     let mut metrics = Metrics::new(g, staging.as_ref())?;
 
-    let gpu = Gpu::new_blocking()?;
+    if a.devices > g {
+        return Err(CliError::new(format!("--devices {}: more devices than the {g} models", a.devices)));
+    }
+    let gpus = open_devices(a.devices)?;
+    let gpu = &gpus[0];
     let adapter = gpu.report();
-    let model = BatchModel::new(&gpu, &spec, g, a.seed)?;
+    let models = BatchModel::sharded(&gpus, &spec, g, a.seed)?;
     if let Some(dir) = &a.init {
-        model.load_dir(dir)?;
+        for model in &models {
+            model.load_dir(dir)?;
+        }
     }
     let order = if a.no_shuffle { Order::Sequential } else { Order::PerModel };
     // Every field is set today; the update keeps this compiling when TrainConfig grows.
@@ -73,15 +84,23 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         normalize,
         metrics_every: a.metrics_every,
         schedules: vec![schedule],
-        eval_batch: inputs::fit_eval_batch(&gpu, &spec, TrainConfig::default().eval_batch)?,
+        eval_batch: inputs::fit_eval_batch(gpu, &spec, TrainConfig::default().eval_batch)?,
         ..TrainConfig::default()
     };
-    let mut trainer = Trainer::new(&gpu, &model, &train, hyper.optimizer.clone(), config)?;
-    let spe = trainer.steps_per_epoch();
+    let mut trainer = ShardedTrainer::new(&gpus, &models, &train, hyper.optimizer.clone(), config)?;
+    let spe = trainer.shards()[0].steps_per_epoch();
     let total = a.steps.unwrap_or_else(|| a.epochs.unwrap_or(1).saturating_mul(spe));
-    let params: usize = model.entries().iter().filter(|e| e.kind == TensorKind::Param).map(|e| e.numel()).sum();
+    let params: usize = models[0].entries().iter().filter(|e| e.kind == TensorKind::Param).map(|e| e.numel()).sum();
 
-    println!("adapter: {} ({}, {})", adapter.name, adapter.backend, adapter.device_type);
+    for (i, (gpu, model)) in gpus.iter().zip(&models).enumerate() {
+        let r = gpu.report();
+        let shard = if gpus.len() > 1 {
+            format!(" [device {i}: models {}..{}]", model.first(), model.first() + model.models() - 1)
+        } else {
+            String::new()
+        };
+        println!("adapter: {} ({}, {}){shard}", r.name, r.backend, r.device_type);
+    }
     println!(
         "training {g} × {spec_name} ({} parameters each) on {} images ({}): {total} steps of {} images per model ({:.2} epochs), {}",
         group(params as f64),
@@ -92,7 +111,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         if a.no_shuffle { "file order" } else { "shuffled per model" }
     );
     println!("optimizer: {}", describe(&hyper, &a.schedule));
-    let (chunks, micro) = (trainer.plan().stats().chunks, trainer.micro_batches());
+    let first = &trainer.shards()[0];
+    let (chunks, micro) = (first.plan().stats().chunks, first.micro_batches());
     if chunks > 1 || micro > 1 {
         println!(
             "split to fit the adapter's {} MiB bindings: {chunks} chunk(s) of models per pass, {micro} micro-batch(es) per step",
@@ -124,15 +144,18 @@ pub fn run(a: &TrainArgs) -> Result<()> {
 
     println!("test set: {} images", test.n);
     let ev = pollster::block_on(trainer.evaluate(&test))?;
-    let dead = trainer.dead().to_vec();
+    let dead = trainer.dead();
     drop(trainer);
     println!("{}", results_table(&hyper, &metrics.last_loss, &dead, &ev));
 
     if let Some(staging) = staging {
-        model.save_dir(staging.path())?;
+        for model in &models {
+            model.save_dir(staging.path())?;
+        }
         metrics.close()?;
         let summary = json!({
             "G": g,
+            "devices": gpus.len(),
             "steps": total,
             "epochs": total as f64 / spe as f64,
             "batch_size": a.batch_size,
@@ -342,4 +365,18 @@ impl Metrics {
         }
         Ok(())
     }
+}
+
+/// `n` devices: the first `n` adapters, or `n` devices on the best adapter when fewer exist.
+fn open_devices(n: usize) -> Result<Vec<Gpu>> {
+    if n == 1 {
+        return Ok(vec![Gpu::new_blocking()?]);
+    }
+    let mut all = Gpu::all_blocking()?;
+    if all.len() >= n {
+        all.truncate(n);
+        return Ok(all);
+    }
+    println!("--devices {n}: {} adapter(s) found; opening {n} devices on the best one", all.len());
+    (0..n).map(|_| Ok(Gpu::new_blocking()?)).collect()
 }
