@@ -1,0 +1,203 @@
+//! Lowering: each graph node and each in-place update to the dispatches of its op family.
+
+use super::Update;
+use crate::error::Result;
+use crate::graph::{Graph, Node, Op, TensorId};
+use crate::ops::{self, Dispatch, Lower};
+
+/// The in-place updates (optimizer steps, running estimates), lowered after the graph.
+pub(super) fn lower_updates<'b>(
+    ctx: &Lower,
+    graph: &Graph,
+    updates: &[Update],
+    buf: &impl Fn(TensorId) -> &'b wgpu::Buffer,
+) -> Result<Vec<Dispatch>> {
+    let mut out = Vec::new();
+    for u in updates {
+        match *u {
+            Update::Sgd { param, grad, momentum, hyper, dead } => {
+                let shape = graph.shape(param);
+                let numel: usize = shape.iter().product();
+                out.push(ops::optim::lower_sgd(
+                    ctx,
+                    numel,
+                    numel / shape[0],
+                    buf(param),
+                    buf(grad),
+                    buf(momentum),
+                    buf(hyper),
+                    buf(dead),
+                ));
+            }
+            Update::Guard { loss, dead } => {
+                out.push(ops::optim::lower_guard(ctx, graph.shape(loss)[0], buf(loss), buf(dead)));
+            }
+            Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper, dead } => {
+                let shape = graph.shape(param);
+                let numel: usize = shape.iter().product();
+                out.push(ops::optim::lower_adam(
+                    ctx,
+                    numel,
+                    numel / shape[0],
+                    buf(param),
+                    buf(grad),
+                    buf(exp_avg),
+                    buf(exp_avg_sq),
+                    buf(hyper),
+                    buf(dead),
+                ));
+            }
+            Update::Accumulate { dst, src } => {
+                let numel = graph.node(dst).numel();
+                out.push(ops::optim::lower_accumulate(ctx, numel, buf(dst), Some(buf(src))));
+            }
+            Update::Zero { dst } => {
+                out.push(ops::optim::lower_accumulate(ctx, graph.node(dst).numel(), buf(dst), None));
+            }
+            Update::BatchNormRunning { stats, mean, var, count, momentum } => {
+                let x = ops::Image::of(graph.shape(graph.node(stats).inputs[0]));
+                out.extend(ops::norm::lower_running_update(
+                    ctx,
+                    x.g,
+                    x.c,
+                    x.n * x.h * x.w,
+                    momentum,
+                    buf(stats),
+                    buf(mean),
+                    buf(var),
+                    buf(count),
+                )?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn lower_node<'b>(
+    ctx: &Lower,
+    graph: &Graph,
+    node: &Node,
+    out: TensorId,
+    buf: &impl Fn(TensorId) -> &'b wgpu::Buffer,
+) -> Result<Vec<Dispatch>> {
+    let x = &node.inputs;
+    let shape = |t: TensorId| graph.shape(t);
+    let rows = || ops::loss::Rows {
+        g: shape(x[0])[0],
+        n: shape(x[0])[1],
+        c: shape(x[0])[2],
+        logits: buf(x[0]),
+        labels: buf(x[1]),
+    };
+    let last = *node.shape.last().unwrap_or(&1);
+    let img = |t: TensorId| ops::Image::of(shape(t));
+    let one = |d: Dispatch| Ok(vec![d]);
+    match &node.op {
+        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Fill { .. } | Op::Data { .. } | Op::Reshape => {
+            Ok(vec![])
+        }
+        Op::GatherImages { mean, std } => {
+            let pixels = node.numel() / (node.shape[0] * node.shape[1]);
+            one(ops::data::lower_images(ctx, node.numel(), pixels, *mean, *std, buf(x[0]), buf(x[1]), buf(out)))
+        }
+        Op::GatherLabels => one(ops::data::lower_labels(ctx, node.numel(), buf(x[0]), buf(x[1]), buf(out))),
+        Op::MatMul { trans_a, trans_b, bias } => {
+            let (sa, so) = (shape(x[0]), &node.shape);
+            let k = if *trans_a { sa[1] } else { sa[2] };
+            one(ops::linear::lower(
+                ctx,
+                &ops::linear::MatMul {
+                    g: so[0],
+                    m: so[1],
+                    n: so[2],
+                    k,
+                    trans_a: *trans_a,
+                    trans_b: *trans_b,
+                    a: buf(x[0]),
+                    b: buf(x[1]),
+                    bias: if *bias { Some(buf(x[2])) } else { None },
+                    relu: false,
+                    out: buf(out),
+                },
+            )?)
+        }
+        Op::Unary(f) => ops::activation::lower_unary(ctx, *f, node.numel(), buf(x[0]), buf(out)),
+        Op::UnaryGrad(f) => ops::activation::lower_unary_grad(ctx, *f, node.numel(), buf(x[0]), buf(x[1]), buf(out)),
+        Op::Softmax { log } => {
+            ops::activation::lower_softmax(ctx, node.numel() / last, last, *log, buf(x[0]), buf(out))
+        }
+        Op::SoftmaxGrad { log } => {
+            ops::activation::lower_softmax_grad(ctx, node.numel() / last, last, *log, buf(x[0]), buf(x[1]), buf(out))
+        }
+        Op::Dropout { p } | Op::DropoutGrad { p } => {
+            let g = node.shape[0];
+            let label = node.op.name();
+            ops::activation::lower_dropout(ctx, label, g, node.numel() / g, *p, buf(x[0]), buf(x[1]), buf(out))
+        }
+        Op::Add => one(ops::elementwise::lower(ctx, "add", node.numel(), buf(x[0]), Some(buf(x[1])), buf(out))),
+        Op::Sum { axes, scale } => one(ops::reduce::lower_sum(ctx, shape(x[0]), axes, *scale, buf(x[0]), buf(out))?),
+        Op::Broadcast { axes, scale } => {
+            one(ops::reduce::lower_broadcast(ctx, &node.shape, axes, *scale, buf(x[0]), buf(out))?)
+        }
+        Op::Conv2d { geom, bias, relu } => {
+            let s = ops::conv::Conv { x: img(x[0]), y: ops::Image::of(&node.shape), geom };
+            let b = if *bias { Some(buf(x[2])) } else { None };
+            ops::conv::lower_forward(ctx, &s, buf(x[0]), buf(x[1]), b, *relu, buf(out))
+        }
+        Op::Conv2dGradInput { geom } => {
+            let s = ops::conv::Conv { x: ops::Image::of(&node.shape), y: img(x[0]), geom };
+            ops::conv::lower_grad_input(ctx, &s, buf(x[0]), buf(x[1]), buf(out))
+        }
+        Op::Conv2dGradWeight { geom } => {
+            let s = ops::conv::Conv { x: img(x[1]), y: img(x[0]), geom };
+            ops::conv::lower_grad_weight(ctx, &s, buf(x[0]), buf(x[1]), buf(out))
+        }
+        Op::MaxPool2d { geom } => {
+            let s = ops::pool::Pool { x: img(x[0]), y: ops::Image::of(&node.shape), geom: Some(geom) };
+            ops::pool::lower_max(ctx, &s, buf(x[0]), buf(out))
+        }
+        Op::MaxPool2dGrad { geom, relu } => {
+            let s = ops::pool::Pool { x: img(x[1]), y: img(x[0]), geom: Some(geom) };
+            ops::pool::lower_max_grad(ctx, &s, *relu, buf(x[0]), buf(x[1]), buf(out))
+        }
+        Op::AvgPool2d { geom } => {
+            let s = ops::pool::Pool { x: img(x[0]), y: ops::Image::of(&node.shape), geom: Some(geom) };
+            ops::pool::lower_avg(ctx, &s, buf(x[0]), buf(out))
+        }
+        Op::AdaptiveAvgPool2d => {
+            let s = ops::pool::Pool { x: img(x[0]), y: ops::Image::of(&node.shape), geom: None };
+            ops::pool::lower_avg(ctx, &s, buf(x[0]), buf(out))
+        }
+        Op::AvgPool2dGrad { geom } => {
+            let s = ops::pool::Pool { x: ops::Image::of(&node.shape), y: img(x[0]), geom: Some(geom) };
+            ops::pool::lower_avg_grad(ctx, &s, buf(x[0]), buf(out))
+        }
+        Op::AdaptiveAvgPool2dGrad => {
+            let s = ops::pool::Pool { x: ops::Image::of(&node.shape), y: img(x[0]), geom: None };
+            ops::pool::lower_avg_grad(ctx, &s, buf(x[0]), buf(out))
+        }
+        Op::NormStats { kind, eps } => ops::norm::lower_stats(ctx, img(x[0]), *kind, *eps, buf(x[0]), buf(out)),
+        Op::RunningStats { eps } => {
+            let s = shape(x[0]);
+            ops::norm::lower_running_stats(ctx, s[0], s[1], *eps, buf(x[0]), buf(x[1]), buf(out))
+        }
+        Op::NormApply { kind, affine } => {
+            let a = if *affine { Some((buf(x[2]), buf(x[3]))) } else { None };
+            ops::norm::lower_apply(ctx, img(x[0]), *kind, buf(x[0]), buf(x[1]), a, buf(out))
+        }
+        Op::NormGrad { kind, affine, fixed } => {
+            let w = if *affine { Some(buf(x[3])) } else { None };
+            ops::norm::lower_grad(ctx, img(x[1]), *kind, *fixed, buf(x[0]), buf(x[1]), buf(x[2]), w, buf(out))
+        }
+        Op::NormWeightGrad { kind } => {
+            ops::norm::lower_weight_grad(ctx, img(x[1]), *kind, buf(x[0]), buf(x[1]), buf(x[2]), buf(out))
+        }
+        Op::CrossEntropy { reduction } => one(ops::loss::lower_forward(ctx, &rows(), *reduction, buf(out))),
+        Op::CrossEntropyGrad { reduction } => one(ops::loss::lower_grad(ctx, &rows(), *reduction, buf(x[2]), buf(out))),
+        Op::TopK { ks, counts } => one(ops::loss::lower_topk(ctx, &rows(), ks, *counts, buf(out))?),
+        Op::Custom(op) => {
+            let operands: Vec<(&[usize], &wgpu::Buffer)> = x.iter().map(|&t| (shape(t), buf(t))).collect();
+            ops::custom::lower(ctx, op.as_ref(), &operands, &node.shape, buf(out))
+        }
+    }
+}
