@@ -196,18 +196,7 @@ fn run_case(gpu: &Gpu, case: &Case) -> modelbatch::Result<serde_json::Value> {
 }
 
 fn main() {
-    // `cargo test --all-targets` runs bench targets without `--bench`: stay quick there.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/micro: run with `cargo bench --bench micro` to measure");
-        return;
-    }
-    let gpu = match Gpu::new_blocking() {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("no GPU adapter, nothing to benchmark: {e}");
-            return;
-        }
-    };
+    let Some(gpu) = modelbatch::bench::bench_target_gpu("micro") else { return };
     let r = gpu.report();
     eprintln!("adapter: {} ({}, {})", r.name, r.backend, r.device_type);
     let filter = std::env::var("MODELBATCH_MICRO").unwrap_or_default();

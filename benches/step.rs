@@ -12,7 +12,6 @@
 
 use modelbatch::bench::{default_memory_cap, sweep, Sweep};
 use modelbatch::nn::ModelSpec;
-use modelbatch::Gpu;
 
 fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
     let v = std::env::var(name).ok()?;
@@ -26,18 +25,7 @@ fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
 }
 
 fn main() {
-    // `cargo test --all-targets` runs bench targets without `--bench`: stay quick there.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/step: run with `cargo bench --bench step` to measure");
-        return;
-    }
-    let gpu = match Gpu::new_blocking() {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("no GPU adapter, nothing to benchmark: {e}");
-            return;
-        }
-    };
+    let Some(gpu) = modelbatch::bench::bench_target_gpu("step") else { return };
     let report = gpu.report();
     let soft = report.device_type == "Cpu";
     eprintln!("adapter: {} ({}, {})", report.name, report.backend, report.device_type);

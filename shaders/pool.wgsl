@@ -115,17 +115,20 @@ fn window_argmax_b(base: u32, oy: u32, ox: u32) -> Arg {
     return best;
 }
 
+// Output element i of the [planes, OH, OW] output as (ox, oy, plane).
+fn out_coords(i: u32) -> vec3<u32> {
+    let t = i / OW;
+    return vec3<u32>(i % OW, t % OH, t / OH);
+}
+
 @compute @workgroup_size(WG)
 fn maxpool2d(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat(gid, nwg);
     if (i >= p.total) {
         return;
     }
-    let ox = i % OW;
-    let t = i / OW;
-    let oy = t % OH;
-    let plane = t / OH;
-    let best = window_argmax_a(plane * H * W, oy, ox);
+    let o = out_coords(i);
+    let best = window_argmax_a(o.z * H * W, o.y, o.x);
     // A window with no tap inside the input holds only padding: -inf.
     out[i] = select(best.value, bitcast<f32>(0xff800000u | (i & 0u)), best.at == NONE);
 }
@@ -194,11 +197,10 @@ fn maxpool2d_grad_window(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     if (i >= p.total) {
         return;
     }
-    let ox = i % OW;
-    let t = i / OW;
-    let oy = t % OH;
-    let plane = t / OH;
-    let xbase = plane * H * W;
+    let o = out_coords(i);
+    let ox = o.x;
+    let oy = o.y;
+    let xbase = o.z * H * W;
     let at = window_argmax_b(xbase, oy, ox).at;
     let dy = 0.0 + a[i];
     for (var ky = 0u; ky < KH; ky++) {
@@ -242,13 +244,10 @@ fn avgpool2d(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     if (i >= p.total) {
         return;
     }
-    let ox = i % OW;
-    let t = i / OW;
-    let oy = t % OH;
-    let plane = t / OH;
-    let wy = avg_window(oy, H, OH, KH, SH, PH);
-    let wx = avg_window(ox, W, OW, KW, SW, PW);
-    let base = plane * H * W;
+    let o = out_coords(i);
+    let wy = avg_window(o.y, H, OH, KH, SH, PH);
+    let wx = avg_window(o.x, W, OW, KW, SW, PW);
+    let base = o.z * H * W;
     var acc = 0.0;
     for (var iy = wy.x; iy < wy.y; iy++) {
         let row = base + u32(iy) * W;

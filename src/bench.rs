@@ -60,6 +60,23 @@ impl StepBench {
     }
 }
 
+/// For `harness = false` bench targets: the GPU to measure on, or `None` after a line saying
+/// why: the target runs without `--bench` (as `cargo test --all-targets` runs it, which must
+/// stay quick) or there is no adapter.
+pub fn bench_target_gpu(name: &str) -> Option<Gpu> {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benches/{name}: run with `cargo bench --bench {name}` to measure");
+        return None;
+    }
+    match Gpu::new_blocking() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("no GPU adapter, nothing to benchmark: {e}");
+            None
+        }
+    }
+}
+
 /// A random byte dataset shaped for `spec`, `n` samples, with as many classes as the model
 /// has outputs (10 where that is not a plain vector; at most 256, labels are bytes).
 pub fn synthetic_dataset(spec: &ModelSpec, n: usize, seed: u64) -> Dataset {

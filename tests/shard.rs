@@ -8,26 +8,11 @@ use modelbatch::train::{Dataset, Optimizer, Order, Schedule, ShardedTrainer, Ste
 use modelbatch::{Gpu, PerModel, Sgd};
 
 fn synthetic(n: usize, seed: u64) -> Dataset {
-    let mut rng = modelbatch::nn::Rng::new(seed);
-    let labels: Vec<u8> = (0..n).map(|_| rng.below(10) as u8).collect();
-    let images =
-        labels.iter().flat_map(|&l| (0..144).map(move |p| if p % 10 == l as usize { 200u8 } else { 20 })).collect();
-    Dataset { images, labels, n, sample: vec![1, 12, 12], classes: 10, name: "synthetic".into() }
+    common::small_images(n, seed)
 }
 
 fn spec() -> ModelSpec {
-    ModelSpec::from_json(
-        r#"{"input": [1, 12, 12], "layers": [
-            {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
-            {"type": "batchnorm2d"},
-            {"type": "relu"},
-            {"type": "maxpool2d", "kernel_size": 2},
-            {"type": "flatten"},
-            {"type": "dropout", "p": 0.2},
-            {"type": "linear", "out_features": 10}
-        ]}"#,
-    )
-    .unwrap()
+    common::small_convnet(4, true)
 }
 
 const G: usize = 5;

@@ -8,29 +8,14 @@ use modelbatch::nn::{BatchModel, ModelSpec};
 use modelbatch::train::{evaluate, Dataset, Normalize, Optimizer, Order, StepMetrics, TrainConfig, Trainer};
 use modelbatch::{DType, Gpu, Graph, PerModel, Plan, Sgd};
 
-fn synthetic(n: usize, px: usize, seed: u64) -> Dataset {
-    let mut rng = modelbatch::nn::Rng::new(seed);
-    let labels: Vec<u8> = (0..n).map(|_| rng.below(10) as u8).collect();
-    let images =
-        labels.iter().flat_map(|&l| (0..px).map(move |p| if p % 10 == l as usize { 200u8 } else { 20 })).collect();
-    Dataset { images, labels, n, sample: vec![1, 12, 12], classes: 10, name: "synthetic".into() }
+fn synthetic(n: usize, seed: u64) -> Dataset {
+    common::small_images(n, seed)
 }
 
 /// Conv, BatchNorm (running estimates: state updated in place), dropout (per-model seeds),
 /// pooling and linear layers: every kind of per-model tensor a chunk must slice.
 fn spec() -> ModelSpec {
-    ModelSpec::from_json(
-        r#"{"input": [1, 12, 12], "layers": [
-            {"type": "conv2d", "out_channels": 5, "kernel_size": 3, "padding": 1},
-            {"type": "batchnorm2d"},
-            {"type": "relu"},
-            {"type": "maxpool2d", "kernel_size": 2},
-            {"type": "flatten"},
-            {"type": "dropout", "p": 0.2},
-            {"type": "linear", "out_features": 10}
-        ]}"#,
-    )
-    .unwrap()
+    common::small_convnet(5, true)
 }
 
 struct Run {
@@ -67,7 +52,7 @@ fn close(what: &str, a: &[f32], b: &[f32]) {
 fn a_split_batch_trains_and_evaluates_like_the_whole_batch() {
     let gpu = gpu_or_skip!();
     let g = 7;
-    let data = synthetic(48, 144, 2);
+    let data = synthetic(48, 2);
     let whole = train(gpu, g, &data);
     assert_eq!(whole.chunks, 1);
     // The conv output is 8 images x 5 x 12 x 12 floats = 23 KiB per model: a 64 KiB binding
@@ -135,7 +120,7 @@ fn one_model_beyond_the_binding_limit_asks_for_a_smaller_batch() {
 #[test]
 fn evaluation_takes_fewer_samples_per_pass_when_one_model_does_not_fit() {
     let gpu = gpu_or_skip!();
-    let data = synthetic(40, 144, 5);
+    let data = synthetic(40, 5);
     let model = BatchModel::new(gpu, &spec(), 3, 1).unwrap();
     let whole = pollster::block_on(evaluate(gpu, &model, &data, 40, Normalize::default())).unwrap();
     // 40 images x 5 x 12 x 12 floats = 113 KiB per model for the conv output: a 16 KiB
@@ -151,17 +136,7 @@ fn evaluation_takes_fewer_samples_per_pass_when_one_model_does_not_fit() {
 /// The BatchNorm-free variant of `spec()` (dropout kept): batch statistics would change
 /// with micro-batches, nothing else does.
 fn spec_without_batchnorm() -> ModelSpec {
-    ModelSpec::from_json(
-        r#"{"input": [1, 12, 12], "layers": [
-            {"type": "conv2d", "out_channels": 5, "kernel_size": 3, "padding": 1},
-            {"type": "relu"},
-            {"type": "maxpool2d", "kernel_size": 2},
-            {"type": "flatten"},
-            {"type": "dropout", "p": 0.3},
-            {"type": "linear", "out_features": 10}
-        ]}"#,
-    )
-    .unwrap()
+    common::small_convnet(5, false)
 }
 
 fn train_micro(gpu: &Gpu, spec: &ModelSpec, data: &Dataset) -> (Vec<StepMetrics>, Vec<Vec<f32>>, usize) {
@@ -179,7 +154,7 @@ fn train_micro(gpu: &Gpu, spec: &ModelSpec, data: &Dataset) -> (Vec<StepMetrics>
 #[test]
 fn a_batch_beyond_the_binding_limit_trains_in_micro_batches_like_one_pass() {
     let gpu = gpu_or_skip!();
-    let data = synthetic(40, 144, 7);
+    let data = synthetic(40, 7);
     let (want, want_state, passes) = train_micro(gpu, &spec_without_batchnorm(), &data);
     assert_eq!(passes, 1);
     // The conv output is 2,880 bytes per sample: a 16 KiB binding holds 5 samples of one

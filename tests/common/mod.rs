@@ -306,3 +306,31 @@ pub fn matmul_grads_ref(
     }
     (da, db, dbias)
 }
+
+/// `n` 1x12x12 byte images of 10 classes, each image's pattern set by its label (so there is
+/// something to learn), from `seed`.
+pub fn small_images(n: usize, seed: u64) -> modelbatch::train::Dataset {
+    let mut rng = Rng::new(seed);
+    let labels: Vec<u8> = (0..n).map(|_| rng.below(10) as u8).collect();
+    let images =
+        labels.iter().flat_map(|&l| (0..144).map(move |p| if p % 10 == l as usize { 200u8 } else { 20 })).collect();
+    modelbatch::train::Dataset { images, labels, n, sample: vec![1, 12, 12], classes: 10, name: "synthetic".into() }
+}
+
+/// A small convnet for 1x12x12 inputs: conv (3x3, padding 1, `channels` outputs), optional
+/// BatchNorm, relu, 2x2 max pooling, flatten, dropout 0.2, linear to 10 classes.
+pub fn small_convnet(channels: usize, batchnorm: bool) -> modelbatch::nn::ModelSpec {
+    let bn = if batchnorm { r#"{"type": "batchnorm2d"},"# } else { "" };
+    modelbatch::nn::ModelSpec::from_json(&format!(
+        r#"{{"input": [1, 12, 12], "layers": [
+            {{"type": "conv2d", "out_channels": {channels}, "kernel_size": 3, "padding": 1}},
+            {bn}
+            {{"type": "relu"}},
+            {{"type": "maxpool2d", "kernel_size": 2}},
+            {{"type": "flatten"}},
+            {{"type": "dropout", "p": 0.2}},
+            {{"type": "linear", "out_features": 10}}
+        ]}}"#
+    ))
+    .unwrap()
+}
