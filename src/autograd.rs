@@ -51,8 +51,10 @@ pub fn grad(
         match &node.op {
             Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Fill { .. } | Op::Data { .. } => {}
             Op::GatherImages { .. } | Op::GatherLabels => {}
-            Op::MatMul { trans_a, trans_b, bias } => {
+            Op::MatMul { trans_a, trans_b, bias, relu } => {
                 let (a, b, ta, tb) = (x[0], x[1], *trans_a, *trans_b);
+                // Through the fused relu first (its derivative at the output).
+                let dy = if *relu { graph.unary_grad(Unary::Relu, dy, y)? } else { dy };
                 if graph.node(a).requires_grad {
                     let da = if ta {
                         graph.matmul(b, dy, None, tb, true)?

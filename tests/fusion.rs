@@ -51,3 +51,39 @@ fn fused_conv_relu_and_pool_gradient_equal_the_separate_ops() {
         assert!(n_fused + 2 <= n_plain, "stride {stride}: {n_fused} dispatches fused vs {n_plain}");
     }
 }
+
+fn run_linear(gpu: &modelbatch::Gpu, fused: bool) -> (Vec<Vec<u32>>, usize) {
+    let g = 3;
+    let mut graph = Graph::new(g);
+    let x = graph.param("x", &[2, 7, 19]).unwrap();
+    let w = graph.param("w", &[13, 19]).unwrap();
+    let b = graph.param("b", &[13]).unwrap();
+    let y = if fused {
+        graph.linear_relu(x, w, Some(b)).unwrap()
+    } else {
+        let l = graph.linear(x, w, Some(b)).unwrap();
+        graph.relu(l).unwrap()
+    };
+    let r = graph.input("r", &[2, 7, 13], DType::F32).unwrap();
+    let grads = autograd::grad(&mut graph, y, Some(r), &[x, w, b]).unwrap();
+    let keep: Vec<_> = [y].into_iter().chain(grads.iter().map(|d| d.unwrap())).collect();
+    let plan = Plan::new(gpu, &graph, &keep, &[]).unwrap();
+    plan.write(x, &common::randn(5, g * 2 * 7 * 19)).unwrap();
+    plan.write(w, &common::randn(6, g * 13 * 19)).unwrap();
+    plan.write(b, &common::randn(7, g * 13)).unwrap();
+    plan.write(r, &common::randn(8, g * 2 * 7 * 13)).unwrap();
+    plan.run().unwrap();
+    let out = keep.iter().map(|&t| plan.read_blocking(t).unwrap().iter().map(|v| v.to_bits()).collect()).collect();
+    (out, plan.stats().dispatches)
+}
+
+#[test]
+fn fused_linear_relu_equals_the_separate_ops() {
+    let gpu = gpu_or_skip!();
+    let (plain, n_plain) = run_linear(gpu, false);
+    let (fused, n_fused) = run_linear(gpu, true);
+    for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
+        assert_eq!(a, b, "output {i} differs");
+    }
+    assert_eq!(n_fused + 1, n_plain, "the relu pass is gone");
+}

@@ -181,6 +181,18 @@ impl Graph {
         trans_a: bool,
         trans_b: bool,
     ) -> Result<TensorId> {
+        self.matmul_with(a, b, bias, trans_a, trans_b, false)
+    }
+
+    fn matmul_with(
+        &mut self,
+        a: TensorId,
+        b: TensorId,
+        bias: Option<TensorId>,
+        trans_a: bool,
+        trans_b: bool,
+        relu: bool,
+    ) -> Result<TensorId> {
         let name = "matmul";
         for t in [Some(a), Some(b), bias].into_iter().flatten() {
             self.check_g(name, t)?;
@@ -215,12 +227,23 @@ impl Graph {
             }
             inputs.push(bias);
         }
-        Ok(self.push(Op::MatMul { trans_a, trans_b, bias: bias.is_some() }, inputs, vec![self.g, m, n], DType::F32))
+        let op = Op::MatMul { trans_a, trans_b, bias: bias.is_some(), relu };
+        Ok(self.push(op, inputs, vec![self.g, m, n], DType::F32))
     }
 
     /// PyTorch's `nn.Linear` per model: `x [G, ..., in]`, `weight [G, out, in]`,
     /// `bias [G, out]` → `[G, ..., out]`.
     pub fn linear(&mut self, x: TensorId, weight: TensorId, bias: Option<TensorId>) -> Result<TensorId> {
+        self.linear_with(x, weight, bias, false)
+    }
+
+    /// `relu(linear(x, weight, bias))` in one kernel: the relu runs in the GEMM's epilogue.
+    /// The same values and gradients as the two ops.
+    pub fn linear_relu(&mut self, x: TensorId, weight: TensorId, bias: Option<TensorId>) -> Result<TensorId> {
+        self.linear_with(x, weight, bias, true)
+    }
+
+    fn linear_with(&mut self, x: TensorId, weight: TensorId, bias: Option<TensorId>, relu: bool) -> Result<TensorId> {
         let sx = self.shape(x).to_vec();
         let sw = self.shape(weight).to_vec();
         if sx.len() < 2 || sw.len() != 3 || sx[sx.len() - 1] != sw[2] {
@@ -234,7 +257,7 @@ impl Graph {
         let features = sx[sx.len() - 1];
         let rows: usize = sx[1..sx.len() - 1].iter().product();
         let x3 = if sx.len() == 3 { x } else { self.reshape(x, &[rows, features])? };
-        let y = self.matmul(x3, weight, bias, false, true)?;
+        let y = self.matmul_with(x3, weight, bias, false, true, relu)?;
         if sx.len() == 3 {
             Ok(y)
         } else {

@@ -176,6 +176,8 @@ pub enum Op {
         trans_b: bool,
         /// A bias operand follows, added to every row.
         bias: bool,
+        /// Relu applied in the kernel's epilogue (linear → relu fused).
+        relu: bool,
     },
     /// `[x]`: an activation function elementwise.
     Unary(Unary),

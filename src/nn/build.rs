@@ -188,7 +188,7 @@ impl ModelSpec {
         let mut fused_relu = false;
         for (i, l) in self.layers.iter().enumerate() {
             let p = |s: &str| format!("{}.{s}", l.name);
-            // A relu right after a convolution runs in the convolution's epilogue.
+            // A relu right after a convolution or a linear layer runs in its epilogue.
             if std::mem::take(&mut fused_relu) {
                 continue;
             }
@@ -216,7 +216,12 @@ impl ModelSpec {
                 Layer::Linear { .. } => {
                     let w = find(graph, &p("weight"))?.expect("linear weight entry");
                     let b = find(graph, &p("bias"))?;
-                    graph.linear(h, w, b)?
+                    fused_relu = matches!(self.layers.get(i + 1).map(|n| &n.layer), Some(Layer::Relu));
+                    if fused_relu {
+                        graph.linear_relu(h, w, b)?
+                    } else {
+                        graph.linear(h, w, b)?
+                    }
                 }
                 Layer::BatchNorm2d { eps, momentum, .. } => {
                     let w = find(graph, &p("weight"))?;

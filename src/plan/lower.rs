@@ -101,7 +101,7 @@ pub(super) fn lower_node<'b>(
             one(ops::data::lower_images(ctx, node.numel(), pixels, *mean, *std, buf(x[0]), buf(x[1]), buf(out)))
         }
         Op::GatherLabels => one(ops::data::lower_labels(ctx, node.numel(), buf(x[0]), buf(x[1]), buf(out))),
-        Op::MatMul { trans_a, trans_b, bias } => {
+        Op::MatMul { trans_a, trans_b, bias, relu } => {
             let (sa, so) = (shape(x[0]), &node.shape);
             let k = if *trans_a { sa[1] } else { sa[2] };
             one(ops::linear::lower(
@@ -116,7 +116,7 @@ pub(super) fn lower_node<'b>(
                     a: buf(x[0]),
                     b: buf(x[1]),
                     bias: if *bias { Some(buf(x[2])) } else { None },
-                    relu: false,
+                    relu: *relu,
                     out: buf(out),
                 },
             )?)
