@@ -88,6 +88,15 @@ pub(crate) struct Dispatch {
     pub label: &'static str,
 }
 
+impl Dispatch {
+    /// Records this dispatch into `pass`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass) {
+        pass.set_pipeline(&self.kernel.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.groups[0], self.groups[1], self.groups[2]);
+    }
+}
+
 /// What lowering needs: the device and a way to make uniforms and bind groups.
 pub(crate) struct Lower<'a> {
     pub gpu: &'a Gpu,

@@ -74,8 +74,15 @@ impl Layout {
     }
 
     /// Buffer sizes for chunks of `chunk` models (of `g`), and which whole-batch buffers are
-    /// staged through a chunk-sized copy because their slices are not `align`ed.
-    pub(super) fn buffers(&self, a: &alloc::Assignment, chunk: usize, g: usize, align: u64) -> (Vec<u64>, Vec<bool>) {
+    /// staged through a chunk-sized copy because their slices are not `align`ed (with the
+    /// staging buffer's size).
+    pub(super) fn buffers(
+        &self,
+        a: &alloc::Assignment,
+        chunk: usize,
+        g: usize,
+        align: u64,
+    ) -> (Vec<u64>, Vec<Option<u64>>) {
         let split = chunk < g;
         let sizes = (0..self.kind.len())
             .map(|s| match self.kind[s] {
@@ -84,7 +91,10 @@ impl Layout {
             })
             .collect();
         let staged = (0..self.kind.len())
-            .map(|s| split && self.kind[s].whole() && (chunk as u64 * self.per_model[s]) % align != 0)
+            .map(|s| {
+                let slice = chunk as u64 * self.per_model[s];
+                (split && self.kind[s].whole() && slice % align != 0).then(|| pad16(slice))
+            })
             .collect();
         (sizes, staged)
     }

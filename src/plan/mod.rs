@@ -146,7 +146,6 @@ pub struct Plan {
     buffers: Vec<wgpu::Buffer>,
     bytes: u64,
     steps: Vec<Chunk>,
-    split: bool,
     /// Per buffer: holds all G models (leaves, kept tensors), not one chunk's temporaries.
     whole: Vec<bool>,
     names: HashMap<String, TensorId>,
@@ -208,7 +207,7 @@ impl Plan {
         let total: u64 = (0..sizes.len())
             .filter(|s| !shared.contains_key(s))
             .map(|s| sizes[s])
-            .chain((0..sizes.len()).filter(|&s| staged[s]).map(|s| pad16(chunk as u64 * layout.per_model[s])))
+            .chain(staged.iter().flatten().copied())
             .sum();
         #[cfg(not(target_arch = "wasm32"))]
         let oom_scope = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -227,12 +226,10 @@ impl Plan {
                 None => buffers.push(new_buffer(format!("modelbatch tensor buffer {i}"), size)),
             }
         }
-        let stage: Vec<Option<wgpu::Buffer>> = (0..sizes.len())
-            .map(|s| {
-                staged[s].then(|| {
-                    new_buffer(format!("modelbatch chunk staging {s}"), pad16(chunk as u64 * layout.per_model[s]))
-                })
-            })
+        let stage: Vec<Option<wgpu::Buffer>> = staged
+            .iter()
+            .enumerate()
+            .map(|(s, size)| size.map(|size| new_buffer(format!("modelbatch chunk staging {s}"), size)))
             .collect();
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(e) = pollster::block_on(oom_scope.pop()) {
@@ -332,7 +329,6 @@ impl Plan {
             bytes: sizes.iter().sum::<u64>() + stage.iter().flatten().map(|b| b.size()).sum::<u64>(),
             buffers: buffers.into_iter().chain(stage.into_iter().flatten()).collect(),
             steps,
-            split,
             whole: (0..layout.kind.len())
                 .map(|s| matches!(layout.kind[s], SlotKind::Data) || layout.kind[s].whole())
                 .collect(),
@@ -384,7 +380,7 @@ impl Plan {
             .get(t.index())
             .ok_or_else(|| Error::Usage(format!("tensor {} is not in this plan", t.index())))?;
         match self.slot[t.index()] {
-            Some(s) if !self.split || self.whole[s] => Ok(&self.buffers[s]),
+            Some(s) if self.steps.len() == 1 || self.whole[s] => Ok(&self.buffers[s]),
             _ => Err(Error::Usage(format!(
                 "tensor {} ({} {:?}) is not kept by this plan; list it in `keep` when compiling",
                 t.index(),
@@ -492,9 +488,7 @@ impl Plan {
                     timestamp_writes: None,
                 });
                 for d in &chunk.dispatches {
-                    pass.set_pipeline(&d.kernel.pipeline);
-                    pass.set_bind_group(0, &d.bind_group, &[]);
-                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                    d.record(&mut pass);
                 }
             }
             record_copies(&mut encoder, &chunk.copy_out);
@@ -542,27 +536,26 @@ impl Plan {
     /// as `"chunk copies"` (wall time). Native only.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn profile(&self) -> Result<Vec<(&'static str, f64)>> {
+        /// Dispatches per query set (4,096 timestamps, wgpu's maximum).
+        const PER_SET: usize = 2048;
         self.check_lost()?;
-        if self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
-            let r = self.profile_timestamps();
-            self.check_error()?;
-            return r;
-        }
+        let stamps = self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let mut out = Vec::new();
         for chunk in &self.steps {
             if !chunk.copy_in.is_empty() {
                 out.push(self.timed("chunk copies", &|e| record_copies(e, &chunk.copy_in))?);
             }
-            for d in &chunk.dispatches {
-                out.push(self.timed(d.label, &|encoder| {
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some(d.label),
-                        timestamp_writes: None,
-                    });
-                    pass.set_pipeline(&d.kernel.pipeline);
-                    pass.set_bind_group(0, &d.bind_group, &[]);
-                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
-                })?);
+            if stamps {
+                for batch in chunk.dispatches.chunks(PER_SET) {
+                    out.extend(self.timestamps(batch)?);
+                }
+            } else {
+                for d in &chunk.dispatches {
+                    out.push(self.timed(d.label, &|encoder| {
+                        let desc = wgpu::ComputePassDescriptor { label: Some(d.label), timestamp_writes: None };
+                        d.record(&mut encoder.begin_compute_pass(&desc));
+                    })?);
+                }
             }
             if !chunk.copy_out.is_empty() {
                 out.push(self.timed("chunk copies", &|e| record_copies(e, &chunk.copy_out))?);
@@ -584,82 +577,66 @@ impl Plan {
         Ok((label, start.elapsed().as_secs_f64()))
     }
 
-    /// [`Plan::profile`] with timestamp queries: the dispatches in order, one pass each,
-    /// timestamps at the beginning and end of every pass, in batches of one query set.
+    /// GPU times of `batch` from timestamp queries: one submit, each dispatch in its own
+    /// pass with timestamps at its beginning and end.
     #[cfg(not(target_arch = "wasm32"))]
-    fn profile_timestamps(&self) -> Result<Vec<(&'static str, f64)>> {
-        const PER_SET: usize = 2048; // dispatches per query set (4,096 queries, wgpu's maximum)
+    fn timestamps(&self, batch: &[ops::Dispatch]) -> Result<Vec<(&'static str, f64)>> {
         let period = f64::from(self.queue.get_timestamp_period()) * 1e-9;
-        let mut out = Vec::new();
-        for chunk in &self.steps {
-            if !chunk.copy_in.is_empty() {
-                out.push(self.timed("chunk copies", &|e| record_copies(e, &chunk.copy_in))?);
-            }
-            for batch in chunk.dispatches.chunks(PER_SET) {
-                let queries = 2 * batch.len() as u32;
-                let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
-                    label: Some("modelbatch profile"),
-                    ty: wgpu::QueryType::Timestamp,
-                    count: queries,
-                });
-                let bytes = u64::from(queries) * 8;
-                let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("modelbatch profile resolve"),
-                    size: bytes,
-                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                });
-                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("modelbatch profile readback"),
-                    size: bytes,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                let mut encoder =
-                    self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
-                for (i, d) in batch.iter().enumerate() {
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some(d.label),
-                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                            query_set: &set,
-                            beginning_of_pass_write_index: Some(2 * i as u32),
-                            end_of_pass_write_index: Some(2 * i as u32 + 1),
-                        }),
-                    });
-                    pass.set_pipeline(&d.kernel.pipeline);
-                    pass.set_bind_group(0, &d.bind_group, &[]);
-                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
-                }
-                encoder.resolve_query_set(&set, 0..queries, &resolve, 0);
-                encoder.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
-                self.queue.submit([encoder.finish()]);
-                let (tx, rx) = std::sync::mpsc::channel();
-                staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-                    let _ = tx.send(r);
-                });
-                self.device
-                    .poll(wgpu::PollType::wait_indefinitely())
-                    .map_err(|e| Error::Gpu(format!("profiling: {e}")))?;
-                rx.recv()
-                    .map_err(|_| Error::Gpu("profiling: readback cancelled (device lost?)".into()))?
-                    .map_err(|e| Error::Gpu(format!("profiling: {e}")))?;
-                let stamps: Vec<u64> = {
-                    let view = staging
-                        .slice(..)
-                        .get_mapped_range()
-                        .map_err(|e| Error::Gpu(format!("profiling: reading timestamps: {e}")))?;
-                    bytemuck::pod_collect_to_vec(&view)
-                };
-                staging.unmap();
-                for (i, d) in batch.iter().enumerate() {
-                    out.push((d.label, stamps[2 * i + 1].saturating_sub(stamps[2 * i]) as f64 * period));
-                }
-            }
-            if !chunk.copy_out.is_empty() {
-                out.push(self.timed("chunk copies", &|e| record_copies(e, &chunk.copy_out))?);
-            }
+        let queries = 2 * batch.len() as u32;
+        let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("modelbatch profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count: queries,
+        });
+        let bytes = u64::from(queries) * 8;
+        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("modelbatch profile resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("modelbatch profile readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
+        for (i, d) in batch.iter().enumerate() {
+            d.record(&mut encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(d.label),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &set,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                }),
+            }));
         }
-        Ok(out)
+        encoder.resolve_query_set(&set, 0..queries, &resolve, 0);
+        encoder.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
+        self.queue.submit([encoder.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("profiling: {e}")))?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("profiling: readback cancelled (device lost?)".into()))?
+            .map_err(|e| Error::Gpu(format!("profiling: {e}")))?;
+        let stamps: Vec<u64> = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("profiling: reading timestamps: {e}")))?;
+            bytemuck::pod_collect_to_vec(&view)
+        };
+        staging.unmap();
+        Ok(batch
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.label, stamps[2 * i + 1].saturating_sub(stamps[2 * i]) as f64 * period))
+            .collect())
     }
 
     /// Labels of the recorded dispatches, in order (for profiling and tests).
@@ -844,7 +821,7 @@ impl Plan {
         let chunk = layout.chunk_size(gpu.limits(), g)?;
         let align = u64::from(gpu.limits().min_storage_buffer_offset_alignment).max(16);
         let (mut sizes, staged) = layout.buffers(&a, chunk, g, align);
-        sizes.extend((0..staged.len()).filter(|&s| staged[s]).map(|s| pad16(chunk as u64 * layout.per_model[s])));
+        sizes.extend(staged.iter().flatten());
         Ok(MemoryEstimate {
             bytes: sizes.iter().sum(),
             largest: sizes.iter().copied().max().unwrap_or(0),
