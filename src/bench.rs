@@ -7,11 +7,11 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::graph::{DType, Graph, Reduction};
+use crate::graph::Reduction;
 use crate::nn::{BatchModel, Mode, ModelSpec, Rng};
 use crate::optim::Sgd;
 use crate::plan::{MemoryEstimate, Plan, Update};
-use crate::train::{Dataset, Optimizer, Order, TrainConfig, Trainer};
+use crate::train::{data_graph, DataGraph, Dataset, Head, Normalize, Optimizer, Order, TrainConfig, Trainer};
 
 /// One measurement: a training step of G models on N images each.
 #[derive(Clone, Debug, PartialEq)]
@@ -156,16 +156,9 @@ pub fn step(
 /// binding limit asks for it, known before anything is allocated. The parameters and running
 /// estimates are counted once (the model's store shares them with the step).
 pub fn step_estimate(gpu: &Gpu, spec: &ModelSpec, g: usize, n: usize, samples: usize) -> Result<MemoryEstimate> {
-    let px: usize = spec.input.iter().product();
-    let mut graph = Graph::new(g);
-    let images = graph.dataset("train.images", samples * px)?;
-    let labels = graph.dataset("train.labels", samples)?;
-    let indices = graph.input("indices", &[n], DType::U32)?;
-    let x = graph.gather_images(images, indices, &spec.input, 0.0, 1.0)?;
-    let y = graph.gather_labels(labels, indices)?;
-    let built = spec.build(&mut graph, x, Mode::Train)?;
-    let loss = graph.cross_entropy(built.output, y, Reduction::Mean)?;
-    let correct = graph.topk_accuracy(built.output, y, &[1], true)?;
+    let head = Head { mode: Mode::Train, reduction: Reduction::Mean, ks: &[1] };
+    let DataGraph { mut graph, built, loss, top: correct, .. } =
+        data_graph(spec, g, "train", samples, n, Normalize { mean: 0.0, std: 1.0 }, head)?;
     let params = built.params();
     let grads = crate::autograd::grad(&mut graph, loss, None, &params)?;
     let pairs: Vec<_> = params.iter().zip(grads).filter_map(|(&p, d)| d.map(|d| (p, d))).collect();

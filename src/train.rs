@@ -19,7 +19,7 @@ use crate::data::MnistSplit;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::graph::{DType, Graph, Reduction, TensorId};
-use crate::nn::{BatchModel, Mode, Rng};
+use crate::nn::{BatchModel, Built, Mode, ModelSpec, Rng};
 use crate::optim::{Adam, AdamState, Sgd, SgdState};
 use crate::plan::{Plan, Readback, Update};
 
@@ -116,6 +116,53 @@ impl Default for Normalize {
     fn default() -> Self {
         Normalize { mean: 0.1307, std: 0.3081 }
     }
+}
+
+/// What a step graph computes from the model's output: the mode the model is built in, the
+/// cross-entropy's reduction and the `k`s of the top-k counts.
+pub(crate) struct Head<'a> {
+    pub mode: Mode,
+    pub reduction: Reduction,
+    pub ks: &'a [u32],
+}
+
+/// The part every step graph shares (training, micro-batches, evaluation, benchmarks).
+pub(crate) struct DataGraph {
+    pub graph: Graph,
+    /// The dataset resident on the GPU (`{prefix}.images`, `{prefix}.labels`).
+    pub images: TensorId,
+    pub labels: TensorId,
+    /// `[G, size]` sample indices, written each run.
+    pub indices: TensorId,
+    pub built: Built,
+    /// Per-model cross-entropy.
+    pub loss: TensorId,
+    /// Per-model top-k counts.
+    pub top: TensorId,
+}
+
+/// G models of `spec` on `size` samples each, gathered and normalised from a resident
+/// dataset of `samples` samples, then `head`.
+pub(crate) fn data_graph(
+    spec: &ModelSpec,
+    g: usize,
+    prefix: &str,
+    samples: usize,
+    size: usize,
+    norm: Normalize,
+    head: Head,
+) -> Result<DataGraph> {
+    let px: usize = spec.input.iter().product();
+    let mut graph = Graph::new(g);
+    let images = graph.dataset(&format!("{prefix}.images"), samples * px)?;
+    let labels = graph.dataset(&format!("{prefix}.labels"), samples)?;
+    let indices = graph.input("indices", &[size], DType::U32)?;
+    let x = graph.gather_images(images, indices, &spec.input, norm.mean, norm.std)?;
+    let y = graph.gather_labels(labels, indices)?;
+    let built = spec.build(&mut graph, x, head.mode)?;
+    let loss = graph.cross_entropy(built.output, y, head.reduction)?;
+    let top = graph.topk_accuracy(built.output, y, head.ks, true)?;
+    Ok(DataGraph { graph, images, labels, indices, built, loss, top })
 }
 
 /// Which samples each step uses.
@@ -312,16 +359,9 @@ impl<'a> Trainer<'a> {
                 config.schedules.len()
             )));
         }
-        let spec = model.spec();
-        let mut graph = Graph::new(g);
-        let images = graph.dataset("train.images", data.images.len())?;
-        let labels = graph.dataset("train.labels", data.labels.len())?;
-        let indices = graph.input("indices", &[nb], DType::U32)?;
-        let x = graph.gather_images(images, indices, &spec.input, config.normalize.mean, config.normalize.std)?;
-        let y = graph.gather_labels(labels, indices)?;
-        let built = spec.build(&mut graph, x, Mode::Train)?;
-        let loss = graph.cross_entropy(built.output, y, Reduction::Mean)?;
-        let correct = graph.topk_accuracy(built.output, y, &[1], true)?;
+        let head = Head { mode: Mode::Train, reduction: Reduction::Mean, ks: &[1] };
+        let DataGraph { mut graph, images, labels, indices, built, loss, top: correct } =
+            data_graph(model.spec(), g, "train", data.n, nb, config.normalize, head)?;
         let params = built.params();
         let grads = autograd::grad(&mut graph, loss, None, &params)?;
         let pairs: Vec<(TensorId, TensorId)> = params

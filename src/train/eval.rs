@@ -2,10 +2,10 @@
 //! chunk's per-model counts and loss are copied into a log on the GPU, and the log comes
 //! back in one readback (per 256 chunks), so an evaluation costs one map, not two per chunk.
 
-use super::{Dataset, Evaluation, Normalize};
+use super::{data_graph, DataGraph, Dataset, Evaluation, Head, Normalize};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::graph::{DType, Graph, Reduction, TensorId};
+use crate::graph::{Reduction, TensorId};
 use crate::nn::{BatchModel, Mode};
 use crate::plan::{Plan, Readback};
 
@@ -48,25 +48,17 @@ impl Evaluator {
         let g = model.models();
         let ks: Vec<u32> = if data.classes >= 5 { vec![1, 5] } else { vec![1, data.classes as u32] };
         // Build the evaluation graph for `size` samples per model.
-        let make = |size: usize| -> Result<(Graph, [TensorId; 5])> {
-            let mut graph = Graph::new(g);
-            let images = graph.dataset("eval.images", data.images.len())?;
-            let labels = graph.dataset("eval.labels", data.labels.len())?;
-            let indices = graph.input("indices", &[size], DType::U32)?;
-            let x = graph.gather_images(images, indices, &model.spec().input, norm.mean, norm.std)?;
-            let y = graph.gather_labels(labels, indices)?;
-            let built = model.spec().build(&mut graph, x, Mode::Eval)?;
-            let loss = graph.cross_entropy(built.output, y, Reduction::Sum)?;
-            let top = graph.topk_accuracy(built.output, y, &ks, true)?;
-            Ok((graph, [images, labels, indices, loss, top]))
+        let make = |size: usize| {
+            let head = Head { mode: Mode::Eval, reduction: Reduction::Sum, ks: &ks };
+            data_graph(model.spec(), g, "eval", data.n, size, norm, head)
         };
         // Plans split the models into chunks that fit the adapter's bindings; when even one
         // model's batch does not fit, evaluate fewer samples per pass (the results are the
         // same: evaluation has no batch statistics).
         let mut batch = batch.min(data.n);
         while batch > 1 {
-            let (graph, [.., loss, top]) = make(batch)?;
-            if crate::plan::one_model_fits(gpu, &graph, &[loss, top], &[]) {
+            let d = make(batch)?;
+            if crate::plan::one_model_fits(gpu, &d.graph, &[d.loss, d.top], &[]) {
                 break;
             }
             batch = batch.div_ceil(2);
@@ -78,7 +70,7 @@ impl Evaluator {
             if chunks == 0 {
                 continue;
             }
-            let (graph, [images, labels, indices, loss, top]) = make(size)?;
+            let DataGraph { graph, images, labels, indices, loss, top, .. } = make(size)?;
             let plan = match parts.first() {
                 // The remainder plan reads the dataset the first plan uploaded.
                 Some(first) => Plan::sharing(gpu, &graph, &[loss, top], &[], &first.plan)?,

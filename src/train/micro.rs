@@ -9,11 +9,11 @@
 //! in training mode normalises with the statistics of the batch it sees, so a model with
 //! BatchNorm cannot split its batch: that is an error naming the batch size that fits.
 
-use super::{Dataset, Normalize};
+use super::{data_graph, DataGraph, Dataset, Head, Normalize};
 use crate::autograd;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::graph::{DType, Graph, Op, Reduction, TensorId};
+use crate::graph::{Graph, Op, Reduction, TensorId};
 use crate::nn::{BatchModel, Layer, Mode};
 use crate::plan::{Plan, Update};
 
@@ -57,16 +57,9 @@ struct MicroGraph {
 
 /// Forward and backward over `size` samples per model, accumulating into `accum.*`.
 fn micro_graph(model: &BatchModel, data: &Dataset, nb: usize, size: usize, norm: Normalize) -> Result<MicroGraph> {
-    let spec = model.spec();
-    let mut graph = Graph::new(model.models());
-    let images = graph.dataset("train.images", data.images.len())?;
-    let labels = graph.dataset("train.labels", data.labels.len())?;
-    let indices = graph.input("indices", &[size], DType::U32)?;
-    let x = graph.gather_images(images, indices, &spec.input, norm.mean, norm.std)?;
-    let y = graph.gather_labels(labels, indices)?;
-    let built = spec.build(&mut graph, x, Mode::Train)?;
-    let loss = graph.cross_entropy(built.output, y, Reduction::Sum)?;
-    let correct = graph.topk_accuracy(built.output, y, &[1], true)?;
+    let head = Head { mode: Mode::Train, reduction: Reduction::Sum, ks: &[1] };
+    let DataGraph { mut graph, images, labels, indices, built, loss, top: correct } =
+        data_graph(model.spec(), model.models(), "train", data.n, size, norm, head)?;
     // d(mean loss of the whole batch) / d(this micro-batch's summed loss) = 1 / N.
     let seed = graph.fill(&[], 1.0 / nb as f32)?;
     let params = built.params();
