@@ -143,12 +143,12 @@ impl Gpu {
     pub fn all_blocking() -> Result<Vec<Gpu>> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
-        let want = std::env::var("WGPU_ADAPTER_NAME").ok().map(|w| w.to_lowercase());
+        let want = std::env::var("WGPU_ADAPTER_NAME").ok();
         let mut out = Vec::new();
         let mut errors = Vec::new();
         for adapter in pollster::block_on(instance.enumerate_adapters(backends)) {
             let info = adapter.get_info();
-            if want.as_ref().is_some_and(|w| !info.name.to_lowercase().contains(w)) {
+            if want.as_deref().is_some_and(|w| !name_matches(&info, w)) {
                 continue;
             }
             match pollster::block_on(Gpu::from_adapter(adapter)) {
@@ -473,13 +473,18 @@ impl Gpu {
 
 /// Picks an adapter: `WGPU_ADAPTER_NAME` (substring, case-insensitive) when set, otherwise
 /// the instance's preferred one (high performance unless `WGPU_POWER_PREF` says otherwise).
+/// Whether an adapter's name contains `want` (`WGPU_ADAPTER_NAME`), ignoring case.
+#[cfg(not(target_arch = "wasm32"))]
+fn name_matches(info: &wgpu::AdapterInfo, want: &str) -> bool {
+    info.name.to_lowercase().contains(&want.to_lowercase())
+}
+
 async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
     #[cfg(not(target_arch = "wasm32"))]
     if let Ok(want) = std::env::var("WGPU_ADAPTER_NAME") {
-        let want_lc = want.to_lowercase();
         let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
         let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-        return adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&want_lc)).ok_or_else(|| {
+        return adapters.into_iter().find(|a| name_matches(&a.get_info(), &want)).ok_or_else(|| {
             Error::NoAdapter(format!("WGPU_ADAPTER_NAME={want:?} matches none of the adapters found: {names:?}"))
         });
     }
