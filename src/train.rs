@@ -191,6 +191,26 @@ enum OptState {
 }
 
 impl OptState {
+    /// Attaches `optimizer` to `pairs` (parameter, gradient) of `graph`: the state and the
+    /// step's updates, the divergence guard on `loss` first (it freezes diverged models
+    /// before anything updates them), then the optimizer's, then `after`.
+    fn attach(
+        optimizer: &Optimizer,
+        graph: &mut Graph,
+        pairs: &[(TensorId, TensorId)],
+        loss: TensorId,
+        after: &[Update],
+    ) -> Result<(OptState, Vec<Update>)> {
+        let opt = match optimizer {
+            Optimizer::Sgd(s) => OptState::Sgd(s.attach(graph, pairs)?),
+            Optimizer::Adam(a) => OptState::Adam(a.attach(graph, pairs)?),
+        };
+        let mut updates = vec![Update::Guard { loss, dead: opt.dead() }];
+        updates.extend(opt.updates().iter().cloned());
+        updates.extend(after.iter().cloned());
+        Ok((opt, updates))
+    }
+
     fn updates(&self) -> &[Update] {
         match self {
             OptState::Sgd(s) => s.updates(),
@@ -369,35 +389,21 @@ impl<'a> Trainer<'a> {
             .zip(grads)
             .map(|(&p, d)| d.map(|d| (p, d)).ok_or_else(|| Error::Usage("a parameter does not affect the loss".into())))
             .collect::<Result<_>>()?;
-        let opt = match &optimizer {
-            Optimizer::Sgd(s) => OptState::Sgd(s.attach(&mut graph, &pairs)?),
-            Optimizer::Adam(a) => OptState::Adam(a.attach(&mut graph, &pairs)?),
-        };
-        // Freeze diverged models before anything updates them.
-        let mut updates = vec![Update::Guard { loss, dead: opt.dead() }];
-        updates.extend(opt.updates().iter().cloned());
-        updates.extend(built.updates.iter().cloned());
+        let (opt, updates) = OptState::attach(&optimizer, &mut graph, &pairs, loss, &built.updates)?;
         // One pass per step, or micro-batches where one model's batch passes the binding limit.
-        let fits = crate::plan::one_model_fits(gpu, &graph, &[loss, correct], &updates);
-        let (plan, loss, correct, opt, micro) = match micro::plan(gpu, model, data, nb, config.normalize, fits)? {
-            None => {
-                let plan = model.plan(gpu, &graph, &[loss, correct], &updates)?;
-                plan.write_bytes(images, &data.images)?;
-                plan.write_bytes(labels, &data.labels)?;
-                (plan, loss, correct, opt, None)
-            }
-            Some((micro, mut apply)) => {
-                let opt = match &optimizer {
-                    Optimizer::Sgd(s) => OptState::Sgd(s.attach(&mut apply.graph, &apply.params)?),
-                    Optimizer::Adam(a) => OptState::Adam(a.attach(&mut apply.graph, &apply.params)?),
-                };
-                let mut updates = vec![Update::Guard { loss: apply.loss, dead: opt.dead() }];
-                updates.extend(opt.updates().iter().cloned());
-                updates.extend(apply.clear);
-                let keep = [apply.loss, apply.correct];
-                let plan = Plan::sharing(gpu, &apply.graph, &keep, &updates, &micro.plans[0].plan)?;
-                (plan, apply.loss, apply.correct, opt, Some(micro))
-            }
+        let (plan, loss, correct, opt, micro) = if crate::plan::one_model_fits(gpu, &graph, &[loss, correct], &updates)
+        {
+            let plan = model.plan(gpu, &graph, &[loss, correct], &updates)?;
+            plan.write_bytes(images, &data.images)?;
+            plan.write_bytes(labels, &data.labels)?;
+            (plan, loss, correct, opt, None)
+        } else {
+            let (micro, mut apply) = micro::plan(gpu, model, data, nb, config.normalize)?;
+            let (opt, updates) =
+                OptState::attach(&optimizer, &mut apply.graph, &apply.params, apply.loss, &apply.clear)?;
+            let keep = [apply.loss, apply.correct];
+            let plan = Plan::sharing(gpu, &apply.graph, &keep, &updates, &micro.plans[0].plan)?;
+            (plan, apply.loss, apply.correct, opt, Some(micro))
         };
         opt.upload(&plan)?;
         let log_rows = config.metrics_every;

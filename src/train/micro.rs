@@ -98,20 +98,15 @@ pub(super) struct Apply {
     pub clear: Vec<Update>,
 }
 
-/// The step's micro-batch plans for `nb` samples per model when one pass does not fit, with
-/// the graph of the apply step (parameters paired with their accumulated gradients); `None`
-/// when one pass fits.
+/// The step's micro-batch plans for `nb` samples per model (one pass does not fit), with the
+/// graph of the apply step (parameters paired with their accumulated gradients).
 pub(super) fn plan(
     gpu: &Gpu,
     model: &BatchModel,
     data: &Dataset,
     nb: usize,
     norm: Normalize,
-    fits: bool,
-) -> Result<Option<(Micro, Apply)>> {
-    if fits {
-        return Ok(None);
-    }
+) -> Result<(Micro, Apply)> {
     if model.spec().layers.iter().any(|l| matches!(l.layer, Layer::BatchNorm2d { .. })) {
         return Err(Error::Usage(format!(
             "a batch of {nb} samples per model passes this adapter's binding limit, and a model with BatchNorm cannot \
@@ -179,5 +174,5 @@ pub(super) fn plan(
     let correct = graph.broadcast(correct_acc, &shape, &[], 1.0)?;
     clear.push(Update::Zero { dst: loss_acc });
     clear.push(Update::Zero { dst: correct_acc });
-    Ok(Some((Micro { plans, passes }, Apply { graph, params, loss, correct, clear })))
+    Ok((Micro { plans, passes }, Apply { graph, params, loss, correct, clear }))
 }
