@@ -10,8 +10,8 @@ use crate::gpu::Gpu;
 use crate::graph::Reduction;
 use crate::nn::{BatchModel, Mode, ModelSpec, Rng};
 use crate::optim::Sgd;
-use crate::plan::{MemoryEstimate, Plan, Update};
-use crate::train::{data_graph, DataGraph, Dataset, Head, Normalize, Optimizer, Order, TrainConfig, Trainer};
+use crate::plan::{MemoryEstimate, Plan};
+use crate::train::{data_graph, DataGraph, Dataset, Head, Normalize, OptState, Optimizer, Order, TrainConfig, Trainer};
 
 /// One measurement: a training step of G models on N images each.
 #[derive(Clone, Debug, PartialEq)]
@@ -162,10 +162,8 @@ pub fn step_estimate(gpu: &Gpu, spec: &ModelSpec, g: usize, n: usize, samples: u
     let params = built.params();
     let grads = crate::autograd::grad(&mut graph, loss, None, &params)?;
     let pairs: Vec<_> = params.iter().zip(grads).filter_map(|(&p, d)| d.map(|d| (p, d))).collect();
-    let sgd = Sgd::new(0.01).momentum(0.9).attach(&mut graph, &pairs)?;
-    let mut updates = vec![Update::Guard { loss, dead: sgd.dead() }];
-    updates.extend(sgd.updates().iter().cloned());
-    updates.extend(built.updates.iter().cloned());
+    let sgd = Optimizer::Sgd(Sgd::new(0.01).momentum(0.9));
+    let (_, updates) = OptState::attach(&sgd, &mut graph, &pairs, loss, &built.updates)?;
     Plan::estimate_on(gpu, &graph, &[loss, correct], &updates)
 }
 

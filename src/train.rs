@@ -185,7 +185,7 @@ pub enum Optimizer {
     Adam(Adam),
 }
 
-enum OptState {
+pub(crate) enum OptState {
     Sgd(SgdState),
     Adam(AdamState),
 }
@@ -194,7 +194,7 @@ impl OptState {
     /// Attaches `optimizer` to `pairs` (parameter, gradient) of `graph`: the state and the
     /// step's updates, the divergence guard on `loss` first (it freezes diverged models
     /// before anything updates them), then the optimizer's, then `after`.
-    fn attach(
+    pub(crate) fn attach(
         optimizer: &Optimizer,
         graph: &mut Graph,
         pairs: &[(TensorId, TensorId)],
