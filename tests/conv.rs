@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{assert_close, check_fd, randn, FdLeaf};
+use common::{assert_close, check_fd, fd_leaves, randn};
 use modelbatch::graph::Conv2dGeom;
 use modelbatch::{autograd, DType, Graph, Plan, TensorId};
 
@@ -248,12 +248,7 @@ impl Case {
 
     /// Central finite differences of sum(r*y) for a few coordinates of every leaf.
     fn check_fd(&self, grads: &[Vec<f32>]) {
-        let leaves: Vec<FdLeaf> = self
-            .leaves
-            .iter()
-            .zip(grads)
-            .map(|((name, id, values), grad)| FdLeaf { name, id: *id, values, grad })
-            .collect();
+        let leaves = fd_leaves(&self.leaves, grads);
         let before = self.plan.read_blocking(self.y).unwrap();
         check_fd(&self.plan, self.y, &self.r, &leaves, FD_COORDS, EPS, FD_RTOL, FD_ATOL);
         let (after, _) = self.run();

@@ -4,7 +4,7 @@
 
 use modelbatch::{autograd, DType, Graph, Plan, TensorId};
 
-use super::{check_fd, randn, FdLeaf};
+use super::{check_fd, fd_leaves, randn};
 
 /// Finite differences: step and tolerances (f32 forward passes; see `check_fd`).
 pub const EPS: f32 = 1e-2;
@@ -110,12 +110,7 @@ impl Case {
     /// Finite-difference check of every leaf's gradient; the output must come back bit for
     /// bit once the leaves are restored (deterministic kernels).
     pub fn fd_with(&self, grads: &[Vec<f32>], eps: f32, rtol: f64, atol: f64) {
-        let leaves: Vec<FdLeaf> = self
-            .leaves
-            .iter()
-            .zip(grads)
-            .map(|((name, id, values), grad)| FdLeaf { name, id: *id, values, grad })
-            .collect();
+        let leaves = fd_leaves(&self.leaves, grads);
         let before = self.plan.read_blocking(self.y).unwrap();
         check_fd(&self.plan, self.y, &self.r, &leaves, FD_COORDS, eps, rtol, atol);
         let (after, _) = self.run();

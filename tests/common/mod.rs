@@ -187,6 +187,18 @@ pub struct FdLeaf<'a> {
     pub grad: &'a [f32],
 }
 
+/// `leaves` as (name, tensor, values) paired with their analytic gradients, in order.
+pub fn fd_leaves<'a, N: AsRef<str>>(
+    leaves: &'a [(N, modelbatch::TensorId, Vec<f32>)],
+    grads: &'a [Vec<f32>],
+) -> Vec<FdLeaf<'a>> {
+    leaves
+        .iter()
+        .zip(grads)
+        .map(|((name, id, values), grad)| FdLeaf { name: name.as_ref(), id: *id, values, grad })
+        .collect()
+}
+
 /// Central finite differences of `sum(r * y)` for `coords` coordinates of each leaf, computed
 /// by re-running the same compiled `plan` with one coordinate perturbed by `±eps` at a time,
 /// compared with the analytic gradient:
