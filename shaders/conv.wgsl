@@ -415,9 +415,9 @@ struct Direct {
 // Kernel width and output channels per invocation; MAX_KW and MAX_OB bound them.
 override KW: u32 = 5u;
 override OB: u32 = 4u;
-// Output columns per invocation of conv2d_direct (a strip): 4, 8 or 12 (the Rust side uses 8
-// and 12).
-override SW: u32 = 8u;  // strip width: 8 or 12 (`strip_width` in src/ops/conv.rs)
+// Output columns per invocation of conv2d_direct (a strip): 8 or 12 (`Corr::sw` in
+// src/ops/conv.rs; the column shifts below assume at least 8).
+override SW: u32 = 8u;
 const MAX_KW: u32 = 8u;
 const MAX_OB: u32 = 8u;
 

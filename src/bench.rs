@@ -12,6 +12,7 @@ use crate::nn::{BatchModel, Mode, ModelSpec, Rng};
 use crate::optim::Sgd;
 use crate::plan::{MemoryEstimate, Plan};
 use crate::train::{data_graph, DataGraph, Dataset, Head, Normalize, OptState, Optimizer, Order, TrainConfig, Trainer};
+use crate::tuning::Tuning;
 
 /// One measurement: a training step of G models on N images each.
 #[derive(Clone, Debug, PartialEq)]
@@ -116,13 +117,39 @@ pub fn step(
 ) -> Result<StepBench> {
     let model = BatchModel::new(gpu, spec, g, 0)?;
     let data = synthetic_dataset(spec, dataset_samples(n), 1);
+    let mut trainer = step_trainer(gpu, &model, &data, n, steps)?;
+    time_steps(gpu, &mut trainer, g, n, steps, warmup, repeats)
+}
+
+/// The trainer [`step`] times: SGD with momentum 0.9, one shared data order, metrics read
+/// back once per `steps`.
+#[cfg(not(target_arch = "wasm32"))]
+fn step_trainer<'a>(
+    gpu: &'a Gpu,
+    model: &'a BatchModel,
+    data: &'a Dataset,
+    n: usize,
+    steps: u64,
+) -> Result<Trainer<'a>> {
     let config = TrainConfig {
         batch_size: n,
         order: Order::Shared,
         metrics_every: steps.max(1) as usize,
         ..TrainConfig::default()
     };
-    let mut trainer = Trainer::new(gpu, &model, &data, Optimizer::Sgd(Sgd::new(0.01).momentum(0.9)), config)?;
+    Trainer::new(gpu, model, data, Optimizer::Sgd(Sgd::new(0.01).momentum(0.9)), config)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn time_steps(
+    gpu: &Gpu,
+    trainer: &mut Trainer,
+    g: usize,
+    n: usize,
+    steps: u64,
+    warmup: u64,
+    repeats: usize,
+) -> Result<StepBench> {
     trainer.train(warmup, |_| {})?;
     trainer.finish(|_| {})?;
     let mut runs = Vec::with_capacity(repeats);
@@ -148,6 +175,110 @@ pub fn step(
         adapter: r.name,
         backend: r.backend,
     })
+}
+
+/// What [`tune`] measures: training steps of `models` models of `spec` on `batch_size`
+/// images each, `repeats` times `steps` steps after `warmup`, per candidate.
+#[derive(Clone, Debug)]
+pub struct Tune {
+    /// The architecture.
+    pub spec: ModelSpec,
+    /// Its name in the JSON lines.
+    pub model: String,
+    /// Models G.
+    pub models: usize,
+    /// Images per model per step N.
+    pub batch_size: usize,
+    /// Timed steps per repetition.
+    pub steps: u64,
+    /// Warm-up steps per candidate (they also compile its kernels).
+    pub warmup: u64,
+    /// Repetitions per candidate; the median counts.
+    pub repeats: usize,
+    /// A candidate replaces the best so far only when it is at least this much faster
+    /// (0.03: 3%), so that noise does not pick values.
+    pub margin: f64,
+}
+
+/// Finds the [`Tuning`] under which a training step of `t` runs fastest on `gpu`: starting
+/// from the device's own tuning, each key of [`Tuning::keys`] in turn tries its
+/// [`Tuning::candidates`] with the other keys at their best so far (coordinate descent, one
+/// pass), keeping a value only when it beats the best by `t.margin`. Candidates that
+/// compile to the same kernels and grids as one already measured (a key the model does not
+/// use) are skipped. `line` receives one JSON object per measurement (a [`StepBench`] with
+/// `"tuning"`, `"key"` and `"model"` added, or `"skipped": reason` for a candidate that failed)
+/// and a last one with `"best"` (the tuning's text), its and the starting point's
+/// `steps_per_s` and their ratio `"speedup"`. Returns the best tuning.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn tune(gpu: &Gpu, t: &Tune, mut progress: impl FnMut(&str), mut line: impl FnMut(Value)) -> Result<Tuning> {
+    let model = BatchModel::new(gpu, &t.spec, t.models, 0)?;
+    let data = synthetic_dataset(&t.spec, dataset_samples(t.batch_size), 1);
+    let mut seen: Vec<Vec<(&'static str, usize, [u32; 3])>> = Vec::new();
+    // The steps per second of `tuning`, or `None` where it compiles to what was measured.
+    let mut measure = |tuning: Tuning, key: &str, progress: &mut dyn FnMut(&str)| -> Result<Option<(f64, Value)>> {
+        let view = gpu.with_tuning(tuning)?;
+        let mut trainer = step_trainer(&view, &model, &data, t.batch_size, t.steps)?;
+        let signature = trainer.plan().signature();
+        if seen.contains(&signature) {
+            progress(&format!("{key}: {tuning} compiles to kernels already measured; skipped"));
+            return Ok(None);
+        }
+        seen.push(signature);
+        let b = time_steps(&view, &mut trainer, t.models, t.batch_size, t.steps, t.warmup, t.repeats)?;
+        progress(&format!("{key}: {tuning}: {:.2} steps/s", b.steps_per_s));
+        let mut v = b.value();
+        v["tuning"] = json!(tuning.to_string());
+        v["key"] = json!(key);
+        v["model"] = json!(t.model);
+        Ok(Some((b.steps_per_s, v)))
+    };
+    let start = gpu.tuning();
+    let (base, v) = measure(start, "start", &mut progress)?.unwrap_or_default();
+    line(v);
+    let (mut best, mut best_rate) = (start, base);
+    for key in Tuning::keys() {
+        let current = best.get(key).unwrap_or(0);
+        let mut winner: Option<(Tuning, f64)> = None;
+        for &value in Tuning::candidates(key).iter().filter(|&&v| v != current) {
+            let Ok(candidate) = best.with(key, value) else { continue };
+            if candidate.check_limits(gpu.limits()).is_err() {
+                continue;
+            }
+            match measure(candidate, key, &mut progress) {
+                Ok(Some((rate, v))) => {
+                    line(v);
+                    if rate > best_rate * (1.0 + t.margin) && winner.is_none_or(|w| rate > w.1) {
+                        winner = Some((candidate, rate));
+                    }
+                }
+                Ok(None) => {}
+                // A candidate the adapter cannot run (a limit, a loop budget) is reported, not fatal.
+                Err(e) => {
+                    let reason = one_line(&e);
+                    progress(&format!("{key}: {candidate}: {reason}"));
+                    line(json!({"tuning": candidate.to_string(), "key": key, "model": t.model, "skipped": reason}));
+                }
+            }
+        }
+        if let Some((tuning, rate)) = winner {
+            (best, best_rate) = (tuning, rate);
+        }
+    }
+    let r = gpu.report();
+    line(json!({
+        "best": best.to_string(),
+        "steps_per_s": best_rate,
+        "samples_per_s": best_rate * (t.models * t.batch_size) as f64,
+        "start": start.to_string(),
+        "start_steps_per_s": base,
+        "speedup": if base > 0.0 { best_rate / base } else { 0.0 },
+        "models": t.models,
+        "batch_size": t.batch_size,
+        "model": t.model,
+        "adapter": r.name,
+        "backend": r.backend,
+    }));
+    Ok(best)
 }
 
 /// The GPU memory a training step of `g` models of `spec` on `n` images each allocates on

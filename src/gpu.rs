@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::tuning::Tuning;
 
 /// How a shader binding is used; the Rust side of each op owns its bind layout as a list of these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -53,6 +54,8 @@ pub struct AdapterReport {
     pub max_compute_workgroup_storage_size: u32,
     /// Invocations per workgroup.
     pub max_compute_invocations_per_workgroup: u32,
+    /// The kernel shapes in use ([`crate::tuning::Tuning`]'s `key=value` text).
+    pub tuning: String,
 }
 
 impl fmt::Display for AdapterReport {
@@ -74,7 +77,8 @@ impl fmt::Display for AdapterReport {
             self.max_compute_workgroups_per_dimension,
             self.max_compute_workgroup_storage_size >> 10,
             self.max_compute_invocations_per_workgroup
-        )
+        )?;
+        write!(f, "\ntuning:       {}", self.tuning)
     }
 }
 
@@ -97,10 +101,13 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
-    modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
-    kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
+    // Shared by every view of the device (`restricted`, `with_tuning`): a kernel's key holds
+    // everything that shapes it.
+    modules: Arc<Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>>,
+    kernels: Arc<Mutex<HashMap<KernelKey, Arc<Kernel>>>>,
     error: Arc<Mutex<Option<String>>>,
     lost: Arc<Mutex<Option<String>>>,
+    tuning: Tuning,
 }
 
 /// The message every "no adapter" error carries: how to get a software adapter.
@@ -120,6 +127,15 @@ fn no_adapter_hint() -> &'static str {
     } else {
         NO_ADAPTER_HINT
     }
+}
+
+/// `base` with `MODELBATCH_TUNING` applied where it is set (native builds).
+fn env_tuning(base: Tuning) -> Result<Tuning> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Ok(text) = std::env::var("MODELBATCH_TUNING") {
+        return base.apply(&text).map_err(|e| Error::Usage(format!("MODELBATCH_TUNING: {e}")));
+    }
+    Ok(base)
 }
 
 /// The storage buffers per stage the engine's largest kernel needs.
@@ -209,6 +225,8 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
+        let tuning = env_tuning(Tuning::for_adapter(&info))?;
+        tuning.check_limits(&limits)?;
         let error = Arc::new(Mutex::new(None::<String>));
         let sink = error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -229,16 +247,7 @@ impl Gpu {
                 *slot = Some(text);
             }
         });
-        Ok(Gpu {
-            device,
-            queue,
-            info,
-            limits,
-            modules: Mutex::new(HashMap::new()),
-            kernels: Mutex::new(HashMap::new()),
-            error,
-            lost,
-        })
+        Ok(Gpu { device, queue, info, limits, modules: Arc::default(), kernels: Arc::default(), error, lost, tuning })
     }
 
     /// Why the device was lost, once it has been (it stays lost: create a new [`Gpu`]).
@@ -253,18 +262,35 @@ impl Gpu {
         let mut limits = self.limits.clone();
         limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(max_binding);
         limits.max_buffer_size = limits.max_buffer_size.min(max_buffer);
-        // One lock at a time (`kernel` takes them in the other order).
-        let modules = self.modules.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let kernels = self.kernels.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.view(limits, self.tuning)
+    }
+
+    /// A view of this device whose plans use the kernel shapes `tuning` (see
+    /// [`crate::tuning`]); checked against the device's limits. Plans compiled before keep
+    /// theirs.
+    pub fn with_tuning(&self, tuning: Tuning) -> Result<Gpu> {
+        tuning.validate()?;
+        tuning.check_limits(&self.limits)?;
+        Ok(self.view(self.limits.clone(), tuning))
+    }
+
+    /// The kernel shapes plans compiled on this device use.
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
+    }
+
+    /// The same device and pipeline cache under other limits or kernel shapes.
+    fn view(&self, limits: wgpu::Limits, tuning: Tuning) -> Gpu {
         Gpu {
             device: self.device.clone(),
             queue: self.queue.clone(),
             info: self.info.clone(),
             limits,
-            modules: Mutex::new(modules),
-            kernels: Mutex::new(kernels),
+            modules: self.modules.clone(),
+            kernels: self.kernels.clone(),
             error: self.error.clone(),
             lost: self.lost.clone(),
+            tuning,
         }
     }
 
@@ -287,6 +313,7 @@ impl Gpu {
             max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
             max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+            tuning: self.tuning.to_string(),
         }
     }
 

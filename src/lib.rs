@@ -14,6 +14,7 @@ pub mod ops;
 pub mod optim;
 pub mod plan;
 pub mod train;
+pub mod tuning;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 
@@ -22,3 +23,4 @@ pub use gpu::Gpu;
 pub use graph::{Conv2dGeom, CustomOp, DType, Graph, NormKind, Pool2dGeom, Reduction, TensorId, Unary};
 pub use optim::{Adam, PerModel, Sgd};
 pub use plan::{Plan, PlanStats, Update};
+pub use tuning::Tuning;

@@ -27,6 +27,7 @@ use crate::optim::{Adam, PerModel, Sgd};
 use crate::train::{
     Dataset, Evaluation, Evaluator, Normalize, Optimizer, Order, Predictor, StepMetrics, TrainConfig, Trainer as Engine,
 };
+use crate::tuning::Tuning;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
@@ -75,6 +76,9 @@ export interface TrainerOptions {
   normalize?: { mean: number; std: number };
   /** Steps whose metrics one readback carries at most (default 100). */
   metricsEvery?: number;
+  /** Kernel shapes for this adapter as `modelbatch tune` prints them, e.g.
+   * `"conv_lanes=128,split_threads=262144"` (keys left out keep the adapter's defaults). */
+  tuning?: string;
 }
 
 /** Byte images and labels. */
@@ -139,6 +143,8 @@ export interface AdapterInfo {
   maxComputeWorkgroupsPerDimension: number;
   maxComputeWorkgroupStorageSize: number;
   maxComputeInvocationsPerWorkgroup: number;
+  /** The kernel shapes in use, `key=value,...`. */
+  tuning: string;
 }
 "#;
 
@@ -229,6 +235,7 @@ fn adapter_object(r: &AdapterReport) -> JsValue {
     set("maxComputeWorkgroupsPerDimension", r.max_compute_workgroups_per_dimension.into());
     set("maxComputeWorkgroupStorageSize", r.max_compute_workgroup_storage_size.into());
     set("maxComputeInvocationsPerWorkgroup", r.max_compute_invocations_per_workgroup.into());
+    set("tuning", r.tuning.clone().into());
     o.into()
 }
 
@@ -328,6 +335,7 @@ const OPTION_KEYS: &[&str] = &[
     "seed",
     "normalize",
     "metricsEvery",
+    "tuning",
 ];
 
 struct Options {
@@ -337,6 +345,7 @@ struct Options {
     optimizer: Optimizer,
     config: TrainConfig,
     eval_batch: Option<usize>,
+    tuning: Option<String>,
 }
 
 fn parse_options(o: &JsValue) -> std::result::Result<Options, JsValue> {
@@ -448,7 +457,16 @@ fn parse_options(o: &JsValue) -> std::result::Result<Options, JsValue> {
         },
         None => None,
     };
-    Ok(Options { spec, g, seed, optimizer, config, eval_batch })
+    let tuning = match get(o, "tuning") {
+        Some(v) => {
+            let text = v.as_string().ok_or_else(|| usage("tuning must be a string such as \"conv_lanes=128\""))?;
+            // Checked now against the ranges, against the device's limits once it is acquired.
+            Tuning::default().apply(&text).map_err(js_err)?;
+            Some(text)
+        }
+        None => None,
+    };
+    Ok(Options { spec, g, seed, optimizer, config, eval_batch, tuning })
 }
 
 fn parse_dataset(v: &JsValue, spec: &ModelSpec, default_name: &str) -> std::result::Result<Dataset, JsValue> {
@@ -679,7 +697,10 @@ impl Trainer {
     ) -> std::result::Result<Trainer, JsValue> {
         check_not_panicked()?;
         let o = parse_options(&options)?;
-        let gpu = acquire_gpu().await.map_err(js_err)?;
+        let mut gpu = acquire_gpu().await.map_err(js_err)?;
+        if let Some(text) = &o.tuning {
+            gpu = gpu.tuning().apply(text).and_then(|t| gpu.with_tuning(t)).map_err(js_err)?;
+        }
         let model = BatchModel::new(&gpu, &o.spec, o.g, o.seed).map_err(js_err)?;
         gpu.take_error().map_err(js_err)?;
         let lr = match &o.optimizer {

@@ -392,7 +392,49 @@ fn bench_errors() {
     assert_error(&run(&["bench", "--model", p(&regression)]), &["--model", "at least 2 outputs"]);
 }
 
+#[test]
+fn tuning_errors() {
+    assert_error(&run(&["--tuning", "conv_lanes=3", "info"]), &["--tuning", "conv_lanes", "power of two"]);
+    assert_error(&run(&["info", "--tuning", "speed=11"]), &["--tuning", "unknown key \"speed\""]);
+    assert_error(&run(&["tune", "--models", "0"]), &["--models", "at least 1"]);
+    assert_error(&run(&["tune", "--margin", "2"]), &["--margin"]);
+    assert_error(&run(&["tune", "--model", "mlp", "--steps", "0"]), &["--steps"]);
+}
+
 // ---------------------------------------------------------------- runs (GPU)
+
+#[test]
+fn tuning_reaches_the_device_from_the_flag_and_the_environment() {
+    let _gpu = gpu_or_skip!();
+    let out = assert_ok(&run(&["--tuning", "conv_ob=2,split_threads=4096", "info"]));
+    let line = out.lines().find(|l| l.starts_with("tuning:")).unwrap_or_else(|| panic!("no tuning line: {out}"));
+    assert!(line.contains("conv_ob=2") && line.contains("split_threads=4096"), "{line}");
+    let env = |value: &str| {
+        Command::new(BIN).arg("info").env("MODELBATCH_TUNING", value).output().expect("running modelbatch")
+    };
+    let out = assert_ok(&env("gemm_wg=4"));
+    assert!(out.lines().any(|l| l.starts_with("tuning:") && l.contains("gemm_wg=4")), "{out}");
+    assert_error(&env("gemm_wg=5"), &["MODELBATCH_TUNING", "gemm_wg"]);
+}
+
+#[test]
+fn tune_prints_measurements_then_the_best() {
+    let _gpu = gpu_or_skip!();
+    let args = ["tune", "--model", "mlp", "--models", "2", "--batch-size", "4", "--steps", "1", "--repeats", "1"];
+    let out = run(&args);
+    let lines = bench_lines(&out);
+    let last = lines.last().expect("a summary line");
+    let best = last["best"].as_str().unwrap_or_else(|| panic!("no best: {last}"));
+    assert!(lines[..lines.len() - 1].iter().any(|l| l["tuning"] == best), "the best was measured: {lines:?}");
+    assert_eq!(lines[0]["key"], "start");
+    // The MLP has no convolution: only the GEMM's workgroup changes its kernels.
+    let keys: Vec<&str> = lines.iter().filter_map(|l| l["key"].as_str()).collect();
+    assert!(keys.iter().all(|k| ["start", "gemm_wg"].contains(k)), "{keys:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("--tuning {best}")), "how to use it: {stderr}");
+    // What tune printed is accepted back.
+    assert_ok(&run(&["--tuning", best, "info"]));
+}
 
 #[test]
 fn info_prints_the_adapter() {

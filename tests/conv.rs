@@ -10,7 +10,7 @@ mod common;
 
 use common::{assert_close, check_fd, fd_leaves, randn};
 use modelbatch::graph::Conv2dGeom;
-use modelbatch::{autograd, DType, Graph, Plan, TensorId};
+use modelbatch::{autograd, DType, Graph, Plan, TensorId, Tuning};
 
 const RTOL: f64 = 1e-4;
 /// Absolute tolerance per multiply-add summed into one value (f32 accumulation).
@@ -283,6 +283,37 @@ fn lenet_shapes() {
     // pass; conv2's (N * 8 * 8) is written directly: both paths are checked.
     assert!(l1.contains(&"conv2d_grad_weight_reduce"), "{l1:?}");
     assert!(!l2.contains(&"conv2d_grad_weight_reduce"), "{l2:?}");
+}
+
+/// Every kernel shape a tuning may choose (the ends of each range, and odd channel blocks)
+/// computes the same convolutions: forward and gradients against the reference and finite
+/// differences, on LeNet's layers (direct kernels, split-K and not) and a padded, grouped,
+/// strided one (the implicit GEMM kernels). Each layer's kernels or grids must change.
+#[test]
+fn every_tuning_computes_the_same_convolutions() {
+    let gpu = gpu_or_skip!();
+    let specs = [
+        Spec::new(3, 5, 1, 6, [28, 28], [5, 5]),
+        Spec::new(2, 5, 6, 16, [12, 12], [5, 5]),
+        Spec::new(2, 3, 6, 4, [9, 11], [3, 3]).padding([1, 1]).groups(2),
+        Spec::new(2, 3, 3, 5, [9, 8], [3, 3]).stride([2, 2]),
+    ];
+    let mut changed = [false; 4];
+    for text in [
+        "conv_lanes=8,conv_ob=1,grad_weight_ob=1,conv_strip=8,split_threads=1,min_split_depth=4096",
+        "conv_lanes=256,conv_ob=3,grad_weight_ob=5,conv_strip=12,split_threads=1048576,min_split_depth=1",
+        "conv_lanes=32,conv_ob=8,grad_weight_ob=8,conv_strip=12,split_threads=262144,min_split_depth=64",
+    ] {
+        let tuned = gpu.with_tuning(Tuning::SOFTWARE.apply(text).unwrap()).unwrap();
+        for (i, spec) in specs.into_iter().enumerate() {
+            let before = Case::new(gpu, spec, 1).plan.signature();
+            let after = Case::new(&tuned, spec, 1).plan.signature();
+            changed[i] |= before != after;
+            check(&tuned, spec);
+        }
+    }
+    // (A small layer may need no wider workgroup or further split than it has.)
+    assert_eq!(changed, [true; 4], "some layer kept its kernels and grids under every tuning");
 }
 
 #[test]

@@ -100,6 +100,20 @@ fn matmul_vec4_sizes_all_layouts() {
     }
 }
 
+/// Every GEMM workgroup side a tuning may choose (4, 8, 16: tiles of 16 to 64) computes the
+/// same products, fast paths and general kernel, with ragged edges.
+#[test]
+fn matmul_under_every_gemm_tuning() {
+    let gpu = gpu_or_skip!();
+    for wg in [4, 16] {
+        let tuned = gpu.with_tuning(modelbatch::Tuning { gemm_wg: wg, ..gpu.tuning() }).unwrap();
+        for (ta, tb) in COMBOS {
+            check_matmul(&tuned, 3, 37, 12, 70, ta, tb, true);
+        }
+        check_matmul(&tuned, 2, 17, 5, 3, false, false, true);
+    }
+}
+
 /// The fast paths with the other dimensions ragged and spanning several 32x32 tiles: rows
 /// and columns past the edge are clamped on load and dropped on store.
 #[test]

@@ -29,15 +29,11 @@ pub(crate) struct Conv<'a> {
 
 /// Most workgroups per dispatch dimension (WebGPU's portable limit).
 const MAX_GROUPS: usize = 65_535;
-/// Invocations per workgroup of the GEMM kernels (each owns a 4x4 output block).
-const LANES: usize = 64;
 /// Workgroup size of the split-K reduction (`REDUCE_WG` in the shader).
 const REDUCE_WG: u32 = 256;
-/// Split-K: aim for this many invocations in the weight-gradient GEMM ...
-const TARGET_THREADS: usize = 1 << 15;
-/// ... but give each split at least this many multiply-adds per output ...
-const MIN_SPLIT_DEPTH: usize = 256;
-/// ... and keep the partial sums under this many bytes.
+/// Split-K aims for the adapter's `split_threads` invocations in a weight gradient, each split
+/// at least `min_split_depth` multiply-adds per output long ([`crate::tuning::Tuning`]), and
+/// keeps the partial sums under this many bytes.
 const MAX_PARTIAL_BYTES: u64 = 64 << 20;
 
 /// Loop iterations one invocation may run in total, over all its loops: lavapipe (llvmpipe)
@@ -133,13 +129,13 @@ fn words(s: &Conv, d: &Dims, flags: u32, splits: usize, rows_per_split: usize, t
 }
 
 /// Workgroup width for `blocks` invocations along the memory-contiguous axis of the output:
-/// the widest (at most `LANES`) that keeps at least 3/4 of the lanes busy, measured faster on
+/// the widest (at most the adapter's `conv_lanes`) that keeps at least 3/4 of the lanes busy, measured faster on
 /// lavapipe than wide, mostly idle workgroups for the weight gradient's short axis.
 /// Workgroups are one-dimensional: every invocation of a workgroup shares its block along the
 /// other axis, so that operand's loads are uniform (broadcast on GPUs, one load for all lanes
 /// on lavapipe, measured 1.7x faster than 2-D workgroups there).
-fn workgroup(blocks: usize) -> usize {
-    let mut wgx = LANES;
+fn workgroup(ctx: &Lower, blocks: usize) -> usize {
+    let mut wgx = ctx.gpu.tuning().conv_lanes as usize;
     while wgx > 8 && 4 * blocks < 3 * blocks.div_ceil(wgx) * wgx {
         wgx /= 2;
     }
@@ -192,12 +188,12 @@ pub(crate) fn lower_forward(
     let d = dims(LABEL, s)?;
     // Epilogue flags: bit 0 adds the bias, bit 1 applies relu.
     let flags = u32::from(bias.is_some()) | (u32::from(relu) << 1);
-    if let Some(c) = Corr::forward(s, &d).filter(Corr::direct_fits) {
+    if let Some(c) = Corr::forward(ctx, s, &d).filter(Corr::direct_fits) {
         return direct(ctx, LABEL, &c, &d, [x, w, bias.unwrap_or(ctx.dummy), out], flags);
     }
     // One invocation per output position and block of 4 images.
     let threads = s.y.n.div_ceil(4) * s.y.h * s.y.w;
-    let wgx = workgroup(threads);
+    let wgx = workgroup(ctx, threads);
     let kernel = gemm_kernel(ctx, LABEL, &[Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
     let words = words(s, &d, flags, 1, 0, 0);
     let grid = [threads.div_ceil(wgx), d.og.div_ceil(4), d.g * d.groups];
@@ -214,12 +210,12 @@ pub(crate) fn lower_grad_input(
 ) -> Result<Vec<Dispatch>> {
     const LABEL: &str = "conv2d_grad_input";
     let d = dims(LABEL, s)?;
-    if let Some(c) = Corr::grad_input(s, &d).filter(Corr::direct_fits) {
+    if let Some(c) = Corr::grad_input(ctx, s, &d).filter(Corr::direct_fits) {
         return direct(ctx, LABEL, &c, &d, [dy, w, ctx.dummy, dx], 0);
     }
     // One invocation per input position and block of 4 images.
     let threads = s.x.n.div_ceil(4) * s.x.h * s.x.w;
-    let wgx = workgroup(threads);
+    let wgx = workgroup(ctx, threads);
     let kernel = gemm_kernel(ctx, LABEL, &[Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
     let words = words(s, &d, 0, 1, 0, 0);
     let grid = [threads.div_ceil(wgx), d.cg.div_ceil(4), d.g * d.groups];
@@ -236,8 +232,8 @@ pub(crate) fn lower_grad_weight(
 ) -> Result<Vec<Dispatch>> {
     const LABEL: &str = "conv2d_grad_weight";
     let d = dims(LABEL, s)?;
-    if let Some(c) = Corr::forward(s, &d) {
-        let c = Corr { max_ob: GRAD_WEIGHT_OB, ..c };
+    if let Some(c) = Corr::forward(ctx, s, &d) {
+        let c = Corr { max_ob: ctx.gpu.tuning().grad_weight_ob as usize, ..c };
         if let Some(out) = grad_weight_direct(ctx, LABEL, &c, &d, [dy, x, dw])? {
             return Ok(out);
         }
@@ -245,15 +241,16 @@ pub(crate) fn lower_grad_weight(
     let cols = d.cg * d.kk;
     let total = d.g * s.y.c * cols;
     let out_rows = s.y.n * s.y.h;
-    let wgx = workgroup(cols.div_ceil(4));
+    let wgx = workgroup(ctx, cols.div_ceil(4));
+    let (target_threads, min_depth) = split_targets(ctx);
     let threads = d.g * d.groups * cols.div_ceil(4) * d.og.div_ceil(4);
     // Split the depth (output rows (n, oh)) until the grid is large enough, keeping each
     // split long and the partials small.
-    let max_by_depth = (out_rows * s.y.w / MIN_SPLIT_DEPTH).max(1);
+    let max_by_depth = (out_rows * s.y.w / min_depth).max(1);
     let max_by_memory = ((MAX_PARTIAL_BYTES.min(ctx.gpu.limits().max_storage_buffer_binding_size) / (4 * total as u64))
         as usize)
         .max(1);
-    let want = TARGET_THREADS.div_ceil(threads);
+    let want = target_threads.div_ceil(threads);
     let splits =
         want.min(max_by_depth).min(max_by_memory).max(out_rows.div_ceil(LOOP_BUDGET / (s.y.w + 1))).clamp(1, out_rows);
     let rows_per_split = out_rows.div_ceil(splits);
@@ -281,12 +278,16 @@ pub(crate) fn lower_grad_weight(
 
 /// Widest kernel of the direct kernels (`MAX_KW` in the shader).
 const DIRECT_MAX_KW: usize = 8;
-/// Most output channels per invocation of `conv2d_direct` and of
-/// `conv2d_grad_weight_direct` (at most `MAX_OB` = 8). Measured on lavapipe: 4 x 8 columns
-/// beat 8 x 4 columns by 1.3x in the forward pass (fewer weight loads per multiply-add, as
-/// many accumulators); the weight gradient is 1.25x faster with 8 than with 4.
-const DIRECT_OB: usize = 4;
-const GRAD_WEIGHT_OB: usize = 8;
+// Output channels per invocation of `conv2d_direct` and of `conv2d_grad_weight_direct` are
+// the adapter's `conv_ob` and `grad_weight_ob` (at most `MAX_OB` = 8). Measured on lavapipe:
+// 4 x 8 columns beat 8 x 4 columns by 1.3x in the forward pass (fewer weight loads per
+// multiply-add, as many accumulators); the weight gradient is 1.25x faster with 8 than with 4.
+
+/// The adapter's split-K targets: invocations to aim for, fewest multiply-adds per split.
+fn split_targets(ctx: &Lower) -> (usize, usize) {
+    let t = ctx.gpu.tuning();
+    (t.split_threads as usize, t.min_split_depth as usize)
+}
 
 /// A stride-1, undilated correlation as `conv2d_direct` computes it (`Direct` in the shader):
 /// `y[n, o, oy, ox]` sums `x[n, c, oy + ky - p0, ox + kx - p1] w(o, c, ky, kx)` over the
@@ -312,6 +313,8 @@ struct Corr {
     w0: usize,
     /// Most output channels per invocation.
     max_ob: usize,
+    /// Output columns per invocation (8 or 12), or 0 for [`strip_width`]'s choice.
+    strip: usize,
 }
 
 /// Output columns per invocation of `conv2d_direct` (a strip, `SW` in the shader) for an output
@@ -319,7 +322,8 @@ struct Corr {
 /// per strip its columns and the `kw + 3` of its window loads and setup. Measured on lavapipe
 /// (G=64, N=128): 12-wide strips run LeNet's conv2 input gradient (ow = 12) 1.5x faster than 8-wide
 /// ones, conv1's forward (ow = 24) 1.2x and input gradient (ow = 28) 1.1x; 4-wide strips
-/// (with up to 8 output channels) were no faster than 8-wide ones anywhere.
+/// (with up to 8 output channels) were no faster than 8-wide ones anywhere (and the shader
+/// handles 8 and 12 only).
 fn strip_width(ow: usize, kw: usize) -> usize {
     let cost = |sw: usize| ow.div_ceil(sw) * (sw + kw + 3);
     if cost(12) <= cost(8) {
@@ -340,7 +344,7 @@ impl Corr {
             && (0..2).all(|a| g.padding[a] < g.kernel[a])
     }
 
-    fn forward(s: &Conv, d: &Dims) -> Option<Corr> {
+    fn forward(ctx: &Lower, s: &Conv, d: &Dims) -> Option<Corr> {
         let (x, y, [kh, kw]) = (s.x, s.y, s.geom.kernel);
         Corr::fits(s).then(|| Corr {
             n: x.n,
@@ -356,13 +360,14 @@ impl Corr {
             padding: s.geom.padding,
             strides: [(d.cg * kh * kw) as i64, (kh * kw) as i64, kw as i64, 1],
             w0: 0,
-            max_ob: DIRECT_OB,
+            max_ob: ctx.gpu.tuning().conv_ob as usize,
+            strip: ctx.gpu.tuning().conv_strip as usize,
         })
     }
 
     /// dx is dy correlated with the kernel flipped in both axes, input and output channels
     /// swapped, padding `kernel - 1 - padding`.
-    fn grad_input(s: &Conv, d: &Dims) -> Option<Corr> {
+    fn grad_input(ctx: &Lower, s: &Conv, d: &Dims) -> Option<Corr> {
         let (x, y, [kh, kw]) = (s.x, s.y, s.geom.kernel);
         let p = s.geom.padding;
         Corr::fits(s).then(|| Corr {
@@ -379,7 +384,8 @@ impl Corr {
             padding: [kh - 1 - p[0], kw - 1 - p[1]],
             strides: [(kh * kw) as i64, (d.cg * kh * kw) as i64, -(kw as i64), -1],
             w0: kh * kw - 1,
-            max_ob: DIRECT_OB,
+            max_ob: ctx.gpu.tuning().conv_ob as usize,
+            strip: ctx.gpu.tuning().conv_strip as usize,
         })
     }
 
@@ -395,7 +401,10 @@ impl Corr {
 
     /// Output columns per invocation.
     fn sw(&self) -> usize {
-        strip_width(self.ow, self.kernel[1])
+        match self.strip {
+            0 => strip_width(self.ow, self.kernel[1]),
+            sw => sw,
+        }
     }
 
     /// Output channels per invocation: blocks of at most `max_ob`, balanced.
@@ -458,7 +467,7 @@ fn direct(
     let oblocks = c.cog.div_ceil(ob);
     // One invocation per (image, strip of `sw` columns); one workgroup row per (oy, block).
     let threads = c.n * c.ow.div_ceil(c.sw());
-    let wgx = workgroup(threads);
+    let wgx = workgroup(ctx, threads);
     let kernel =
         c.kernel(ctx, "conv2d_direct", &[Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
     let words = c.words(d, flags, 1, 0, 0);
@@ -489,13 +498,14 @@ fn grad_weight_direct(
         return Ok(None);
     }
     let max_rows = (LOOP_BUDGET - fixed) / per_row;
-    let wgx = workgroup(lanes);
+    let wgx = workgroup(ctx, lanes);
     let threads = d.g * d.groups * oblocks * lanes;
-    let max_by_depth = (out_rows * c.ow / MIN_SPLIT_DEPTH).max(1);
+    let (target_threads, min_depth) = split_targets(ctx);
+    let max_by_depth = (out_rows * c.ow / min_depth).max(1);
     let max_by_memory = ((MAX_PARTIAL_BYTES.min(ctx.gpu.limits().max_storage_buffer_binding_size) / (4 * total as u64))
         as usize)
         .max(1);
-    let want = TARGET_THREADS.div_ceil(threads);
+    let want = target_threads.div_ceil(threads);
     let splits = want.min(max_by_depth).min(max_by_memory).max(out_rows.div_ceil(max_rows)).clamp(1, out_rows);
     let rows_per_split = out_rows.div_ceil(splits);
     let splits = out_rows.div_ceil(rows_per_split);

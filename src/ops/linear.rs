@@ -5,9 +5,6 @@ use super::{Dispatch, Lower, LINEAR};
 use crate::error::{Error, Result};
 use crate::gpu::Binding;
 
-/// Invocations per workgroup side; each computes a 4x4 block, so a workgroup covers 32x32.
-const WG: u32 = 8;
-
 /// Operands of one batched product `C = op(A)·op(B) (+ bias)`, all `[G, ...]`.
 pub(crate) struct MatMul<'a> {
     pub g: usize,
@@ -42,13 +39,15 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     }
     let flags = u32::from(mm.bias.is_some()) | (u32::from(mm.relu) << 1);
     let words = [m, n, k, flags as usize, a_sm, a_sk, b_sk, b_sn].map(|v| v as u32);
+    // Invocations per workgroup side (the adapter's tuning); each computes a 4x4 block.
+    let wg = ctx.gpu.tuning().gemm_wg;
     let kernel = ctx.kernel(
         &LINEAR,
         entry,
         &[Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite],
-        &[("WG", WG as f64)],
+        &[("WG", wg as f64)],
     );
-    let tile = (4 * WG) as usize;
+    let tile = (4 * wg) as usize;
     let groups = [n.div_ceil(tile) as u32, m.div_ceil(tile) as u32, mm.g as u32];
     if groups[0] > 65_535 || groups[1] > 65_535 {
         return Err(Error::Usage(format!("matmul: a {m}x{n} output needs more than 65,535 workgroups per dimension")));

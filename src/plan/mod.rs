@@ -639,6 +639,15 @@ impl Plan {
             .collect())
     }
 
+    /// What shapes the recorded work: each dispatch's label, kernel (by identity: kernels
+    /// are cached per device by source, entry point, layout and constants) and grid. Two plans
+    /// of one graph with equal signatures run the same kernels on the same grids (how
+    /// [`crate::bench::tune`] and the tests tell which kernel shapes a tuning changes).
+    pub fn signature(&self) -> Vec<(&'static str, usize, [u32; 3])> {
+        let dispatches = self.steps.iter().flat_map(|c| &c.dispatches);
+        dispatches.map(|d| (d.label, Arc::as_ptr(&d.kernel) as usize, d.groups)).collect()
+    }
+
     /// Labels of the recorded dispatches, in order (for profiling and tests).
     pub fn dispatch_labels(&self) -> Vec<&'static str> {
         self.steps.iter().flat_map(|c| &c.dispatches).map(|d| d.label).collect()

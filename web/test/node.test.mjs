@@ -140,6 +140,13 @@ const fresh = await Trainer.create(options);
 await fresh.setDataset(train);
 out.recreated = Array.from(await fresh.step(2));
 fresh.free();
+// Other kernel shapes (the same sums in the same order): the same training.
+const tuned = await Trainer.create({ ...options, tuning: 'conv_ob=2,gemm_wg=4' });
+out.tunedInfo = tuned.adapterInfo().tuning;
+await tuned.setDataset(train);
+out.tuned = Array.from(await tuned.step(2));
+tuned.free();
+await expectReject('badTuning', () => Trainer.create({ ...options, tuning: 'conv_ob=9' }));
 trainer.free();
 console.log(JSON.stringify(out));
 `;
@@ -289,6 +296,7 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.match(e.badModelIndex, /model 99 does not exist/);
   assert.match(e.badImport, /not a safetensors file/);
   assert.match(e.noDataset, /call setDataset before step/);
+  assert.match(e.badTuning, /tuning conv_ob: must be 1 to 8/);
   for (const [name, msg] of Object.entries(e)) {
     assert.ok(msg && msg.startsWith('modelbatch: '), `${name}: ${msg}`);
     assert.ok(!/panicked|unreachable|RuntimeError/.test(msg), `${name} is not a panic: ${msg}`);
@@ -298,6 +306,10 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.match(web.deviceLost ?? '', /lost/i);
   assert.equal(web.recreated.length, G);
   assert.ok(web.recreated.every(Number.isFinite));
+  // Kernel shapes per adapter: reported, and a tuned trainer trains the same.
+  assert.match(web.adapter.tuning, /split_threads=\d+/);
+  assert.match(web.tunedInfo, /gemm_wg=4,.*conv_ob=2/);
+  web.tuned.forEach((x, m) => assert.ok(close(x, web.recreated[m], 1e-5, 1e-6), `tuned model ${m}: ${x} vs ${web.recreated[m]}`));
 });
 
 // Browsers compile WGSL with Tint, which is stricter than naga (the native compiler): for

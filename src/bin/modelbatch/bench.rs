@@ -1,13 +1,14 @@
 //! `modelbatch bench`: full training steps timed for each G, one JSON line per G on stdout
-//! (see [`modelbatch::bench::sweep`]), progress on stderr.
+//! (see [`modelbatch::bench::sweep`]), progress on stderr; `modelbatch tune`: the kernel
+//! shapes that make a step fastest on this adapter ([`modelbatch::bench::tune`]).
 
 use std::io::Write;
 
-use modelbatch::bench::{default_memory_cap, Sweep};
+use modelbatch::bench::{default_memory_cap, Sweep, Tune};
 use modelbatch::nn::ModelSpec;
 use modelbatch::Gpu;
 
-use crate::cli::{BenchArgs, CliError, Context, Result};
+use crate::cli::{BenchArgs, CliError, Context, Result, TuneArgs};
 use crate::inputs;
 
 /// `--model mlp`: a two-hidden-layer MLP on flattened 28x28 images.
@@ -25,17 +26,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             return Err(CliError::new(format!("--time-limit {s}: must be a positive number of seconds")));
         }
     }
-    let (spec, model) =
-        if a.model == "mlp" { (ModelSpec::mlp(&MLP_SIZES), "mlp".to_string()) } else { inputs::load_spec(&a.model)? };
-    let out = spec.shapes().context(format!("--model {model}"))?.last().cloned().unwrap_or_default();
-    if out.len() != 1 || out[0] < 2 {
-        return Err(CliError::new(format!(
-            "--model {model}: the model outputs {out:?} per sample; a classifier with at least 2 outputs is needed"
-        )));
-    }
-    let gpu = Gpu::new_blocking()?;
-    let report = gpu.report();
-    eprintln!("adapter: {} ({}, {})", report.name, report.backend, report.device_type);
+    let (spec, model) = classifier(&a.model)?;
+    let gpu = open_gpu()?;
     let max_memory = a.max_memory_mib.map(|m| m << 20).or_else(|| default_memory_cap(&gpu));
     let sweep = Sweep {
         spec,
@@ -67,6 +59,75 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         Some(e) => Err(CliError::new(format!("writing to stdout: {e}"))),
         None => Ok(()),
     }
+}
+
+pub fn tune(a: &TuneArgs) -> Result<()> {
+    for (flag, v) in [
+        ("--models", a.models as u64),
+        ("--batch-size", a.batch_size as u64),
+        ("--steps", a.steps),
+        ("--repeats", a.repeats as u64),
+    ] {
+        if v == 0 {
+            return Err(CliError::new(format!("{flag} must be at least 1")));
+        }
+    }
+    if !(a.margin.is_finite() && (0.0..1.0).contains(&a.margin)) {
+        return Err(CliError::new(format!("--margin {}: must be a fraction from 0 to 1", a.margin)));
+    }
+    let (spec, model) = classifier(&a.model)?;
+    let gpu = open_gpu()?;
+    eprintln!("tune: starting from {}", gpu.tuning());
+    let t = Tune {
+        spec,
+        model,
+        models: a.models,
+        batch_size: a.batch_size,
+        steps: a.steps,
+        warmup: a.warmup,
+        repeats: a.repeats,
+        margin: a.margin,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut failed = None;
+    let best = modelbatch::bench::tune(
+        &gpu,
+        &t,
+        |p| eprintln!("tune: {p}"),
+        |v| {
+            if failed.is_none() {
+                if let Err(e) = writeln!(stdout, "{v}").and_then(|_| stdout.flush()) {
+                    failed = Some(e);
+                }
+            }
+        },
+    )?;
+    if let Some(e) = failed {
+        return Err(CliError::new(format!("writing to stdout: {e}")));
+    }
+    eprintln!("tune: best: {best}\ntune: use it with `modelbatch --tuning {best} ...` or MODELBATCH_TUNING={best}");
+    Ok(())
+}
+
+/// The model of `--model`: `mlp`, `lenet` or a spec file, which must be a classifier.
+fn classifier(name: &str) -> Result<(ModelSpec, String)> {
+    let (spec, model) =
+        if name == "mlp" { (ModelSpec::mlp(&MLP_SIZES), "mlp".to_string()) } else { inputs::load_spec(name)? };
+    let out = spec.shapes().context(format!("--model {model}"))?.last().cloned().unwrap_or_default();
+    if out.len() != 1 || out[0] < 2 {
+        return Err(CliError::new(format!(
+            "--model {model}: the model outputs {out:?} per sample; a classifier with at least 2 outputs is needed"
+        )));
+    }
+    Ok((spec, model))
+}
+
+/// The device, named on stderr with its tuning.
+fn open_gpu() -> Result<Gpu> {
+    let gpu = Gpu::new_blocking()?;
+    let report = gpu.report();
+    eprintln!("adapter: {} ({}, {}), tuning {}", report.name, report.backend, report.device_type, report.tuning);
+    Ok(gpu)
 }
 
 /// `G[,G2,...]`: positive integers.

@@ -17,6 +17,10 @@ pub const DEFAULT_NORMALIZE: &str = "0.1307,0.3081";
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Kernel shapes for this adapter, as `modelbatch tune` prints them (key=value,...;
+    /// keys left out keep the adapter's defaults). Same as MODELBATCH_TUNING, which it replaces.
+    #[arg(long, global = true, value_name = "KEY=V,...")]
+    pub tuning: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -30,6 +34,10 @@ pub enum Command {
     /// Time full training steps (gather, forward, loss, backward, SGD with momentum 0.9) on
     /// synthetic data: one JSON line per G on stdout, progress on stderr.
     Bench(BenchArgs),
+    /// Measure which kernel shapes (workgroup sizes, register blocking, split-K) make a
+    /// training step fastest on this adapter: one JSON line per candidate, then the best,
+    /// to pass back as --tuning or MODELBATCH_TUNING.
+    Tune(TuneArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -207,6 +215,37 @@ pub struct BenchArgs {
     /// after one that did.
     #[arg(long, value_name = "S")]
     pub time_limit: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Each key in turn (gemm_wg, conv_lanes, conv_ob, grad_weight_ob, conv_strip, split_threads, min_split_depth) \
+tries its candidate values with the others at their best so far; a value is kept when it is faster by \
+--margin. Candidates that compile to kernels already measured are skipped. Measurement lines are \
+bench's, with \"tuning\" and \"key\" added; the last line is {\"best\": \"key=value,...\", \"steps_per_s\": …, \
+\"start\": …, \"start_steps_per_s\": …, \"speedup\": …, …}.")]
+pub struct TuneArgs {
+    /// The architecture: the built-in LeNet, an MLP 784-256-128-10, or a JSON model spec file.
+    #[arg(long, value_name = "lenet|mlp|PATH.json", default_value = "lenet")]
+    pub model: String,
+    /// Models trained at once (G) while measuring: tune for the G you will train.
+    #[arg(long, value_name = "G", default_value_t = 64)]
+    pub models: usize,
+    /// Images per model per step.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub batch_size: usize,
+    /// Timed steps per repetition.
+    #[arg(long, value_name = "K", default_value_t = 5)]
+    pub steps: u64,
+    /// Repetitions per candidate; the median counts.
+    #[arg(long, value_name = "R", default_value_t = 3)]
+    pub repeats: usize,
+    /// Untimed warm-up steps per candidate.
+    #[arg(long, value_name = "W", default_value_t = 1)]
+    pub warmup: u64,
+    /// Keep a value only when it is faster than the best so far by this fraction.
+    #[arg(long, value_name = "F", default_value_t = 0.03)]
+    pub margin: f64,
 }
 
 /// A failure to report: one line, naming the file or flag at fault.

@@ -6,6 +6,7 @@
 //! modelbatch train --models 64 --lr log:0.001:0.1 --momentum 0.9 --epochs 1 --out runs/sweep
 //! modelbatch eval --models 64 --weights runs/sweep --json
 //! modelbatch bench --models 1,8,64 --batch-size 128 --steps 10
+//! modelbatch tune --models 64 && modelbatch --tuning conv_lanes=128 bench --models 64
 //! ```
 //!
 //! Every failure is one line on stderr starting with `error: ` and naming the file or flag
@@ -47,11 +48,22 @@ fn main() {
         std::process::exit(1);
     }));
     let args = cli::Cli::parse();
+    if let Some(text) = &args.tuning {
+        // Checked here (against the adapter when a device opens); every device the command
+        // opens, shards included, reads it from the environment.
+        if let Err(e) = modelbatch::Tuning::default().apply(text) {
+            eprintln!("error: --tuning: {e}");
+            std::process::exit(1);
+        }
+        // Single-threaded at this point: no other thread reads the environment.
+        std::env::set_var("MODELBATCH_TUNING", text);
+    }
     let result = match args.command {
         cli::Command::Info => info(),
         cli::Command::Train(a) => train::run(&a),
         cli::Command::Eval(a) => eval::run(&a),
         cli::Command::Bench(a) => bench::run(&a),
+        cli::Command::Tune(a) => bench::tune(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

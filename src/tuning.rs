@@ -1,0 +1,264 @@
+//! Kernel shapes chosen per adapter: workgroup sizes (WGSL `override` constants), register
+//! blocking and the split-K parallelism of the weight gradients.
+//!
+//! Every [`Gpu`](crate::Gpu) carries a [`Tuning`]. It starts from [`Tuning::for_adapter`] (one
+//! set of values for software adapters, measured on lavapipe, another for GPUs, which have
+//! thousands of lanes to fill) and takes `MODELBATCH_TUNING` from the environment on top
+//! (native builds), for example `MODELBATCH_TUNING="conv_lanes=128,split_threads=262144"`.
+//! [`Gpu::with_tuning`](crate::Gpu::with_tuning) gives a view of a device with other values,
+//! and `modelbatch tune` (or [`crate::bench::tune`]) measures which values make a training
+//! step fastest on the adapter at hand and prints them in this format.
+//!
+//! Every value only changes speed, never what is computed, except that a different split of
+//! a weight gradient's depth adds its partial sums in another order (results then agree to
+//! rounding, not bit for bit).
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// Kernel shapes for one adapter. `Display` and `FromStr` use `key=value,key=value` (the
+/// format of `MODELBATCH_TUNING` and of `modelbatch --tuning`); keys left out keep their
+/// value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tuning {
+    /// Side of the batched GEMM's square workgroup (`WG` in `shaders/linear.wgsl`); each
+    /// invocation computes a 4x4 block, so a workgroup covers `4 * gemm_wg` squared.
+    /// 4, 8 or 16.
+    pub gemm_wg: u32,
+    /// Widest workgroup of the convolution kernels (`WGX` in `shaders/conv.wgsl`; narrower
+    /// where the output is short): a power of two from 8 to 256.
+    pub conv_lanes: u32,
+    /// Output channels per invocation of the direct convolution (forward and input
+    /// gradient), 1 to 8: more reuse of each loaded input, more registers.
+    pub conv_ob: u32,
+    /// Output channels per invocation of the direct weight gradient, 1 to 8.
+    pub grad_weight_ob: u32,
+    /// Output columns per invocation of the direct convolution: 8 or 12, or 0 to choose per
+    /// layer (whichever covers the row in less work).
+    pub conv_strip: u32,
+    /// Invocations a weight gradient aims for when it splits its depth (split-K): about the
+    /// lanes the adapter runs at once.
+    pub split_threads: u32,
+    /// Fewest multiply-adds per output in one split of a weight gradient's depth.
+    pub min_split_depth: u32,
+}
+
+/// Keys of the text format, in order.
+const KEYS: [&str; 7] =
+    ["gemm_wg", "conv_lanes", "conv_ob", "grad_weight_ob", "conv_strip", "split_threads", "min_split_depth"];
+
+impl Tuning {
+    /// Measured on lavapipe (2 cores; see the notes in `src/ops/conv.rs`): narrow workgroups,
+    /// split-K only until the few cores are busy.
+    pub const SOFTWARE: Tuning = Tuning {
+        gemm_wg: 8,
+        conv_lanes: 64,
+        conv_ob: 4,
+        grad_weight_ob: 8,
+        conv_strip: 0,
+        split_threads: 1 << 15,
+        min_split_depth: 256,
+    };
+
+    /// For GPUs: the same register blocking, but weight gradients split until a large GPU
+    /// (an H100 keeps about 270,000 invocations in flight) has work for every lane, with
+    /// shorter splits. Not yet measured on a GPU: `modelbatch tune` finds better values.
+    pub const GPU: Tuning = Tuning {
+        gemm_wg: 8,
+        conv_lanes: 64,
+        conv_ob: 4,
+        grad_weight_ob: 4,
+        conv_strip: 0,
+        split_threads: 1 << 18,
+        min_split_depth: 64,
+    };
+
+    /// The starting point for an adapter: [`Tuning::SOFTWARE`] for software (CPU) adapters,
+    /// [`Tuning::GPU`] for everything else.
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Tuning {
+        if info.device_type == wgpu::DeviceType::Cpu {
+            Tuning::SOFTWARE
+        } else {
+            Tuning::GPU
+        }
+    }
+
+    /// `self` with the `key=value` pairs of `text` applied (see [`Tuning`]'s format).
+    pub fn apply(mut self, text: &str) -> Result<Tuning> {
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = |why: String| Error::Usage(format!("tuning {pair:?}: {why}"));
+            let (key, value) = pair.split_once('=').ok_or_else(|| bad("expected key=value".into()))?;
+            let value: u32 = value.trim().parse().map_err(|_| bad("the value must be a whole number".into()))?;
+            let slot = match key.trim() {
+                "gemm_wg" => &mut self.gemm_wg,
+                "conv_lanes" => &mut self.conv_lanes,
+                "conv_ob" => &mut self.conv_ob,
+                "grad_weight_ob" => &mut self.grad_weight_ob,
+                "conv_strip" => &mut self.conv_strip,
+                "split_threads" => &mut self.split_threads,
+                "min_split_depth" => &mut self.min_split_depth,
+                other => return Err(bad(format!("unknown key {other:?}; the keys are {}", KEYS.join(", ")))),
+            };
+            *slot = value;
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Checks every value against its range (not yet against an adapter's limits: see
+    /// [`Tuning::check_limits`]).
+    pub fn validate(&self) -> Result<()> {
+        let check = |key: &str, ok: bool, range: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::Usage(format!("tuning {key}: must be {range}")))
+            }
+        };
+        check("gemm_wg", matches!(self.gemm_wg, 4 | 8 | 16), "4, 8 or 16")?;
+        check(
+            "conv_lanes",
+            self.conv_lanes.is_power_of_two() && (8..=256).contains(&self.conv_lanes),
+            "a power of two from 8 to 256",
+        )?;
+        check("conv_ob", (1..=8).contains(&self.conv_ob), "1 to 8")?;
+        check("grad_weight_ob", (1..=8).contains(&self.grad_weight_ob), "1 to 8")?;
+        check("conv_strip", matches!(self.conv_strip, 0 | 8 | 12), "0 (per layer), 8 or 12")?;
+        check("split_threads", self.split_threads >= 1, "at least 1")?;
+        check("min_split_depth", self.min_split_depth >= 1, "at least 1")
+    }
+
+    /// Checks the workgroup sizes against a device's limits.
+    pub fn check_limits(&self, limits: &wgpu::Limits) -> Result<()> {
+        let invocations = limits.max_compute_invocations_per_workgroup;
+        let side = limits.max_compute_workgroup_size_x.min(limits.max_compute_workgroup_size_y);
+        if self.gemm_wg * self.gemm_wg > invocations || self.gemm_wg > side {
+            return Err(Error::Usage(format!(
+                "tuning gemm_wg={}: a {0}x{0} workgroup passes the device's limits ({invocations} invocations, {side} per side)",
+                self.gemm_wg
+            )));
+        }
+        if self.conv_lanes > invocations || self.conv_lanes > limits.max_compute_workgroup_size_x {
+            return Err(Error::Usage(format!(
+                "tuning conv_lanes={}: passes the device's limit of {} invocations per workgroup",
+                self.conv_lanes,
+                invocations.min(limits.max_compute_workgroup_size_x)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Candidate values of each key that [`crate::bench::tune`] tries, one key at a time.
+    pub fn candidates(key: &str) -> &'static [u32] {
+        match key {
+            "gemm_wg" => &[4, 8, 16],
+            "conv_lanes" => &[32, 64, 128, 256],
+            "conv_ob" => &[2, 4, 8],
+            "grad_weight_ob" => &[4, 8],
+            "conv_strip" => &[0, 8, 12],
+            "split_threads" => &[1 << 13, 1 << 15, 1 << 17, 1 << 19],
+            "min_split_depth" => &[64, 256, 1024],
+            _ => &[],
+        }
+    }
+
+    /// The keys of the text format, in order.
+    pub fn keys() -> &'static [&'static str] {
+        &KEYS
+    }
+
+    /// The value of `key` (one of [`Tuning::keys`]).
+    pub fn get(&self, key: &str) -> Option<u32> {
+        Some(match key {
+            "gemm_wg" => self.gemm_wg,
+            "conv_lanes" => self.conv_lanes,
+            "conv_ob" => self.conv_ob,
+            "grad_weight_ob" => self.grad_weight_ob,
+            "conv_strip" => self.conv_strip,
+            "split_threads" => self.split_threads,
+            "min_split_depth" => self.min_split_depth,
+            _ => return None,
+        })
+    }
+
+    /// `self` with `key` set to `value`, checked.
+    pub fn with(&self, key: &str, value: u32) -> Result<Tuning> {
+        self.apply(&format!("{key}={value}"))
+    }
+}
+
+impl Default for Tuning {
+    /// [`Tuning::GPU`].
+    fn default() -> Tuning {
+        Tuning::GPU
+    }
+}
+
+impl fmt::Display for Tuning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = KEYS.iter().map(|k| format!("{k}={}", self.get(k).unwrap_or(0))).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl FromStr for Tuning {
+    type Err = Error;
+
+    /// Keys left out take [`Tuning::default`]'s values.
+    fn from_str(s: &str) -> Result<Tuning> {
+        Tuning::default().apply(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trips_and_keeps_unnamed_keys() {
+        for t in [Tuning::SOFTWARE, Tuning::GPU] {
+            assert_eq!(t.to_string().parse::<Tuning>().unwrap(), t);
+            assert_eq!(t.apply("").unwrap(), t);
+        }
+        let t = Tuning::SOFTWARE.apply(" conv_lanes = 128 , split_threads=4096").unwrap();
+        assert_eq!(t, Tuning { conv_lanes: 128, split_threads: 4096, ..Tuning::SOFTWARE });
+        assert_eq!(t.get("conv_lanes"), Some(128));
+        assert_eq!(Tuning::GPU.with("conv_ob", 8).unwrap().conv_ob, 8);
+    }
+
+    #[test]
+    fn bad_text_names_the_key_and_the_range() {
+        let err = |s: &str| Tuning::SOFTWARE.apply(s).unwrap_err().to_string();
+        assert!(err("conv_lanes=100").contains("power of two"), "{}", err("conv_lanes=100"));
+        assert!(err("gemm_wg=32").contains("4, 8 or 16"));
+        assert!(err("conv_ob=0").contains("1 to 8"));
+        assert!(err("conv_strip=4").contains("8 or 12"));
+        assert!(err("split_threads=0").contains("at least 1"));
+        assert!(err("lanes=64").contains("unknown key \"lanes\""));
+        assert!(err("conv_ob").contains("key=value"));
+        assert!(err("conv_ob=-1").contains("whole number"));
+    }
+
+    #[test]
+    fn limits_bound_the_workgroups() {
+        let mut limits = wgpu::Limits::downlevel_defaults();
+        limits.max_compute_invocations_per_workgroup = 128;
+        assert!(Tuning::SOFTWARE.check_limits(&limits).is_ok());
+        let wide = Tuning { gemm_wg: 16, ..Tuning::SOFTWARE };
+        assert!(wide.check_limits(&limits).unwrap_err().to_string().contains("gemm_wg=16"));
+        let lanes = Tuning { conv_lanes: 256, ..Tuning::SOFTWARE };
+        assert!(lanes.check_limits(&limits).unwrap_err().to_string().contains("conv_lanes=256"));
+    }
+
+    #[test]
+    fn every_candidate_is_valid() {
+        for key in Tuning::keys() {
+            assert!(!Tuning::candidates(key).is_empty(), "{key}");
+            for &v in Tuning::candidates(key) {
+                Tuning::SOFTWARE.with(key, v).unwrap();
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Kernel shapes per adapter ([`Tuning`]): training gives the same results under every
+//! tuning (bit for bit where the split-K counts stay, to rounding where they change),
+//! `Gpu::with_tuning` checks its values, and `bench::tune` measures candidates and returns
+//! the fastest. (`tests/conv.rs` and `tests/ops.rs` check each kernel under the extremes.)
+
+mod common;
+
+use modelbatch::bench::{tune, Tune};
+use modelbatch::nn::{BatchModel, ModelSpec};
+use modelbatch::train::{Dataset, Optimizer, Order, StepMetrics, TrainConfig, Trainer};
+use modelbatch::{Gpu, PerModel, Sgd, Tuning};
+use serde_json::Value;
+
+fn synthetic(n: usize) -> Dataset {
+    let mut rng = modelbatch::nn::Rng::new(9);
+    let labels: Vec<u8> = (0..n).map(|_| rng.below(10) as u8).collect();
+    let images = labels
+        .iter()
+        .flat_map(|&l| (0..784).map(move |p| if (p % 28) % 10 == l as usize { 210 } else { 15 }))
+        .collect();
+    Dataset { images, labels, n, sample: vec![1, 28, 28], classes: 10, name: "synthetic".into() }
+}
+
+type Signature = Vec<(&'static str, usize, [u32; 3])>;
+
+/// Five steps of three LeNets (momentum SGD, one learning rate per model): the metrics of
+/// every step, the final weights and the step plan's kernels and grids.
+fn run(gpu: &Gpu) -> (Vec<StepMetrics>, Vec<Vec<f32>>, Signature) {
+    let data = synthetic(64);
+    let model = BatchModel::new(gpu, &ModelSpec::lenet(), 3, 5).unwrap();
+    let opt = Optimizer::Sgd(Sgd::new(PerModel::log_space(0.02, 0.1, 3)).momentum(0.9));
+    let config = TrainConfig { batch_size: 16, metrics_every: 1, order: Order::PerModel, ..TrainConfig::default() };
+    let mut t = Trainer::new(gpu, &model, &data, opt, config).unwrap();
+    let signature = t.plan().signature();
+    let mut metrics = Vec::new();
+    t.train(5, |m| metrics.extend_from_slice(m)).unwrap();
+    t.finish(|m| metrics.extend_from_slice(m)).unwrap();
+    (metrics, pollster::block_on(model.state_dicts_batched()).unwrap(), signature)
+}
+
+fn tuned(gpu: &Gpu, text: &str) -> Gpu {
+    gpu.with_tuning(gpu.tuning().apply(text).unwrap()).unwrap()
+}
+
+#[test]
+fn shapes_that_keep_the_splits_train_bit_for_bit_alike() {
+    let gpu = gpu_or_skip!();
+    let (m0, w0, s0) = run(gpu);
+    // Workgroup sizes, the forward's channel blocks and strips do not change any sum's order.
+    for text in ["gemm_wg=16,conv_lanes=128,conv_ob=2,conv_strip=8", "gemm_wg=4,conv_lanes=16,conv_ob=7,conv_strip=12"]
+    {
+        let (m1, w1, s1) = run(&tuned(gpu, text));
+        assert_ne!(s0, s1, "{text}: other kernels or grids");
+        assert_eq!(m0, m1, "{text}: metrics");
+        assert_eq!(w0, w1, "{text}: weights");
+    }
+}
+
+#[test]
+fn every_tuning_trains_alike_to_rounding() {
+    let gpu = gpu_or_skip!();
+    let (m0, w0, s0) = run(gpu);
+    let losses = |m: &[StepMetrics]| m.iter().flat_map(|s| s.loss.clone()).collect::<Vec<f32>>();
+    for text in [
+        "gemm_wg=4,conv_lanes=8,conv_ob=1,grad_weight_ob=1,conv_strip=8,split_threads=1,min_split_depth=4096",
+        "gemm_wg=16,conv_lanes=256,conv_ob=8,grad_weight_ob=3,conv_strip=12,split_threads=1048576,min_split_depth=1",
+    ] {
+        let g = tuned(gpu, text);
+        let (m1, w1, s1) = run(&g);
+        assert_ne!(s0, s1, "{text}: other kernels or grids");
+        assert_eq!(m0.len(), m1.len());
+        for (a, b) in losses(&m0).iter().zip(losses(&m1)) {
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{text}: loss {a} vs {b}");
+        }
+        for (wa, wb) in w0.iter().zip(&w1) {
+            for (a, b) in wa.iter().zip(wb) {
+                assert!((a - b).abs() <= 1e-4, "{text}: weight {a} vs {b}");
+            }
+        }
+        assert_eq!(g.tuning().to_string(), g.report().tuning, "the report names the tuning in use");
+    }
+}
+
+#[test]
+fn with_tuning_checks_its_values() {
+    let gpu = gpu_or_skip!();
+    let bad = Tuning { conv_lanes: 100, ..gpu.tuning() };
+    let err = gpu.with_tuning(bad).err().expect("conv_lanes=100 is refused").to_string();
+    assert!(err.contains("conv_lanes") && err.contains("power of two"), "{err}");
+    let max = gpu.limits().max_compute_invocations_per_workgroup;
+    if max < 256 {
+        let err = gpu.with_tuning(Tuning { gemm_wg: 16, ..gpu.tuning() }).err().expect("over the limit").to_string();
+        assert!(err.contains("gemm_wg=16"), "{err}");
+    }
+    // A view shares the device: the original keeps its tuning.
+    let view = tuned(gpu, "conv_ob=2");
+    assert_eq!(view.tuning().conv_ob, 2);
+    assert_ne!(gpu.tuning().conv_ob, 2);
+}
+
+#[test]
+fn tune_measures_candidates_and_returns_the_fastest() {
+    let gpu = gpu_or_skip!();
+    let t = Tune {
+        spec: ModelSpec::lenet(),
+        model: "lenet".into(),
+        models: 2,
+        batch_size: 4,
+        steps: 1,
+        warmup: 0,
+        repeats: 1,
+        margin: 0.0,
+    };
+    let mut lines: Vec<Value> = Vec::new();
+    let mut progress = Vec::new();
+    let best = tune(gpu, &t, |p| progress.push(p.to_string()), |v| lines.push(v)).unwrap();
+    let last = lines.pop().expect("a summary line");
+    assert_eq!(last["best"], best.to_string().as_str(), "{last}");
+    assert_eq!(last["start"], gpu.tuning().to_string().as_str(), "{last}");
+    let measured: Vec<&Value> = lines.iter().filter(|l| l.get("steps_per_s").is_some()).collect();
+    assert!(measured.len() >= 4, "the start and several candidates are measured: {lines:?}");
+    assert_eq!(measured[0]["key"], "start");
+    // With a zero margin, the best is the fastest measurement at the time its key was tried:
+    // never slower than the start, and one of the measured tunings.
+    let rate = |l: &Value| l["steps_per_s"].as_f64().unwrap();
+    assert!(rate(&last) >= rate(measured[0]), "{last}");
+    assert!(measured.iter().any(|l| l["tuning"] == last["best"] && rate(l) == rate(&last)), "{last}");
+    for l in &measured {
+        assert!(Tuning::default().apply(l["tuning"].as_str().unwrap()).is_ok(), "{l}");
+        assert_eq!(l["models"], 2);
+    }
+    // Candidates that compile to kernels already measured are skipped, not timed twice (at
+    // this size, for example, wider convolution workgroups than the short rows need).
+    assert!(progress.iter().any(|p| p.contains("already measured")), "{progress:?}");
+    let distinct: std::collections::HashSet<&str> = measured.iter().map(|l| l["tuning"].as_str().unwrap()).collect();
+    assert_eq!(distinct.len(), measured.len(), "no tuning measured twice");
+}
