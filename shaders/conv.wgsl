@@ -354,6 +354,39 @@ fn conv2d_grad_weight_reduce(
     out2[i] = sum;
 }
 
+// The same sums for many splits (GPUs: a serial chain of thousands of loads per output is
+// slow there): one workgroup of RL lanes per output, lane l adds splits l, l + RL, ... in
+// order, then a fixed tree in workgroup memory (deterministic, another order than the
+// serial kernel's).
+override RL: u32 = 64u;  // a power of two, at most 256
+var<workgroup> reduce_lanes: array<f32, 256>;
+
+@compute @workgroup_size(RL, 1, 1)
+fn conv2d_grad_weight_reduce_wide(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = wid.x + wid.y * nwg.x;
+    var sum = 0.0;
+    if (i < p.total) {
+        for (var s = lid.x; s < p.splits; s += RL) {
+            sum += a_in[s * p.total + i];
+        }
+    }
+    reduce_lanes[lid.x] = sum;
+    workgroupBarrier();
+    for (var w = RL / 2u; w > 0u; w = w / 2u) {
+        if (lid.x < w) {
+            reduce_lanes[lid.x] += reduce_lanes[lid.x + w];
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u && i < p.total) {
+        out2[i] = reduce_lanes[0];
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Direct kernels for stride 1 and dilation 1 (the Rust side picks them when the geometry
 // allows, and the general kernels above otherwise).

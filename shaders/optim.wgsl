@@ -21,41 +21,32 @@ struct SgdHyper {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> param: array<f32>;
-@group(0) @binding(2) var<storage, read> grad: array<f32>;
-@group(0) @binding(3) var<storage, read_write> buf: array<f32>;
-@group(0) @binding(4) var<storage, read> hyper: array<SgdHyper>;
-@group(0) @binding(5) var<storage, read> dead: array<f32>;
 
 override WG: u32 = 256u;
 
-@compute @workgroup_size(WG)
-fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * WG;
-    if (i >= p.numel) {
-        return;
-    }
-    if (dead[i / p.per_model] != 0.0) {
-        return;
-    }
-    let h = hyper[i / p.per_model];
-    var d = grad[i];
+// The update rules on one element, shared by the multi-tensor kernels that
+// `src/ops/optim.rs` generates (one dispatch updates up to 16 parameter tensors: each
+// invocation finds its tensor, then applies the rule with the model's row).
+
+// SGD: (new weight, new momentum buffer); the buffer is returned unchanged without momentum.
+fn sgd_step(w: f32, grad: f32, buf: f32, h: SgdHyper) -> vec2<f32> {
+    var d = grad;
     if (h.weight_decay != 0.0) {
-        d += h.weight_decay * param[i];
+        d += h.weight_decay * w;
     }
+    var m = buf;
     if (h.momentum != 0.0) {
-        var m = d;
+        m = d;
         if (h.started != 0.0) {
-            m = h.momentum * buf[i] + (1.0 - h.dampening) * d;
+            m = h.momentum * buf + (1.0 - h.dampening) * d;
         }
-        buf[i] = m;
         if (h.nesterov != 0.0) {
             d += h.momentum * m;
         } else {
             d = m;
         }
     }
-    param[i] -= h.lr * d;
+    return vec2<f32>(w - h.lr * d, m);
 }
 
 // Adam / AdamW hyper-parameter row: PyTorch's torch.optim.Adam and AdamW, one row per model.
@@ -71,23 +62,10 @@ struct AdamHyper {
     bc2_sqrt: f32,   // sqrt(1 - beta2^t)
 }
 
-@group(0) @binding(3) var<storage, read_write> exp_avg: array<f32>;
-@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<f32>;
-@group(0) @binding(5) var<storage, read> adam_hyper: array<AdamHyper>;
-@group(0) @binding(6) var<storage, read> adam_dead: array<f32>;
-
-@compute @workgroup_size(WG)
-fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * WG;
-    if (i >= p.numel) {
-        return;
-    }
-    if (adam_dead[i / p.per_model] != 0.0) {
-        return;
-    }
-    let h = adam_hyper[i / p.per_model];
-    var w = param[i];
-    var d = grad[i];
+// Adam: (new weight, new first moment, new second moment).
+fn adam_step(weight: f32, grad: f32, avg: f32, avg_sq: f32, h: AdamHyper) -> vec3<f32> {
+    var w = weight;
+    var d = grad;
     if (h.weight_decay != 0.0) {
         if (h.decoupled != 0.0) {
             w *= 1.0 - h.lr * h.weight_decay;
@@ -95,12 +73,10 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             d += h.weight_decay * w;
         }
     }
-    let m = h.beta1 * exp_avg[i] + (1.0 - h.beta1) * d;
-    let v = h.beta2 * exp_avg_sq[i] + (1.0 - h.beta2) * d * d;
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
+    let m = h.beta1 * avg + (1.0 - h.beta1) * d;
+    let v = h.beta2 * avg_sq + (1.0 - h.beta2) * d * d;
     let denom = sqrt(v) / h.bc2_sqrt + h.eps;
-    param[i] = w - (h.lr / h.bc1) * (m / denom);
+    return vec3<f32>(w - (h.lr / h.bc1) * (m / denom), m, v);
 }
 
 // dead[g] = 1 once model g's loss is NaN or infinite; it never comes back to life.

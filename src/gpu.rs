@@ -87,7 +87,12 @@ impl fmt::Display for AdapterReport {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum ModuleKey {
     Crate(&'static str),
-    User { name: String, source: String },
+    /// Source the crate generates, named uniquely by what it was generated from.
+    Generated(String),
+    User {
+        name: String,
+        source: String,
+    },
 }
 
 /// Module, entry point, bind layout (with the uniform's minimum size, if any), override constants.
@@ -202,6 +207,9 @@ impl Gpu {
         // the engine benefits (large bindings and buffers, every storage slot).
         let mut limits = wgpu::Limits::downlevel_defaults();
         limits.max_storage_buffers_per_shader_stage = have.max_storage_buffers_per_shader_stage;
+        // wgpu's combined count of buffers per stage (multi-tensor optimizer updates bind many).
+        limits.max_buffers_and_acceleration_structures_per_shader_stage =
+            have.max_buffers_and_acceleration_structures_per_shader_stage;
         limits.max_storage_buffer_binding_size = have.max_storage_buffer_binding_size;
         limits.max_buffer_size = have.max_buffer_size;
         limits.max_compute_workgroups_per_dimension = have.max_compute_workgroups_per_dimension;
@@ -343,6 +351,26 @@ impl Gpu {
             constants.iter().map(|(k, v)| (k.to_string(), v.to_bits())).collect(),
         );
         self.cached(key, shader.name, || shader.source.into(), entry, bindings, None, constants)
+    }
+
+    /// A kernel from WGSL the crate generates (`name` must identify the source: the module is
+    /// cached by it, and `source` is only called the first time).
+    pub(crate) fn generated_kernel(
+        &self,
+        name: String,
+        source: impl FnOnce() -> String,
+        entry: &'static str,
+        bindings: &[Binding],
+        constants: &[(&str, f64)],
+    ) -> Arc<Kernel> {
+        let key: KernelKey = (
+            ModuleKey::Generated(name.clone()),
+            entry.to_string(),
+            bindings.to_vec(),
+            None,
+            constants.iter().map(|(k, v)| (k.to_string(), v.to_bits())).collect(),
+        );
+        self.cached(key, &name, || source().into(), entry, bindings, None, constants)
     }
 
     /// A compute kernel from user WGSL (a [`crate::graph::CustomOp`]), cached by name, source,

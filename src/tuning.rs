@@ -43,15 +43,31 @@ pub struct Tuning {
     pub split_threads: u32,
     /// Fewest multiply-adds per output in one split of a weight gradient's depth.
     pub min_split_depth: u32,
+    /// Most parameter tensors one optimizer-update dispatch takes, 1 to 16, or 0 for as many
+    /// as the adapter's storage buffers per stage allow (SGD: 3 per tensor, Adam: 4, plus 2).
+    pub update_tensors: u32,
+    /// Lanes of the workgroup that adds one weight-gradient output's split-K partial sums
+    /// (a power of two from 2 to 256) where there are more splits than lanes, or 0 to add
+    /// them in one invocation per output.
+    pub reduce_lanes: u32,
 }
 
 /// Keys of the text format, in order.
-const KEYS: [&str; 7] =
-    ["gemm_wg", "conv_lanes", "conv_ob", "grad_weight_ob", "conv_strip", "split_threads", "min_split_depth"];
+const KEYS: [&str; 9] = [
+    "gemm_wg",
+    "conv_lanes",
+    "conv_ob",
+    "grad_weight_ob",
+    "conv_strip",
+    "split_threads",
+    "min_split_depth",
+    "update_tensors",
+    "reduce_lanes",
+];
 
 impl Tuning {
     /// Measured on lavapipe (2 cores; see the notes in `src/ops/conv.rs`): narrow workgroups,
-    /// split-K only until the few cores are busy.
+    /// split-K only until the few cores are busy, one tensor per optimizer dispatch.
     pub const SOFTWARE: Tuning = Tuning {
         gemm_wg: 8,
         conv_lanes: 64,
@@ -60,11 +76,18 @@ impl Tuning {
         conv_strip: 0,
         split_threads: 1 << 15,
         min_split_depth: 256,
+        // One tensor per update dispatch: llvmpipe runs every tensor's branch of a
+        // multi-tensor update masked, for every element (measured at G=64: 14 ms for LeNet's
+        // 10 tensors in 10 dispatches, 32 ms with 2 per dispatch, 129 ms with all in one).
+        update_tensors: 1,
+        reduce_lanes: 0,
     };
 
     /// For GPUs: the same register blocking, but weight gradients split until a large GPU
     /// (an H100 keeps about 270,000 invocations in flight) has work for every lane, with
-    /// shorter splits. Not yet measured on a GPU: `modelbatch tune` finds better values.
+    /// shorter splits, and every parameter tensor updated in one dispatch where the storage
+    /// buffers allow (each workgroup takes one tensor, so its branch is uniform). Not yet
+    /// measured on a GPU: `modelbatch tune` finds better values.
     pub const GPU: Tuning = Tuning {
         gemm_wg: 8,
         conv_lanes: 64,
@@ -73,6 +96,8 @@ impl Tuning {
         conv_strip: 0,
         split_threads: 1 << 18,
         min_split_depth: 64,
+        update_tensors: 0,
+        reduce_lanes: 64,
     };
 
     /// The starting point for an adapter: [`Tuning::SOFTWARE`] for software (CPU) adapters,
@@ -99,6 +124,8 @@ impl Tuning {
                 "conv_strip" => &mut self.conv_strip,
                 "split_threads" => &mut self.split_threads,
                 "min_split_depth" => &mut self.min_split_depth,
+                "update_tensors" => &mut self.update_tensors,
+                "reduce_lanes" => &mut self.reduce_lanes,
                 other => return Err(bad(format!("unknown key {other:?}; the keys are {}", KEYS.join(", ")))),
             };
             *slot = value;
@@ -127,7 +154,13 @@ impl Tuning {
         check("grad_weight_ob", (1..=8).contains(&self.grad_weight_ob), "1 to 8")?;
         check("conv_strip", matches!(self.conv_strip, 0 | 8 | 12), "0 (per layer), 8 or 12")?;
         check("split_threads", self.split_threads >= 1, "at least 1")?;
-        check("min_split_depth", self.min_split_depth >= 1, "at least 1")
+        check("min_split_depth", self.min_split_depth >= 1, "at least 1")?;
+        check("update_tensors", self.update_tensors <= 16, "0 (as many as the adapter allows) to 16")?;
+        check(
+            "reduce_lanes",
+            self.reduce_lanes == 0 || (self.reduce_lanes.is_power_of_two() && (2..=256).contains(&self.reduce_lanes)),
+            "0 (one invocation per output) or a power of two from 2 to 256",
+        )
     }
 
     /// Checks the workgroup sizes against a device's limits.
@@ -138,6 +171,13 @@ impl Tuning {
             return Err(Error::Usage(format!(
                 "tuning gemm_wg={}: a {0}x{0} workgroup passes the device's limits ({invocations} invocations, {side} per side)",
                 self.gemm_wg
+            )));
+        }
+        if self.reduce_lanes > invocations || self.reduce_lanes > limits.max_compute_workgroup_size_x {
+            return Err(Error::Usage(format!(
+                "tuning reduce_lanes={}: passes the device's limit of {} invocations per workgroup",
+                self.reduce_lanes,
+                invocations.min(limits.max_compute_workgroup_size_x)
             )));
         }
         if self.conv_lanes > invocations || self.conv_lanes > limits.max_compute_workgroup_size_x {
@@ -160,6 +200,8 @@ impl Tuning {
             "conv_strip" => &[0, 8, 12],
             "split_threads" => &[1 << 13, 1 << 15, 1 << 17, 1 << 19],
             "min_split_depth" => &[64, 256, 1024],
+            "update_tensors" => &[0, 1, 4],
+            "reduce_lanes" => &[0, 32, 128],
             _ => &[],
         }
     }
@@ -179,6 +221,8 @@ impl Tuning {
             "conv_strip" => self.conv_strip,
             "split_threads" => self.split_threads,
             "min_split_depth" => self.min_split_depth,
+            "update_tensors" => self.update_tensors,
+            "reduce_lanes" => self.reduce_lanes,
             _ => return None,
         })
     }
@@ -236,6 +280,8 @@ mod tests {
         assert!(err("conv_ob=0").contains("1 to 8"));
         assert!(err("conv_strip=4").contains("8 or 12"));
         assert!(err("split_threads=0").contains("at least 1"));
+        assert!(err("update_tensors=17").contains("to 16"));
+        assert!(err("reduce_lanes=1").contains("power of two from 2"));
         assert!(err("lanes=64").contains("unknown key \"lanes\""));
         assert!(err("conv_ob").contains("key=value"));
         assert!(err("conv_ob=-1").contains("whole number"));

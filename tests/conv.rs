@@ -301,8 +301,8 @@ fn every_tuning_computes_the_same_convolutions() {
     let mut changed = [false; 4];
     for text in [
         "conv_lanes=8,conv_ob=1,grad_weight_ob=1,conv_strip=8,split_threads=1,min_split_depth=4096",
-        "conv_lanes=256,conv_ob=3,grad_weight_ob=5,conv_strip=12,split_threads=1048576,min_split_depth=1",
-        "conv_lanes=32,conv_ob=8,grad_weight_ob=8,conv_strip=12,split_threads=262144,min_split_depth=64",
+        "conv_lanes=256,conv_ob=3,grad_weight_ob=5,conv_strip=12,split_threads=1048576,min_split_depth=1,reduce_lanes=64",
+        "conv_lanes=32,conv_ob=8,grad_weight_ob=8,conv_strip=12,split_threads=262144,min_split_depth=64,reduce_lanes=2",
     ] {
         let tuned = gpu.with_tuning(Tuning::SOFTWARE.apply(text).unwrap()).unwrap();
         for (i, spec) in specs.into_iter().enumerate() {
@@ -314,6 +314,13 @@ fn every_tuning_computes_the_same_convolutions() {
     }
     // (A small layer may need no wider workgroup or further split than it has.)
     assert_eq!(changed, [true; 4], "some layer kept its kernels and grids under every tuning");
+    // Both ways of adding the split-K partial sums ran.
+    let tuned =
+        gpu.with_tuning(Tuning::SOFTWARE.apply("split_threads=1048576,min_split_depth=1,reduce_lanes=64").unwrap());
+    let wide = Case::new(&tuned.unwrap(), specs[0], 1).plan.signature();
+    let serial = Case::new(gpu, specs[0], 1).plan.signature();
+    let reduce = |s: &[(&str, usize, [u32; 3])]| s.iter().find(|d| d.0 == "conv2d_grad_weight_reduce").map(|d| d.1);
+    assert!(reduce(&wide).is_some() && reduce(&serial).is_some() && reduce(&wide) != reduce(&serial));
 }
 
 #[test]

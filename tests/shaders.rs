@@ -37,6 +37,16 @@ fn every_shader_parses_and_validates() {
 }
 
 #[test]
+fn every_generated_shader_parses_and_validates() {
+    let generated = modelbatch::ops::generated_shaders();
+    assert!(generated.len() >= 2, "{} generated shaders", generated.len());
+    for (name, source) in generated {
+        let module = validate(&name, &source).unwrap_or_else(|e| panic!("generated `{name}`:\n{e}\n{source}"));
+        assert!(module.entry_points.iter().any(|e| e.stage == naga::ShaderStage::Compute), "{name}");
+    }
+}
+
+#[test]
 fn validator_rejects_a_broken_shader() {
     // The harness above must be able to fail: an out-of-type store is a validation error and
     // a missing brace a parse error.

@@ -6,7 +6,7 @@ mod common;
 
 use modelbatch::nn::{BatchModel, ModelSpec};
 use modelbatch::train::{evaluate, Dataset, Normalize, Optimizer, Order, StepMetrics, TrainConfig, Trainer};
-use modelbatch::{DType, Gpu, Graph, PerModel, Plan, Sgd};
+use modelbatch::{DType, Gpu, Graph, PerModel, Plan, Sgd, Tuning};
 
 fn synthetic(n: usize, seed: u64) -> Dataset {
     common::small_images(n, seed)
@@ -74,6 +74,12 @@ fn a_split_batch_trains_and_evaluates_like_the_whole_batch() {
     close("evaluation loss", &se, &we);
     // Models differ (per-model learning rates), so equality is not trivial.
     assert!(whole.state[0][..45] != whole.state[0][45 * 3..45 * 4]);
+    // Every parameter tensor in one optimizer dispatch per chunk (as on GPUs): the same run.
+    let multi = small.with_tuning(Tuning { update_tensors: 0, ..small.tuning() }).unwrap();
+    let run = train(&multi, g, &data);
+    assert_eq!(run.chunks, 4);
+    assert_eq!(run.metrics, split.metrics, "multi-tensor updates in chunks: metrics");
+    assert_eq!(run.state, split.state, "multi-tensor updates in chunks: weights");
 }
 
 /// G=10 models of `n` floats through relu + add with 16 KiB bindings (3 chunks of 4).

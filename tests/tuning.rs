@@ -8,7 +8,7 @@ mod common;
 use modelbatch::bench::{tune, Tune};
 use modelbatch::nn::{BatchModel, ModelSpec};
 use modelbatch::train::{Dataset, Optimizer, Order, StepMetrics, TrainConfig, Trainer};
-use modelbatch::{Gpu, PerModel, Sgd, Tuning};
+use modelbatch::{Adam, Gpu, PerModel, Sgd, Tuning};
 use serde_json::Value;
 
 fn synthetic(n: usize) -> Dataset {
@@ -26,9 +26,12 @@ type Signature = Vec<(&'static str, usize, [u32; 3])>;
 /// Five steps of three LeNets (momentum SGD, one learning rate per model): the metrics of
 /// every step, the final weights and the step plan's kernels and grids.
 fn run(gpu: &Gpu) -> (Vec<StepMetrics>, Vec<Vec<f32>>, Signature) {
+    run_with(gpu, Optimizer::Sgd(Sgd::new(PerModel::log_space(0.02, 0.1, 3)).momentum(0.9)))
+}
+
+fn run_with(gpu: &Gpu, opt: Optimizer) -> (Vec<StepMetrics>, Vec<Vec<f32>>, Signature) {
     let data = synthetic(64);
     let model = BatchModel::new(gpu, &ModelSpec::lenet(), 3, 5).unwrap();
-    let opt = Optimizer::Sgd(Sgd::new(PerModel::log_space(0.02, 0.1, 3)).momentum(0.9));
     let config = TrainConfig { batch_size: 16, metrics_every: 1, order: Order::PerModel, ..TrainConfig::default() };
     let mut t = Trainer::new(gpu, &model, &data, opt, config).unwrap();
     let signature = t.plan().signature();
@@ -56,6 +59,33 @@ fn shapes_that_keep_the_splits_train_bit_for_bit_alike() {
     }
 }
 
+/// The optimizer updates every parameter tensor in as few dispatches as the adapter's
+/// storage-buffer limit allows (LeNet: 10 tensors), or `update_tensors` per dispatch: the
+/// same weights bit for bit, SGD and AdamW.
+#[test]
+fn multi_tensor_updates_give_the_same_weights() {
+    let gpu = gpu_or_skip!();
+    let updates = |s: &Signature, entry: &str| s.iter().filter(|d| d.0 == entry).count();
+    let limits = gpu.limits();
+    let slots = (limits.max_storage_buffers_per_shader_stage as usize)
+        .min(limits.max_buffers_and_acceleration_structures_per_shader_stage as usize - 1);
+    let optimizers = [
+        ("sgd", 3, Optimizer::Sgd(Sgd::new(PerModel::log_space(0.02, 0.1, 3)).momentum(0.9).weight_decay(1e-3))),
+        ("adam", 4, Optimizer::Adam(Adam::adamw(PerModel::log_space(1e-3, 1e-2, 3)))),
+    ];
+    for (entry, per, opt) in optimizers {
+        let (m0, w0, s0) = run_with(&tuned(gpu, "update_tensors=0"), opt.clone());
+        let most = ((slots - 2) / per).clamp(1, 16);
+        assert_eq!(updates(&s0, entry), 10usize.div_ceil(most), "{entry}: dispatches for 10 tensors, {most} at a time");
+        for k in [1, 3, 16] {
+            let (m1, w1, s1) = run_with(&tuned(gpu, &format!("update_tensors={k}")), opt.clone());
+            assert_eq!(updates(&s1, entry), 10usize.div_ceil(k.min(most)), "{entry}: update_tensors={k}");
+            assert_eq!(m0, m1, "{entry}: update_tensors={k}: metrics");
+            assert_eq!(w0, w1, "{entry}: update_tensors={k}: weights");
+        }
+    }
+}
+
 #[test]
 fn every_tuning_trains_alike_to_rounding() {
     let gpu = gpu_or_skip!();
@@ -63,7 +93,7 @@ fn every_tuning_trains_alike_to_rounding() {
     let losses = |m: &[StepMetrics]| m.iter().flat_map(|s| s.loss.clone()).collect::<Vec<f32>>();
     for text in [
         "gemm_wg=4,conv_lanes=8,conv_ob=1,grad_weight_ob=1,conv_strip=8,split_threads=1,min_split_depth=4096",
-        "gemm_wg=16,conv_lanes=256,conv_ob=8,grad_weight_ob=3,conv_strip=12,split_threads=1048576,min_split_depth=1",
+        "gemm_wg=16,conv_lanes=256,conv_ob=8,grad_weight_ob=3,conv_strip=12,split_threads=1048576,min_split_depth=1,reduce_lanes=32",
     ] {
         let g = tuned(gpu, text);
         let (m1, w1, s1) = run(&g);

@@ -271,8 +271,7 @@ pub(crate) fn lower_grad_weight(
     // Shared scratch, created at plan compile time; the bind groups keep it alive.
     let partial = ctx.scratch((4 * splits * total) as u64);
     let mut out = tiled(ctx, &kernel, LABEL, &words, &[dy, x, &partial], grid)?;
-    let reduce = ctx.kernel(&CONV, "conv2d_grad_weight_reduce", &[Binding::Read, Binding::ReadWrite], &[]);
-    out.push(ctx.dispatch(reduce, "conv2d_grad_weight_reduce", &words, &[&partial, dw], grid_1d(total, REDUCE_WG)));
+    out.push(reduce_partials(ctx, splits, total, &partial, dw));
     Ok(out)
 }
 
@@ -522,11 +521,25 @@ fn grad_weight_direct(
     }
     let partial = ctx.scratch((4 * splits * total) as u64);
     let mut out = tiled(ctx, &kernel, label, &words, &[dy, x, &partial], grid)?;
-    // The reduction reads `splits` and `total` from the general kernel's uniform layout.
-    let reduce = ctx.kernel(&CONV, "conv2d_grad_weight_reduce", &[Binding::Read, Binding::ReadWrite], &[]);
-    let mut rw = vec![0u32; 28];
-    rw[19] = splits as u32;
-    rw[23] = total as u32;
-    out.push(ctx.dispatch(reduce, "conv2d_grad_weight_reduce", &rw, &[&partial, dw], grid_1d(total, REDUCE_WG)));
+    out.push(reduce_partials(ctx, splits, total, &partial, dw));
     Ok(Some(out))
+}
+
+/// `dw[i]` = the sum over the `splits` partial sums `partial[s * total + i]`, in a fixed order:
+/// one invocation per output adding them in turn, or, with the adapter's `reduce_lanes` set
+/// and more splits than that, a workgroup per output adding them in a fixed tree.
+fn reduce_partials(ctx: &Lower, splits: usize, total: usize, partial: &wgpu::Buffer, dw: &wgpu::Buffer) -> Dispatch {
+    const LABEL: &str = "conv2d_grad_weight_reduce";
+    // The reduction reads `splits` and `total` from the general kernel's uniform layout.
+    let mut words = vec![0u32; 28];
+    words[19] = splits as u32;
+    words[23] = total as u32;
+    let lanes = ctx.gpu.tuning().reduce_lanes as usize;
+    let storage = [Binding::Read, Binding::ReadWrite];
+    if lanes > 0 && splits > lanes {
+        let kernel = ctx.kernel(&CONV, "conv2d_grad_weight_reduce_wide", &storage, &[("RL", lanes as f64)]);
+        return ctx.dispatch(kernel, LABEL, &words, &[partial, dw], super::grid_groups(total));
+    }
+    let kernel = ctx.kernel(&CONV, "conv2d_grad_weight_reduce", &storage, &[]);
+    ctx.dispatch(kernel, LABEL, &words, &[partial, dw], grid_1d(total, REDUCE_WG))
 }

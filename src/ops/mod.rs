@@ -60,6 +60,12 @@ pub const DATA: Shader = shader!("data");
 /// Every shader of the crate (validated offline by the test suite).
 pub const ALL_SHADERS: &[Shader] = &[LINEAR, ELEMENTWISE, REDUCE, LOSS, OPTIM, ACTIVATION, CONV, POOL, NORM, DATA];
 
+/// WGSL the crate generates at plan compile time, `(name, source)`, in the variants the
+/// test suite validates offline: the multi-tensor optimizer updates for 1, 2 and 16 tensors.
+pub fn generated_shaders() -> Vec<(String, String)> {
+    optim::generated_sources()
+}
+
 /// Dimensions of a batched image tensor `[G, N, C, H, W]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Image {

@@ -10,59 +10,172 @@ pub const SGD_HYPER_WIDTH: usize = 8;
 /// Floats per model in an Adam hyper-parameter row (`AdamHyper` in the shader).
 pub const ADAM_HYPER_WIDTH: usize = 8;
 
-#[allow(clippy::too_many_arguments)]
-/// One SGD update of a `[G, per_model]` parameter.
-pub(crate) fn lower_sgd(
-    ctx: &Lower,
-    numel: usize,
-    per_model: usize,
-    param: &wgpu::Buffer,
-    grad: &wgpu::Buffer,
-    momentum: &wgpu::Buffer,
-    hyper: &wgpu::Buffer,
-    dead: &wgpu::Buffer,
-) -> Dispatch {
-    let kernel = ctx.kernel(
-        &OPTIM,
-        "sgd",
-        &[Binding::ReadWrite, Binding::Read, Binding::ReadWrite, Binding::Read, Binding::Read],
-        &[("WG", WG as f64)],
-    );
-    ctx.dispatch(
-        kernel,
-        "sgd",
-        &[numel as u32, per_model as u32],
-        &[param, grad, momentum, hyper, dead],
-        grid_1d(numel, WG),
-    )
+/// Most parameter tensors one update dispatch takes (the uniform holds 16 sizes).
+pub(crate) const MAX_TENSORS: usize = 16;
+
+/// The buffers of one parameter tensor's update: `[param, grad, state...]` (SGD: the momentum
+/// buffer; Adam: both moments), each `numel` elements, `per_model` per model.
+pub(crate) struct Slot<'a> {
+    pub numel: usize,
+    pub per_model: usize,
+    pub buffers: Vec<&'a wgpu::Buffer>,
 }
 
-/// One Adam/AdamW update of a `[G, per_model]` parameter.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn lower_adam(
+/// Which rule an update applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rule {
+    Sgd,
+    Adam,
+}
+
+impl Rule {
+    /// Buffers per tensor: param, grad and the optimizer state.
+    pub fn per_tensor(self) -> usize {
+        match self {
+            Rule::Sgd => 3,
+            Rule::Adam => 4,
+        }
+    }
+
+    /// Most tensors one dispatch may take on `ctx`'s device: its storage buffers per stage
+    /// (and buffers of any kind, the uniform included; two storage buffers go to the
+    /// hyper-parameter rows and the freeze flags), the tuning's `update_tensors` (0: no
+    /// further cap), and [`MAX_TENSORS`].
+    pub fn max_tensors(self, ctx: &Lower) -> usize {
+        let limits = ctx.gpu.limits();
+        let slots = (limits.max_storage_buffers_per_shader_stage as usize)
+            .min((limits.max_buffers_and_acceleration_structures_per_shader_stage as usize).saturating_sub(1));
+        let by_limit = slots.saturating_sub(2) / self.per_tensor();
+        let tuned = match ctx.gpu.tuning().update_tensors as usize {
+            0 => MAX_TENSORS,
+            k => k,
+        };
+        by_limit.min(tuned).clamp(1, MAX_TENSORS)
+    }
+}
+
+/// One dispatch of `rule` over every tensor of `slots` (at most [`Rule::max_tensors`]):
+/// invocation i updates element i of the tensors laid end to end, each with its model's row
+/// of `hyper`, skipping models whose `dead` flag is set.
+pub(crate) fn lower_update(
     ctx: &Lower,
-    numel: usize,
-    per_model: usize,
-    param: &wgpu::Buffer,
-    grad: &wgpu::Buffer,
-    exp_avg: &wgpu::Buffer,
-    exp_avg_sq: &wgpu::Buffer,
+    rule: Rule,
+    slots: &[Slot],
     hyper: &wgpu::Buffer,
     dead: &wgpu::Buffer,
 ) -> Dispatch {
-    let kernel = ctx.kernel(
-        &OPTIM,
-        "adam",
-        &[Binding::ReadWrite, Binding::Read, Binding::ReadWrite, Binding::ReadWrite, Binding::Read, Binding::Read],
+    let k = slots.len();
+    debug_assert!((1..=MAX_TENSORS).contains(&k));
+    let entry = match rule {
+        Rule::Sgd => "sgd",
+        Rule::Adam => "adam",
+    };
+    let mut storage = Vec::new();
+    for _ in 0..k {
+        storage.extend([Binding::ReadWrite, Binding::Read]);
+        storage.extend(std::iter::repeat_n(Binding::ReadWrite, rule.per_tensor() - 2));
+    }
+    storage.extend([Binding::Read, Binding::Read]);
+    let kernel = ctx.gpu.generated_kernel(
+        format!("optim {entry} x{k}"),
+        || update_source(rule, k),
+        entry,
+        &[[Binding::Uniform].as_slice(), &storage].concat(),
         &[("WG", WG as f64)],
     );
-    ctx.dispatch(
-        kernel,
-        "adam",
-        &[numel as u32, per_model as u32],
-        &[param, grad, exp_avg, exp_avg_sq, hyper, dead],
-        grid_1d(numel, WG),
-    )
+    // Uniform: the workgroups in all; per tensor the running end of its workgroups (each
+    // tensor starts a workgroup of its own, so that the branch is uniform per workgroup), its
+    // elements and its elements per model.
+    let mut words = vec![0u32; 4 + 3 * MAX_TENSORS];
+    let mut end = 0;
+    for (t, s) in slots.iter().enumerate() {
+        end += s.numel.div_ceil(WG as usize);
+        words[4 + t] = end as u32;
+        words[4 + MAX_TENSORS + t] = s.numel as u32;
+        words[4 + 2 * MAX_TENSORS + t] = s.per_model as u32;
+    }
+    words[0] = end as u32;
+    let mut buffers: Vec<&wgpu::Buffer> = slots.iter().flat_map(|s| s.buffers.iter().copied()).collect();
+    buffers.extend([hyper, dead]);
+    ctx.dispatch(kernel, entry, &words, &buffers, super::grid_groups(end))
+}
+
+/// WGSL of the `k`-tensor update: `shaders/optim.wgsl` (the rules) and the bindings and
+/// entry point for `k` tensors, each tensor's branch written out (WGSL cannot index bindings).
+fn update_source(rule: Rule, k: usize) -> String {
+    use std::fmt::Write;
+    let mut s = String::from(OPTIM.source);
+    let per = rule.per_tensor();
+    let names: &[&str] = match rule {
+        Rule::Sgd => &["w", "g", "m"],
+        Rule::Adam => &["w", "g", "m", "v"],
+    };
+    let hyper_type = match rule {
+        Rule::Sgd => "SgdHyper",
+        Rule::Adam => "AdamHyper",
+    };
+    let q = MAX_TENSORS / 4;
+    let _ = writeln!(s, "\n// Generated for {k} tensor(s) (src/ops/optim.rs).");
+    let _ = writeln!(
+        s,
+        "struct Multi {{ groups: u32, _p0: u32, _p1: u32, _p2: u32, ends: array<vec4<u32>, {q}>, numel: array<vec4<u32>, {q}>, per: array<vec4<u32>, {q}> }}"
+    );
+    let _ = writeln!(s, "@group(0) @binding(0) var<uniform> mq: Multi;");
+    for t in 0..k {
+        for (j, name) in names.iter().enumerate() {
+            let access = if j == 1 { "read" } else { "read_write" };
+            let _ =
+                writeln!(s, "@group(0) @binding({}) var<storage, {access}> {name}{t}: array<f32>;", 1 + per * t + j);
+        }
+    }
+    let _ = writeln!(s, "@group(0) @binding({}) var<storage, read> mhyper: array<{hyper_type}>;", 1 + per * k);
+    let _ = writeln!(s, "@group(0) @binding({}) var<storage, read> mdead: array<f32>;", 2 + per * k);
+    let entry = match rule {
+        Rule::Sgd => "sgd",
+        Rule::Adam => "adam",
+    };
+    let _ = writeln!(s, "@compute @workgroup_size(WG)");
+    let _ = writeln!(
+        s,
+        "fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{"
+    );
+    // The tensor is chosen per workgroup (uniform control flow: one branch runs).
+    let _ = writeln!(s, "    let wg = wid.x + wid.y * nwg.x;");
+    let _ = writeln!(s, "    if (wg >= mq.groups) {{\n        return;\n    }}");
+    let lane = |t: usize| format!("[{}].{}", t / 4, ["x", "y", "z", "w"][t % 4]);
+    for t in 0..k {
+        let start = if t == 0 { "0u".to_string() } else { format!("mq.ends{}", lane(t - 1)) };
+        let open = if t == 0 { "    if" } else { " else if" };
+        let _ = writeln!(s, "{open} (wg < mq.ends{}) {{", lane(t));
+        let _ = writeln!(s, "        let j = (wg - {start}) * WG + lid.x;");
+        let _ = writeln!(s, "        let model = j / mq.per{};", lane(t));
+        // (`&&` short-circuits: no flag is read past the tensor's end.)
+        let _ = writeln!(s, "        if (j < mq.numel{} && mdead[model] == 0.0) {{", lane(t));
+        match rule {
+            Rule::Sgd => {
+                let _ = writeln!(s, "            let r = sgd_step(w{t}[j], g{t}[j], m{t}[j], mhyper[model]);");
+                let _ = writeln!(s, "            w{t}[j] = r.x;\n            m{t}[j] = r.y;");
+            }
+            Rule::Adam => {
+                let _ =
+                    writeln!(s, "            let r = adam_step(w{t}[j], g{t}[j], m{t}[j], v{t}[j], mhyper[model]);");
+                let _ =
+                    writeln!(s, "            w{t}[j] = r.x;\n            m{t}[j] = r.y;\n            v{t}[j] = r.z;");
+            }
+        }
+        let _ = write!(s, "        }}\n    }}");
+    }
+    let _ = writeln!(s, "\n}}");
+    s
+}
+
+/// The generated update kernels for 1 and [`MAX_TENSORS`] tensors of each rule (for offline
+/// validation, as [`super::ALL_SHADERS`]).
+pub fn generated_sources() -> Vec<(String, String)> {
+    [Rule::Sgd, Rule::Adam]
+        .into_iter()
+        .flat_map(|r| [1, 2, MAX_TENSORS].map(move |k| (format!("optim {r:?} x{k}"), update_source(r, k))))
+        .collect()
 }
 
 /// Marks models whose `loss [G]` is not finite as dead in `dead [G]` (never revived).

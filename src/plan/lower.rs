@@ -3,6 +3,7 @@
 use super::Update;
 use crate::error::Result;
 use crate::graph::{Graph, Node, Op, TensorId};
+use crate::ops::optim::{Rule, Slot};
 use crate::ops::{self, Dispatch, Lower};
 
 /// The in-place updates (optimizer steps, running estimates), lowered after the graph.
@@ -13,39 +14,27 @@ pub(super) fn lower_updates<'b>(
     buf: &impl Fn(TensorId) -> &'b wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
     let mut out = Vec::new();
+    let mut pending: Option<Group> = None;
     for u in updates {
-        match *u {
-            Update::Sgd { param, grad, momentum, hyper, dead } => {
-                let shape = graph.shape(param);
-                let numel: usize = shape.iter().product();
-                out.push(ops::optim::lower_sgd(
-                    ctx,
-                    numel,
-                    numel / shape[0],
-                    buf(param),
-                    buf(grad),
-                    buf(momentum),
-                    buf(hyper),
-                    buf(dead),
-                ));
+        // Consecutive optimizer updates with the same rows and flags share one dispatch.
+        if let Some((rule, slot, hyper, dead)) = optimizer_slot(graph, u, buf) {
+            if let Some(group) = pending.as_mut().filter(|g| g.takes(ctx, rule, &slot, hyper, dead)) {
+                group.slots.push(slot);
+                continue;
             }
+            if let Some(group) = pending.take() {
+                out.push(group.lower(ctx));
+            }
+            pending = Some(Group { rule, slots: vec![slot], hyper, dead });
+            continue;
+        }
+        if let Some(group) = pending.take() {
+            out.push(group.lower(ctx));
+        }
+        match *u {
+            Update::Sgd { .. } | Update::Adam { .. } => unreachable!("handled above"),
             Update::Guard { loss, dead } => {
                 out.push(ops::optim::lower_guard(ctx, graph.shape(loss)[0], buf(loss), buf(dead)));
-            }
-            Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper, dead } => {
-                let shape = graph.shape(param);
-                let numel: usize = shape.iter().product();
-                out.push(ops::optim::lower_adam(
-                    ctx,
-                    numel,
-                    numel / shape[0],
-                    buf(param),
-                    buf(grad),
-                    buf(exp_avg),
-                    buf(exp_avg_sq),
-                    buf(hyper),
-                    buf(dead),
-                ));
             }
             Update::Accumulate { dst, src } => {
                 let numel = graph.node(dst).numel();
@@ -70,7 +59,58 @@ pub(super) fn lower_updates<'b>(
             }
         }
     }
+    if let Some(group) = pending.take() {
+        out.push(group.lower(ctx));
+    }
     Ok(out)
+}
+
+/// Optimizer updates lowered as one multi-tensor dispatch.
+struct Group<'b> {
+    rule: Rule,
+    slots: Vec<Slot<'b>>,
+    hyper: &'b wgpu::Buffer,
+    dead: &'b wgpu::Buffer,
+}
+
+impl Group<'_> {
+    /// Whether `slot` can join: the same rule, rows and flags, room under the adapter's
+    /// limits, the element count within u32, and no buffer bound twice (a binding written
+    /// may not alias another).
+    fn takes(&self, ctx: &Lower, rule: Rule, slot: &Slot, hyper: &wgpu::Buffer, dead: &wgpu::Buffer) -> bool {
+        let total: usize = self.slots.iter().map(|s| s.numel).sum::<usize>() + slot.numel;
+        let bound = || self.slots.iter().flat_map(|s| s.buffers.iter());
+        self.rule == rule
+            && self.hyper == hyper
+            && self.dead == dead
+            && self.slots.len() < rule.max_tensors(ctx)
+            && total < u32::MAX as usize
+            && !slot.buffers.iter().any(|b| bound().any(|c| c == b) || *b == hyper || *b == dead)
+    }
+
+    fn lower(self, ctx: &Lower) -> Dispatch {
+        ops::optim::lower_update(ctx, self.rule, &self.slots, self.hyper, self.dead)
+    }
+}
+
+/// An optimizer update's rule, tensor buffers, rows and flags (`None` for other updates).
+fn optimizer_slot<'b>(
+    graph: &Graph,
+    u: &Update,
+    buf: &impl Fn(TensorId) -> &'b wgpu::Buffer,
+) -> Option<(Rule, Slot<'b>, &'b wgpu::Buffer, &'b wgpu::Buffer)> {
+    let (rule, param, state, hyper, dead) = match *u {
+        Update::Sgd { param, grad, momentum, hyper, dead } => (Rule::Sgd, param, vec![grad, momentum], hyper, dead),
+        Update::Adam { param, grad, exp_avg, exp_avg_sq, hyper, dead } => {
+            (Rule::Adam, param, vec![grad, exp_avg, exp_avg_sq], hyper, dead)
+        }
+        _ => return None,
+    };
+    let shape = graph.shape(param);
+    let numel: usize = shape.iter().product();
+    let mut buffers = vec![buf(param)];
+    buffers.extend(state.into_iter().map(buf));
+    Some((rule, Slot { numel, per_model: numel / shape[0], buffers }, buf(hyper), buf(dead)))
 }
 
 pub(super) fn lower_node<'b>(
