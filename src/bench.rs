@@ -35,6 +35,8 @@ pub struct StepBench {
     pub adapter: String,
     /// Backend.
     pub backend: String,
+    /// The kernel shapes in use ([`Tuning`]'s `key=value` text).
+    pub tuning: String,
 }
 
 impl StepBench {
@@ -57,6 +59,7 @@ impl StepBench {
             "repeats": self.runs.len(),
             "adapter": self.adapter,
             "backend": self.backend,
+            "tuning": self.tuning,
         })
     }
 }
@@ -174,6 +177,7 @@ fn time_steps(
         warmup,
         adapter: r.name,
         backend: r.backend,
+        tuning: r.tuning,
     })
 }
 

@@ -638,6 +638,7 @@ fn bench_prints_one_json_line_per_g() {
         assert_eq!(line["repeats"], 2, "{line}");
         assert_eq!(line["model"], "lenet", "{line}");
         assert_eq!(line["adapter"], gpu.report().name.as_str(), "{line}");
+        assert_eq!(line["tuning"], gpu.tuning().to_string().as_str(), "{line}");
         assert!(line.get("skipped").is_none(), "{line}");
         let steps_per_s = line["steps_per_s"].as_f64().expect("steps_per_s");
         let samples_per_s = line["samples_per_s"].as_f64().expect("samples_per_s");

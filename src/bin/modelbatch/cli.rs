@@ -187,7 +187,7 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
-Each line: {\"models\": G, \"batch_size\": N, \"steps_per_s\": …, \"samples_per_s\": …, \"step_ms\": …, \"runs_steps_per_s\": […], \"steps\": K, \"warmup\": W, \"repeats\": R, \"adapter\": …, \"backend\": …, \"model\": …}; steps_per_s is the median over the repetitions and samples_per_s = G × N × steps_per_s. A G that does not fit (memory estimate, the adapter's per-binding limit, --time-limit) or fails prints {\"models\": G, …, \"skipped\": \"<reason>\"} instead and the next G runs.")]
+Each line: {\"models\": G, \"batch_size\": N, \"steps_per_s\": …, \"samples_per_s\": …, \"step_ms\": …, \"runs_steps_per_s\": […], \"steps\": K, \"warmup\": W, \"repeats\": R, \"adapter\": …, \"backend\": …, \"tuning\": …, \"model\": …}; steps_per_s is the median over the repetitions and samples_per_s = G × N × steps_per_s. A G that does not fit (memory estimate, the adapter's per-binding limit, --time-limit) or fails prints {\"models\": G, …, \"skipped\": \"<reason>\"} instead and the next G runs.")]
 pub struct BenchArgs {
     /// The architecture: the built-in LeNet, an MLP 784-256-128-10, or a JSON model spec file.
     #[arg(long, value_name = "lenet|mlp|PATH.json", default_value = "lenet")]
