@@ -1,4 +1,5 @@
-// Batched GEMM: C[g] = op(A[g]) * op(B[g]) (+ bias[g] on every row) (then relu if asked).
+// Batched GEMM: C[g] = op(A[g]) * op(B[g]) (+ bias[g] on every row) (then relu if asked)
+// (or times relu's derivative at a [G, M, N] tensor bound in the bias slot).
 //
 // One invocation computes a 4x4 block of C held in four vec4 registers (register blocking);
 // workgroups tile C in WG x WG blocks of invocations and z walks the model batch g.
@@ -12,7 +13,7 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    flags: u32,     // bit 0: add bias, bit 1: relu
+    flags: u32,     // bit 0: add bias, bit 1: relu, bit 2: times relu'(y) with y [G, M, N] bound as `bias`
     a_sm: u32,      // strides of A in elements: row (m), depth (k)
     a_sk: u32,
     b_sk: u32,      // strides of B: depth (k), column (n)
@@ -49,6 +50,17 @@ fn store_block(g: u32, r0: u32, c0: u32, acc: array<vec4<f32>, 4>) {
         var v = acc[i] + add;
         if ((p.flags & 2u) != 0u) {
             v = max(v, vec4<f32>(0.0));
+        }
+        if ((p.flags & 4u) != 0u) {
+            // relu's derivative at y (as the `unary_grad` kernel computes it: dy * 1 or dy * 0).
+            let row = base + r * p.n;
+            var dr = vec4<f32>(0.0);
+            for (var j = 0u; j < 4u; j++) {
+                if (c0 + j < p.n) {
+                    dr[j] = select(0.0, 1.0, bias[row + c0 + j] > 0.0);
+                }
+            }
+            v = v * dr;
         }
         for (var j = 0u; j < 4u; j++) {
             if (c0 + j < p.n) {

@@ -53,8 +53,9 @@ pub fn grad(
             Op::GatherImages { .. } | Op::GatherLabels => {}
             Op::MatMul { trans_a, trans_b, bias, relu } => {
                 let (a, b, ta, tb) = (x[0], x[1], *trans_a, *trans_b);
-                // Through the fused relu first (its derivative at the output).
-                let dy = if *relu { graph.unary_grad(Unary::Relu, dy, y)? } else { dy };
+                // Through the fused relu first (its derivative at the output), in the GEMM
+                // that produced dy where it can.
+                let dy = if *relu { relu_grad(graph, dy, y)? } else { dy };
                 if graph.node(a).requires_grad {
                     let da = if ta {
                         graph.matmul(b, dy, None, tb, true)?
@@ -177,6 +178,7 @@ pub fn grad(
                 }
             }
             op @ (Op::UnaryGrad(_)
+            | Op::MatMulReluGrad { .. }
             | Op::SoftmaxGrad { .. }
             | Op::DropoutGrad { .. }
             | Op::Conv2dGradInput { .. }
@@ -202,4 +204,22 @@ pub fn grad(
         }
     }
     Ok(wrt.iter().map(|t| if t.index() < n_forward { grads[t.index()] } else { None }).collect())
+}
+
+/// `relu'(y) * dy`: where `dy` is a plain product (seen through reshapes) shaped like `y`,
+/// one GEMM with relu's derivative in its epilogue (the plain product is then left unused),
+/// otherwise the elementwise gradient.
+fn relu_grad(graph: &mut Graph, dy: TensorId, y: TensorId) -> Result<TensorId> {
+    let mut src = dy;
+    while graph.node(src).op == Op::Reshape {
+        src = graph.node(src).inputs[0];
+    }
+    let node = graph.node(src);
+    if let Op::MatMul { trans_a, trans_b, bias: false, relu: false } = node.op {
+        if graph.shape(src) == graph.shape(y) {
+            let (a, b) = (node.inputs[0], node.inputs[1]);
+            return graph.matmul_relu_grad(a, b, trans_a, trans_b, y);
+        }
+    }
+    graph.unary_grad(Unary::Relu, dy, y)
 }

@@ -87,3 +87,75 @@ fn fused_linear_relu_equals_the_separate_ops() {
     }
     assert_eq!(n_fused + 1, n_plain, "the relu pass is gone");
 }
+
+/// Two linear layers, the first with relu: `linear_relu` lets the second layer's input
+/// gradient (a GEMM) apply relu's derivative in its epilogue. With `shared`, the relu output
+/// also feeds a third product, so its gradient is a sum and stays a separate op.
+fn run_mlp(gpu: &modelbatch::Gpu, fused: bool, shared: bool) -> (Vec<Vec<u32>>, usize, Vec<&'static str>) {
+    let g = 3;
+    let mut graph = Graph::new(g);
+    let x = graph.param("x", &[2, 7, 19]).unwrap();
+    let w1 = graph.param("w1", &[13, 19]).unwrap();
+    let b1 = graph.param("b1", &[13]).unwrap();
+    let w2 = graph.param("w2", &[6, 13]).unwrap();
+    let b2 = graph.param("b2", &[6]).unwrap();
+    let h = if fused {
+        graph.linear_relu(x, w1, Some(b1)).unwrap()
+    } else {
+        let l = graph.linear(x, w1, Some(b1)).unwrap();
+        graph.relu(l).unwrap()
+    };
+    let mut y = graph.linear(h, w2, Some(b2)).unwrap();
+    if shared {
+        let other = graph.linear(h, w2, None).unwrap();
+        y = graph.add(y, other).unwrap();
+    }
+    let r = graph.input("r", &[2, 7, 6], DType::F32).unwrap();
+    let params = [x, w1, b1, w2, b2];
+    let grads = autograd::grad(&mut graph, y, Some(r), &params).unwrap();
+    let keep: Vec<_> = [y].into_iter().chain(grads.iter().map(|d| d.unwrap())).collect();
+    let plan = Plan::new(gpu, &graph, &keep, &[]).unwrap();
+    for (i, &p) in params.iter().enumerate() {
+        let n: usize = graph.shape(p).iter().product();
+        // Some pre-activations exactly zero and negative: relu's derivative is 0 there.
+        let v: Vec<f32> = common::randn(20 + i as u64, n).iter().map(|v| (v * 4.0).round() / 4.0).collect();
+        plan.write(p, &v).unwrap();
+    }
+    plan.write(r, &common::randn(30, g * 2 * 7 * 6)).unwrap();
+    plan.run().unwrap();
+    let out = keep.iter().map(|&t| plan.read_blocking(t).unwrap().iter().map(|v| v.to_bits()).collect()).collect();
+    (out, plan.stats().dispatches, plan.dispatch_labels())
+}
+
+#[test]
+fn relu_gradient_joins_the_gemm_that_feeds_it() {
+    let gpu = gpu_or_skip!();
+    for shared in [false, true] {
+        let (plain, n_plain, _) = run_mlp(gpu, false, shared);
+        let (fused, n_fused, labels) = run_mlp(gpu, true, shared);
+        for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
+            assert_eq!(a, b, "shared {shared}: output {i} differs");
+        }
+        let relu_grads = labels.iter().filter(|l| **l == "relu_grad").count();
+        if shared {
+            assert_eq!(relu_grads, 1, "a summed gradient keeps the separate op: {labels:?}");
+            assert_eq!(n_fused + 1, n_plain, "only the forward relu pass is gone");
+        } else {
+            assert_eq!(relu_grads, 0, "{labels:?}");
+            assert_eq!(n_fused + 2, n_plain, "the relu pass and its gradient pass are gone");
+        }
+    }
+}
+
+#[test]
+fn matmul_relu_grad_checks_shapes() {
+    let mut graph = Graph::new(2);
+    let a = graph.param("a", &[3, 4]).unwrap();
+    let b = graph.param("b", &[4, 5]).unwrap();
+    let y = graph.param("y", &[3, 6]).unwrap();
+    let err = graph.matmul_relu_grad(a, b, false, false, y).unwrap_err().to_string();
+    assert!(err.contains("matmul_relu_grad") && err.contains("[2, 3, 6]") && err.contains("[2, 3, 5]"), "{err}");
+    let bad = graph.param("bad", &[7, 5]).unwrap();
+    let err = graph.matmul_relu_grad(a, bad, false, false, y).unwrap_err().to_string();
+    assert!(err.contains("matmul_relu_grad") && err.contains("inner dimensions"), "{err}");
+}

@@ -786,3 +786,34 @@ fn relu_over_a_grid_folded_into_two_dimensions() {
     let positive_tail = xv[65_535 * 256..].iter().filter(|&&v| v > 0.0).count();
     assert!(positive_tail > 1000, "the tail past the first grid row must hold positive values");
 }
+
+/// `matmul_relu_grad` (relu's derivative in the GEMM's epilogue) equals the product followed
+/// by the elementwise relu gradient, bit for bit, for every layout on odd and vec4 sizes.
+#[test]
+fn matmul_relu_grad_equals_the_two_ops() {
+    let gpu = gpu_or_skip!();
+    for (m, k, n) in [(5, 7, 3), (36, 12, 40), (37, 8, 35)] {
+        for (ta, tb) in COMBOS {
+            let g = 2;
+            let mut graph = Graph::new(g);
+            let a = graph.param("a", &if ta { [k, m] } else { [m, k] }).unwrap();
+            let b = graph.param("b", &if tb { [n, k] } else { [k, n] }).unwrap();
+            let y = graph.param("y", &[m, n]).unwrap();
+            let fused = graph.matmul_relu_grad(a, b, ta, tb, y).unwrap();
+            let product = graph.matmul(a, b, None, ta, tb).unwrap();
+            let plain = graph.unary_grad(modelbatch::Unary::Relu, product, y).unwrap();
+            let plan = Plan::new(gpu, &graph, &[fused, plain], &[]).unwrap();
+            plan.write(a, &randn(1, g * m * k)).unwrap();
+            plan.write(b, &randn(2, g * k * n)).unwrap();
+            // Zeros, negatives and positives in y.
+            let yv: Vec<f32> = randn(3, g * m * n).iter().map(|v| v.round()).collect();
+            assert!(yv.contains(&0.0) && yv.iter().any(|v| *v > 0.0));
+            plan.write(y, &yv).unwrap();
+            plan.run().unwrap();
+            let bits = |t| plan.read_blocking(t).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(fused), bits(plain), "M={m} K={k} N={n} trans_a={ta} trans_b={tb}");
+            let labels = plan.dispatch_labels();
+            assert_eq!(labels[0], gemm_entry(ta, tb, m, n, k), "{labels:?}");
+        }
+    }
+}

@@ -193,7 +193,22 @@ impl Graph {
         trans_b: bool,
         relu: bool,
     ) -> Result<TensorId> {
-        let name = "matmul";
+        let (m, n) = self.product_shape("matmul", a, b, bias, trans_a, trans_b)?;
+        let inputs = [a, b].into_iter().chain(bias).collect();
+        let op = Op::MatMul { trans_a, trans_b, bias: bias.is_some(), relu };
+        Ok(self.push(op, inputs, vec![self.g, m, n], DType::F32))
+    }
+
+    /// `(M, N)` of `op(a)·op(b) (+ bias)`, every operand checked.
+    fn product_shape(
+        &self,
+        name: &str,
+        a: TensorId,
+        b: TensorId,
+        bias: Option<TensorId>,
+        trans_a: bool,
+        trans_b: bool,
+    ) -> Result<(usize, usize)> {
         for t in [Some(a), Some(b), bias].into_iter().flatten() {
             self.check_g(name, t)?;
             self.check_dtype(name, t, DType::F32)?;
@@ -215,7 +230,6 @@ impl Graph {
                 shape_str(&sb)
             )));
         }
-        let mut inputs = vec![a, b];
         if let Some(bias) = bias {
             let s = self.shape(bias);
             if s != [self.g, n] {
@@ -225,10 +239,34 @@ impl Graph {
                     shape_str(&[self.g, n])
                 )));
             }
-            inputs.push(bias);
         }
-        let op = Op::MatMul { trans_a, trans_b, bias: bias.is_some(), relu };
-        Ok(self.push(op, inputs, vec![self.g, m, n], DType::F32))
+        Ok((m, n))
+    }
+
+    /// `matmul(a, b) * relu'(y)` in one kernel, where `y` is a relu output shaped like the
+    /// product: the gradient that reaches a relu from a GEMM (autograd joins them), bit for
+    /// bit the two ops' result.
+    pub fn matmul_relu_grad(
+        &mut self,
+        a: TensorId,
+        b: TensorId,
+        trans_a: bool,
+        trans_b: bool,
+        y: TensorId,
+    ) -> Result<TensorId> {
+        let name = "matmul_relu_grad";
+        let (m, n) = self.product_shape(name, a, b, None, trans_a, trans_b)?;
+        self.check_g(name, y)?;
+        self.check_dtype(name, y, DType::F32)?;
+        let shape = vec![self.g, m, n];
+        if self.shape(y) != shape.as_slice() {
+            return Err(Error::Shape(format!(
+                "{name}: y has shape {}, the product {}",
+                shape_str(self.shape(y)),
+                shape_str(&shape)
+            )));
+        }
+        Ok(self.push(Op::MatMulReluGrad { trans_a, trans_b }, vec![a, b, y], shape, DType::F32))
     }
 
     /// PyTorch's `nn.Linear` per model: `x [G, ..., in]`, `weight [G, out, in]`,

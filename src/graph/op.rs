@@ -179,6 +179,14 @@ pub enum Op {
         /// Relu applied in the kernel's epilogue (linear → relu fused).
         relu: bool,
     },
+    /// `[a, b, y]`: `op(a)·op(b)` times relu's derivative at `y` (`y > 0`), shaped like `y`:
+    /// relu's backward joined to the GEMM that computes its upstream gradient.
+    MatMulReluGrad {
+        /// A is stored transposed (`[G, K, M]`).
+        trans_a: bool,
+        /// B is stored transposed (`[G, N, K]`).
+        trans_b: bool,
+    },
     /// `[x]`: an activation function elementwise.
     Unary(Unary),
     /// `[dy, x]`: `dy * f'(x)` (for relu `x` may also be relu's output: same sign).
@@ -339,6 +347,7 @@ impl Op {
             Op::GatherImages { .. } => "gather_images",
             Op::GatherLabels => "gather_labels",
             Op::MatMul { .. } => "matmul",
+            Op::MatMulReluGrad { .. } => "matmul_relu_grad",
             Op::Unary(f) => f.name(),
             Op::UnaryGrad(f) => f.grad_name(),
             Op::Softmax { log: false } => "softmax",

@@ -1,5 +1,6 @@
-//! Batched GEMM (`shaders/linear.wgsl`): linear forward with fused bias, and both
-//! backward products, each with the register-blocked kernel that fits its layout.
+//! Batched GEMM (`shaders/linear.wgsl`): linear forward with fused bias and relu, and both
+//! backward products (the input gradient with relu's derivative where it follows one),
+//! each with the register-blocked kernel that fits its layout.
 
 use super::{Dispatch, Lower, LINEAR};
 use crate::error::{Error, Result};
@@ -15,9 +16,19 @@ pub(crate) struct MatMul<'a> {
     pub trans_b: bool,
     pub a: &'a wgpu::Buffer,
     pub b: &'a wgpu::Buffer,
-    pub bias: Option<&'a wgpu::Buffer>,
-    pub relu: bool,
+    pub epilogue: Epilogue<'a>,
     pub out: &'a wgpu::Buffer,
+}
+
+/// What the GEMM applies to each result before storing it.
+pub(crate) struct Epilogue<'a> {
+    /// Adds `bias [G, N]` to every row.
+    pub bias: Option<&'a wgpu::Buffer>,
+    /// Then relu.
+    pub relu: bool,
+    /// Multiplies by relu's derivative at this `[G, M, N]` tensor (a relu output: 1 where
+    /// positive, else 0); bound where the bias would be, so never with a bias.
+    pub relu_grad_at: Option<&'a wgpu::Buffer>,
 }
 
 pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
@@ -37,7 +48,11 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
             mm.g
         )));
     }
-    let flags = u32::from(mm.bias.is_some()) | (u32::from(mm.relu) << 1);
+    let e = &mm.epilogue;
+    if e.bias.is_some() && e.relu_grad_at.is_some() {
+        return Err(Error::Usage("matmul: a bias and relu's derivative share one binding".into()));
+    }
+    let flags = u32::from(e.bias.is_some()) | (u32::from(e.relu) << 1) | (u32::from(e.relu_grad_at.is_some()) << 2);
     let words = [m, n, k, flags as usize, a_sm, a_sk, b_sk, b_sn].map(|v| v as u32);
     // Invocations per workgroup side (the adapter's tuning); each computes a 4x4 block.
     let wg = ctx.gpu.tuning().gemm_wg;
@@ -52,5 +67,6 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     if groups[0] > 65_535 || groups[1] > 65_535 {
         return Err(Error::Usage(format!("matmul: a {m}x{n} output needs more than 65,535 workgroups per dimension")));
     }
-    Ok(ctx.dispatch(kernel, entry, &words, &[mm.a, mm.b, mm.bias.unwrap_or(ctx.dummy), mm.out], groups))
+    let third = e.bias.or(e.relu_grad_at).unwrap_or(ctx.dummy);
+    Ok(ctx.dispatch(kernel, entry, &words, &[mm.a, mm.b, third, mm.out], groups))
 }

@@ -141,9 +141,15 @@ pub(super) fn lower_node<'b>(
             one(ops::data::lower_images(ctx, node.numel(), pixels, *mean, *std, buf(x[0]), buf(x[1]), buf(out)))
         }
         Op::GatherLabels => one(ops::data::lower_labels(ctx, node.numel(), buf(x[0]), buf(x[1]), buf(out))),
-        Op::MatMul { trans_a, trans_b, bias, relu } => {
+        Op::MatMul { trans_a, trans_b, .. } | Op::MatMulReluGrad { trans_a, trans_b } => {
             let (sa, so) = (shape(x[0]), &node.shape);
             let k = if *trans_a { sa[1] } else { sa[2] };
+            let epilogue = match node.op {
+                Op::MatMul { bias, relu, .. } => {
+                    ops::linear::Epilogue { bias: bias.then(|| buf(x[2])), relu, relu_grad_at: None }
+                }
+                _ => ops::linear::Epilogue { bias: None, relu: false, relu_grad_at: Some(buf(x[2])) },
+            };
             one(ops::linear::lower(
                 ctx,
                 &ops::linear::MatMul {
@@ -155,8 +161,7 @@ pub(super) fn lower_node<'b>(
                     trans_b: *trans_b,
                     a: buf(x[0]),
                     b: buf(x[1]),
-                    bias: if *bias { Some(buf(x[2])) } else { None },
-                    relu: *relu,
+                    epilogue,
                     out: buf(out),
                 },
             )?)
