@@ -637,3 +637,64 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
         }
     }
 }
+
+// conv2d_pixel: the correlation of conv2d_direct (forward or input gradient, the same uniform
+// and weight addressing) with one invocation per output position (n, oy, ox) and block of OB
+// output channels: consecutive invocations take consecutive output columns, so input loads
+// and output stores are contiguous across a workgroup (coalesced on GPUs), and the weight
+// loads are uniform (the block is wid.y). Each loaded input serves OB multiply-adds. For GPUs
+// (`conv_pixel` tuning); on lavapipe the strips of conv2d_direct reuse inputs in registers
+// better. q.strips holds oh * ow here.
+@compute @workgroup_size(WGX, 1, 1)
+fn conv2d_pixel(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let z = wid.z + q.z0;
+    let g = z / q.groups;
+    let grp = z - g * q.groups;
+    let o0 = wid.y * OB;
+    let t = (wid.x + q.x0) * WGX + lid.x;
+    let ohw = q.strips;
+    if (t >= q.n * ohw) {
+        return;
+    }
+    let n = t / ohw;
+    let pos = t - n * ohw;
+    let oy = pos / q.ow;
+    let ox = pos - oy * q.ow;
+    let ihw = q.ih * q.iw;
+    let ky_lo = select(0u, q.p0 - oy, oy < q.p0);
+    let ky_end = min(q.kh, q.ih + q.p0 - oy);
+    var wo: array<u32, MAX_OB>;
+    for (var j = 0u; j < OB; j++) {
+        wo[j] = z * q.wgrp + q.w0 + min(o0 + j, q.cog - 1u) * q.w_oc;
+    }
+    let xb = ((g * q.n + n) * q.ci + grp * q.cig) * ihw;
+    // Input column of tap kx: ox + kx - p1 (wrapping below zero, then failing the bound test).
+    let col0 = ox - q.p1;
+    var acc: array<f32, MAX_OB>;
+    for (var c = 0u; c < q.cig; c++) {
+        for (var ky = ky_lo; ky < ky_end; ky++) {
+            let row = xb + c * ihw + (oy + ky - q.p0) * q.iw;
+            let wk = c * q.w_ic + ky * q.w_ky;
+            for (var kx = 0u; kx < KW; kx++) {
+                let xv = direct_x(row, col0 + kx);
+                let wx = wk + kx * q.w_kx;
+                for (var j = 0u; j < OB; j++) {
+                    acc[j] += xv * b_in[wo[j] + wx];
+                }
+            }
+        }
+    }
+    let ob = ((g * q.n + n) * q.co + grp * q.cog) * ohw + pos;
+    let relu = (q.flags & 2u) != 0u;
+    for (var j = 0u; j < OB; j++) {
+        let o = o0 + j;
+        if (o < q.cog) {
+            var add = 0.0;
+            if ((q.flags & 1u) != 0u) {
+                add = bias[g * q.co + grp * q.cog + o];
+            }
+            let v = acc[j] + add;
+            out4[ob + o * ohw] = select(v, max(v, 0.0), relu);
+        }
+    }
+}

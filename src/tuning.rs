@@ -38,6 +38,11 @@ pub struct Tuning {
     /// Output columns per invocation of the direct convolution: 8 or 12, or 0 to choose per
     /// layer (whichever covers the row in less work).
     pub conv_strip: u32,
+    /// 1: the direct convolution (forward and input gradient) takes one output position per
+    /// invocation, consecutive invocations on consecutive columns (contiguous loads and
+    /// stores across a workgroup, as GPUs want); 0: strips of `conv_strip` columns per
+    /// invocation (inputs reused in registers, as lavapipe wants).
+    pub conv_pixel: u32,
     /// Invocations a weight gradient aims for when it splits its depth (split-K): about the
     /// lanes the adapter runs at once.
     pub split_threads: u32,
@@ -53,12 +58,13 @@ pub struct Tuning {
 }
 
 /// Keys of the text format, in order.
-const KEYS: [&str; 9] = [
+const KEYS: [&str; 10] = [
     "gemm_wg",
     "conv_lanes",
     "conv_ob",
     "grad_weight_ob",
     "conv_strip",
+    "conv_pixel",
     "split_threads",
     "min_split_depth",
     "update_tensors",
@@ -74,6 +80,7 @@ impl Tuning {
         conv_ob: 4,
         grad_weight_ob: 8,
         conv_strip: 0,
+        conv_pixel: 0,
         split_threads: 1 << 15,
         min_split_depth: 256,
         // One tensor per update dispatch: llvmpipe runs every tensor's branch of a
@@ -83,17 +90,20 @@ impl Tuning {
         reduce_lanes: 0,
     };
 
-    /// For GPUs: the same register blocking, but weight gradients split until a large GPU
-    /// (an H100 keeps about 270,000 invocations in flight) has work for every lane, with
-    /// shorter splits, and every parameter tensor updated in one dispatch where the storage
-    /// buffers allow (each workgroup takes one tensor, so its branch is uniform). Not yet
-    /// measured on a GPU: `modelbatch tune` finds better values.
+    /// For GPUs: convolutions with one output position per invocation (contiguous loads and
+    /// stores across a warp; up to 8 output channels per loaded input), weight gradients
+    /// split until a large GPU (an H100 keeps about 270,000 invocations in flight) has work
+    /// for every lane, with shorter splits added by 64-lane workgroups, and every parameter
+    /// tensor updated in one dispatch where the storage buffers allow (each workgroup takes
+    /// one tensor, so its branch is uniform). Reasoned, not yet measured on a GPU:
+    /// `modelbatch tune` finds better values.
     pub const GPU: Tuning = Tuning {
         gemm_wg: 8,
         conv_lanes: 64,
-        conv_ob: 4,
+        conv_ob: 8,
         grad_weight_ob: 4,
         conv_strip: 0,
+        conv_pixel: 1,
         split_threads: 1 << 18,
         min_split_depth: 64,
         update_tensors: 0,
@@ -122,6 +132,7 @@ impl Tuning {
                 "conv_ob" => &mut self.conv_ob,
                 "grad_weight_ob" => &mut self.grad_weight_ob,
                 "conv_strip" => &mut self.conv_strip,
+                "conv_pixel" => &mut self.conv_pixel,
                 "split_threads" => &mut self.split_threads,
                 "min_split_depth" => &mut self.min_split_depth,
                 "update_tensors" => &mut self.update_tensors,
@@ -153,6 +164,7 @@ impl Tuning {
         check("conv_ob", (1..=8).contains(&self.conv_ob), "1 to 8")?;
         check("grad_weight_ob", (1..=8).contains(&self.grad_weight_ob), "1 to 8")?;
         check("conv_strip", matches!(self.conv_strip, 0 | 8 | 12), "0 (per layer), 8 or 12")?;
+        check("conv_pixel", self.conv_pixel <= 1, "0 (strips) or 1 (one position per invocation)")?;
         check("split_threads", self.split_threads >= 1, "at least 1")?;
         check("min_split_depth", self.min_split_depth >= 1, "at least 1")?;
         check("update_tensors", self.update_tensors <= 16, "0 (as many as the adapter allows) to 16")?;
@@ -198,6 +210,7 @@ impl Tuning {
             "conv_ob" => &[2, 4, 8],
             "grad_weight_ob" => &[4, 8],
             "conv_strip" => &[0, 8, 12],
+            "conv_pixel" => &[0, 1],
             "split_threads" => &[1 << 13, 1 << 15, 1 << 17, 1 << 19],
             "min_split_depth" => &[64, 256, 1024],
             "update_tensors" => &[0, 1, 4],
@@ -219,6 +232,7 @@ impl Tuning {
             "conv_ob" => self.conv_ob,
             "grad_weight_ob" => self.grad_weight_ob,
             "conv_strip" => self.conv_strip,
+            "conv_pixel" => self.conv_pixel,
             "split_threads" => self.split_threads,
             "min_split_depth" => self.min_split_depth,
             "update_tensors" => self.update_tensors,

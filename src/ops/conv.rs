@@ -314,6 +314,8 @@ struct Corr {
     max_ob: usize,
     /// Output columns per invocation (8 or 12), or 0 for [`strip_width`]'s choice.
     strip: usize,
+    /// One output position per invocation (`conv2d_pixel`) instead of strips.
+    pixel: bool,
 }
 
 /// Output columns per invocation of `conv2d_direct` (a strip, `SW` in the shader) for an output
@@ -361,6 +363,7 @@ impl Corr {
             w0: 0,
             max_ob: ctx.gpu.tuning().conv_ob as usize,
             strip: ctx.gpu.tuning().conv_strip as usize,
+            pixel: ctx.gpu.tuning().conv_pixel != 0,
         })
     }
 
@@ -385,6 +388,7 @@ impl Corr {
             w0: kh * kw - 1,
             max_ob: ctx.gpu.tuning().conv_ob as usize,
             strip: ctx.gpu.tuning().conv_strip as usize,
+            pixel: ctx.gpu.tuning().conv_pixel != 0,
         })
     }
 
@@ -393,6 +397,10 @@ impl Corr {
     fn direct_fits(&self) -> bool {
         let [kh, kw] = self.kernel;
         let ob = self.ob();
+        if self.pixel {
+            let iterations = 2 * ob + self.cig * (1 + kh * (1 + kw * (ob + 1)));
+            return iterations <= LOOP_BUDGET && self.cog.div_ceil(ob) <= MAX_GROUPS;
+        }
         let per_row = 2 + (kw + 3) + kw * (ob + 1);
         let iterations = ob + self.cig * (1 + kh * per_row) + ob * (1 + self.sw());
         iterations <= LOOP_BUDGET && self.oh * self.cog.div_ceil(ob) <= MAX_GROUPS
@@ -428,7 +436,8 @@ impl Corr {
             self.kernel[0] as u32,
             self.padding[0] as u32,
             self.padding[1] as u32,
-            self.ow.div_ceil(self.sw()) as u32,
+            // `strips`: per image, strips per row, or output positions for conv2d_pixel.
+            if self.pixel { (self.oh * self.ow) as u32 } else { self.ow.div_ceil(self.sw()) as u32 },
             self.cog.div_ceil(ob) as u32,
             flags,
             self.strides[0] as u32,
@@ -464,12 +473,21 @@ fn direct(
 ) -> Result<Vec<Dispatch>> {
     let ob = c.ob();
     let oblocks = c.cog.div_ceil(ob);
+    let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
+    let words = c.words(d, flags, 1, 0, 0);
+    if c.pixel {
+        // One invocation per output position; one workgroup row per channel block.
+        let threads = c.n * c.oh * c.ow;
+        let wgx = workgroup(ctx, threads);
+        let consts = [("WGX", wgx as f64), ("KW", c.kernel[1] as f64), ("OB", ob as f64)];
+        let kernel = ctx.kernel(&CONV, "conv2d_pixel", &storage, &consts);
+        let grid = [threads.div_ceil(wgx), oblocks, d.g * d.groups];
+        return tiled(ctx, &kernel, label, &words, &[a, w, bias, out], grid);
+    }
     // One invocation per (image, strip of `sw` columns); one workgroup row per (oy, block).
     let threads = c.n * c.ow.div_ceil(c.sw());
     let wgx = workgroup(ctx, threads);
-    let kernel =
-        c.kernel(ctx, "conv2d_direct", &[Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
-    let words = c.words(d, flags, 1, 0, 0);
+    let kernel = c.kernel(ctx, "conv2d_direct", &storage, wgx);
     let grid = [threads.div_ceil(wgx), c.oh * oblocks, d.g * d.groups];
     tiled(ctx, &kernel, label, &words, &[a, w, bias, out], grid)
 }
