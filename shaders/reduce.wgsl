@@ -65,11 +65,23 @@ fn sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: 
                 acc += x[base + r * stride];
             }
         } else if (p.rank_red == 2u) {
+            let outer = p.red_size[0][0];
             let inner = p.red_size[0][1];
             let s0 = p.red_stride[0][0];
             let s1 = p.red_stride[0][1];
-            for (var r = lid.x; r < p.n_red; r += RED_WG) {
-                acc += x[base + (r / inner) * s0 + (r % inner) * s1];
+            if (inner >= RED_WG) {
+                // Row by row (a conv bias gradient: images x positions): no division per
+                // element, which CPU adapters run lane by lane.
+                for (var a = 0u; a < outer; a++) {
+                    let row = base + a * s0;
+                    for (var b = lid.x; b < inner; b += RED_WG) {
+                        acc += x[row + b * s1];
+                    }
+                }
+            } else {
+                for (var r = lid.x; r < p.n_red; r += RED_WG) {
+                    acc += x[base + (r / inner) * s0 + (r % inner) * s1];
+                }
             }
         } else {
             for (var r = lid.x; r < p.n_red; r += RED_WG) {
@@ -88,6 +100,25 @@ fn sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: 
     if (lid.x == 0u && o < p.n_out) {
         out[o] = partial[0] * p.scale;
     }
+}
+
+// The same sums with one invocation per output, adding its elements in order: for one short
+// reduced axis that is not the innermost (a linear layer's bias gradient, [G, N, F] summed
+// over N), where neighbouring outputs read neighbouring elements (contiguous across lanes)
+// and a workgroup per output would idle.
+@compute @workgroup_size(WG)
+fn sum_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = gid.x + gid.y * nwg.x * WG;
+    if (o >= p.n_out) {
+        return;
+    }
+    let base = kept_offset(o);
+    let stride = p.red_stride[0][0];
+    var acc = 0.0;
+    for (var r = 0u; r < p.n_red; r++) {
+        acc += x[base + r * stride];
+    }
+    out[o] = acc * p.scale;
 }
 
 // out[o] = scale * x[offset of o's coordinates]; repeated axes have input stride 0.

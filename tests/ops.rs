@@ -399,6 +399,12 @@ fn sum_and_mean_with_size_one_axes() {
 fn sum_over_many_rows_and_unsorted_axes() {
     let gpu = gpu_or_skip!();
     check_reduce(gpu, &[2, 300, 3], &[1], false);
+    // Each kernel path: one strided axis past the serial kernel's 4,096 (a workgroup per
+    // output), images x positions of a conv bias with at least 64 positions (row by row),
+    // and with fewer (flat).
+    check_reduce(gpu, &[2, 4100, 3], &[1], false);
+    check_reduce(gpu, &[2, 3, 2, 9, 10], &[1, 3, 4], false);
+    check_reduce(gpu, &[2, 3, 2, 5, 6], &[1, 3, 4], true);
     // Axes in any order name the same reduction.
     let mut graph = Graph::new(2);
     let x = graph.input("x", &[3, 4, 5], DType::F32).unwrap();

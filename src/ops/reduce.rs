@@ -6,6 +6,8 @@ use crate::gpu::Binding;
 
 const WG: u32 = 256;
 const MAX_DIMS: usize = 8;
+/// Longest reduced axis `sum_serial` adds in one invocation.
+const SERIAL_MAX: usize = 4096;
 
 /// Row-major strides of `shape`.
 fn strides(shape: &[usize]) -> Vec<usize> {
@@ -75,9 +77,15 @@ pub(crate) fn lower_sum(
     let dims = split_dims(shape, axes);
     let n_red: usize = axes.iter().map(|&a| shape[a]).product();
     let n_out = shape.iter().product::<usize>() / n_red.max(1);
-    let kernel = ctx.kernel(&REDUCE, "sum", &[Binding::Read, Binding::ReadWrite], &[]);
     let w = words(n_out, n_red, scale, &dims)?;
-    // One workgroup per output (see the shader).
+    // One short axis with a stride: an invocation per output (`sum_serial`); otherwise a
+    // workgroup per output (see the shader).
+    let (_, _, rs, rt) = &dims;
+    if rs.len() == 1 && rt[0] != 1 && n_red <= SERIAL_MAX {
+        let kernel = ctx.kernel(&REDUCE, "sum_serial", &[Binding::Read, Binding::ReadWrite], &[("WG", WG as f64)]);
+        return Ok(ctx.dispatch(kernel, "sum", &w, &[x, out], grid_1d(n_out, WG)));
+    }
+    let kernel = ctx.kernel(&REDUCE, "sum", &[Binding::Read, Binding::ReadWrite], &[]);
     Ok(ctx.dispatch(kernel, "sum", &w, &[x, out], grid_groups(n_out)))
 }
 
