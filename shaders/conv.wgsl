@@ -460,6 +460,21 @@ fn direct_x(row: u32, ix: u32) -> f32 {
     return select(0.0, a_in[row + min(ix, q.iw - 1u)], ix < q.iw);
 }
 
+// Kernel rows [x, y) with 0 <= oy + ky - p0 < ih, for output row oy.
+fn direct_rows(oy: u32) -> vec2<u32> {
+    return vec2<u32>(select(0u, q.p0 - oy, oy < q.p0), min(q.kh, q.ih + q.p0 - oy));
+}
+
+// Weight offsets of tap (0, 0) for the OB output channels from o0 of dispatch row z; channels
+// past the group are clamped for loading (and dropped at the store).
+fn direct_weights(z: u32, o0: u32) -> array<u32, MAX_OB> {
+    var wo: array<u32, MAX_OB>;
+    for (var j = 0u; j < OB; j++) {
+        wo[j] = z * q.wgrp + q.w0 + min(o0 + j, q.cog - 1u) * q.w_oc;
+    }
+    return wo;
+}
+
 @compute @workgroup_size(WGX, 1, 1)
 fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let z = wid.z + q.z0;
@@ -474,14 +489,11 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
     let n = t / q.strips;
     let ox0 = (t - n * q.strips) * SW;
     let ihw = q.ih * q.iw;
-    // Kernel rows with 0 <= oy + ky - p0 < ih (uniform over the workgroup).
-    let ky_lo = select(0u, q.p0 - oy, oy < q.p0);
-    let ky_end = min(q.kh, q.ih + q.p0 - oy);
-    // Output channels past the group are clamped for loading and dropped at the store.
-    var wo: array<u32, MAX_OB>;
-    for (var j = 0u; j < OB; j++) {
-        wo[j] = z * q.wgrp + q.w0 + min(o0 + j, q.cog - 1u) * q.w_oc;
-    }
+    // Kernel rows that land inside the input (uniform over the workgroup).
+    let rows = direct_rows(oy);
+    let ky_lo = rows.x;
+    let ky_end = rows.y;
+    let wo = direct_weights(z, o0);
     let xb = ((g * q.n + n) * q.ci + grp * q.cig) * ihw;
     // Input column of tap kx for the strip's column s: col0 + kx + s.
     let col0 = ox0 - q.p1;
@@ -661,12 +673,10 @@ fn conv2d_pixel(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
     let oy = pos / q.ow;
     let ox = pos - oy * q.ow;
     let ihw = q.ih * q.iw;
-    let ky_lo = select(0u, q.p0 - oy, oy < q.p0);
-    let ky_end = min(q.kh, q.ih + q.p0 - oy);
-    var wo: array<u32, MAX_OB>;
-    for (var j = 0u; j < OB; j++) {
-        wo[j] = z * q.wgrp + q.w0 + min(o0 + j, q.cog - 1u) * q.w_oc;
-    }
+    let rows = direct_rows(oy);
+    let ky_lo = rows.x;
+    let ky_end = rows.y;
+    let wo = direct_weights(z, o0);
     let xb = ((g * q.n + n) * q.ci + grp * q.cig) * ihw;
     // Input column of tap kx: ox + kx - p1 (wrapping below zero, then failing the bound test).
     let col0 = ox - q.p1;

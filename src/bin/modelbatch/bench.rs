@@ -40,24 +40,36 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         max_memory,
         time_limit: a.time_limit,
     };
-    let mut stdout = std::io::stdout().lock();
-    let mut failed = None;
-    modelbatch::bench::sweep(
-        &gpu,
-        &sweep,
-        |p| eprintln!("bench: {p}"),
-        |v| {
-            // Flush each line: a long sweep is watched (or piped) while it runs.
-            if failed.is_none() {
-                if let Err(e) = writeln!(stdout, "{v}").and_then(|_| stdout.flush()) {
-                    failed = Some(e);
-                }
+    let mut out = JsonLines::stdout();
+    modelbatch::bench::sweep(&gpu, &sweep, |p| eprintln!("bench: {p}"), |v| out.write(&v));
+    out.finish()
+}
+
+/// JSON lines on stdout, each flushed (a long run is watched, or piped, while it runs); the
+/// first write error is kept for [`JsonLines::finish`].
+struct JsonLines {
+    stdout: std::io::StdoutLock<'static>,
+    failed: Option<std::io::Error>,
+}
+
+impl JsonLines {
+    fn stdout() -> JsonLines {
+        JsonLines { stdout: std::io::stdout().lock(), failed: None }
+    }
+
+    fn write(&mut self, v: &serde_json::Value) {
+        if self.failed.is_none() {
+            if let Err(e) = writeln!(self.stdout, "{v}").and_then(|_| self.stdout.flush()) {
+                self.failed = Some(e);
             }
-        },
-    );
-    match failed {
-        Some(e) => Err(CliError::new(format!("writing to stdout: {e}"))),
-        None => Ok(()),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self.failed {
+            Some(e) => Err(CliError::new(format!("writing to stdout: {e}"))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -88,23 +100,9 @@ pub fn tune(a: &TuneArgs) -> Result<()> {
         repeats: a.repeats,
         margin: a.margin,
     };
-    let mut stdout = std::io::stdout().lock();
-    let mut failed = None;
-    let best = modelbatch::bench::tune(
-        &gpu,
-        &t,
-        |p| eprintln!("tune: {p}"),
-        |v| {
-            if failed.is_none() {
-                if let Err(e) = writeln!(stdout, "{v}").and_then(|_| stdout.flush()) {
-                    failed = Some(e);
-                }
-            }
-        },
-    )?;
-    if let Some(e) = failed {
-        return Err(CliError::new(format!("writing to stdout: {e}")));
-    }
+    let mut out = JsonLines::stdout();
+    let best = modelbatch::bench::tune(&gpu, &t, |p| eprintln!("tune: {p}"), |v| out.write(&v))?;
+    out.finish()?;
     eprintln!("tune: best: {best}\ntune: use it with `modelbatch --tuning {best} ...` or MODELBATCH_TUNING={best}");
     Ok(())
 }
