@@ -110,10 +110,21 @@ impl Tuning {
         reduce_lanes: 64,
     };
 
-    /// The starting point for an adapter: [`Tuning::SOFTWARE`] for software (CPU) adapters,
-    /// [`Tuning::GPU`] for everything else.
+    /// The starting point for an adapter: [`Tuning::SOFTWARE`] for software adapters,
+    /// [`Tuning::GPU`] for everything else (see [`Tuning::for_device`]).
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> Tuning {
-        if info.device_type == wgpu::DeviceType::Cpu {
+        Tuning::for_device(info.device_type, &format!("{} {} {}", info.name, info.driver, info.driver_info))
+    }
+
+    /// [`Tuning::SOFTWARE`] for a CPU device or one whose name or driver (`description`)
+    /// names a known software rasterizer (SwiftShader, llvmpipe/lavapipe, softpipe, WARP as
+    /// "Microsoft Basic Render Driver": browsers and some drivers report them as ordinary
+    /// adapters), [`Tuning::GPU`] otherwise.
+    pub fn for_device(device_type: wgpu::DeviceType, description: &str) -> Tuning {
+        const SOFTWARE: [&str; 5] =
+            ["swiftshader", "llvmpipe", "lavapipe", "softpipe", "microsoft basic render driver"];
+        let text = description.to_lowercase();
+        if device_type == wgpu::DeviceType::Cpu || SOFTWARE.iter().any(|s| text.contains(s)) {
             Tuning::SOFTWARE
         } else {
             Tuning::GPU
@@ -299,6 +310,17 @@ mod tests {
         assert!(err("lanes=64").contains("unknown key \"lanes\""));
         assert!(err("conv_ob").contains("key=value"));
         assert!(err("conv_ob=-1").contains("whole number"));
+    }
+
+    #[test]
+    fn software_rasterizers_get_the_software_values() {
+        use wgpu::DeviceType::{Cpu, DiscreteGpu, IntegratedGpu, Other};
+        assert_eq!(Tuning::for_device(Cpu, "anything"), Tuning::SOFTWARE);
+        assert_eq!(Tuning::for_device(Other, "SwiftShader driver 5.0.0"), Tuning::SOFTWARE);
+        assert_eq!(Tuning::for_device(IntegratedGpu, "llvmpipe (LLVM 15.0.6, 256 bits)"), Tuning::SOFTWARE);
+        assert_eq!(Tuning::for_device(Other, "Microsoft Basic Render Driver"), Tuning::SOFTWARE);
+        assert_eq!(Tuning::for_device(DiscreteGpu, "NVIDIA H100 80GB HBM3 NVIDIA 570.86"), Tuning::GPU);
+        assert_eq!(Tuning::for_device(Other, ""), Tuning::GPU);
     }
 
     #[test]

@@ -140,8 +140,9 @@ const fresh = await Trainer.create(options);
 await fresh.setDataset(train);
 out.recreated = Array.from(await fresh.step(2));
 fresh.free();
-// Other kernel shapes (the same sums in the same order): the same training.
-const tuned = await Trainer.create({ ...options, tuning: 'conv_ob=2,gemm_wg=4' });
+// Other kernel shapes, those meant for GPUs included (per-position convolutions, several
+// tensors per optimizer dispatch: generated WGSL that Tint must accept): the same training.
+const tuned = await Trainer.create({ ...options, tuning: 'conv_ob=2,gemm_wg=4,conv_pixel=1,update_tensors=0,reduce_lanes=64' });
 out.tunedInfo = tuned.adapterInfo().tuning;
 await tuned.setDataset(train);
 out.tuned = Array.from(await tuned.step(2));
@@ -220,7 +221,7 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   mkdirSync(artifacts, { recursive: true });
   writeFileSync(join(artifacts, 'node-wasm.json'), JSON.stringify(web, null, 1));
   writeFileSync(join(artifacts, 'node-native.json'), JSON.stringify(native, null, 1));
-  t.diagnostic(`wasm on ${web.adapter.name} (${web.adapter.backend}): ${config.steps} steps in ${web.trainSeconds.toFixed(2)} s; native on ${native.adapter}`);
+  t.diagnostic(`wasm on ${web.adapter.name} (${web.adapter.backend}, ${web.adapter.deviceType}, tuning ${web.adapter.tuning}): ${config.steps} steps in ${web.trainSeconds.toFixed(2)} s; native on ${native.adapter}`);
   t.diagnostic(`wasm loss ${web.loss[0].map((x) => x.toFixed(4))} -> ${web.loss.at(-1).map((x) => x.toFixed(4))}; top-1 ${web.top1}`);
 
   const G = config.models;
@@ -308,7 +309,7 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.ok(web.recreated.every(Number.isFinite));
   // Kernel shapes per adapter: reported, and a tuned trainer trains the same.
   assert.match(web.adapter.tuning, /split_threads=\d+/);
-  assert.match(web.tunedInfo, /gemm_wg=4,.*conv_ob=2/);
+  assert.match(web.tunedInfo, /gemm_wg=4,.*conv_ob=2,.*conv_pixel=1,.*update_tensors=0,reduce_lanes=64/);
   web.tuned.forEach((x, m) => assert.ok(close(x, web.recreated[m], 1e-5, 1e-6), `tuned model ${m}: ${x} vs ${web.recreated[m]}`));
 });
 
