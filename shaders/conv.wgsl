@@ -429,7 +429,7 @@ struct Direct {
     p1: u32,
     strips: u32,  // ceil(ow / SW)
     oblocks: u32, // ceil(cog / OB)
-    flags: u32,   // bit 0: add bias, bit 1: relu (forward epilogue)
+    flags: u32,   // bit 0: add bias, bit 1: relu (forward epilogue); bit 2: grad_weight splits along x
     w_oc: u32,    // weight strides: output channel, input channel, ky, kx (wrapping u32)
     w_ic: u32,
     w_ky: u32,
@@ -567,16 +567,33 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
 
 @compute @workgroup_size(WGX, 1, 1)
 fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let z = wid.z + q.z0;
-    let gg = z / q.splits;
-    let s = z - gg * q.splits;
+    let lanes = q.cig * q.kh;
+    let t = (wid.x + q.x0) * WGX + lid.x;
+    var gg: u32;
+    var s: u32;
+    var r: u32;
+    if ((q.flags & 4u) != 0u) {
+        // x walks (split, kernel row): full workgroups however few kernel rows there are
+        // (GPUs); dy loads are then shared by the lanes of one split, not the workgroup.
+        gg = wid.z + q.z0;
+        s = t / lanes;
+        r = t - s * lanes;
+        if (s >= q.splits) {
+            return;
+        }
+    } else {
+        // z walks (model, group, split): one split per workgroup, uniform dy loads.
+        let z = wid.z + q.z0;
+        gg = z / q.splits;
+        s = z - gg * q.splits;
+        r = t;
+        if (r >= lanes) {
+            return;
+        }
+    }
     let g = gg / q.groups;
     let grp = gg - g * q.groups;
-    let r = (wid.x + q.x0) * WGX + lid.x;
     let o0 = wid.y * OB;
-    if (r >= q.cig * q.kh) {
-        return;
-    }
     let c = r / q.kh;
     let ky = r - c * q.kh;
     let ihw = q.ih * q.iw;

@@ -300,11 +300,12 @@ fn every_tuning_computes_the_same_convolutions() {
     ];
     let mut changed = [false; 4];
     for text in [
-        "conv_lanes=8,conv_ob=1,grad_weight_ob=1,conv_strip=8,split_threads=1,min_split_depth=4096",
-        "conv_lanes=256,conv_ob=3,grad_weight_ob=5,conv_strip=12,split_threads=1048576,min_split_depth=1,reduce_lanes=64",
+        "conv_lanes=8,conv_ob=1,grad_weight_ob=1,conv_strip=8,split_threads=1,min_split_depth=4096,split_lanes=0",
+        "split_lanes=0,split_threads=65536,min_split_depth=16",
+        "conv_lanes=256,conv_ob=3,grad_weight_ob=5,conv_strip=12,split_threads=1048576,min_split_depth=1,reduce_lanes=64,split_lanes=1",
         "conv_lanes=32,conv_ob=8,grad_weight_ob=8,conv_strip=12,split_threads=262144,min_split_depth=64,reduce_lanes=2",
         "conv_pixel=1,conv_lanes=128,conv_ob=3",
-        "conv_pixel=1,conv_lanes=8,conv_ob=8",
+        "conv_pixel=1,conv_lanes=8,conv_ob=8,split_lanes=1,split_threads=65536",
     ] {
         let tuned = gpu.with_tuning(Tuning::SOFTWARE.apply(text).unwrap()).unwrap();
         for (i, spec) in specs.into_iter().enumerate() {

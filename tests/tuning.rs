@@ -49,13 +49,15 @@ fn tuned(gpu: &Gpu, text: &str) -> Gpu {
 fn shapes_that_keep_the_splits_train_bit_for_bit_alike() {
     let gpu = gpu_or_skip!();
     let (m0, w0, s0) = run(gpu);
-    // Workgroup sizes, the forward's channel blocks, strips or one position per invocation do
-    // not change any sum's order.
+    // Workgroup sizes, the forward's channel blocks, strips or one position per invocation,
+    // splits sharing workgroups: no sum changes its order.
+    let flip_split_lanes = format!("split_lanes={}", 1 - gpu.tuning().split_lanes);
     for text in [
         "gemm_wg=16,conv_lanes=128,conv_ob=2,conv_strip=8",
         "gemm_wg=4,conv_lanes=16,conv_ob=7,conv_strip=12",
         "conv_pixel=1",
         "conv_pixel=1,conv_ob=8,conv_lanes=256",
+        &flip_split_lanes,
     ] {
         let (m1, w1, s1) = run(&tuned(gpu, text));
         assert_ne!(s0, s1, "{text}: other kernels or grids");

@@ -531,8 +531,15 @@ fn grad_weight_direct(
     {
         return Ok(None);
     }
-    let words = c.words(d, 0, splits, rows_per_split, total);
-    let grid = [lanes.div_ceil(wgx), oblocks, d.g * d.groups * splits];
+    // With the adapter's `split_lanes`, splits share workgroups along x (flag bit 2).
+    let flat = ctx.gpu.tuning().split_lanes != 0;
+    let (wgx, grid) = if flat {
+        let wgx = workgroup(ctx, splits * lanes);
+        (wgx, [(splits * lanes).div_ceil(wgx), oblocks, d.g * d.groups])
+    } else {
+        (wgx, [lanes.div_ceil(wgx), oblocks, d.g * d.groups * splits])
+    };
+    let words = c.words(d, u32::from(flat) << 2, splits, rows_per_split, total);
     let kernel = c.kernel(ctx, "conv2d_grad_weight_direct", &[Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
     if splits == 1 {
         return tiled(ctx, &kernel, label, &words, &[dy, x, dw], grid).map(Some);
