@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::tuning::Tuning;
+use crate::tuning::{Tuning, TuningSource};
 
 /// How a shader binding is used; the Rust side of each op owns its bind layout as a list of these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -56,6 +56,9 @@ pub struct AdapterReport {
     pub max_compute_invocations_per_workgroup: u32,
     /// The kernel shapes in use ([`crate::tuning::Tuning`]'s `key=value` text).
     pub tuning: String,
+    /// Where they came from: `built-in`, `saved: <file>` (by `modelbatch tune --save`),
+    /// either followed by `+ MODELBATCH_TUNING`, or `Gpu::with_tuning`.
+    pub tuning_from: String,
 }
 
 impl fmt::Display for AdapterReport {
@@ -78,7 +81,7 @@ impl fmt::Display for AdapterReport {
             self.max_compute_workgroup_storage_size >> 10,
             self.max_compute_invocations_per_workgroup
         )?;
-        write!(f, "\ntuning:       {}", self.tuning)
+        write!(f, "\ntuning:       {}\n              ({})", self.tuning, self.tuning_from)
     }
 }
 
@@ -113,6 +116,7 @@ pub struct Gpu {
     error: Arc<Mutex<Option<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     tuning: Tuning,
+    tuning_from: String,
 }
 
 /// The message every "no adapter" error carries: how to get a software adapter.
@@ -134,13 +138,20 @@ fn no_adapter_hint() -> &'static str {
     }
 }
 
-/// `base` with `MODELBATCH_TUNING` applied where it is set (native builds).
-fn env_tuning(base: Tuning) -> Result<Tuning> {
+/// The tuning a device on this adapter starts with and where it came from: the built-in or
+/// saved values ([`Tuning::for_gpu`]), then `MODELBATCH_TUNING` where it is set (native).
+fn initial_tuning(info: &wgpu::AdapterInfo) -> Result<(Tuning, String)> {
+    let (base, source) = Tuning::for_gpu(info)?;
+    let from = match source {
+        TuningSource::BuiltIn => "built-in".to_string(),
+        TuningSource::Cache(path) => format!("saved: {}", path.display()),
+    };
     #[cfg(not(target_arch = "wasm32"))]
     if let Ok(text) = std::env::var("MODELBATCH_TUNING") {
-        return base.apply(&text).map_err(|e| Error::Usage(format!("MODELBATCH_TUNING: {e}")));
+        let t = base.apply(&text).map_err(|e| Error::Usage(format!("MODELBATCH_TUNING: {e}")))?;
+        return Ok((t, format!("{from} + MODELBATCH_TUNING")));
     }
-    Ok(base)
+    Ok((base, from))
 }
 
 /// The storage buffers per stage the engine's largest kernel needs.
@@ -233,7 +244,7 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
-        let tuning = env_tuning(Tuning::for_adapter(&info))?;
+        let (tuning, tuning_from) = initial_tuning(&info)?;
         tuning.check_limits(&limits)?;
         let error = Arc::new(Mutex::new(None::<String>));
         let sink = error.clone();
@@ -255,7 +266,18 @@ impl Gpu {
                 *slot = Some(text);
             }
         });
-        Ok(Gpu { device, queue, info, limits, modules: Arc::default(), kernels: Arc::default(), error, lost, tuning })
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            modules: Arc::default(),
+            kernels: Arc::default(),
+            error,
+            lost,
+            tuning,
+            tuning_from,
+        })
     }
 
     /// Why the device was lost, once it has been (it stays lost: create a new [`Gpu`]).
@@ -270,7 +292,7 @@ impl Gpu {
         let mut limits = self.limits.clone();
         limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(max_binding);
         limits.max_buffer_size = limits.max_buffer_size.min(max_buffer);
-        self.view(limits, self.tuning)
+        self.view(limits, self.tuning, self.tuning_from.clone())
     }
 
     /// A view of this device whose plans use the kernel shapes `tuning` (see
@@ -279,7 +301,7 @@ impl Gpu {
     pub fn with_tuning(&self, tuning: Tuning) -> Result<Gpu> {
         tuning.validate()?;
         tuning.check_limits(&self.limits)?;
-        Ok(self.view(self.limits.clone(), tuning))
+        Ok(self.view(self.limits.clone(), tuning, "Gpu::with_tuning".into()))
     }
 
     /// The kernel shapes plans compiled on this device use.
@@ -287,8 +309,18 @@ impl Gpu {
         self.tuning
     }
 
+    /// Saves `tuning` for this adapter (name, backend, driver) in the tuning cache
+    /// ([`crate::tuning::cache_dir`]), where every later device on it starts from
+    /// ([`Tuning::for_gpu`]); `note` becomes a comment in the file. Returns the file.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save_tuning(&self, tuning: &Tuning, note: &str) -> Result<std::path::PathBuf> {
+        tuning.validate()?;
+        tuning.check_limits(&self.limits)?;
+        crate::tuning::save_cache(&self.info, tuning, note)
+    }
+
     /// The same device and pipeline cache under other limits or kernel shapes.
-    fn view(&self, limits: wgpu::Limits, tuning: Tuning) -> Gpu {
+    fn view(&self, limits: wgpu::Limits, tuning: Tuning, tuning_from: String) -> Gpu {
         Gpu {
             device: self.device.clone(),
             queue: self.queue.clone(),
@@ -299,6 +331,7 @@ impl Gpu {
             error: self.error.clone(),
             lost: self.lost.clone(),
             tuning,
+            tuning_from,
         }
     }
 
@@ -322,6 +355,7 @@ impl Gpu {
             max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
             tuning: self.tuning.to_string(),
+            tuning_from: self.tuning_from.clone(),
         }
     }
 

@@ -270,6 +270,96 @@ impl Tuning {
     }
 }
 
+/// Where a device's starting tuning came from (see [`Tuning::for_gpu`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TuningSource {
+    /// [`Tuning::SOFTWARE`] or [`Tuning::GPU`], by the adapter's kind.
+    BuiltIn,
+    /// A file `modelbatch tune --save` wrote for this adapter.
+    Cache(std::path::PathBuf),
+}
+
+impl Tuning {
+    /// The tuning a new device starts with: the built-in values for its kind of adapter,
+    /// replaced by the file `modelbatch tune --save` wrote for this very adapter (name,
+    /// backend and driver) if there is one (native builds; see [`cache_dir`]), then with
+    /// `MODELBATCH_TUNING` applied (by [`crate::Gpu`]).
+    pub fn for_gpu(info: &wgpu::AdapterInfo) -> Result<(Tuning, TuningSource)> {
+        let base = Tuning::for_adapter(info);
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(path) = cache_file(info) {
+            if let Some(t) = read_cache(&path, base)? {
+                return Ok((t, TuningSource::Cache(path)));
+            }
+        }
+        Ok((base, TuningSource::BuiltIn))
+    }
+}
+
+/// The folder of saved tunings: `MODELBATCH_CACHE_DIR` (empty: none), else
+/// `$XDG_CACHE_HOME/modelbatch`, else `$HOME/.cache/modelbatch`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(dir) = std::env::var_os("MODELBATCH_CACHE_DIR") {
+        return (!dir.is_empty()).then(|| PathBuf::from(dir));
+    }
+    let xdg = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()).map(PathBuf::from);
+    let base =
+        xdg.or_else(|| std::env::var_os("HOME").filter(|d| !d.is_empty()).map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("modelbatch"))
+}
+
+/// The file a tuning for this adapter is saved in (under [`cache_dir`]): one per adapter
+/// name, backend and driver version.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn cache_file(info: &wgpu::AdapterInfo) -> Option<std::path::PathBuf> {
+    let id = format!("{} {:?} {} {}", info.name, info.backend, info.driver, info.driver_info).to_lowercase();
+    let mut slug: String = id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    while slug.contains("--") {
+        slug = slug.replace("--", "-");
+    }
+    let slug: String = slug.trim_matches('-').chars().take(120).collect();
+    Some(cache_dir()?.join(format!("tuning-{slug}.txt")))
+}
+
+/// `base` with a saved tuning file applied (`#` lines are comments), `None` if there is no
+/// file; a file that does not parse is an error naming it.
+#[cfg(not(target_arch = "wasm32"))]
+fn read_cache(path: &std::path::Path, base: Tuning) -> Result<Option<Tuning>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Usage(format!("reading the saved tuning {}: {e}", path.display()))),
+    };
+    let body: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    base.apply(&body.join(",")).map(Some).map_err(|e| {
+        Error::Usage(format!(
+            "the saved tuning {}: {e} (run `modelbatch tune --save` again, or delete the file)",
+            path.display()
+        ))
+    })
+}
+
+/// Saves `tuning` as this adapter's (see [`cache_file`]), atomically; `note` becomes a
+/// comment line. Returns the file.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save_cache(info: &wgpu::AdapterInfo, tuning: &Tuning, note: &str) -> Result<std::path::PathBuf> {
+    let path = cache_file(info)
+        .ok_or_else(|| Error::Usage("no folder to save the tuning in: set MODELBATCH_CACHE_DIR (or HOME)".into()))?;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let fail = |e: std::io::Error| Error::Usage(format!("saving the tuning to {}: {e}", path.display()));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let text = format!(
+        "# modelbatch tune: {} ({:?}, {} {}); {note}\n{tuning}\n",
+        info.name, info.backend, info.driver, info.driver_info
+    );
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(fail)?;
+    std::fs::rename(&tmp, &path).map_err(fail)?;
+    Ok(path)
+}
+
 impl Default for Tuning {
     /// [`Tuning::GPU`].
     fn default() -> Tuning {
@@ -333,6 +423,41 @@ mod tests {
         assert_eq!(Tuning::for_device(Other, "Microsoft Basic Render Driver"), Tuning::SOFTWARE);
         assert_eq!(Tuning::for_device(DiscreteGpu, "NVIDIA H100 80GB HBM3 NVIDIA 570.86"), Tuning::GPU);
         assert_eq!(Tuning::for_device(Other, ""), Tuning::GPU);
+    }
+
+    #[test]
+    fn a_saved_tuning_round_trips_and_a_broken_one_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("modelbatch-tuning-cache-{}", std::process::id()));
+        let info = wgpu::AdapterInfo {
+            name: "Some GPU / 80GB".into(),
+            vendor: 0,
+            device: 0,
+            device_type: wgpu::DeviceType::DiscreteGpu,
+            device_pci_bus_id: String::new(),
+            driver: "drv".into(),
+            driver_info: "1.2.3".into(),
+            backend: wgpu::Backend::Vulkan,
+            subgroup_min_size: 32,
+            subgroup_max_size: 32,
+            transient_saves_memory: None,
+            limit_bucket: None,
+        };
+        let path = dir.join("tuning-some-gpu-80gb-vulkan-drv-1-2-3.txt");
+        let t = Tuning { conv_lanes: 128, ..Tuning::GPU };
+        // Only this test touches the variable in this process (the unit tests start no GPU).
+        std::env::set_var("MODELBATCH_CACHE_DIR", &dir);
+        assert_eq!(cache_file(&info).as_deref(), Some(path.as_path()));
+        assert_eq!(Tuning::for_gpu(&info).unwrap(), (Tuning::GPU, TuningSource::BuiltIn));
+        assert_eq!(save_cache(&info, &t, "G=64").unwrap(), path);
+        assert!(std::fs::read_to_string(&path).unwrap().starts_with("# modelbatch tune: Some GPU / 80GB"));
+        assert_eq!(Tuning::for_gpu(&info).unwrap(), (t, TuningSource::Cache(path.clone())));
+        std::fs::write(&path, "conv_lanes=100\n").unwrap();
+        let err = Tuning::for_gpu(&info).unwrap_err().to_string();
+        assert!(err.contains("tuning-some-gpu") && err.contains("power of two") && err.contains("--save"), "{err}");
+        std::env::set_var("MODELBATCH_CACHE_DIR", "");
+        assert_eq!(cache_file(&info), None);
+        std::env::remove_var("MODELBATCH_CACHE_DIR");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

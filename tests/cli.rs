@@ -108,7 +108,17 @@ fn tiny_mnist(t: &Temp) -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
-    let out = Command::new(BIN).args(args).env("RUST_BACKTRACE", "1").output().expect("running modelbatch");
+    run_env(args, &[])
+}
+
+/// `run` with environment variables set (the tuning cache is off unless one names it).
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("RUST_BACKTRACE", "1").env("MODELBATCH_CACHE_DIR", "");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running modelbatch");
     eprintln!(
         "$ modelbatch {}\n--- stdout\n{}--- stderr\n{}",
         args.join(" "),
@@ -409,9 +419,7 @@ fn tuning_reaches_the_device_from_the_flag_and_the_environment() {
     let out = assert_ok(&run(&["--tuning", "conv_ob=2,split_threads=4096", "info"]));
     let line = out.lines().find(|l| l.starts_with("tuning:")).unwrap_or_else(|| panic!("no tuning line: {out}"));
     assert!(line.contains("conv_ob=2") && line.contains("split_threads=4096"), "{line}");
-    let env = |value: &str| {
-        Command::new(BIN).arg("info").env("MODELBATCH_TUNING", value).output().expect("running modelbatch")
-    };
+    let env = |value: &str| run_env(&["info"], &[("MODELBATCH_TUNING", value)]);
     let out = assert_ok(&env("gemm_wg=4"));
     assert!(out.lines().any(|l| l.starts_with("tuning:") && l.contains("gemm_wg=4")), "{out}");
     assert_error(&env("gemm_wg=5"), &["MODELBATCH_TUNING", "gemm_wg"]);
@@ -435,6 +443,32 @@ fn tune_prints_measurements_then_the_best() {
     assert!(stderr.contains(&format!("--tuning {best}")), "how to use it: {stderr}");
     // What tune printed is accepted back.
     assert_ok(&run(&["--tuning", best, "info"]));
+}
+
+#[test]
+fn tune_save_is_where_later_runs_start() {
+    let _gpu = gpu_or_skip!();
+    let t = Temp::new("tuning-cache");
+    let dir = t.join("cache");
+    let cache = [("MODELBATCH_CACHE_DIR", p(&dir))];
+    let info = assert_ok(&run_env(&["info"], &cache));
+    assert!(info.contains("(built-in)"), "nothing saved yet: {info}");
+    let args = ["tune", "--model", "mlp", "--models", "2", "--batch-size", "4", "--steps", "1", "--repeats", "1"];
+    let out = run_env(&[&args[..], &["--save"]].concat(), &cache);
+    let best = bench_lines(&out).last().unwrap()["best"].as_str().unwrap().to_string();
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("saved to {}", files[0].display())), "{stderr}");
+    // Later runs on this adapter start from it, and report where it came from.
+    let info = assert_ok(&run_env(&["info"], &cache));
+    assert!(info.contains(&best) && info.contains(&format!("(saved: {})", files[0].display())), "{info}");
+    let both = assert_ok(&run_env(&["info"], &[cache[0], ("MODELBATCH_TUNING", "conv_ob=2")]));
+    assert!(both.contains("+ MODELBATCH_TUNING)") && both.contains("conv_ob=2"), "{both}");
+    // A broken file is an error that names it and says what to do.
+    std::fs::write(&files[0], "conv_ob=99\n").unwrap();
+    let file = files[0].to_str().unwrap();
+    assert_error(&run_env(&["info"], &cache), &[file, "conv_ob", "--save"]);
 }
 
 #[test]

@@ -24,6 +24,11 @@ pub fn gpu() -> Option<&'static Gpu> {
             }
             std::env::set_var("XDG_RUNTIME_DIR", &dir);
         }
+        if std::env::var_os("MODELBATCH_CACHE_DIR").is_none() {
+            // Tests start from the built-in tunings, not from one `modelbatch tune --save`
+            // left on this machine.
+            std::env::set_var("MODELBATCH_CACHE_DIR", "");
+        }
         Gpu::new_blocking().map_err(|e| e.to_string())
     });
     match got {

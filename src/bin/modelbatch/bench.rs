@@ -103,7 +103,16 @@ pub fn tune(a: &TuneArgs) -> Result<()> {
     let mut out = JsonLines::stdout();
     let best = modelbatch::bench::tune(&gpu, &t, |p| eprintln!("tune: {p}"), |v| out.write(&v))?;
     out.finish()?;
-    eprintln!("tune: best: {best}\ntune: use it with `modelbatch --tuning {best} ...` or MODELBATCH_TUNING={best}");
+    eprintln!("tune: best: {best}");
+    if a.save {
+        let note = format!("{} models of {}, {} images each", a.models, t.model, a.batch_size);
+        let path = gpu.save_tuning(&best, &note)?;
+        eprintln!("tune: saved to {}: later runs on this adapter start from it", path.display());
+    } else {
+        eprintln!(
+            "tune: use it with `modelbatch --tuning {best} ...`, MODELBATCH_TUNING={best}, or save it with --save"
+        );
+    }
     Ok(())
 }
 

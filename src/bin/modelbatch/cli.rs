@@ -246,6 +246,11 @@ pub struct TuneArgs {
     /// Keep a value only when it is faster than the best so far by this fraction.
     #[arg(long, value_name = "F", default_value_t = 0.03)]
     pub margin: f64,
+    /// Save the best tuning for this adapter (name, backend, driver): every later run on it
+    /// starts from it (MODELBATCH_TUNING and --tuning still apply on top). The folder is
+    /// MODELBATCH_CACHE_DIR, else $XDG_CACHE_HOME/modelbatch, else ~/.cache/modelbatch.
+    #[arg(long)]
+    pub save: bool,
 }
 
 /// A failure to report: one line, naming the file or flag at fault.
