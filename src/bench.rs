@@ -12,7 +12,7 @@ use crate::nn::{BatchModel, Mode, ModelSpec, Rng};
 use crate::optim::Sgd;
 use crate::plan::{MemoryEstimate, Plan};
 use crate::train::{data_graph, DataGraph, Dataset, Head, Normalize, OptState, Optimizer, Order, TrainConfig, Trainer};
-use crate::tuning::Tuning;
+use crate::tuning::{Search, Tuning};
 
 /// One measurement: a training step of G models on N images each.
 #[derive(Clone, Debug, PartialEq)]
@@ -205,7 +205,7 @@ pub struct Tune {
 }
 
 /// Finds the [`Tuning`] under which a training step of `t` runs fastest on `gpu`: starting
-/// from the device's own tuning, each key of [`Tuning::keys`] in turn tries its
+/// from the device's own tuning, a [`Search`]: each key of [`Tuning::keys`] in turn tries its
 /// [`Tuning::candidates`] with the other keys at their best so far (coordinate descent, one
 /// pass), keeping a value only when it beats the best by `t.margin`. Candidates that
 /// compile to the same kernels and grids as one already measured (a key the model does not
@@ -236,38 +236,26 @@ pub fn tune(gpu: &Gpu, t: &Tune, mut progress: impl FnMut(&str), mut line: impl 
         v["model"] = json!(t.model);
         Ok(Some((b.steps_per_s, v)))
     };
-    let start = gpu.tuning();
-    let (base, v) = measure(start, "start", &mut progress)?.unwrap_or_default();
-    line(v);
-    let (mut best, mut best_rate) = (start, base);
-    for key in Tuning::keys() {
-        let current = best.get(key).unwrap_or(0);
-        let mut winner: Option<(Tuning, f64)> = None;
-        for &value in Tuning::candidates(key).iter().filter(|&&v| v != current) {
-            let Ok(candidate) = best.with(key, value) else { continue };
-            if candidate.check_limits(gpu.limits()).is_err() {
-                continue;
+    let mut search = Search::new(gpu.tuning(), gpu.limits(), t.margin);
+    while let Some((key, candidate)) = search.next_candidate() {
+        match measure(candidate, key, &mut progress) {
+            Ok(Some((rate, v))) => {
+                line(v);
+                search.record(Some(rate));
             }
-            match measure(candidate, key, &mut progress) {
-                Ok(Some((rate, v))) => {
-                    line(v);
-                    if rate > best_rate * (1.0 + t.margin) && winner.is_none_or(|w| rate > w.1) {
-                        winner = Some((candidate, rate));
-                    }
-                }
-                Ok(None) => {}
-                // A candidate the adapter cannot run (a limit, a loop budget) is reported, not fatal.
-                Err(e) => {
-                    let reason = one_line(&e);
-                    progress(&format!("{key}: {candidate}: {reason}"));
-                    line(json!({"tuning": candidate.to_string(), "key": key, "model": t.model, "skipped": reason}));
-                }
+            Ok(None) => search.record(None),
+            // The starting point must run; a candidate the adapter cannot run (a limit, a loop
+            // budget) is reported, not fatal.
+            Err(e) if key == "start" => return Err(e),
+            Err(e) => {
+                let reason = one_line(&e);
+                progress(&format!("{key}: {candidate}: {reason}"));
+                line(json!({"tuning": candidate.to_string(), "key": key, "model": t.model, "skipped": reason}));
+                search.record(None);
             }
-        }
-        if let Some((tuning, rate)) = winner {
-            (best, best_rate) = (tuning, rate);
         }
     }
+    let ((best, best_rate), (start, base)) = (search.best(), search.start());
     let r = gpu.report();
     line(json!({
         "best": best.to_string(),

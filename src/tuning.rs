@@ -270,6 +270,98 @@ impl Tuning {
     }
 }
 
+/// The search `modelbatch tune` runs ([`crate::bench::tune`] natively, `tune` in the npm
+/// package), apart from how a candidate is measured: the starting tuning first, then each key
+/// of [`Tuning::keys`] in turn tries its [`Tuning::candidates`] with the other keys at their
+/// best so far (coordinate descent, one pass), a value kept only when faster than the best by
+/// `margin`. Candidates past the device's limits are not offered.
+#[derive(Clone, Debug)]
+pub struct Search {
+    limits: wgpu::Limits,
+    margin: f64,
+    start: Tuning,
+    start_rate: Option<f64>,
+    best: Tuning,
+    best_rate: f64,
+    key: usize,
+    value: usize,
+    winner: Option<(Tuning, f64)>,
+    offered: Option<Tuning>,
+}
+
+impl Search {
+    /// A search from `start` on a device with `limits`.
+    pub fn new(start: Tuning, limits: &wgpu::Limits, margin: f64) -> Search {
+        Search {
+            limits: limits.clone(),
+            margin,
+            start,
+            start_rate: None,
+            best: start,
+            best_rate: 0.0,
+            key: 0,
+            value: 0,
+            winner: None,
+            offered: None,
+        }
+    }
+
+    /// The next tuning to measure and its key (`"start"` first), or `None` once done. Each
+    /// must be answered by [`Search::record`] before the next call.
+    pub fn next_candidate(&mut self) -> Option<(&'static str, Tuning)> {
+        if self.start_rate.is_none() {
+            self.offered = Some(self.start);
+            return Some(("start", self.start));
+        }
+        while let Some(&key) = KEYS.get(self.key) {
+            let current = self.best.get(key).unwrap_or(0);
+            while let Some(&value) = Tuning::candidates(key).get(self.value) {
+                self.value += 1;
+                let Ok(candidate) = self.best.with(key, value) else { continue };
+                if value != current && candidate.check_limits(&self.limits).is_ok() {
+                    self.offered = Some(candidate);
+                    return Some((key, candidate));
+                }
+            }
+            // The key is done: keep its winner, go on with the next.
+            if let Some((t, rate)) = self.winner.take() {
+                (self.best, self.best_rate) = (t, rate);
+            }
+            self.key += 1;
+            self.value = 0;
+        }
+        None
+    }
+
+    /// The steps per second the last offered tuning ran at, or `None` where it was not
+    /// measured (it failed, or compiled to what was measured already). The starting tuning
+    /// must be measured.
+    pub fn record(&mut self, steps_per_s: Option<f64>) {
+        let Some(t) = self.offered.take() else { return };
+        if self.start_rate.is_none() {
+            let rate = steps_per_s.unwrap_or(0.0);
+            self.start_rate = Some(rate);
+            self.best_rate = rate;
+            return;
+        }
+        if let Some(rate) = steps_per_s {
+            if rate > self.best_rate * (1.0 + self.margin) && self.winner.is_none_or(|w| rate > w.1) {
+                self.winner = Some((t, rate));
+            }
+        }
+    }
+
+    /// The fastest tuning so far and its steps per second.
+    pub fn best(&self) -> (Tuning, f64) {
+        (self.best, self.best_rate)
+    }
+
+    /// The starting tuning and its steps per second.
+    pub fn start(&self) -> (Tuning, f64) {
+        (self.start, self.start_rate.unwrap_or(0.0))
+    }
+}
+
 /// Where a device's starting tuning came from (see [`Tuning::for_gpu`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TuningSource {
@@ -458,6 +550,39 @@ mod tests {
         assert_eq!(cache_file(&info), None);
         std::env::remove_var("MODELBATCH_CACHE_DIR");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn search_walks_each_key_and_keeps_clear_winners() {
+        let limits = wgpu::Limits { max_compute_invocations_per_workgroup: 256, ..wgpu::Limits::downlevel_defaults() };
+        let mut search = Search::new(Tuning::SOFTWARE, &limits, 0.1);
+        let mut offered = Vec::new();
+        // A made-up speed: conv_lanes=128 is 20% faster, gemm_wg=4 5% (under the margin).
+        while let Some((key, t)) = search.next_candidate() {
+            offered.push((key, t));
+            let rate = 1.0 + if t.conv_lanes == 128 { 0.2 } else { 0.0 } + if t.gemm_wg == 4 { 0.05 } else { 0.0 };
+            search.record(Some(rate));
+        }
+        assert_eq!(offered[0], ("start", Tuning::SOFTWARE));
+        let (best, rate) = search.best();
+        assert_eq!(best, Tuning { conv_lanes: 128, ..Tuning::SOFTWARE }, "{best}");
+        assert!((rate - 1.2).abs() < 1e-12);
+        assert_eq!(search.start(), (Tuning::SOFTWARE, 1.0));
+        // Every other candidate once, from the best so far, none past the limits (conv_lanes
+        // 256 and gemm_wg 16 would need 256 invocations: allowed; none is the current value).
+        let n: usize = Tuning::keys().iter().map(|k| Tuning::candidates(k).len() - 1).sum();
+        assert_eq!(offered.len(), 1 + n, "{offered:?}");
+        assert!(offered.iter().skip(1).all(|(k, t)| t.get(k) != Tuning::SOFTWARE.get(k) || *k == "conv_lanes"));
+        let after: Vec<_> =
+            offered.iter().filter(|(k, _)| Tuning::keys().iter().position(|x| x == k) > Some(1)).collect();
+        assert!(after.iter().all(|(_, t)| t.conv_lanes == 128), "later keys start from the winner");
+        // Limits: with 64 invocations per workgroup, gemm_wg 16 and conv_lanes above 64 are skipped.
+        let small = wgpu::Limits { max_compute_invocations_per_workgroup: 64, ..limits };
+        let mut search = Search::new(Tuning::SOFTWARE, &small, 0.0);
+        while let Some((_, t)) = search.next_candidate() {
+            assert!(t.check_limits(&small).is_ok(), "{t}");
+            search.record(None);
+        }
     }
 
     #[test]
