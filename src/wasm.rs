@@ -27,7 +27,7 @@ use crate::optim::{Adam, PerModel, Sgd};
 use crate::train::{
     Dataset, Evaluation, Evaluator, Normalize, Optimizer, Order, Predictor, StepMetrics, TrainConfig, Trainer as Engine,
 };
-use crate::tuning::Tuning;
+use crate::tuning::{Search, Tuning};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
@@ -146,6 +146,40 @@ export interface AdapterInfo {
   /** The kernel shapes in use, `key=value,...`. */
   tuning: string;
 }
+
+/** How `tune` measures each candidate: `repeats` times `steps` training steps after `warmup`. */
+export interface TuneSettings {
+  /** Timed steps per repetition (default 5). */
+  steps?: number;
+  /** Repetitions; the median counts (default 3). */
+  repeats?: number;
+  /** Untimed steps first, which also compile the candidate's kernels (default 1). */
+  warmup?: number;
+  /** A value is kept only when this much faster than the best so far (default 0.03). */
+  margin?: number;
+  /** Called after each candidate. */
+  onProgress?: (m: TuneMeasurement) => void;
+}
+
+export interface TuneMeasurement {
+  /** The key being tried, or "start". */
+  key: string;
+  tuning: string;
+  /** Median steps per second; null where the candidate compiles to kernels already measured, or failed. */
+  stepsPerSecond: number | null;
+  /** Why it was not measured. */
+  skipped?: string;
+}
+
+export interface TuneResult {
+  /** The fastest tuning: pass it as the `tuning` option of `Trainer.create`. */
+  best: string;
+  stepsPerSecond: number;
+  start: string;
+  startStepsPerSecond: number;
+  speedup: number;
+  measurements: TuneMeasurement[];
+}
 "#;
 
 static PANICKED: AtomicBool = AtomicBool::new(false);
@@ -237,6 +271,163 @@ fn adapter_object(r: &AdapterReport) -> JsValue {
     set("maxComputeInvocationsPerWorkgroup", r.max_compute_invocations_per_workgroup.into());
     set("tuning", r.tuning.clone().into());
     o.into()
+}
+
+struct TuneSettings {
+    steps: u64,
+    repeats: usize,
+    warmup: u64,
+    margin: f64,
+    on_progress: Option<js_sys::Function>,
+}
+
+fn parse_tune_settings(v: &JsValue) -> std::result::Result<TuneSettings, JsValue> {
+    let mut st = TuneSettings { steps: 5, repeats: 3, warmup: 1, margin: 0.03, on_progress: None };
+    if v.is_undefined() || v.is_null() {
+        return Ok(st);
+    }
+    if !v.is_object() {
+        return Err(usage("tune settings must be an object { steps, repeats, warmup, margin, onProgress }"));
+    }
+    let keys: Array = Object::keys(v.unchecked_ref::<Object>());
+    for key in keys.iter() {
+        let k = key.as_string().unwrap_or_default();
+        if !["steps", "repeats", "warmup", "margin", "onProgress"].contains(&k.as_str()) {
+            return Err(usage(format!(
+                "unknown tune setting {k:?} (expected steps, repeats, warmup, margin, onProgress)"
+            )));
+        }
+    }
+    if let Some(x) = get(v, "steps") {
+        st.steps = count(&x, "steps")? as u64;
+    }
+    if let Some(x) = get(v, "repeats") {
+        st.repeats = count(&x, "repeats")?;
+    }
+    if let Some(x) = get(v, "warmup") {
+        st.warmup = count(&x, "warmup")? as u64;
+    }
+    if st.steps == 0 || st.repeats == 0 {
+        return Err(usage("tune: steps and repeats must be at least 1"));
+    }
+    if let Some(x) = get(v, "margin") {
+        st.margin = number(&x, "margin")?;
+        if !(0.0..1.0).contains(&st.margin) {
+            return Err(usage("tune: margin must be a fraction from 0 to 1"));
+        }
+    }
+    if let Some(f) = get(v, "onProgress") {
+        st.on_progress = Some(f.dyn_into::<js_sys::Function>().map_err(|_| usage("onProgress must be a function"))?);
+    }
+    Ok(st)
+}
+
+/// Measures which kernel shapes make a training step of `options` fastest on this adapter,
+/// as `modelbatch tune` does natively (`tuning::Search`): throwaway models of the options'
+/// architecture and seed train on `dataset` under each candidate. Resolves to `{ best,
+/// speedup, measurements, ... }`; pass `best` as the `tuning` option of `Trainer.create`.
+/// Yields to the event loop between candidates and repetitions.
+#[wasm_bindgen(unchecked_return_type = "Promise<TuneResult>")]
+pub fn tune(
+    #[wasm_bindgen(unchecked_param_type = "TrainerOptions")] options: JsValue,
+    #[wasm_bindgen(unchecked_param_type = "DatasetInput")] dataset: JsValue,
+    #[wasm_bindgen(unchecked_param_type = "TuneSettings | undefined")] settings: JsValue,
+) -> Promise {
+    future_to_promise(async move {
+        check_not_panicked()?;
+        let o = parse_options(&options)?;
+        let data = parse_dataset(&dataset, &o.spec, "train")?;
+        let st = parse_tune_settings(&settings)?;
+        let mut gpu = acquire_gpu().await.map_err(js_err)?;
+        if let Some(text) = &o.tuning {
+            gpu = gpu.tuning().apply(text).and_then(|t| gpu.with_tuning(t)).map_err(js_err)?;
+        }
+        let result = tune_on(&gpu, &o, &data, &st).await;
+        gpu.device.destroy();
+        result
+    })
+}
+
+async fn tune_on(gpu: &Gpu, o: &Options, data: &Dataset, st: &TuneSettings) -> std::result::Result<JsValue, JsValue> {
+    let model = BatchModel::new(gpu, &o.spec, o.g, o.seed).map_err(js_err)?;
+    let mut search = Search::new(gpu.tuning(), gpu.limits(), st.margin);
+    let mut seen = Vec::new();
+    let rows = Array::new();
+    while let Some((key, t)) = search.next_candidate() {
+        let row = Object::new();
+        let set = |k: &str, v: JsValue| {
+            let _ = Reflect::set(&row, &k.into(), &v);
+        };
+        set("key", key.into());
+        set("tuning", t.to_string().into());
+        match measure_tuning(gpu, &model, data, o, st, t, &mut seen).await {
+            Ok(rate) => {
+                set("stepsPerSecond", rate.map_or(JsValue::NULL, JsValue::from));
+                if rate.is_none() {
+                    set("skipped", "compiles to kernels already measured".into());
+                }
+                search.record(rate);
+            }
+            Err(e) if key == "start" => return Err(js_err(e)),
+            Err(e) => {
+                set("stepsPerSecond", JsValue::NULL);
+                set("skipped", e.to_string().into());
+                search.record(None);
+            }
+        }
+        if let Some(f) = &st.on_progress {
+            let _ = f.call1(&JsValue::NULL, &row);
+        }
+        rows.push(&row);
+        next_task().await;
+    }
+    let ((best, rate), (start, base)) = (search.best(), search.start());
+    let out = Object::new();
+    let set = |k: &str, v: JsValue| {
+        let _ = Reflect::set(&out, &k.into(), &v);
+    };
+    set("best", best.to_string().into());
+    set("stepsPerSecond", rate.into());
+    set("start", start.to_string().into());
+    set("startStepsPerSecond", base.into());
+    set("speedup", (if base > 0.0 { rate / base } else { 0.0 }).into());
+    set("measurements", rows.into());
+    Ok(out.into())
+}
+
+/// Median steps per second of a training step under `t`, or `None` where its plan's kernels
+/// and grids equal one measured already.
+async fn measure_tuning(
+    gpu: &Gpu,
+    model: &BatchModel,
+    data: &Dataset,
+    o: &Options,
+    st: &TuneSettings,
+    t: Tuning,
+    seen: &mut Vec<Vec<(&'static str, usize, [u32; 3])>>,
+) -> Result<Option<f64>> {
+    let view = gpu.with_tuning(t)?;
+    let mut engine = Engine::new(&view, model, data, o.optimizer.clone(), o.config.clone())?;
+    let signature = engine.plan().signature();
+    if seen.contains(&signature) {
+        return Ok(None);
+    }
+    seen.push(signature);
+    engine.train_async(st.warmup, |_| {}).await?;
+    engine.finish_async(|_| {}).await?;
+    let mut runs = Vec::with_capacity(st.repeats);
+    for _ in 0..st.repeats {
+        next_task().await;
+        let t0 = js_sys::Date::now();
+        engine.train_async(st.steps, |_| {}).await?;
+        // The metrics readback completes once the GPU has run every step.
+        engine.finish_async(|_| {}).await?;
+        let seconds = ((js_sys::Date::now() - t0) / 1000.0).max(1e-4);
+        runs.push(st.steps as f64 / seconds);
+    }
+    view.take_error()?;
+    runs.sort_by(f64::total_cmp);
+    Ok(Some(runs[runs.len() / 2]))
 }
 
 /// The adapter this browser (or Node's `navigator.gpu`) would give a trainer, and its limits.

@@ -59,7 +59,7 @@ function webgpuVersion() {
 
 // The script run inside the temporary project: everything through the installed package.
 const script = (mnistUrl) => `
-import { Trainer, adapterInfo, installNavigatorGpu, version } from 'modelbatch';
+import { Trainer, adapterInfo, installNavigatorGpu, tune, version } from 'modelbatch';
 import { create, globals } from 'webgpu';
 import { writeFileSync } from 'node:fs';
 import { mnist } from ${JSON.stringify(mnistUrl)};
@@ -148,6 +148,18 @@ await tuned.setDataset(train);
 out.tuned = Array.from(await tuned.step(2));
 tuned.free();
 await expectReject('badTuning', () => Trainer.create({ ...options, tuning: 'conv_ob=9' }));
+// tune: the search of modelbatch tune, on a small MLP (few kernels: quick), then its best
+// tuning given back to a trainer.
+const mlp = { input: [1, 28, 28], layers: [{ type: 'flatten' }, { type: 'linear', out_features: 32 },
+  { type: 'relu' }, { type: 'linear', out_features: 10 }] };
+const mlpOptions = { model: mlp, models: 2, lr: 0.05, batchSize: 8 };
+const progress = [];
+const found = await tune(mlpOptions, train, { steps: 1, repeats: 1, warmup: 0, onProgress: (m) => progress.push(m) });
+const fromTune = await Trainer.create({ ...mlpOptions, tuning: found.best });
+out.tune = { best: found.best, speedup: found.speedup, start: found.start, measurements: found.measurements,
+  progress: progress.length, info: fromTune.adapterInfo().tuning };
+fromTune.free();
+await expectReject('badTuneSetting', () => tune(mlpOptions, train, { speed: 1 }));
 trainer.free();
 console.log(JSON.stringify(out));
 `;
@@ -298,6 +310,7 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.match(e.badImport, /not a safetensors file/);
   assert.match(e.noDataset, /call setDataset before step/);
   assert.match(e.badTuning, /tuning conv_ob: must be 1 to 8/);
+  assert.match(e.badTuneSetting, /unknown tune setting "speed"/);
   for (const [name, msg] of Object.entries(e)) {
     assert.ok(msg && msg.startsWith('modelbatch: '), `${name}: ${msg}`);
     assert.ok(!/panicked|unreachable|RuntimeError/.test(msg), `${name} is not a panic: ${msg}`);
@@ -307,6 +320,15 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.match(web.deviceLost ?? '', /lost/i);
   assert.equal(web.recreated.length, G);
   assert.ok(web.recreated.every(Number.isFinite));
+  // tune: every candidate reported, the start first, the best one of those measured.
+  const tn = web.tune;
+  assert.equal(tn.progress, tn.measurements.length);
+  assert.equal(tn.measurements[0].key, 'start');
+  assert.equal(tn.start, web.adapter.tuning);
+  assert.ok(tn.measurements.length >= 2, JSON.stringify(tn.measurements));
+  assert.ok(tn.measurements.some((m) => m.tuning === tn.best && m.stepsPerSecond > 0), JSON.stringify(tn));
+  assert.ok(tn.speedup >= 1, `speedup ${tn.speedup}`);
+  assert.equal(tn.info, tn.best);
   // Kernel shapes per adapter: reported, and a tuned trainer trains the same.
   assert.match(web.adapter.tuning, /split_threads=\d+/);
   assert.match(web.tunedInfo, /gemm_wg=4,.*conv_ob=2,.*conv_pixel=1,.*update_tensors=0,reduce_lanes=64/);
