@@ -3,15 +3,18 @@
 //!
 //! Every [`Gpu`](crate::Gpu) carries a [`Tuning`]. It starts from [`Tuning::for_adapter`] (one
 //! set of values for software adapters, measured on lavapipe, another for GPUs, which have
-//! thousands of lanes to fill) and takes `MODELBATCH_TUNING` from the environment on top
-//! (native builds), for example `MODELBATCH_TUNING="conv_lanes=128,split_threads=262144"`.
+//! thousands of lanes to fill), replaced by the values `modelbatch tune --save` stored for
+//! this very adapter ([`Tuning::for_gpu`], [`cache_dir`]), and takes `MODELBATCH_TUNING` from
+//! the environment on top (native builds), for example
+//! `MODELBATCH_TUNING="conv_lanes=128,split_threads=262144"`.
 //! [`Gpu::with_tuning`](crate::Gpu::with_tuning) gives a view of a device with other values,
-//! and `modelbatch tune` (or [`crate::bench::tune`]) measures which values make a training
-//! step fastest on the adapter at hand and prints them in this format.
+//! and `modelbatch tune` ([`crate::bench::tune`]; `tune` in the npm package), both driving a
+//! [`Search`], measures which values make a training step fastest on the adapter at hand and
+//! prints them in this format.
 //!
 //! Every value only changes speed, never what is computed, except that a different split of
-//! a weight gradient's depth adds its partial sums in another order (results then agree to
-//! rounding, not bit for bit).
+//! a weight gradient's depth, or another way of adding its partial sums, adds in another
+//! order (results then agree to rounding, not bit for bit).
 
 use std::fmt;
 use std::str::FromStr;
