@@ -142,9 +142,20 @@ impl Tuning {
         }
     }
 
-    /// `self` with the `key=value` pairs of `text` applied (see [`Tuning`]'s format).
+    /// `self` with the `key=value` pairs of `text` applied (see [`Tuning`]'s format); the
+    /// words `gpu` and `software` stand for every key of [`Tuning::GPU`] or
+    /// [`Tuning::SOFTWARE`] (`gpu,conv_ob=4`: the GPU values but one).
     pub fn apply(mut self, text: &str) -> Result<Tuning> {
         for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let preset = match pair {
+                "gpu" => Some(Tuning::GPU),
+                "software" => Some(Tuning::SOFTWARE),
+                _ => None,
+            };
+            if let Some(p) = preset {
+                self = p;
+                continue;
+            }
             let bad = |why: String| Error::Usage(format!("tuning {pair:?}: {why}"));
             let (key, value) = pair.split_once('=').ok_or_else(|| bad("expected key=value".into()))?;
             let value: u32 = value.trim().parse().map_err(|_| bad("the value must be a whole number".into()))?;
@@ -160,7 +171,12 @@ impl Tuning {
                 "min_split_depth" => &mut self.min_split_depth,
                 "update_tensors" => &mut self.update_tensors,
                 "reduce_lanes" => &mut self.reduce_lanes,
-                other => return Err(bad(format!("unknown key {other:?}; the keys are {}", KEYS.join(", ")))),
+                other => {
+                    return Err(bad(format!(
+                        "unknown key {other:?}; the keys are {} (or the words gpu, software for a built-in set)",
+                        KEYS.join(", ")
+                    )))
+                }
             };
             *slot = value;
         }
@@ -488,6 +504,8 @@ mod tests {
             assert_eq!(t.to_string().parse::<Tuning>().unwrap(), t);
             assert_eq!(t.apply("").unwrap(), t);
         }
+        assert_eq!(Tuning::SOFTWARE.apply("gpu").unwrap(), Tuning::GPU);
+        assert_eq!(Tuning::GPU.apply("software,conv_ob=2").unwrap(), Tuning { conv_ob: 2, ..Tuning::SOFTWARE });
         let t = Tuning::SOFTWARE.apply(" conv_lanes = 128 , split_threads=4096").unwrap();
         assert_eq!(t, Tuning { conv_lanes: 128, split_threads: 4096, ..Tuning::SOFTWARE });
         assert_eq!(t.get("conv_lanes"), Some(128));
@@ -506,6 +524,7 @@ mod tests {
         assert!(err("reduce_lanes=1").contains("power of two from 2"));
         assert!(err("lanes=64").contains("unknown key \"lanes\""));
         assert!(err("conv_ob").contains("key=value"));
+        assert!(err("gpus").contains("key=value"));
         assert!(err("conv_ob=-1").contains("whole number"));
     }
 

@@ -275,7 +275,8 @@ fn check(gpu: &modelbatch::Gpu, spec: Spec) -> Vec<&'static str> {
 
 #[test]
 fn lenet_shapes() {
-    let gpu = gpu_or_skip!();
+    // The split-K assertions below hold for the software tuning's split targets.
+    let gpu = &gpu_or_skip!().with_tuning(Tuning::SOFTWARE).unwrap();
     // conv1: 1 -> 6 channels, 5x5 on 28x28; conv2: 6 -> 16, 5x5 on 12x12 (after pooling).
     let l1 = check(gpu, Spec::new(3, 5, 1, 6, [28, 28], [5, 5]));
     let l2 = check(gpu, Spec::new(2, 5, 6, 16, [12, 12], [5, 5]));
@@ -459,6 +460,15 @@ fn direct_x_axis_past_the_dispatch_limit() {
     for l in ["conv2d", "conv2d_grad_input"] {
         assert_eq!(labels.iter().filter(|&&x| x == l).count(), 2, "{l} should take two dispatches: {labels:?}");
     }
+}
+
+/// A GPU's wide split-K on a very long depth (4.2 million one-pixel images) stays within the
+/// splits one invocation's loop may add (lavapipe's budget), instead of refusing the plan.
+#[test]
+fn wide_split_k_on_a_long_depth_stays_within_the_loop_budget() {
+    let gpu = gpu_or_skip!().with_tuning(Tuning::GPU).unwrap();
+    let spec = Spec::new(1, 4_200_000, 1, 1, [1, 1], [1, 1]).no_bias();
+    Case::new(&gpu, spec, 9).check_reference();
 }
 
 /// The direct kernels give each output row its own workgroup row (times the blocks of up to

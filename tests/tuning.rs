@@ -51,14 +51,16 @@ fn shapes_that_keep_the_splits_train_bit_for_bit_alike() {
     let (m0, w0, s0) = run(gpu);
     // Workgroup sizes, the forward's channel blocks, strips or one position per invocation,
     // splits sharing workgroups: no sum changes its order.
-    let flip_split_lanes = format!("split_lanes={}", 1 - gpu.tuning().split_lanes);
+    // (Relative to this device's tuning, so that each one changes something.)
+    let t = gpu.tuning();
     for text in [
-        "gemm_wg=16,conv_lanes=128,conv_ob=2,conv_strip=8",
-        "gemm_wg=4,conv_lanes=16,conv_ob=7,conv_strip=12",
-        "conv_pixel=1",
-        "conv_pixel=1,conv_ob=8,conv_lanes=256",
-        &flip_split_lanes,
+        "gemm_wg=16,conv_lanes=128,conv_ob=2,conv_strip=8".to_string(),
+        "gemm_wg=4,conv_lanes=16,conv_ob=7,conv_strip=12".to_string(),
+        format!("conv_pixel={}", 1 - t.conv_pixel),
+        format!("conv_pixel={},conv_ob=8,conv_lanes=256", 1 - t.conv_pixel),
+        format!("split_lanes={}", 1 - t.split_lanes),
     ] {
+        let text = text.as_str();
         let (m1, w1, s1) = run(&tuned(gpu, text));
         assert_ne!(s0, s1, "{text}: other kernels or grids");
         assert_eq!(m0, m1, "{text}: metrics");

@@ -250,7 +250,8 @@ pub(crate) fn lower_grad_weight(
     let max_by_memory = ((MAX_PARTIAL_BYTES.min(ctx.gpu.limits().max_storage_buffer_binding_size) / (4 * total as u64))
         as usize)
         .max(1);
-    let want = target_threads.div_ceil(threads);
+    // At most LOOP_BUDGET splits: the serial reduction adds them in one invocation's loop.
+    let want = target_threads.div_ceil(threads).min(LOOP_BUDGET);
     let splits =
         want.min(max_by_depth).min(max_by_memory).max(out_rows.div_ceil(LOOP_BUDGET / (s.y.w + 1))).clamp(1, out_rows);
     let rows_per_split = out_rows.div_ceil(splits);
@@ -522,7 +523,7 @@ fn grad_weight_direct(
     let max_by_memory = ((MAX_PARTIAL_BYTES.min(ctx.gpu.limits().max_storage_buffer_binding_size) / (4 * total as u64))
         as usize)
         .max(1);
-    let want = target_threads.div_ceil(threads);
+    let want = target_threads.div_ceil(threads).min(LOOP_BUDGET);
     let splits = want.min(max_by_depth).min(max_by_memory).max(out_rows.div_ceil(max_rows)).clamp(1, out_rows);
     let rows_per_split = out_rows.div_ceil(splits);
     let splits = out_rows.div_ceil(rows_per_split);
