@@ -19,7 +19,27 @@ fn estimate_matches_what_the_plan_allocates() {
     assert_eq!(est.bytes, plan.stats().bytes);
     assert_eq!(est.buffers, plan.stats().buffers);
     assert!(est.largest >= 3 * 4 * 6 * 24 * 24 * 4, "the first conv output is the largest tensor");
+    assert_eq!(plan.stats().scratch_bytes, 0, "no weight gradient, no split-K scratch");
     drop(model);
+}
+
+#[test]
+fn split_k_scratch_is_reported() {
+    let gpu = gpu_or_skip!().with_tuning(modelbatch::Tuning::SOFTWARE).unwrap();
+    // LeNet's first weight gradient (depth 64 images x 24 x 24) is split: its partial sums
+    // live in a scratch buffer, `splits x 3 models x 150 weights` floats.
+    let mut graph = Graph::new(3);
+    let x = graph.input("x", &[64, 1, 28, 28], DType::F32).unwrap();
+    let built = ModelSpec::lenet().build(&mut graph, x, modelbatch::nn::Mode::Train).unwrap();
+    let params = built.params();
+    let grads = modelbatch::autograd::grad(&mut graph, built.output, None, &params).unwrap();
+    let keep: Vec<_> = grads.into_iter().flatten().collect();
+    let plan = Plan::new(&gpu, &graph, &keep, &[]).unwrap();
+    let labels = plan.dispatch_labels();
+    assert!(labels.contains(&"conv2d_grad_weight_reduce"), "{labels:?}");
+    let scratch = plan.stats().scratch_bytes;
+    assert!(scratch > 0 && scratch % (3 * 150 * 4) == 0, "{scratch}");
+    assert!(scratch <= 64 << 20);
 }
 
 #[test]

@@ -127,6 +127,10 @@ pub struct PlanStats {
     pub submits: u64,
     /// Staging buffers created for reads so far (one per tensor ever read).
     pub staging_buffers: usize,
+    /// Bytes of the scratch buffers kernels use within one op (the convolution weight
+    /// gradients' split-K partial sums: one buffer per distinct size, at most 64 MiB each),
+    /// not counted in `bytes` nor in [`Plan::estimate`].
+    pub scratch_bytes: u64,
 }
 
 struct TensorMeta {
@@ -152,6 +156,7 @@ pub struct Plan {
     staging: Mutex<HashMap<usize, wgpu::Buffer>>,
     staging_created: AtomicU64,
     submits: AtomicU64,
+    scratch_bytes: u64,
 }
 
 impl Plan {
@@ -316,6 +321,7 @@ impl Plan {
             }
         }
         gpu.take_error()?;
+        let scratch_bytes = ctx.scratch.borrow().keys().sum();
         Ok(Plan {
             device: gpu.device.clone(),
             queue: gpu.queue.clone(),
@@ -336,6 +342,7 @@ impl Plan {
             staging: Mutex::new(HashMap::new()),
             staging_created: AtomicU64::new(0),
             submits: AtomicU64::new(0),
+            scratch_bytes,
         })
     }
 
@@ -371,6 +378,7 @@ impl Plan {
             chunks: self.steps.len(),
             submits: self.submits.load(Ordering::Relaxed),
             staging_buffers: self.staging_created.load(Ordering::Relaxed) as usize,
+            scratch_bytes: self.scratch_bytes,
         }
     }
 
@@ -794,7 +802,8 @@ fn liveness(graph: &Graph, keep: &[TensorId], updates: &[Update]) -> (Vec<bool>,
 /// GPU memory a plan would allocate, known before allocating.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryEstimate {
-    /// Total bytes of the plan's buffers.
+    /// Total bytes of the plan's buffers (not the scratch of split-K partial sums, which
+    /// lowering sizes: at most 64 MiB per distinct size, see [`PlanStats::scratch_bytes`]).
     pub bytes: u64,
     /// Bytes of its largest buffer (the binding-size limit applies to it).
     pub largest: u64,
