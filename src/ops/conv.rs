@@ -242,27 +242,13 @@ pub(crate) fn lower_grad_weight(
     let total = d.g * s.y.c * cols;
     let out_rows = s.y.n * s.y.h;
     let wgx = workgroup(ctx, cols.div_ceil(4));
-    let (target_threads, min_depth) = split_targets(ctx);
     let threads = d.g * d.groups * cols.div_ceil(4) * d.og.div_ceil(4);
-    // Split the depth (output rows (n, oh)) until the grid is large enough, keeping each
-    // split long and the partials small.
-    let max_by_depth = (out_rows * s.y.w / min_depth).max(1);
-    let max_by_memory = ((MAX_PARTIAL_BYTES.min(ctx.gpu.limits().max_storage_buffer_binding_size) / (4 * total as u64))
-        as usize)
-        .max(1);
-    // At most LOOP_BUDGET splits: the serial reduction adds them in one invocation's loop.
-    let want = target_threads.div_ceil(threads).min(LOOP_BUDGET);
-    let splits =
-        want.min(max_by_depth).min(max_by_memory).max(out_rows.div_ceil(LOOP_BUDGET / (s.y.w + 1))).clamp(1, out_rows);
-    let rows_per_split = out_rows.div_ceil(splits);
-    let splits = out_rows.div_ceil(rows_per_split);
-    if splits > LOOP_BUDGET
-        || (splits > 1 && (4 * splits * total) as u64 > ctx.gpu.limits().max_storage_buffer_binding_size)
-    {
-        return Err(Error::Usage(format!(
+    let max_rows = LOOP_BUDGET / (s.y.w + 1);
+    let (splits, rows_per_split) = split_depth(ctx, out_rows, s.y.w, total, threads, max_rows).map_err(|splits| {
+        Error::Usage(format!(
             "{LABEL}: the partial sums of {splits} depth splits pass the adapter's binding size; split the batch"
-        )));
-    }
+        ))
+    })?;
     let grid = [cols.div_ceil(4 * wgx), d.og.div_ceil(4), d.g * d.groups * splits];
     let words = words(s, &d, 0, splits, rows_per_split, total);
     let kernel = gemm_kernel(ctx, LABEL, &[Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
@@ -283,10 +269,34 @@ const DIRECT_MAX_KW: usize = 8;
 // 4 x 8 columns beat 8 x 4 columns by 1.3x in the forward pass (fewer weight loads per
 // multiply-add, as many accumulators); the weight gradient is 1.25x faster with 8 than with 4.
 
-/// The adapter's split-K targets: invocations to aim for, fewest multiply-adds per split.
-fn split_targets(ctx: &Lower) -> (usize, usize) {
+/// Split-K for a weight gradient of `total` outputs whose depth is `out_rows` output rows of
+/// `row_len` positions, computed by `threads` invocations per split that may each take at most
+/// `max_rows` rows (their loop budget): `(splits, rows per split)`. Splits until the grid
+/// reaches the adapter's `split_threads`, keeping each split at least `min_split_depth` long,
+/// the partial sums under `MAX_PARTIAL_BYTES` and the splits within one reduction loop
+/// (`LOOP_BUDGET`); `Err(splits)` where the partial sums would not fit a binding anyway.
+fn split_depth(
+    ctx: &Lower,
+    out_rows: usize,
+    row_len: usize,
+    total: usize,
+    threads: usize,
+    max_rows: usize,
+) -> std::result::Result<(usize, usize), usize> {
     let t = ctx.gpu.tuning();
-    (t.split_threads as usize, t.min_split_depth as usize)
+    let max_binding = ctx.gpu.limits().max_storage_buffer_binding_size;
+    let max_by_depth = (out_rows * row_len / t.min_split_depth as usize).max(1);
+    let max_by_memory = ((MAX_PARTIAL_BYTES.min(max_binding) / (4 * total as u64)) as usize).max(1);
+    let want = (t.split_threads as usize).div_ceil(threads).min(LOOP_BUDGET);
+    let splits = want.min(max_by_depth).min(max_by_memory).max(out_rows.div_ceil(max_rows)).clamp(1, out_rows);
+    let rows_per_split = out_rows.div_ceil(splits);
+    let splits = out_rows.div_ceil(rows_per_split);
+    let too_many = splits > LOOP_BUDGET || (splits > 1 && (4 * splits * total) as u64 > max_binding);
+    if too_many {
+        Err(splits)
+    } else {
+        Ok((splits, rows_per_split))
+    }
 }
 
 /// A stride-1, undilated correlation as `conv2d_direct` computes it (`Direct` in the shader):
@@ -516,28 +526,17 @@ fn grad_weight_direct(
         return Ok(None);
     }
     let max_rows = (LOOP_BUDGET - fixed) / per_row;
-    let wgx = workgroup(ctx, lanes);
     let threads = d.g * d.groups * oblocks * lanes;
-    let (target_threads, min_depth) = split_targets(ctx);
-    let max_by_depth = (out_rows * c.ow / min_depth).max(1);
-    let max_by_memory = ((MAX_PARTIAL_BYTES.min(ctx.gpu.limits().max_storage_buffer_binding_size) / (4 * total as u64))
-        as usize)
-        .max(1);
-    let want = target_threads.div_ceil(threads).min(LOOP_BUDGET);
-    let splits = want.min(max_by_depth).min(max_by_memory).max(out_rows.div_ceil(max_rows)).clamp(1, out_rows);
-    let rows_per_split = out_rows.div_ceil(splits);
-    let splits = out_rows.div_ceil(rows_per_split);
-    if splits > LOOP_BUDGET
-        || (splits > 1 && (4 * splits * total) as u64 > ctx.gpu.limits().max_storage_buffer_binding_size)
-    {
+    let Ok((splits, rows_per_split)) = split_depth(ctx, out_rows, c.ow, total, threads, max_rows) else {
         return Ok(None);
-    }
+    };
     // With the adapter's `split_lanes`, splits share workgroups along x (flag bit 2).
     let flat = ctx.gpu.tuning().split_lanes != 0;
     let (wgx, grid) = if flat {
         let wgx = workgroup(ctx, splits * lanes);
         (wgx, [(splits * lanes).div_ceil(wgx), oblocks, d.g * d.groups])
     } else {
+        let wgx = workgroup(ctx, lanes);
         (wgx, [lanes.div_ceil(wgx), oblocks, d.g * d.groups * splits])
     };
     let words = c.words(d, u32::from(flat) << 2, splits, rows_per_split, total);
