@@ -217,7 +217,7 @@ pub struct Tune {
 pub fn tune(gpu: &Gpu, t: &Tune, mut progress: impl FnMut(&str), mut line: impl FnMut(Value)) -> Result<Tuning> {
     let model = BatchModel::new(gpu, &t.spec, t.models, 0)?;
     let data = synthetic_dataset(&t.spec, dataset_samples(t.batch_size), 1);
-    let mut seen: Vec<Vec<(&'static str, usize, [u32; 3])>> = Vec::new();
+    let mut seen: Vec<crate::plan::Signature> = Vec::new();
     // The steps per second of `tuning`, or `None` where it compiles to what was measured.
     let mut measure = |tuning: Tuning, key: &str, progress: &mut dyn FnMut(&str)| -> Result<Option<(f64, Value)>> {
         let view = gpu.with_tuning(tuning)?;

@@ -101,6 +101,17 @@ enum ModuleKey {
 /// Module, entry point, bind layout (with the uniform's minimum size, if any), override constants.
 type KernelKey = (ModuleKey, String, Vec<Binding>, Option<u64>, Vec<(String, u64)>);
 
+fn kernel_key(
+    module: ModuleKey,
+    entry: &str,
+    bindings: &[Binding],
+    uniform_bytes: Option<u64>,
+    constants: &[(&str, f64)],
+) -> KernelKey {
+    let constants = constants.iter().map(|(k, v)| (k.to_string(), v.to_bits())).collect();
+    (module, entry.to_string(), bindings.to_vec(), uniform_bytes, constants)
+}
+
 /// A WebGPU device ready for modelbatch: device, queue, granted limits, pipeline cache.
 pub struct Gpu {
     /// The wgpu device.
@@ -377,13 +388,7 @@ impl Gpu {
         bindings: &[Binding],
         constants: &[(&str, f64)],
     ) -> Arc<Kernel> {
-        let key: KernelKey = (
-            ModuleKey::Crate(shader.name),
-            entry.to_string(),
-            bindings.to_vec(),
-            None,
-            constants.iter().map(|(k, v)| (k.to_string(), v.to_bits())).collect(),
-        );
+        let key = kernel_key(ModuleKey::Crate(shader.name), entry, bindings, None, constants);
         self.cached(key, shader.name, || shader.source.into(), entry, bindings, None, constants)
     }
 
@@ -397,13 +402,7 @@ impl Gpu {
         bindings: &[Binding],
         constants: &[(&str, f64)],
     ) -> Arc<Kernel> {
-        let key: KernelKey = (
-            ModuleKey::Generated(name.clone()),
-            entry.to_string(),
-            bindings.to_vec(),
-            None,
-            constants.iter().map(|(k, v)| (k.to_string(), v.to_bits())).collect(),
-        );
+        let key = kernel_key(ModuleKey::Generated(name.clone()), entry, bindings, None, constants);
         self.cached(key, &name, || source().into(), entry, bindings, None, constants)
     }
 
@@ -425,13 +424,8 @@ impl Gpu {
     ) -> Result<Arc<Kernel>> {
         let mut bindings = vec![Binding::Uniform];
         bindings.extend_from_slice(storage);
-        let key: KernelKey = (
-            ModuleKey::User { name: name.to_string(), source: source.to_string() },
-            entry.to_string(),
-            bindings.clone(),
-            Some(uniform_bytes),
-            constants.iter().map(|(k, v)| (k.to_string(), v.to_bits())).collect(),
-        );
+        let module = ModuleKey::User { name: name.to_string(), source: source.to_string() };
+        let key = kernel_key(module, entry, &bindings, Some(uniform_bytes), constants);
         if let Some(k) = self.kernels.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(k.clone());
         }

@@ -159,24 +159,12 @@ impl Tuning {
             let bad = |why: String| Error::Usage(format!("tuning {pair:?}: {why}"));
             let (key, value) = pair.split_once('=').ok_or_else(|| bad("expected key=value".into()))?;
             let value: u32 = value.trim().parse().map_err(|_| bad("the value must be a whole number".into()))?;
-            let slot = match key.trim() {
-                "gemm_wg" => &mut self.gemm_wg,
-                "conv_lanes" => &mut self.conv_lanes,
-                "conv_ob" => &mut self.conv_ob,
-                "grad_weight_ob" => &mut self.grad_weight_ob,
-                "conv_strip" => &mut self.conv_strip,
-                "conv_pixel" => &mut self.conv_pixel,
-                "split_threads" => &mut self.split_threads,
-                "split_lanes" => &mut self.split_lanes,
-                "min_split_depth" => &mut self.min_split_depth,
-                "update_tensors" => &mut self.update_tensors,
-                "reduce_lanes" => &mut self.reduce_lanes,
-                other => {
-                    return Err(bad(format!(
-                        "unknown key {other:?}; the keys are {} (or the words gpu, software for a built-in set)",
-                        KEYS.join(", ")
-                    )))
-                }
+            let Some(slot) = self.field(key.trim()) else {
+                return Err(bad(format!(
+                    "unknown key {:?}; the keys are {} (or the words gpu, software for a built-in set)",
+                    key.trim(),
+                    KEYS.join(", ")
+                )));
             };
             *slot = value;
         }
@@ -267,18 +255,24 @@ impl Tuning {
 
     /// The value of `key` (one of [`Tuning::keys`]).
     pub fn get(&self, key: &str) -> Option<u32> {
+        let mut copy = *self;
+        copy.field(key).map(|v| *v)
+    }
+
+    /// The field named `key` (the one list of names besides [`KEYS`]).
+    fn field(&mut self, key: &str) -> Option<&mut u32> {
         Some(match key {
-            "gemm_wg" => self.gemm_wg,
-            "conv_lanes" => self.conv_lanes,
-            "conv_ob" => self.conv_ob,
-            "grad_weight_ob" => self.grad_weight_ob,
-            "conv_strip" => self.conv_strip,
-            "conv_pixel" => self.conv_pixel,
-            "split_threads" => self.split_threads,
-            "split_lanes" => self.split_lanes,
-            "min_split_depth" => self.min_split_depth,
-            "update_tensors" => self.update_tensors,
-            "reduce_lanes" => self.reduce_lanes,
+            "gemm_wg" => &mut self.gemm_wg,
+            "conv_lanes" => &mut self.conv_lanes,
+            "conv_ob" => &mut self.conv_ob,
+            "grad_weight_ob" => &mut self.grad_weight_ob,
+            "conv_strip" => &mut self.conv_strip,
+            "conv_pixel" => &mut self.conv_pixel,
+            "split_threads" => &mut self.split_threads,
+            "split_lanes" => &mut self.split_lanes,
+            "min_split_depth" => &mut self.min_split_depth,
+            "update_tensors" => &mut self.update_tensors,
+            "reduce_lanes" => &mut self.reduce_lanes,
             _ => return None,
         })
     }

@@ -404,7 +404,7 @@ async fn measure_tuning(
     o: &Options,
     st: &TuneSettings,
     t: Tuning,
-    seen: &mut Vec<Vec<(&'static str, usize, [u32; 3])>>,
+    seen: &mut Vec<crate::plan::Signature>,
 ) -> Result<Option<f64>> {
     let view = gpu.with_tuning(t)?;
     let mut engine = Engine::new(&view, model, data, o.optimizer.clone(), o.config.clone())?;

@@ -7,6 +7,7 @@ mod common;
 
 use modelbatch::bench::{tune, Tune};
 use modelbatch::nn::{BatchModel, ModelSpec};
+use modelbatch::plan::Signature;
 use modelbatch::train::{Dataset, Optimizer, Order, StepMetrics, TrainConfig, Trainer};
 use modelbatch::{Adam, Gpu, PerModel, Sgd, Tuning};
 use serde_json::Value;
@@ -20,8 +21,6 @@ fn synthetic(n: usize) -> Dataset {
         .collect();
     Dataset { images, labels, n, sample: vec![1, 28, 28], classes: 10, name: "synthetic".into() }
 }
-
-type Signature = Vec<(&'static str, usize, [u32; 3])>;
 
 /// Five steps of three LeNets (momentum SGD, one learning rate per model): the metrics of
 /// every step, the final weights and the step plan's kernels and grids.

@@ -29,6 +29,14 @@ pub(crate) enum Rule {
 }
 
 impl Rule {
+    /// The entry point (and dispatch label) of its update kernel.
+    pub fn entry(self) -> &'static str {
+        match self {
+            Rule::Sgd => "sgd",
+            Rule::Adam => "adam",
+        }
+    }
+
     /// Buffers per tensor: param, grad and the optimizer state.
     pub fn per_tensor(self) -> usize {
         match self {
@@ -66,10 +74,7 @@ pub(crate) fn lower_update(
 ) -> Dispatch {
     let k = slots.len();
     debug_assert!((1..=MAX_TENSORS).contains(&k));
-    let entry = match rule {
-        Rule::Sgd => "sgd",
-        Rule::Adam => "adam",
-    };
+    let entry = rule.entry();
     let mut storage = Vec::new();
     for _ in 0..k {
         storage.extend([Binding::ReadWrite, Binding::Read]);
@@ -130,10 +135,7 @@ fn update_source(rule: Rule, k: usize) -> String {
     }
     let _ = writeln!(s, "@group(0) @binding({}) var<storage, read> mhyper: array<{hyper_type}>;", 1 + per * k);
     let _ = writeln!(s, "@group(0) @binding({}) var<storage, read> mdead: array<f32>;", 2 + per * k);
-    let entry = match rule {
-        Rule::Sgd => "sgd",
-        Rule::Adam => "adam",
-    };
+    let entry = rule.entry();
     let _ = writeln!(s, "@compute @workgroup_size(WG)");
     let _ = writeln!(
         s,
@@ -174,7 +176,7 @@ fn update_source(rule: Rule, k: usize) -> String {
 pub fn generated_sources() -> Vec<(String, String)> {
     [Rule::Sgd, Rule::Adam]
         .into_iter()
-        .flat_map(|r| [1, 2, MAX_TENSORS].map(move |k| (format!("optim {r:?} x{k}"), update_source(r, k))))
+        .flat_map(|r| [1, 2, MAX_TENSORS].map(move |k| (format!("optim {} x{k}", r.entry()), update_source(r, k))))
         .collect()
 }
 

@@ -22,6 +22,9 @@ use crate::gpu::Gpu;
 use crate::graph::{DType, Graph, NormKind, Op, TensorId};
 use crate::ops::{self, Lower};
 
+/// What [`Plan::signature`] returns: per dispatch, its label, its kernel's identity and its grid.
+pub type Signature = Vec<(&'static str, usize, [u32; 3])>;
+
 /// An in-place update applied after the graph has run (optimizer steps).
 #[derive(Clone, Debug)]
 pub enum Update {
@@ -651,7 +654,7 @@ impl Plan {
     /// are cached per device by source, entry point, layout and constants) and grid. Two plans
     /// of one graph with equal signatures run the same kernels on the same grids (how
     /// [`crate::bench::tune`] and the tests tell which kernel shapes a tuning changes).
-    pub fn signature(&self) -> Vec<(&'static str, usize, [u32; 3])> {
+    pub fn signature(&self) -> Signature {
         let dispatches = self.steps.iter().flat_map(|c| &c.dispatches);
         dispatches.map(|d| (d.label, Arc::as_ptr(&d.kernel) as usize, d.groups)).collect()
     }
