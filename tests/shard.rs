@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::assert_close_to_scale as close;
 use modelbatch::nn::{BatchModel, ModelSpec};
 use modelbatch::train::{Dataset, Optimizer, Order, Schedule, ShardedTrainer, StepMetrics, TrainConfig, Trainer};
 use modelbatch::{Gpu, PerModel, Sgd};
@@ -32,14 +33,6 @@ fn config() -> TrainConfig {
             .map(|m| if m % 2 == 0 { Schedule::Constant } else { Schedule::parse("step:2:0.5").unwrap() })
             .collect(),
         ..TrainConfig::default()
-    }
-}
-
-fn close(what: &str, a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len(), "{what}: length");
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= 1e-4 * scale, "{what}[{i}]: sharded {x} vs one device {y}");
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::assert_close_to_scale as close;
 use modelbatch::nn::{BatchModel, ModelSpec};
 use modelbatch::train::{evaluate, Dataset, Normalize, Optimizer, Order, StepMetrics, TrainConfig, Trainer};
 use modelbatch::{DType, Gpu, Graph, PerModel, Plan, Sgd, Tuning};
@@ -38,14 +39,6 @@ fn train(gpu: &Gpu, g: usize, data: &Dataset) -> Run {
     let eval = pollster::block_on(evaluate(gpu, &model, data, 16, Normalize::default())).unwrap();
     let state = pollster::block_on(model.state_dicts_batched()).unwrap();
     Run { metrics, state, eval_loss: eval.loss, chunks }
-}
-
-fn close(what: &str, a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len(), "{what}: length");
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= 1e-4 * scale, "{what}[{i}]: split {x} vs whole {y}");
-    }
 }
 
 #[test]

@@ -75,6 +75,16 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64)
     }
 }
 
+/// `got` equals `want` within 1e-4 of the largest magnitude in `want` (at least 1e-3): two runs
+/// of the same training that add some sums in another order (a split batch, another device).
+pub fn assert_close_to_scale(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+    for (i, (x, y)) in got.iter().zip(want).enumerate() {
+        assert!((x - y).abs() <= 1e-4 * scale, "{what}[{i}]: {x} vs {y}");
+    }
+}
+
 pub fn to64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
