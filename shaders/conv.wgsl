@@ -441,6 +441,7 @@ struct Direct {
     splits: u32,  // grad_weight: depth splits (z = (g * groups + grp) * splits + s)
     rows_per_split: u32,
     total: u32,   // grad_weight: elements of dw
+    ps: u32,      // grad_weight_tile: invocations sharing a task (partial sums per split)
 }
 
 @group(0) @binding(0) var<uniform> q: Direct;
@@ -722,6 +723,247 @@ fn conv2d_pixel(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
             }
             let v = acc[j] + add;
             out4[ob + o * ohw] = select(v, max(v, 0.0), relu);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tiled kernels for GPUs (the `conv_tile` and `grad_weight_tile` tunings): the same stride-1
+// correlations as the direct kernels, but a workgroup first copies the input rows (zero
+// padding included) and the weights it needs into workgroup memory, then every invocation
+// reads its operands from there: each input value leaves device memory once per workgroup
+// instead of once per tap, loads across a warp are contiguous, and the weight reads are
+// broadcasts. A tile is a run of `q.strips` consecutive output rows of the flattened
+// (image, output row) axis; the input rows it reads are a run of the flattened (image,
+// padded input row) axis, the padded input being OH + KH - 1 rows by OW + KW - 1 columns.
+// The Rust side (`Tile` in src/ops/conv.rs) sizes tiles to fit TILE_F32 and falls back to
+// the direct kernels where even one row does not.
+
+const TILE_F32: u32 = 2560u;
+const TILE_W4: u32 = 128u;
+var<workgroup> tile_f: array<f32, TILE_F32>;
+var<workgroup> tile_w: array<vec4<f32>, TILE_W4>;
+// Output positions per invocation of conv2d_tile (1 to 4).
+override PX: u32 = 4u;
+const MAX_PX: u32 = 4u;
+
+// First padded input row (flattened over images) that output row r reads with tap 0.
+fn tile_row(r: u32) -> u32 {
+    let n = r / q.oh;
+    return n * (q.oh + q.kh - 1u) + (r - n * q.oh);
+}
+
+// Copies padded input rows [lo, lo + rows) of input channel c (absolute) of model g into
+// tile_f[at ..], row-major, rows of OW + KW - 1 values, zero outside the input.
+fn tile_load_x(g: u32, c: u32, lo: u32, rows: u32, at: u32, lane: u32) {
+    let ihp = q.oh + q.kh - 1u;
+    let iwp = q.ow + KW - 1u;
+    let len = rows * iwp;
+    let ihw = q.ih * q.iw;
+    for (var e = lane; e < len; e += WGX) {
+        let rr = e / iwp;
+        let col = e - rr * iwp;
+        let pr = lo + rr;
+        let n = pr / ihp;
+        let iy = pr - n * ihp - q.p0;
+        let ix = col - q.p1;
+        let ok = iy < q.ih && ix < q.iw && n < q.n;
+        let src = ((g * q.n + min(n, q.n - 1u)) * q.ci + c) * ihw + min(iy, q.ih - 1u) * q.iw + min(ix, q.iw - 1u);
+        tile_f[at + e] = select(0.0, a_in[src], ok);
+    }
+}
+
+// y[n, o, oy, ox] for OB output channels (wid.y) and PX output positions per invocation,
+// WGX apart along the tile's positions (consecutive invocations: consecutive columns).
+@compute @workgroup_size(WGX, 1, 1)
+fn conv2d_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let z = wid.z + q.z0;
+    let g = z / q.groups;
+    let grp = z - g * q.groups;
+    let o0 = wid.y * OB;
+    let iwp = q.ow + KW - 1u;
+    let ohw = q.oh * q.ow;
+    let r0 = (wid.x + q.x0) * q.strips;
+    let r1 = min(r0 + q.strips, q.n * q.oh);
+    let lo = tile_row(r0);
+    let rows = tile_row(r1 - 1u) + q.kh - lo;
+    let npx = (r1 - r0) * q.ow;
+    // Tile offset of tap (0, 0) and output offset of channel o0, per position.
+    var sx: array<u32, MAX_PX>;
+    var so: array<u32, MAX_PX>;
+    for (var i = 0u; i < PX; i++) {
+        let pp = min(lid.x + i * WGX, npx - 1u);
+        let rr = pp / q.ow;
+        let ox = pp - rr * q.ow;
+        let r = r0 + rr;
+        let n = r / q.oh;
+        let oy = r - n * q.oh;
+        sx[i] = (tile_row(r) - lo) * iwp + ox;
+        so[i] = ((g * q.n + n) * q.co + grp * q.cog + o0) * ohw + oy * q.ow + ox;
+    }
+    let ob4 = (OB + 3u) / 4u;
+    let taps = q.kh * KW;
+    let wz = z * q.wgrp + q.w0;
+    var acc: array<vec4<f32>, MAX_PX>;
+    var acc2: array<vec4<f32>, MAX_PX>;
+    for (var c = 0u; c < q.cig; c++) {
+        workgroupBarrier();
+        tile_load_x(g, grp * q.cig + c, lo, rows, 0u, lid.x);
+        // Weights of tap t, channels o0 + 4h .. o0 + 4h + 3, at tile_w[t * ob4 + h].
+        for (var e = lid.x; e < taps * ob4; e += WGX) {
+            let t = e / ob4;
+            let h = e - t * ob4;
+            let ky = t / KW;
+            let kx = t - ky * KW;
+            let wx = wz + c * q.w_ic + ky * q.w_ky + kx * q.w_kx;
+            var v = vec4<f32>();
+            for (var j = 0u; j < 4u; j++) {
+                let o = min(o0 + h * 4u + j, q.cog - 1u);
+                v[j] = b_in[wx + o * q.w_oc];
+            }
+            tile_w[e] = v;
+        }
+        workgroupBarrier();
+        for (var ky = 0u; ky < q.kh; ky++) {
+            for (var kx = 0u; kx < KW; kx++) {
+                let t = (ky * KW + kx) * ob4;
+                let w1 = tile_w[t];
+                let w2 = tile_w[min(t + 1u, TILE_W4 - 1u)];
+                let off = ky * iwp + kx;
+                for (var i = 0u; i < PX; i++) {
+                    let xv = tile_f[sx[i] + off];
+                    acc[i] += xv * w1;
+                    if (OB > 4u) {
+                        acc2[i] += xv * w2;
+                    }
+                }
+            }
+        }
+    }
+    let relu = (q.flags & 2u) != 0u;
+    for (var j = 0u; j < OB; j++) {
+        let o = o0 + j;
+        if (o < q.cog) {
+            var add = 0.0;
+            if ((q.flags & 1u) != 0u) {
+                add = bias[g * q.co + grp * q.cog + o];
+            }
+            for (var i = 0u; i < PX; i++) {
+                if (lid.x + i * WGX < npx) {
+                    let v = select(acc2[i][j & 3u], acc[i][j & 3u], j < 4u) + add;
+                    out4[so[i] + j * ohw] = select(v, max(v, 0.0), relu);
+                }
+            }
+        }
+    }
+}
+
+// dw(o, c, ky, kx) = sum over output positions of dy[n, o, oy, ox] * x[n, c, oy + ky - p0,
+// ox + kx - p1], over split wid.x of the output rows (q.rows_per_split of them, in tiles of
+// q.strips rows). A task is (input channel, block of OB output channels, kernel row) with
+// OB x KW accumulators; q.ps invocations share a task, each summing every q.ps-th row of a
+// tile, and each writes its own partial sum (split * q.ps + its index), which
+// conv2d_grad_weight_reduce adds in a fixed order. The tile holds the rows of x (all of the
+// group's input channels) and of dy (all of its output channels). Bindings: x at 1 (a_in),
+// dy at 2 (b_in), the partial sums or dw at 3.
+@compute @workgroup_size(WGX, 1, 1)
+fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let z = wid.z + q.z0;
+    let g = z / q.groups;
+    let grp = z - g * q.groups;
+    let s = wid.x + q.x0;
+    let per_c = q.oblocks * q.kh;
+    let tasks = q.cig * per_c;
+    let task = lid.x % tasks;
+    let part = lid.x / tasks;
+    let busy = part < q.ps;
+    let c = task / per_c;
+    let rem = task - c * per_c;
+    let ob = rem / q.kh;
+    let ky = rem - ob * q.kh;
+    let o0 = ob * OB;
+    let iwp = q.ow + KW - 1u;
+    let ohw = q.oh * q.ow;
+    let rbeg = s * q.rows_per_split;
+    let rend = min(rbeg + q.rows_per_split, q.n * q.oh);
+    // Taps kx = 0..3 in alo, 4..7 in ahi, per output channel.
+    var alo: array<vec4<f32>, MAX_OB>;
+    var ahi: array<vec4<f32>, MAX_OB>;
+    for (var t0 = rbeg; t0 < rend; t0 += q.strips) {
+        let t1 = min(t0 + q.strips, rend);
+        let lo = tile_row(t0);
+        let rows = tile_row(t1 - 1u) + q.kh - lo;
+        let xlen = rows * iwp;
+        let nrows = t1 - t0;
+        workgroupBarrier();
+        for (var cc = 0u; cc < q.cig; cc++) {
+            tile_load_x(g, grp * q.cig + cc, lo, rows, cc * xlen, lid.x);
+        }
+        // dy rows [t0, t1) of the group's output channels after x: channel o at
+        // dyat + o * nrows * OW.
+        let dyat = q.cig * xlen;
+        let dlen = q.cog * nrows * q.ow;
+        for (var e = lid.x; e < dlen; e += WGX) {
+            let o = e / (nrows * q.ow);
+            let rp = e - o * (nrows * q.ow);
+            let rr = rp / q.ow;
+            let ox = rp - rr * q.ow;
+            let r = t0 + rr;
+            let n = r / q.oh;
+            let oy = r - n * q.oh;
+            tile_f[dyat + e] = b_in[((g * q.n + n) * q.co + grp * q.cog + o) * ohw + oy * q.ow + ox];
+        }
+        workgroupBarrier();
+        if (busy) {
+            for (var rr = part; rr < nrows; rr += q.ps) {
+                let xrow = c * xlen + (tile_row(t0 + rr) - lo + ky) * iwp;
+                var dyo: array<u32, MAX_OB>;
+                for (var j = 0u; j < OB; j++) {
+                    dyo[j] = dyat + (min(o0 + j, q.cog - 1u) * nrows + rr) * q.ow;
+                }
+                // The window (lo4, hi4) holds the row's x[ox + k] at component k, filled for
+                // ox = -1 first, then slid by one per column (see conv2d_grad_weight_direct).
+                var lo4 = vec4<f32>(0.0);
+                var hi4 = vec4<f32>(0.0);
+                for (var k = 1u; k < KW; k++) {
+                    let v = tile_f[xrow + k - 1u];
+                    if (k < 4u) {
+                        lo4[k] = v;
+                    } else {
+                        hi4[k & 3u] = v;
+                    }
+                }
+                for (var ox = 0u; ox < q.ow; ox++) {
+                    let v = tile_f[xrow + ox + KW - 1u];
+                    lo4 = vec4<f32>(lo4.yzw, hi4.x);
+                    hi4 = vec4<f32>(hi4.yzw, 0.0);
+                    if (KW <= 4u) {
+                        lo4[(KW - 1u) & 3u] = v;
+                    } else {
+                        hi4[(KW - 1u) & 3u] = v;
+                    }
+                    for (var j = 0u; j < OB; j++) {
+                        let d = tile_f[dyo[j] + ox];
+                        alo[j] += d * lo4;
+                        if (KW > 4u) {
+                            ahi[j] += d * hi4;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if (!busy) {
+        return;
+    }
+    let cols = q.cig * q.kh * KW;
+    for (var j = 0u; j < OB; j++) {
+        let o = o0 + j;
+        if (o < q.cog) {
+            let base = (s * q.ps + part) * q.total + (g * q.co + grp * q.cog + o) * cols + (c * q.kh + ky) * KW;
+            for (var k = 0u; k < KW; k++) {
+                out3[base + k] = select(ahi[j][k & 3u], alo[j][k & 3u], k < 4u);
+            }
         }
     }
 }

@@ -46,6 +46,21 @@ pub struct Tuning {
     /// stores across a workgroup, as GPUs want); 0: strips of `conv_strip` columns per
     /// invocation (inputs reused in registers, as lavapipe wants).
     pub conv_pixel: u32,
+    /// Workgroup size of the tiled convolution (forward and input gradient of stride-1
+    /// layers: input rows and weights staged in workgroup memory, then read from there),
+    /// a power of two from 32 to 256, or 0 for the direct kernels (`conv_pixel`,
+    /// `conv_strip`). Layers whose rows do not fit the tile take the direct kernels anyway.
+    pub conv_tile: u32,
+    /// Output positions per invocation of the tiled convolution, 1 to 4.
+    pub tile_px: u32,
+    /// Workgroup size of the tiled weight gradient (rows of the input and of the output
+    /// gradient staged in workgroup memory; invocations share a kernel row and sum
+    /// alternate output rows), a power of two from 32 to 256, or 0 for the direct kernel.
+    pub grad_weight_tile: u32,
+    /// Sums over several axes into fewer outputs than this (and at least 4,096 elements
+    /// each) run in two passes, inner axes first (a convolution's bias gradient at small G:
+    /// a few long sums leave a GPU idle); 0: always one pass.
+    pub sum_split: u32,
     /// Invocations a weight gradient aims for when it splits its depth (split-K): about the
     /// lanes the adapter runs at once.
     pub split_threads: u32,
@@ -65,13 +80,17 @@ pub struct Tuning {
 }
 
 /// Keys of the text format, in order.
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 15] = [
     "gemm_wg",
     "conv_lanes",
     "conv_ob",
     "grad_weight_ob",
     "conv_strip",
     "conv_pixel",
+    "conv_tile",
+    "tile_px",
+    "grad_weight_tile",
+    "sum_split",
     "split_threads",
     "split_lanes",
     "min_split_depth",
@@ -89,6 +108,10 @@ impl Tuning {
         grad_weight_ob: 8,
         conv_strip: 0,
         conv_pixel: 0,
+        conv_tile: 0,
+        tile_px: 4,
+        grad_weight_tile: 0,
+        sum_split: 0,
         split_threads: 1 << 15,
         // Measured at G=64: 2-5% faster steps (LeNet's first weight gradient has 5 kernel rows).
         split_lanes: 1,
@@ -114,6 +137,10 @@ impl Tuning {
         grad_weight_ob: 4,
         conv_strip: 0,
         conv_pixel: 1,
+        conv_tile: 256,
+        tile_px: 4,
+        grad_weight_tile: 256,
+        sum_split: 4096,
         split_threads: 1 << 18,
         split_lanes: 1,
         min_split_depth: 64,
@@ -192,6 +219,10 @@ impl Tuning {
         check("grad_weight_ob", (1..=8).contains(&self.grad_weight_ob), "1 to 8")?;
         check("conv_strip", matches!(self.conv_strip, 0 | 8 | 12), "0 (per layer), 8 or 12")?;
         check("conv_pixel", self.conv_pixel <= 1, "0 (strips) or 1 (one position per invocation)")?;
+        let tile = |v: u32| v == 0 || (v.is_power_of_two() && (32..=256).contains(&v));
+        check("conv_tile", tile(self.conv_tile), "0 (direct kernels) or a power of two from 32 to 256")?;
+        check("tile_px", (1..=4).contains(&self.tile_px), "1 to 4")?;
+        check("grad_weight_tile", tile(self.grad_weight_tile), "0 (direct kernel) or a power of two from 32 to 256")?;
         check("split_threads", self.split_threads >= 1, "at least 1")?;
         check("split_lanes", self.split_lanes <= 1, "0 (a split per workgroup) or 1 (splits share workgroups)")?;
         check("min_split_depth", self.min_split_depth >= 1, "at least 1")?;
@@ -220,12 +251,17 @@ impl Tuning {
                 invocations.min(limits.max_compute_workgroup_size_x)
             )));
         }
-        if self.conv_lanes > invocations || self.conv_lanes > limits.max_compute_workgroup_size_x {
-            return Err(Error::Usage(format!(
-                "tuning conv_lanes={}: passes the device's limit of {} invocations per workgroup",
-                self.conv_lanes,
-                invocations.min(limits.max_compute_workgroup_size_x)
-            )));
+        for (key, lanes) in [
+            ("conv_lanes", self.conv_lanes),
+            ("conv_tile", self.conv_tile),
+            ("grad_weight_tile", self.grad_weight_tile),
+        ] {
+            if lanes > invocations || lanes > limits.max_compute_workgroup_size_x {
+                return Err(Error::Usage(format!(
+                    "tuning {key}={lanes}: passes the device's limit of {} invocations per workgroup",
+                    invocations.min(limits.max_compute_workgroup_size_x)
+                )));
+            }
         }
         Ok(())
     }
@@ -239,6 +275,10 @@ impl Tuning {
             "grad_weight_ob" => &[4, 8],
             "conv_strip" => &[0, 8, 12],
             "conv_pixel" => &[0, 1],
+            "conv_tile" => &[0, 64, 128, 256],
+            "tile_px" => &[1, 2, 4],
+            "grad_weight_tile" => &[0, 64, 128, 256],
+            "sum_split" => &[0, 512, 65536],
             "split_threads" => &[1 << 13, 1 << 15, 1 << 17, 1 << 19],
             "split_lanes" => &[0, 1],
             "min_split_depth" => &[64, 256, 1024],
@@ -268,6 +308,10 @@ impl Tuning {
             "grad_weight_ob" => &mut self.grad_weight_ob,
             "conv_strip" => &mut self.conv_strip,
             "conv_pixel" => &mut self.conv_pixel,
+            "conv_tile" => &mut self.conv_tile,
+            "tile_px" => &mut self.tile_px,
+            "grad_weight_tile" => &mut self.grad_weight_tile,
+            "sum_split" => &mut self.sum_split,
             "split_threads" => &mut self.split_threads,
             "split_lanes" => &mut self.split_lanes,
             "min_split_depth" => &mut self.min_split_depth,

@@ -322,9 +322,49 @@ fn every_tuning_computes_the_same_convolutions() {
     let tuned =
         gpu.with_tuning(Tuning::SOFTWARE.apply("split_threads=1048576,min_split_depth=1,reduce_lanes=64").unwrap());
     let wide = Case::new(&tuned.unwrap(), specs[0], 1).plan.signature();
-    let serial = Case::new(gpu, specs[0], 1).plan.signature();
+    let serial = Case::new(&gpu.with_tuning(Tuning::SOFTWARE).unwrap(), specs[0], 1).plan.signature();
     let reduce = |s: &[(&str, usize, [u32; 3])]| s.iter().find(|d| d.0 == "conv2d_grad_weight_reduce").map(|d| d.1);
     assert!(reduce(&wide).is_some() && reduce(&serial).is_some() && reduce(&wide) != reduce(&serial));
+}
+
+/// The tiled kernels (`conv_tile`, `grad_weight_tile`) at both ends of their workgroup sizes,
+/// positions per invocation and channel blocks compute the same convolutions as the
+/// reference: LeNet's layers, padding (the tile's zero rows and columns), channel groups, tiles
+/// whose rows cross many images (3x4 inputs), 1x1 and 7x7 kernels, a single image. Every
+/// layer that fits must change its kernels; a row too wide for the tile falls back.
+#[test]
+fn tiled_kernels_compute_the_same_convolutions() {
+    let gpu = gpu_or_skip!();
+    let specs = [
+        Spec::new(3, 5, 1, 6, [28, 28], [5, 5]),
+        Spec::new(2, 5, 6, 16, [12, 12], [5, 5]),
+        Spec::new(2, 3, 6, 4, [9, 11], [3, 3]).padding([1, 1]).groups(2),
+        Spec::new(2, 9, 2, 3, [3, 4], [3, 3]).padding([1, 1]),
+        Spec::new(2, 3, 5, 7, [6, 5], [1, 1]).no_bias(),
+        Spec::new(2, 1, 2, 9, [9, 10], [7, 7]).padding([3, 2]),
+    ];
+    let base = gpu.with_tuning(Tuning::SOFTWARE).unwrap();
+    let mut changed = [false; 6];
+    for text in [
+        "conv_tile=256,grad_weight_tile=256,tile_px=4",
+        "conv_tile=32,grad_weight_tile=32,tile_px=1,conv_ob=3,grad_weight_ob=5",
+        "conv_tile=128,grad_weight_tile=64,tile_px=3,conv_ob=8,grad_weight_ob=8,split_threads=1,min_split_depth=4096",
+        "conv_tile=64,grad_weight_tile=128,tile_px=2,conv_ob=1,grad_weight_ob=2,split_threads=1048576,min_split_depth=1",
+    ] {
+        let tuned = gpu.with_tuning(Tuning::SOFTWARE.apply(text).unwrap()).unwrap();
+        for (i, spec) in specs.into_iter().enumerate() {
+            let before = Case::new(&base, spec, 1).plan.signature();
+            let after = Case::new(&tuned, spec, 1).plan.signature();
+            changed[i] |= before != after;
+            check(&tuned, spec);
+        }
+    }
+    assert_eq!(changed, [true; 6], "some layer kept its kernels under every tiled tuning");
+    // A row of 1,300 columns passes the tile: the direct kernels run, and agree.
+    let tuned = gpu.with_tuning(Tuning::SOFTWARE.apply("conv_tile=256,grad_weight_tile=256").unwrap()).unwrap();
+    let wide = Spec::new(1, 2, 1, 2, [3, 1300], [3, 3]);
+    assert_eq!(Case::new(&base, wide, 1).plan.signature(), Case::new(&tuned, wide, 1).plan.signature());
+    check(&tuned, wide);
 }
 
 #[test]
@@ -449,10 +489,11 @@ fn x_axis_past_the_dispatch_limit() {
 
 /// The direct (stride-1) kernels: one invocation per image and strip of 8 output columns, 64
 /// per workgroup, so 65,535 workgroups hold 4,194,240 strips; 4,200,000 one-pixel images have
-/// more.
+/// more. (Not the tiled kernels, whose workgroups take up to 1,024 positions.)
 #[test]
 fn direct_x_axis_past_the_dispatch_limit() {
     let gpu = gpu_or_skip!();
+    let gpu = &gpu.with_tuning(gpu.tuning().apply("conv_tile=0,grad_weight_tile=0").unwrap()).unwrap();
     let spec = Spec::new(1, 4_200_000, 1, 1, [1, 1], [1, 1]).no_bias();
     let case = Case::new(gpu, spec, 8);
     case.check_reference();

@@ -405,6 +405,12 @@ fn sum_over_many_rows_and_unsorted_axes() {
     check_reduce(gpu, &[2, 4100, 3], &[1], false);
     check_reduce(gpu, &[2, 3, 2, 9, 10], &[1, 3, 4], false);
     check_reduce(gpu, &[2, 3, 2, 5, 6], &[1, 3, 4], true);
+    // Few long sums over several axes in two passes (the adapter's `sum_split`), and in one.
+    for split in [0, 64] {
+        let tuned = gpu.with_tuning(gpu.tuning().with("sum_split", split).unwrap()).unwrap();
+        check_reduce(&tuned, &[2, 40, 3, 120], &[1, 3], false);
+        check_reduce(&tuned, &[1, 3, 2, 40, 50], &[1, 3, 4], true);
+    }
     // Axes in any order name the same reduction.
     let mut graph = Graph::new(2);
     let x = graph.input("x", &[3, 4, 5], DType::F32).unwrap();

@@ -234,6 +234,12 @@ pub(crate) fn lower_grad_weight(
     let d = dims(LABEL, s)?;
     if let Some(c) = Corr::forward(ctx, s, &d) {
         let c = Corr { max_ob: ctx.gpu.tuning().grad_weight_ob as usize, ..c };
+        let lanes = ctx.gpu.tuning().grad_weight_tile as usize;
+        if lanes > 0 && tiles_fit(ctx) {
+            if let Some(out) = grad_weight_tile(ctx, LABEL, &c, &d, [dy, x, dw], lanes)? {
+                return Ok(out);
+            }
+        }
         if let Some(out) = grad_weight_direct(ctx, LABEL, &c, &d, [dy, x, dw])? {
             return Ok(out);
         }
@@ -417,6 +423,18 @@ impl Corr {
         iterations <= LOOP_BUDGET && self.oh * self.cog.div_ceil(ob) <= MAX_GROUPS
     }
 
+    /// Columns of the padded input rows a tile holds (`conv2d_tile`).
+    fn tile_cols(&self) -> usize {
+        self.ow + self.kernel[1] - 1
+    }
+
+    /// Most padded input rows that a run of `ru` consecutive output rows (flattened over
+    /// images) reads: `ru - 1 + kh`, plus `kh - 1` for each image boundary it crosses.
+    fn tile_rows(&self, ru: usize) -> usize {
+        let (oh, kh) = (self.oh, self.kernel[0]);
+        ru - 1 + kh + (oh + ru - 2) / oh * (kh - 1)
+    }
+
     /// Output columns per invocation.
     fn sw(&self) -> usize {
         match self.strip {
@@ -462,6 +480,7 @@ impl Corr {
             splits as u32,
             rows_per_split as u32,
             total as u32,
+            0,
         ];
         w.to_vec()
     }
@@ -485,6 +504,12 @@ fn direct(
     let ob = c.ob();
     let oblocks = c.cog.div_ceil(ob);
     let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
+    let lanes = ctx.gpu.tuning().conv_tile as usize;
+    if lanes > 0 && tiles_fit(ctx) {
+        if let Some(out) = corr_tile(ctx, label, c, d, [a, w, bias, out], flags, lanes)? {
+            return Ok(out);
+        }
+    }
     let words = c.words(d, flags, 1, 0, 0);
     if c.pixel {
         // One invocation per output position; one workgroup row per channel block.
@@ -501,6 +526,124 @@ fn direct(
     let kernel = c.kernel(ctx, "conv2d_direct", &storage, wgx);
     let grid = [threads.div_ceil(wgx), c.oh * oblocks, d.g * d.groups];
     tiled(ctx, &kernel, label, &words, &[a, w, bias, out], grid)
+}
+
+/// Workgroup memory of the tiled kernels: input (and output-gradient) rows in f32, weights in
+/// vec4 (`TILE_F32`, `TILE_W4` in the shader).
+const TILE_F32: usize = 2560;
+const TILE_W4: usize = 128;
+/// Uniform words the tiled kernels reuse: `strips` (output rows per tile), `ps`.
+const W_TILE_ROWS: usize = 13;
+const W_PS: usize = 27;
+
+/// Whether the device gives a workgroup the tiled kernels' memory (WebGPU's default is 16 KiB).
+fn tiles_fit(ctx: &Lower) -> bool {
+    ctx.gpu.limits().max_compute_workgroup_storage_size as usize >= 4 * TILE_F32 + 16 * TILE_W4
+}
+
+/// The forward pass or the input gradient through `conv2d_tile` with `lanes` invocations per
+/// workgroup, or `None` where one output row's input rows pass the tile, the weights of one
+/// input channel pass theirs, or the loops pass lavapipe's budget.
+fn corr_tile(
+    ctx: &Lower,
+    label: &'static str,
+    c: &Corr,
+    d: &Dims,
+    buffers: [&wgpu::Buffer; 4],
+    flags: u32,
+    lanes: usize,
+) -> Result<Option<Vec<Dispatch>>> {
+    let px = ctx.gpu.tuning().tile_px as usize;
+    let [kh, kw] = c.kernel;
+    let ob = c.ob();
+    let ob4 = ob.div_ceil(4);
+    let oblocks = c.cog.div_ceil(ob);
+    let out_rows = c.n * c.oh;
+    if kh * kw * ob4 > TILE_W4 || oblocks > MAX_GROUPS {
+        return Ok(None);
+    }
+    // The most output rows whose positions the workgroup's invocations cover and whose
+    // input rows fit the tile.
+    let mut ru = (lanes * px / c.ow).min(out_rows);
+    while ru > 0 && c.tile_rows(ru) * c.tile_cols() > TILE_F32 {
+        ru -= 1;
+    }
+    // Loop iterations per invocation (none counted as unrolled): setup, per input channel
+    // the two copies and the taps, the store.
+    let per_channel = TILE_F32.div_ceil(lanes) + (kh * kw * ob4).div_ceil(lanes) * 5 + 2 + kh * (1 + kw * (1 + px));
+    let iterations = 2 * px + c.cig * per_channel + ob * (1 + px);
+    if ru == 0 || iterations > LOOP_BUDGET {
+        return Ok(None);
+    }
+    let mut words = c.words(d, flags, 1, 0, 0);
+    words[W_TILE_ROWS] = ru as u32;
+    let consts = [("WGX", lanes as f64), ("KW", kw as f64), ("OB", ob as f64), ("PX", px as f64)];
+    let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
+    let kernel = ctx.kernel(&CONV, "conv2d_tile", &storage, &consts);
+    let grid = [out_rows.div_ceil(ru), oblocks, d.g * d.groups];
+    tiled(ctx, &kernel, label, &words, &buffers, grid).map(Some)
+}
+
+/// The weight gradient through `conv2d_grad_weight_tile` with `lanes` invocations per
+/// workgroup, or `None` where its tasks (input channel, output-channel block, kernel row)
+/// outnumber the lanes, one output row of every channel passes the tile, or the loops pass
+/// lavapipe's budget.
+fn grad_weight_tile(
+    ctx: &Lower,
+    label: &'static str,
+    c: &Corr,
+    d: &Dims,
+    [dy, x, dw]: [&wgpu::Buffer; 3],
+    lanes: usize,
+) -> Result<Option<Vec<Dispatch>>> {
+    let [kh, kw] = c.kernel;
+    let ob = c.ob();
+    let tasks = c.cig * c.cog.div_ceil(ob) * kh;
+    if tasks > lanes {
+        return Ok(None);
+    }
+    let ps = lanes / tasks;
+    let out_rows = c.n * c.oh;
+    let fits = |ru: usize| c.cig * c.tile_rows(ru) * c.tile_cols() + c.cog * ru * c.ow <= TILE_F32;
+    let mut ru = (TILE_F32 / (c.cog * c.ow).max(1)).min(out_rows);
+    while ru > 0 && !fits(ru) {
+        ru -= 1;
+    }
+    if ru == 0 {
+        return Ok(None);
+    }
+    // Loop iterations per invocation (none counted as unrolled): per tile the copies, per
+    // own output row the window fill and per column the slide, OB loads and multiply-adds.
+    let fixed = ob * (kw + 1) + 8;
+    let per_row = 2 + kw + ob + c.ow * (kw + 2 + ob * (kw + 1));
+    let per_tile = (c.cig + 1) * (TILE_F32.div_ceil(lanes) + 1) + 2 + ru.div_ceil(ps) * per_row;
+    if fixed + per_tile > LOOP_BUDGET {
+        return Ok(None);
+    }
+    let max_rows = (LOOP_BUDGET - fixed) / per_tile * ru;
+    let total = d.g * c.co * c.cig * d.kk;
+    let threads = d.g * d.groups * lanes;
+    let Ok((splits, rows_per_split)) = split_depth(ctx, out_rows, c.ow, total * ps, threads, max_rows) else {
+        return Ok(None);
+    };
+    let parts = splits * ps;
+    if parts > LOOP_BUDGET {
+        return Ok(None);
+    }
+    let mut words = c.words(d, 0, splits, rows_per_split, total);
+    words[W_TILE_ROWS] = ru as u32;
+    words[W_PS] = ps as u32;
+    let consts = [("WGX", lanes as f64), ("KW", kw as f64), ("OB", ob as f64)];
+    let kernel =
+        ctx.kernel(&CONV, "conv2d_grad_weight_tile", &[Binding::Read, Binding::Read, Binding::ReadWrite], &consts);
+    let grid = [splits, 1, d.g * d.groups];
+    if parts == 1 {
+        return tiled(ctx, &kernel, label, &words, &[x, dy, dw], grid).map(Some);
+    }
+    let partial = ctx.scratch((4 * parts * total) as u64);
+    let mut out = tiled(ctx, &kernel, label, &words, &[x, dy, &partial], grid)?;
+    out.push(reduce_partials(ctx, parts, total, &partial, dw));
+    Ok(Some(out))
 }
 
 /// The weight gradient through `conv2d_grad_weight_direct`, or `None` where its loop budget

@@ -65,8 +65,45 @@ fn words(n_out: usize, n_red: usize, scale: f32, dims: &Dims) -> Result<Vec<u32>
     Ok(w)
 }
 
-/// `out = scale * sum of x [shape] over axes`.
+/// Fewest reduced elements per output for which a sum into few outputs runs in two passes
+/// (the adapter's `sum_split`).
+const SPLIT_MIN_REDUCED: usize = 4096;
+
+/// `out = scale * sum of x [shape] over axes`. A long sum over several axes into fewer
+/// outputs than the adapter's `sum_split` (a convolution's bias gradient at small G: 6 outputs
+/// of 128 x 576 elements, six workgroups on a GPU of thousands of lanes) runs in two passes:
+/// the inner reduced axes into a scratch buffer (many outputs, short sums), then the
+/// outermost one.
 pub(crate) fn lower_sum(
+    ctx: &Lower,
+    shape: &[usize],
+    axes: &[usize],
+    scale: f32,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<Vec<Dispatch>> {
+    let kept: Vec<usize> = axes.iter().copied().filter(|&a| shape[a] > 1).collect();
+    let n_red: usize = kept.iter().map(|&a| shape[a]).product();
+    let n_out = shape.iter().product::<usize>() / n_red.max(1);
+    let outer = kept.iter().copied().min();
+    let split = ctx.gpu.tuning().sum_split as usize;
+    if let (true, Some(outer)) = (kept.len() >= 2 && n_out < split && n_red >= SPLIT_MIN_REDUCED, outer) {
+        let inner: Vec<usize> = kept.iter().copied().filter(|&a| a != outer).collect();
+        let mut mid = shape.to_vec();
+        for &a in &inner {
+            mid[a] = 1;
+        }
+        let scratch = ctx.scratch(4 * mid.iter().product::<usize>() as u64);
+        return Ok(vec![
+            sum_pass(ctx, shape, &inner, 1.0, x, &scratch)?,
+            sum_pass(ctx, &mid, &[outer], scale, &scratch, out)?,
+        ]);
+    }
+    Ok(vec![sum_pass(ctx, shape, axes, scale, x, out)?])
+}
+
+/// One dispatch of `out = scale * sum of x [shape] over axes`.
+fn sum_pass(
     ctx: &Lower,
     shape: &[usize],
     axes: &[usize],

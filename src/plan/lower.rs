@@ -180,7 +180,7 @@ pub(super) fn lower_node<'b>(
             ops::activation::lower_dropout(ctx, label, g, node.numel() / g, *p, buf(x[0]), buf(x[1]), buf(out))
         }
         Op::Add => one(ops::elementwise::lower(ctx, "add", node.numel(), buf(x[0]), Some(buf(x[1])), buf(out))),
-        Op::Sum { axes, scale } => one(ops::reduce::lower_sum(ctx, shape(x[0]), axes, *scale, buf(x[0]), buf(out))?),
+        Op::Sum { axes, scale } => ops::reduce::lower_sum(ctx, shape(x[0]), axes, *scale, buf(x[0]), buf(out)),
         Op::Broadcast { axes, scale } => {
             one(ops::reduce::lower_broadcast(ctx, &node.shape, axes, *scale, buf(x[0]), buf(out))?)
         }
