@@ -736,8 +736,12 @@ fn conv2d_pixel(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
 // broadcasts. A tile is a run of `q.strips` consecutive output rows of the flattened
 // (image, output row) axis; the input rows it reads are a run of the flattened (image,
 // padded input row) axis, the padded input being OH + KH - 1 rows by OW + KW - 1 columns.
-// The Rust side (`Tile` in src/ops/conv.rs) sizes tiles to fit TILE_F32 and falls back to
-// the direct kernels where even one row does not.
+// The Rust side (`corr_tile`, `grad_weight_tile` in src/ops/conv.rs) sizes tiles to fit
+// TILE_F32 and falls back to the direct kernels where even one row does not.
+//
+// Accumulators are named variables, never private arrays: a private array indexed in a loop
+// may live in (slow) local memory unless the driver unrolls the loop; the branches on
+// override constants (PX, OB, KW) are resolved when the pipeline is created.
 
 const TILE_F32: u32 = 2560u;
 const TILE_W4: u32 = 128u;
@@ -745,7 +749,6 @@ var<workgroup> tile_f: array<f32, TILE_F32>;
 var<workgroup> tile_w: array<vec4<f32>, TILE_W4>;
 // Output positions per invocation of conv2d_tile (1 to 4).
 override PX: u32 = 4u;
-const MAX_PX: u32 = 4u;
 
 // First padded input row (flattened over images) that output row r reads with tap 0.
 fn tile_row(r: u32) -> u32 {
@@ -773,6 +776,54 @@ fn tile_load_x(g: u32, c: u32, lo: u32, rows: u32, at: u32, lane: u32) {
     }
 }
 
+// Output position pp (clamped to the tile's npx) of the tile starting at output row r0 whose
+// input rows start at padded row lo: (tile offset of tap (0, 0), output offset of channel o0).
+fn tile_pos(pp: u32, npx: u32, r0: u32, lo: u32, g: u32, grp: u32, o0: u32) -> vec2<u32> {
+    let p = min(pp, npx - 1u);
+    let rr = p / q.ow;
+    let ox = p - rr * q.ow;
+    let r = r0 + rr;
+    let n = r / q.oh;
+    let oy = r - n * q.oh;
+    let iwp = q.ow + KW - 1u;
+    return vec2<u32>((tile_row(r) - lo) * iwp + ox, ((g * q.n + n) * q.co + grp * q.cog + o0) * q.oh * q.ow + oy * q.ow + ox);
+}
+
+// Channels o0 .. o0 + 3 of one output position in a, o0 + 4 .. o0 + 7 in b.
+struct Acc8 {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+fn tile_fma(acc: Acc8, xv: f32, w1: vec4<f32>, w2: vec4<f32>) -> Acc8 {
+    var r = acc;
+    r.a += xv * w1;
+    if (OB > 4u) {
+        r.b += xv * w2;
+    }
+    return r;
+}
+
+// Stores one position's OB channels (bias, relu) where `ok`.
+fn tile_store(acc: Acc8, ok: bool, at: u32, g: u32, grp: u32, o0: u32) {
+    if (!ok) {
+        return;
+    }
+    let ohw = q.oh * q.ow;
+    let relu = (q.flags & 2u) != 0u;
+    for (var j = 0u; j < OB; j++) {
+        let o = o0 + j;
+        if (o < q.cog) {
+            var add = 0.0;
+            if ((q.flags & 1u) != 0u) {
+                add = bias[g * q.co + grp * q.cog + o];
+            }
+            let v = select(acc.b[j & 3u], acc.a[j & 3u], j < 4u) + add;
+            out4[at + j * ohw] = select(v, max(v, 0.0), relu);
+        }
+    }
+}
+
 // y[n, o, oy, ox] for OB output channels (wid.y) and PX output positions per invocation,
 // WGX apart along the tile's positions (consecutive invocations: consecutive columns).
 @compute @workgroup_size(WGX, 1, 1)
@@ -782,30 +833,22 @@ fn conv2d_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     let grp = z - g * q.groups;
     let o0 = wid.y * OB;
     let iwp = q.ow + KW - 1u;
-    let ohw = q.oh * q.ow;
     let r0 = (wid.x + q.x0) * q.strips;
     let r1 = min(r0 + q.strips, q.n * q.oh);
     let lo = tile_row(r0);
     let rows = tile_row(r1 - 1u) + q.kh - lo;
     let npx = (r1 - r0) * q.ow;
-    // Tile offset of tap (0, 0) and output offset of channel o0, per position.
-    var sx: array<u32, MAX_PX>;
-    var so: array<u32, MAX_PX>;
-    for (var i = 0u; i < PX; i++) {
-        let pp = min(lid.x + i * WGX, npx - 1u);
-        let rr = pp / q.ow;
-        let ox = pp - rr * q.ow;
-        let r = r0 + rr;
-        let n = r / q.oh;
-        let oy = r - n * q.oh;
-        sx[i] = (tile_row(r) - lo) * iwp + ox;
-        so[i] = ((g * q.n + n) * q.co + grp * q.cog + o0) * ohw + oy * q.ow + ox;
-    }
+    let p0 = tile_pos(lid.x, npx, r0, lo, g, grp, o0);
+    let p1 = tile_pos(lid.x + WGX, npx, r0, lo, g, grp, o0);
+    let p2 = tile_pos(lid.x + 2u * WGX, npx, r0, lo, g, grp, o0);
+    let p3 = tile_pos(lid.x + 3u * WGX, npx, r0, lo, g, grp, o0);
     let ob4 = (OB + 3u) / 4u;
     let taps = q.kh * KW;
     let wz = z * q.wgrp + q.w0;
-    var acc: array<vec4<f32>, MAX_PX>;
-    var acc2: array<vec4<f32>, MAX_PX>;
+    var a0 = Acc8();
+    var a1 = Acc8();
+    var a2 = Acc8();
+    var a3 = Acc8();
     for (var c = 0u; c < q.cig; c++) {
         workgroupBarrier();
         tile_load_x(g, grp * q.cig + c, lo, rows, 0u, lid.x);
@@ -816,12 +859,10 @@ fn conv2d_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
             let ky = t / KW;
             let kx = t - ky * KW;
             let wx = wz + c * q.w_ic + ky * q.w_ky + kx * q.w_kx;
-            var v = vec4<f32>();
-            for (var j = 0u; j < 4u; j++) {
-                let o = min(o0 + h * 4u + j, q.cog - 1u);
-                v[j] = b_in[wx + o * q.w_oc];
-            }
-            tile_w[e] = v;
+            let oc = o0 + h * 4u;
+            let last = q.cog - 1u;
+            tile_w[e] = vec4<f32>(b_in[wx + min(oc, last) * q.w_oc], b_in[wx + min(oc + 1u, last) * q.w_oc],
+                                  b_in[wx + min(oc + 2u, last) * q.w_oc], b_in[wx + min(oc + 3u, last) * q.w_oc]);
         }
         workgroupBarrier();
         for (var ky = 0u; ky < q.kh; ky++) {
@@ -830,31 +871,32 @@ fn conv2d_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
                 let w1 = tile_w[t];
                 let w2 = tile_w[min(t + 1u, TILE_W4 - 1u)];
                 let off = ky * iwp + kx;
-                for (var i = 0u; i < PX; i++) {
-                    let xv = tile_f[sx[i] + off];
-                    acc[i] += xv * w1;
-                    if (OB > 4u) {
-                        acc2[i] += xv * w2;
-                    }
+                a0 = tile_fma(a0, tile_f[p0.x + off], w1, w2);
+                if (PX > 1u) {
+                    a1 = tile_fma(a1, tile_f[p1.x + off], w1, w2);
+                }
+                if (PX > 2u) {
+                    a2 = tile_fma(a2, tile_f[p2.x + off], w1, w2);
+                }
+                if (PX > 3u) {
+                    a3 = tile_fma(a3, tile_f[p3.x + off], w1, w2);
                 }
             }
         }
     }
-    let relu = (q.flags & 2u) != 0u;
-    for (var j = 0u; j < OB; j++) {
-        let o = o0 + j;
-        if (o < q.cog) {
-            var add = 0.0;
-            if ((q.flags & 1u) != 0u) {
-                add = bias[g * q.co + grp * q.cog + o];
-            }
-            for (var i = 0u; i < PX; i++) {
-                if (lid.x + i * WGX < npx) {
-                    let v = select(acc2[i][j & 3u], acc[i][j & 3u], j < 4u) + add;
-                    out4[so[i] + j * ohw] = select(v, max(v, 0.0), relu);
-                }
-            }
-        }
+    tile_store(a0, lid.x < npx, p0.y, g, grp, o0);
+    tile_store(a1, PX > 1u && lid.x + WGX < npx, p1.y, g, grp, o0);
+    tile_store(a2, PX > 2u && lid.x + 2u * WGX < npx, p2.y, g, grp, o0);
+    tile_store(a3, PX > 3u && lid.x + 3u * WGX < npx, p3.y, g, grp, o0);
+}
+
+// Writes output channel o0 + j's KW taps (kx 0-3 in lo, 4-7 in hi) at out3[base + j * cols ..].
+fn gw_store(lo: vec4<f32>, hi: vec4<f32>, j: u32, base: u32, o0: u32, cols: u32) {
+    if (j >= OB || o0 + j >= q.cog) {
+        return;
+    }
+    for (var k = 0u; k < KW; k++) {
+        out3[base + j * cols + k] = select(hi[k & 3u], lo[k & 3u], k < 4u);
     }
 }
 
@@ -886,9 +928,23 @@ fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builti
     let ohw = q.oh * q.ow;
     let rbeg = s * q.rows_per_split;
     let rend = min(rbeg + q.rows_per_split, q.n * q.oh);
-    // Taps kx = 0..3 in alo, 4..7 in ahi, per output channel.
-    var alo: array<vec4<f32>, MAX_OB>;
-    var ahi: array<vec4<f32>, MAX_OB>;
+    // Output channel o0 + j's taps kx = 0..3 in lj, 4..7 in hj.
+    var l0 = vec4<f32>();
+    var l1 = vec4<f32>();
+    var l2 = vec4<f32>();
+    var l3 = vec4<f32>();
+    var l4 = vec4<f32>();
+    var l5 = vec4<f32>();
+    var l6 = vec4<f32>();
+    var l7 = vec4<f32>();
+    var h0 = vec4<f32>();
+    var h1 = vec4<f32>();
+    var h2 = vec4<f32>();
+    var h3 = vec4<f32>();
+    var h4 = vec4<f32>();
+    var h5 = vec4<f32>();
+    var h6 = vec4<f32>();
+    var h7 = vec4<f32>();
     for (var t0 = rbeg; t0 < rend; t0 += q.strips) {
         let t1 = min(t0 + q.strips, rend);
         let lo = tile_row(t0);
@@ -902,10 +958,10 @@ fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builti
         // dy rows [t0, t1) of the group's output channels after x: channel o at
         // dyat + o * nrows * OW.
         let dyat = q.cig * xlen;
-        let dlen = q.cog * nrows * q.ow;
-        for (var e = lid.x; e < dlen; e += WGX) {
-            let o = e / (nrows * q.ow);
-            let rp = e - o * (nrows * q.ow);
+        let ds = nrows * q.ow;
+        for (var e = lid.x; e < q.cog * ds; e += WGX) {
+            let o = e / ds;
+            let rp = e - o * ds;
             let rr = rp / q.ow;
             let ox = rp - rr * q.ow;
             let r = t0 + rr;
@@ -917,36 +973,79 @@ fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builti
         if (busy) {
             for (var rr = part; rr < nrows; rr += q.ps) {
                 let xrow = c * xlen + (tile_row(t0 + rr) - lo + ky) * iwp;
-                var dyo: array<u32, MAX_OB>;
-                for (var j = 0u; j < OB; j++) {
-                    dyo[j] = dyat + (min(o0 + j, q.cog - 1u) * nrows + rr) * q.ow;
-                }
-                // The window (lo4, hi4) holds the row's x[ox + k] at component k, filled for
-                // ox = -1 first, then slid by one per column (see conv2d_grad_weight_direct).
-                var lo4 = vec4<f32>(0.0);
-                var hi4 = vec4<f32>(0.0);
-                for (var k = 1u; k < KW; k++) {
-                    let v = tile_f[xrow + k - 1u];
-                    if (k < 4u) {
-                        lo4[k] = v;
-                    } else {
-                        hi4[k & 3u] = v;
-                    }
-                }
-                for (var ox = 0u; ox < q.ow; ox++) {
-                    let v = tile_f[xrow + ox + KW - 1u];
-                    lo4 = vec4<f32>(lo4.yzw, hi4.x);
-                    hi4 = vec4<f32>(hi4.yzw, 0.0);
+                let dyrow = dyat + min(o0, q.cog - 1u) * ds + rr * q.ow;
+                // The window (wlo, whi) holds x[col - KW + 1 + k] at component k after column
+                // col of the padded row enters at k = KW - 1; from col = KW - 1 on it is the
+                // window of output column ox = col - KW + 1.
+                var wlo = vec4<f32>(0.0);
+                var whi = vec4<f32>(0.0);
+                for (var col = 0u; col < iwp; col++) {
+                    let v = tile_f[xrow + col];
+                    wlo = vec4<f32>(wlo.yzw, whi.x);
+                    whi = vec4<f32>(whi.yzw, 0.0);
                     if (KW <= 4u) {
-                        lo4[(KW - 1u) & 3u] = v;
+                        wlo[(KW - 1u) & 3u] = v;
                     } else {
-                        hi4[(KW - 1u) & 3u] = v;
+                        whi[(KW - 1u) & 3u] = v;
                     }
-                    for (var j = 0u; j < OB; j++) {
-                        let d = tile_f[dyo[j] + ox];
-                        alo[j] += d * lo4;
-                        if (KW > 4u) {
-                            ahi[j] += d * hi4;
+                    if (col + 1u >= KW) {
+                        // Channels past the group read channel cog - 1's row (never stored).
+                        let db = dyrow + col + 1u - KW;
+                        if (OB > 0u) {
+                            let d = tile_f[db];
+                            l0 += d * wlo;
+                            if (KW > 4u) {
+                                h0 += d * whi;
+                            }
+                        }
+                        if (OB > 1u) {
+                            let d = tile_f[min(db + 1u * ds, dyat + q.cog * ds - 1u)];
+                            l1 += d * wlo;
+                            if (KW > 4u) {
+                                h1 += d * whi;
+                            }
+                        }
+                        if (OB > 2u) {
+                            let d = tile_f[min(db + 2u * ds, dyat + q.cog * ds - 1u)];
+                            l2 += d * wlo;
+                            if (KW > 4u) {
+                                h2 += d * whi;
+                            }
+                        }
+                        if (OB > 3u) {
+                            let d = tile_f[min(db + 3u * ds, dyat + q.cog * ds - 1u)];
+                            l3 += d * wlo;
+                            if (KW > 4u) {
+                                h3 += d * whi;
+                            }
+                        }
+                        if (OB > 4u) {
+                            let d = tile_f[min(db + 4u * ds, dyat + q.cog * ds - 1u)];
+                            l4 += d * wlo;
+                            if (KW > 4u) {
+                                h4 += d * whi;
+                            }
+                        }
+                        if (OB > 5u) {
+                            let d = tile_f[min(db + 5u * ds, dyat + q.cog * ds - 1u)];
+                            l5 += d * wlo;
+                            if (KW > 4u) {
+                                h5 += d * whi;
+                            }
+                        }
+                        if (OB > 6u) {
+                            let d = tile_f[min(db + 6u * ds, dyat + q.cog * ds - 1u)];
+                            l6 += d * wlo;
+                            if (KW > 4u) {
+                                h6 += d * whi;
+                            }
+                        }
+                        if (OB > 7u) {
+                            let d = tile_f[min(db + 7u * ds, dyat + q.cog * ds - 1u)];
+                            l7 += d * wlo;
+                            if (KW > 4u) {
+                                h7 += d * whi;
+                            }
                         }
                     }
                 }
@@ -957,13 +1056,13 @@ fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builti
         return;
     }
     let cols = q.cig * q.kh * KW;
-    for (var j = 0u; j < OB; j++) {
-        let o = o0 + j;
-        if (o < q.cog) {
-            let base = (s * q.ps + part) * q.total + (g * q.co + grp * q.cog + o) * cols + (c * q.kh + ky) * KW;
-            for (var k = 0u; k < KW; k++) {
-                out3[base + k] = select(ahi[j][k & 3u], alo[j][k & 3u], k < 4u);
-            }
-        }
-    }
+    let base = (s * q.ps + part) * q.total + (g * q.co + grp * q.cog + o0) * cols + (c * q.kh + ky) * KW;
+    gw_store(l0, h0, 0u, base, o0, cols);
+    gw_store(l1, h1, 1u, base, o0, cols);
+    gw_store(l2, h2, 2u, base, o0, cols);
+    gw_store(l3, h3, 3u, base, o0, cols);
+    gw_store(l4, h4, 4u, base, o0, cols);
+    gw_store(l5, h5, 5u, base, o0, cols);
+    gw_store(l6, h6, 6u, base, o0, cols);
+    gw_store(l7, h7, 7u, base, o0, cols);
 }

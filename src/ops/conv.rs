@@ -570,8 +570,8 @@ fn corr_tile(
     }
     // Loop iterations per invocation (none counted as unrolled): setup, per input channel
     // the two copies and the taps, the store.
-    let per_channel = TILE_F32.div_ceil(lanes) + (kh * kw * ob4).div_ceil(lanes) * 5 + 2 + kh * (1 + kw * (1 + px));
-    let iterations = 2 * px + c.cig * per_channel + ob * (1 + px);
+    let per_channel = TILE_F32.div_ceil(lanes) + (kh * kw * ob4).div_ceil(lanes) + 2 + kh * (1 + kw);
+    let iterations = c.cig * per_channel + px * (ob + 1);
     if ru == 0 || iterations > LOOP_BUDGET {
         return Ok(None);
     }
@@ -602,7 +602,6 @@ fn grad_weight_tile(
     if tasks > lanes {
         return Ok(None);
     }
-    let ps = lanes / tasks;
     let out_rows = c.n * c.oh;
     let fits = |ru: usize| c.cig * c.tile_rows(ru) * c.tile_cols() + c.cog * ru * c.ow <= TILE_F32;
     let mut ru = (TILE_F32 / (c.cog * c.ow).max(1)).min(out_rows);
@@ -612,10 +611,14 @@ fn grad_weight_tile(
     if ru == 0 {
         return Ok(None);
     }
+    // Invocations per task: as many as the lanes allow, at most one per row of a tile; the
+    // workgroup shrinks to whole warps of 32 around them.
+    let ps = (lanes / tasks).min(ru);
+    let lanes = (tasks * ps).next_multiple_of(32).min(lanes);
     // Loop iterations per invocation (none counted as unrolled): per tile the copies, per
-    // own output row the window fill and per column the slide, OB loads and multiply-adds.
+    // own output row one per padded column; the store.
     let fixed = ob * (kw + 1) + 8;
-    let per_row = 2 + kw + ob + c.ow * (kw + 2 + ob * (kw + 1));
+    let per_row = 2 + c.tile_cols();
     let per_tile = (c.cig + 1) * (TILE_F32.div_ceil(lanes) + 1) + 2 + ru.div_ceil(ps) * per_row;
     if fixed + per_tile > LOOP_BUDGET {
         return Ok(None);
