@@ -80,22 +80,30 @@ fn gemm_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let k4 = p.k / 4u;
     // Rows and columns past the edge are clamped for loading and dropped at the store.
-    var arow: array<u32, 4>;
-    var brow: array<u32, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        arow[i] = (g * p.m + min(r0 + i, p.m - 1u)) * k4;
-        brow[i] = (g * p.n + min(c0 + i, p.n - 1u)) * k4;
-    }
+    // (Constant indices only: a private array indexed in a loop may live in local memory
+    // unless the driver unrolls the loop.)
+    let a0 = (g * p.m + min(r0, p.m - 1u)) * k4;
+    let a1 = (g * p.m + min(r0 + 1u, p.m - 1u)) * k4;
+    let a2 = (g * p.m + min(r0 + 2u, p.m - 1u)) * k4;
+    let a3 = (g * p.m + min(r0 + 3u, p.m - 1u)) * k4;
+    let bb0 = (g * p.n + min(c0, p.n - 1u)) * k4;
+    let bb1 = (g * p.n + min(c0 + 1u, p.n - 1u)) * k4;
+    let bb2 = (g * p.n + min(c0 + 2u, p.n - 1u)) * k4;
+    let bb3 = (g * p.n + min(c0 + 3u, p.n - 1u)) * k4;
     var acc: array<vec4<f32>, 4>;
     for (var kk = 0u; kk < k4; kk++) {
-        let b0 = b4[brow[0] + kk];
-        let b1 = b4[brow[1] + kk];
-        let b2 = b4[brow[2] + kk];
-        let b3 = b4[brow[3] + kk];
-        for (var i = 0u; i < 4u; i++) {
-            let av = a4[arow[i] + kk];
-            acc[i] += vec4<f32>(dot(av, b0), dot(av, b1), dot(av, b2), dot(av, b3));
-        }
+        let b0 = b4[bb0 + kk];
+        let b1 = b4[bb1 + kk];
+        let b2 = b4[bb2 + kk];
+        let b3 = b4[bb3 + kk];
+        let v0 = a4[a0 + kk];
+        let v1 = a4[a1 + kk];
+        let v2 = a4[a2 + kk];
+        let v3 = a4[a3 + kk];
+        acc[0] += vec4<f32>(dot(v0, b0), dot(v0, b1), dot(v0, b2), dot(v0, b3));
+        acc[1] += vec4<f32>(dot(v1, b0), dot(v1, b1), dot(v1, b2), dot(v1, b3));
+        acc[2] += vec4<f32>(dot(v2, b0), dot(v2, b1), dot(v2, b2), dot(v2, b3));
+        acc[3] += vec4<f32>(dot(v3, b0), dot(v3, b1), dot(v3, b2), dot(v3, b3));
     }
     store_block(g, r0, c0, acc);
 }

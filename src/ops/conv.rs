@@ -626,9 +626,13 @@ fn grad_weight_tile(
     let max_rows = (LOOP_BUDGET - fixed) / per_tile * ru;
     let total = d.g * c.co * c.cig * d.kk;
     let threads = d.g * d.groups * lanes;
-    let Ok((splits, rows_per_split)) = split_depth(ctx, out_rows, c.ow, total * ps, threads, max_rows) else {
+    let Ok((_, rows_per_split)) = split_depth(ctx, out_rows, c.ow, total * ps, threads, max_rows) else {
         return Ok(None);
     };
+    // At least a full tile per split (a shorter one copies a tile's rows for fewer uses):
+    // fewer, longer splits where a small batch would otherwise cut the depth finer.
+    let rows_per_split = rows_per_split.max(ru.min(max_rows));
+    let splits = out_rows.div_ceil(rows_per_split);
     let parts = splits * ps;
     if parts > LOOP_BUDGET {
         return Ok(None);
