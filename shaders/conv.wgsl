@@ -757,13 +757,41 @@ fn tile_row(r: u32) -> u32 {
 }
 
 // Copies padded input rows [lo, lo + rows) of input channel c (absolute) of model g into
-// tile_f[at ..], row-major, rows of OW + KW - 1 values, zero outside the input.
+// tile_f[at ..], row-major, rows of OW + KW - 1 values, zero outside the input. Where a row
+// fits the workgroup, each lane keeps one column and walks rows WGX / (OW + KW - 1) apart
+// (no division per value).
 fn tile_load_x(g: u32, c: u32, lo: u32, rows: u32, at: u32, lane: u32) {
     let ihp = q.oh + q.kh - 1u;
     let iwp = q.ow + KW - 1u;
-    let len = rows * iwp;
     let ihw = q.ih * q.iw;
-    for (var e = lane; e < len; e += WGX) {
+    let plane = (g * q.n * q.ci + c) * ihw;
+    let image = q.ci * ihw;
+    if (iwp <= WGX) {
+        let step = WGX / iwp;
+        let r0 = lane / iwp;
+        let col = lane - r0 * iwp;
+        if (r0 >= step) {
+            return;
+        }
+        let ix = col - q.p1;
+        let xok = ix < q.iw;
+        let xcol = min(ix, q.iw - 1u);
+        var n = (lo + r0) / ihp;
+        var iyp = lo + r0 - n * ihp;
+        for (var rr = r0; rr < rows; rr += step) {
+            let iy = iyp - q.p0;
+            let ok = xok && iy < q.ih && n < q.n;
+            let src = plane + min(n, q.n - 1u) * image + min(iy, q.ih - 1u) * q.iw + xcol;
+            tile_f[at + rr * iwp + col] = select(0.0, a_in[src], ok);
+            iyp += step;
+            while (iyp >= ihp) {
+                iyp -= ihp;
+                n += 1u;
+            }
+        }
+        return;
+    }
+    for (var e = lane; e < rows * iwp; e += WGX) {
         let rr = e / iwp;
         let col = e - rr * iwp;
         let pr = lo + rr;
@@ -771,7 +799,7 @@ fn tile_load_x(g: u32, c: u32, lo: u32, rows: u32, at: u32, lane: u32) {
         let iy = pr - n * ihp - q.p0;
         let ix = col - q.p1;
         let ok = iy < q.ih && ix < q.iw && n < q.n;
-        let src = ((g * q.n + min(n, q.n - 1u)) * q.ci + c) * ihw + min(iy, q.ih - 1u) * q.iw + min(ix, q.iw - 1u);
+        let src = plane + min(n, q.n - 1u) * image + min(iy, q.ih - 1u) * q.iw + min(ix, q.iw - 1u);
         tile_f[at + e] = select(0.0, a_in[src], ok);
     }
 }
@@ -959,15 +987,37 @@ fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builti
         // dyat + o * nrows * OW.
         let dyat = q.cig * xlen;
         let ds = nrows * q.ow;
-        for (var e = lid.x; e < q.cog * ds; e += WGX) {
-            let o = e / ds;
-            let rp = e - o * ds;
-            let rr = rp / q.ow;
-            let ox = rp - rr * q.ow;
-            let r = t0 + rr;
-            let n = r / q.oh;
-            let oy = r - n * q.oh;
-            tile_f[dyat + e] = b_in[((g * q.n + n) * q.co + grp * q.cog + o) * ohw + oy * q.ow + ox];
+        let chan = (grp * q.cog) * ohw;
+        if (q.ow <= WGX) {
+            // One column per lane, (channel, row) pairs WGX / OW apart, as tile_load_x.
+            let step = WGX / q.ow;
+            let j0 = lid.x / q.ow;
+            let ox = lid.x - j0 * q.ow;
+            if (j0 < step) {
+                var o = j0 / nrows;
+                var rr = j0 - o * nrows;
+                for (var jj = j0; jj < q.cog * nrows; jj += step) {
+                    let r = t0 + rr;
+                    let n = r / q.oh;
+                    let src = (g * q.n + n) * q.co * ohw + chan + o * ohw + (r - n * q.oh) * q.ow + ox;
+                    tile_f[dyat + jj * q.ow + ox] = b_in[src];
+                    rr += step;
+                    while (rr >= nrows) {
+                        rr -= nrows;
+                        o += 1u;
+                    }
+                }
+            }
+        } else {
+            for (var e = lid.x; e < q.cog * ds; e += WGX) {
+                let o = e / ds;
+                let rp = e - o * ds;
+                let rr = rp / q.ow;
+                let ox = rp - rr * q.ow;
+                let r = t0 + rr;
+                let n = r / q.oh;
+                tile_f[dyat + e] = b_in[(g * q.n + n) * q.co * ohw + chan + o * ohw + (r - n * q.oh) * q.ow + ox];
+            }
         }
         workgroupBarrier();
         if (busy) {

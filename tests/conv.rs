@@ -330,7 +330,8 @@ fn every_tuning_computes_the_same_convolutions() {
 /// The tiled kernels (`conv_tile`, `grad_weight_tile`) at both ends of their workgroup sizes,
 /// positions per invocation and channel blocks compute the same convolutions as the
 /// reference: LeNet's layers, padding (the tile's zero rows and columns), channel groups, tiles
-/// whose rows cross many images (3x4 inputs), 1x1 and 7x7 kernels, a single image. Every
+/// whose rows cross many images (3x4 inputs), 1x1 and 7x7 kernels, a single image, rows wider
+/// than a workgroup. Every
 /// layer that fits must change its kernels; a row too wide for the tile falls back.
 #[test]
 fn tiled_kernels_compute_the_same_convolutions() {
@@ -342,9 +343,11 @@ fn tiled_kernels_compute_the_same_convolutions() {
         Spec::new(2, 9, 2, 3, [3, 4], [3, 3]).padding([1, 1]),
         Spec::new(2, 3, 5, 7, [6, 5], [1, 1]).no_bias(),
         Spec::new(2, 1, 2, 9, [9, 10], [7, 7]).padding([3, 2]),
+        // Rows wider than a 32-lane workgroup: the copies' other path.
+        Spec::new(2, 2, 1, 2, [4, 40], [3, 3]),
     ];
     let base = gpu.with_tuning(Tuning::SOFTWARE).unwrap();
-    let mut changed = [false; 6];
+    let mut changed = [false; 7];
     for text in [
         "conv_tile=256,grad_weight_tile=256,tile_px=4",
         "conv_tile=32,grad_weight_tile=32,tile_px=1,conv_ob=3,grad_weight_ob=5",
@@ -359,7 +362,7 @@ fn tiled_kernels_compute_the_same_convolutions() {
             check(&tuned, spec);
         }
     }
-    assert_eq!(changed, [true; 6], "some layer kept its kernels under every tiled tuning");
+    assert_eq!(changed, [true; 7], "some layer kept its kernels under every tiled tuning");
     // A row of 1,300 columns passes the tile: the direct kernels run, and agree.
     let tuned = gpu.with_tuning(Tuning::SOFTWARE.apply("conv_tile=256,grad_weight_tile=256").unwrap()).unwrap();
     let wide = Spec::new(1, 2, 1, 2, [3, 1300], [3, 3]);
