@@ -62,6 +62,9 @@ pub struct Tuning {
     /// each) run in two passes, inner axes first (a convolution's bias gradient at small G:
     /// a few long sums leave a GPU idle); 0: always one pass.
     pub sum_split: u32,
+    /// Longest strided axis a sum adds in one invocation per output (a linear layer's bias
+    /// gradient: the batch), 0 to 65,536; longer ones take a workgroup per output.
+    pub serial_sum: u32,
     /// Invocations a weight gradient aims for when it splits its depth (split-K): about the
     /// lanes the adapter runs at once.
     pub split_threads: u32,
@@ -81,7 +84,7 @@ pub struct Tuning {
 }
 
 /// Keys of the text format, in order.
-const KEYS: [&str; 15] = [
+const KEYS: [&str; 16] = [
     "gemm_wg",
     "conv_lanes",
     "conv_ob",
@@ -92,6 +95,7 @@ const KEYS: [&str; 15] = [
     "tile_px",
     "grad_weight_tile",
     "sum_split",
+    "serial_sum",
     "split_threads",
     "split_lanes",
     "min_split_depth",
@@ -113,6 +117,7 @@ impl Tuning {
         tile_px: 4,
         grad_weight_tile: 0,
         sum_split: 0,
+        serial_sum: 4096,
         split_threads: 1 << 15,
         // Measured at G=64: 2-5% faster steps (LeNet's first weight gradient has 5 kernel rows).
         split_lanes: 1,
@@ -144,6 +149,7 @@ impl Tuning {
         tile_px: 4,
         grad_weight_tile: 256,
         sum_split: 512,
+        serial_sum: 4096,
         split_threads: 1 << 18,
         split_lanes: 1,
         min_split_depth: 64,
@@ -226,6 +232,7 @@ impl Tuning {
         check("conv_tile", tile(self.conv_tile), "0 (direct kernels) or a power of two from 32 to 256")?;
         check("tile_px", (1..=4).contains(&self.tile_px), "1 to 4")?;
         check("grad_weight_tile", tile(self.grad_weight_tile), "0 (direct kernel) or a power of two from 32 to 256")?;
+        check("serial_sum", self.serial_sum <= 65_536, "0 to 65,536")?;
         check("split_threads", self.split_threads >= 1, "at least 1")?;
         check("split_lanes", self.split_lanes <= 1, "0 (a split per workgroup) or 1 (splits share workgroups)")?;
         check("min_split_depth", self.min_split_depth >= 1, "at least 1")?;
@@ -282,6 +289,7 @@ impl Tuning {
             "tile_px" => &[1, 2, 4],
             "grad_weight_tile" => &[0, 64, 128, 256],
             "sum_split" => &[0, 512, 65536],
+            "serial_sum" => &[0, 64, 4096],
             "split_threads" => &[1 << 13, 1 << 15, 1 << 17, 1 << 19],
             "split_lanes" => &[0, 1],
             "min_split_depth" => &[64, 256, 1024],
@@ -315,6 +323,7 @@ impl Tuning {
             "tile_px" => &mut self.tile_px,
             "grad_weight_tile" => &mut self.grad_weight_tile,
             "sum_split" => &mut self.sum_split,
+            "serial_sum" => &mut self.serial_sum,
             "split_threads" => &mut self.split_threads,
             "split_lanes" => &mut self.split_lanes,
             "min_split_depth" => &mut self.min_split_depth,

@@ -765,3 +765,11 @@ fn devices_shard_the_models_with_the_one_device_results() {
     }
     assert_error(&run(&["train", "--models", "2", "--devices", "3", "--data", p(&data)]), &["--devices 3", "2 models"]);
 }
+
+/// `modelbatch tune --help` names every tuning key, in the order the search tries them.
+#[test]
+fn tune_help_names_every_key_in_order() {
+    let help = assert_ok(&run(&["tune", "--help"])).replace(['\n', ' '], "");
+    let keys = modelbatch::tuning::Tuning::keys().join(",");
+    assert!(help.contains(&format!("Eachkeyinturn({keys})")), "{keys} not in:\n{help}");
+}

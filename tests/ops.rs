@@ -405,6 +405,11 @@ fn sum_over_many_rows_and_unsorted_axes() {
     check_reduce(gpu, &[2, 4100, 3], &[1], false);
     check_reduce(gpu, &[2, 3, 2, 9, 10], &[1, 3, 4], false);
     check_reduce(gpu, &[2, 3, 2, 5, 6], &[1, 3, 4], true);
+    // A strided axis summed serially or by a workgroup per output (the adapter's `serial_sum`).
+    for serial in [0, 4096] {
+        let tuned = gpu.with_tuning(gpu.tuning().with("serial_sum", serial).unwrap()).unwrap();
+        check_reduce(&tuned, &[2, 300, 3], &[1], false);
+    }
     // Few long sums over several axes in two passes (the adapter's `sum_split`), and in one.
     for split in [0, 64] {
         let tuned = gpu.with_tuning(gpu.tuning().with("sum_split", split).unwrap()).unwrap();

@@ -6,8 +6,6 @@ use crate::gpu::Binding;
 
 const WG: u32 = 256;
 const MAX_DIMS: usize = 8;
-/// Longest reduced axis `sum_serial` adds in one invocation.
-const SERIAL_MAX: usize = 4096;
 
 /// Row-major strides of `shape`.
 fn strides(shape: &[usize]) -> Vec<usize> {
@@ -115,10 +113,10 @@ fn sum_pass(
     let n_red: usize = axes.iter().map(|&a| shape[a]).product();
     let n_out = shape.iter().product::<usize>() / n_red.max(1);
     let w = words(n_out, n_red, scale, &dims)?;
-    // One short axis with a stride: an invocation per output (`sum_serial`); otherwise a
-    // workgroup per output (see the shader).
+    // One axis with a stride, at most the adapter's `serial_sum` long: an invocation per
+    // output (`sum_serial`); otherwise a workgroup per output (see the shader).
     let (_, _, rs, rt) = &dims;
-    if rs.len() == 1 && rt[0] != 1 && n_red <= SERIAL_MAX {
+    if rs.len() == 1 && rt[0] != 1 && n_red <= ctx.gpu.tuning().serial_sum as usize {
         let kernel = ctx.kernel(&REDUCE, "sum_serial", &[Binding::Read, Binding::ReadWrite], &[("WG", WG as f64)]);
         return Ok(ctx.dispatch(kernel, "sum", &w, &[x, out], grid_1d(n_out, WG)));
     }
