@@ -11,6 +11,13 @@
 //! the kernel's taps; the input gradient is then the forward kernel applied to dy with the
 //! flipped weight. Measured on lavapipe at G=64, N=128 they run LeNet's convolutions 2.5-6x
 //! faster than the implicit GEMM.
+//!
+//! On GPUs (the `conv_tile` and `grad_weight_tile` tunings) the same stride-1 correlations run
+//! tiled (`conv2d_tile`, `conv2d_grad_weight_tile`): a workgroup stages a run of input rows,
+//! the weights and (weight gradient) the output-gradient rows in workgroup memory and every
+//! invocation computes from there. Measured on an H100 at G=64, N=128: a LeNet step in
+//! 2.75 ms against 11.7 ms with the direct kernels at their best tuning. Layers whose rows do
+//! not fit the tile fall back to the direct kernels.
 
 use std::sync::Arc;
 
