@@ -918,6 +918,14 @@ fn conv2d_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     tile_store(a3, PX > 3u && lid.x + 3u * WGX < npx, p3.y, g, grp, o0);
 }
 
+// One output channel's taps (kx 0-3 in lo, 4-7 in hi) += d * the input window.
+fn gw_fma(lo: ptr<function, vec4<f32>>, hi: ptr<function, vec4<f32>>, d: f32, wlo: vec4<f32>, whi: vec4<f32>) {
+    *lo += d * wlo;
+    if (KW > 4u) {
+        *hi += d * whi;
+    }
+}
+
 // Writes output channel o0 + j's KW taps (kx 0-3 in lo, 4-7 in hi) at out3[base + j * cols ..].
 fn gw_store(lo: vec4<f32>, hi: vec4<f32>, j: u32, base: u32, o0: u32, cols: u32) {
     if (j >= OB || o0 + j >= q.cog) {
@@ -1039,63 +1047,30 @@ fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builti
                         whi[(KW - 1u) & 3u] = v;
                     }
                     if (col + 1u >= KW) {
-                        // Channels past the group read channel cog - 1's row (never stored).
+                        // Channels past the group read the tile's last value (never stored).
                         let db = dyrow + col + 1u - KW;
-                        if (OB > 0u) {
-                            let d = tile_f[db];
-                            l0 += d * wlo;
-                            if (KW > 4u) {
-                                h0 += d * whi;
-                            }
-                        }
+                        let last = dyat + q.cog * ds - 1u;
+                        gw_fma(&l0, &h0, tile_f[db], wlo, whi);
                         if (OB > 1u) {
-                            let d = tile_f[min(db + 1u * ds, dyat + q.cog * ds - 1u)];
-                            l1 += d * wlo;
-                            if (KW > 4u) {
-                                h1 += d * whi;
-                            }
+                            gw_fma(&l1, &h1, tile_f[min(db + 1u * ds, last)], wlo, whi);
                         }
                         if (OB > 2u) {
-                            let d = tile_f[min(db + 2u * ds, dyat + q.cog * ds - 1u)];
-                            l2 += d * wlo;
-                            if (KW > 4u) {
-                                h2 += d * whi;
-                            }
+                            gw_fma(&l2, &h2, tile_f[min(db + 2u * ds, last)], wlo, whi);
                         }
                         if (OB > 3u) {
-                            let d = tile_f[min(db + 3u * ds, dyat + q.cog * ds - 1u)];
-                            l3 += d * wlo;
-                            if (KW > 4u) {
-                                h3 += d * whi;
-                            }
+                            gw_fma(&l3, &h3, tile_f[min(db + 3u * ds, last)], wlo, whi);
                         }
                         if (OB > 4u) {
-                            let d = tile_f[min(db + 4u * ds, dyat + q.cog * ds - 1u)];
-                            l4 += d * wlo;
-                            if (KW > 4u) {
-                                h4 += d * whi;
-                            }
+                            gw_fma(&l4, &h4, tile_f[min(db + 4u * ds, last)], wlo, whi);
                         }
                         if (OB > 5u) {
-                            let d = tile_f[min(db + 5u * ds, dyat + q.cog * ds - 1u)];
-                            l5 += d * wlo;
-                            if (KW > 4u) {
-                                h5 += d * whi;
-                            }
+                            gw_fma(&l5, &h5, tile_f[min(db + 5u * ds, last)], wlo, whi);
                         }
                         if (OB > 6u) {
-                            let d = tile_f[min(db + 6u * ds, dyat + q.cog * ds - 1u)];
-                            l6 += d * wlo;
-                            if (KW > 4u) {
-                                h6 += d * whi;
-                            }
+                            gw_fma(&l6, &h6, tile_f[min(db + 6u * ds, last)], wlo, whi);
                         }
                         if (OB > 7u) {
-                            let d = tile_f[min(db + 7u * ds, dyat + q.cog * ds - 1u)];
-                            l7 += d * wlo;
-                            if (KW > 4u) {
-                                h7 += d * whi;
-                            }
+                            gw_fma(&l7, &h7, tile_f[min(db + 7u * ds, last)], wlo, whi);
                         }
                     }
                 }
