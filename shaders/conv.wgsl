@@ -269,9 +269,11 @@ fn conv2d_grad_weight(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(wor
     }
     let hw = p.h * p.w;
     let ohw = p.oh * p.ow;
-    var xc: array<u32, 4>;
-    var dh: array<u32, 4>;
-    var dw: array<u32, 4>;
+    // The 4 columns' taps as vectors (component j: column k0 + j * WGX): no private array is
+    // indexed in the loops below (one would live in local memory on some GPUs).
+    var xc = vec4<u32>();
+    var dh = vec4<u32>();
+    var dw = vec4<u32>();
     for (var j = 0u; j < 4u; j++) {
         let k = min(k0 + j * WGX, cols - 1u);
         let c = k / kk;
@@ -294,22 +296,15 @@ fn conv2d_grad_weight(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(wor
     for (var r = rbeg; r < rend; r++) {
         let xn = (g * p.n + n) * p.c * hw;
         let dyn = (g * p.n + n) * p.o * ohw + oy * p.ow;
-        var hok: array<bool, 4>;
-        var hoff: array<u32, 4>;
-        var iw: array<u32, 4>;
-        for (var j = 0u; j < 4u; j++) {
-            let ih = oy * p.s0 + dh[j];
-            hok[j] = ih < p.h;
-            hoff[j] = xn + xc[j] + ih * p.w;
-            iw[j] = dw[j];
-        }
+        let ih = vec4<u32>(oy * p.s0) + dh;
+        let hok = ih < vec4<u32>(p.h);
+        let hoff = vec4<u32>(xn) + xc + ih * p.w;
+        var iw = dw;
         for (var ox = 0u; ox < p.ow; ox++) {
-            var bv: vec4<f32>;
-            for (var j = 0u; j < 4u; j++) {
-                let ok = hok[j] && iw[j] < p.w;
-                bv[j] = select(0.0, b_in[select(0u, hoff[j] + iw[j], ok)], ok);
-                iw[j] += p.s1;
-            }
+            let ok = hok & (iw < vec4<u32>(p.w));
+            let at = select(vec4<u32>(0u), hoff + iw, ok);
+            let bv = select(vec4<f32>(0.0), vec4<f32>(b_in[at.x], b_in[at.y], b_in[at.z], b_in[at.w]), ok);
+            iw += vec4<u32>(p.s1);
             let d = dyn + ox;
             acc[0] += a_in[d + dyo[0]] * bv;
             acc[1] += a_in[d + dyo[1]] * bv;
