@@ -131,13 +131,13 @@ impl Tuning {
 
     /// For GPUs, measured on an H100 (Vulkan, LeNet, N=128; `modelbatch tune` at G=64 kept
     /// every value but `sum_split` and `serial_sum`, by 3-4%; at G=1 it adds `gemm_wg=4`):
-    /// tiled convolutions of 256 invocations, 4
-    /// positions x 8 channels each (fewer on small layers, see `tile_px`), the tiled weight
-    /// gradient, split until a large GPU (an H100 keeps about 270,000 invocations in flight)
-    /// has work for every lane, the splits added by 64-lane workgroups, two-pass sums into
-    /// fewer than 512 outputs, every sum by workgroups, and every parameter tensor updated in one dispatch where the
-    /// storage buffers allow. On that H100 the tiles made a G=64 step 4x faster than the
-    /// direct kernels (2.8 ms against 11.7 ms at their best tuning). The direct-kernel keys
+    /// tiled convolutions of 256 invocations, 4 positions x 8 channels each (fewer on small
+    /// layers, see `tile_px`), the tiled weight gradient, split until a large GPU (an H100
+    /// keeps about 270,000 invocations in flight) has work for every lane, the splits added
+    /// by 64-lane workgroups, two-pass sums into fewer than 512 outputs, every sum by
+    /// workgroups, and every parameter tensor updated in one dispatch where the storage
+    /// buffers allow. On that H100 the tiles made a G=64 step 4x faster than the direct
+    /// kernels (2.8 ms against 11.7 ms at their best tuning). The direct-kernel keys
     /// (`conv_ob`, `conv_pixel`, ...) still serve layers the tiles do not take.
     pub const GPU: Tuning = Tuning {
         gemm_wg: 8,
