@@ -751,6 +751,13 @@ fn tile_row(r: u32) -> u32 {
     return n * (q.oh + q.kh - 1u) + (r - n * q.oh);
 }
 
+// x[n, iy, ix] of the input plane starting at `plane` (images `image` apart), zero outside
+// the input (a "negative" coordinate wraps and fails the bounds).
+fn tile_x(plane: u32, image: u32, n: u32, iy: u32, ix: u32) -> f32 {
+    let ok = iy < q.ih && ix < q.iw && n < q.n;
+    return select(0.0, a_in[plane + min(n, q.n - 1u) * image + min(iy, q.ih - 1u) * q.iw + min(ix, q.iw - 1u)], ok);
+}
+
 // Copies padded input rows [lo, lo + rows) of input channel c (absolute) of model g into
 // tile_f[at ..], row-major, rows of OW + KW - 1 values, zero outside the input. Where a row
 // fits the workgroup, each lane keeps one column and walks rows WGX / (OW + KW - 1) apart
@@ -768,16 +775,10 @@ fn tile_load_x(g: u32, c: u32, lo: u32, rows: u32, at: u32, lane: u32) {
         if (r0 >= step) {
             return;
         }
-        let ix = col - q.p1;
-        let xok = ix < q.iw;
-        let xcol = min(ix, q.iw - 1u);
         var n = (lo + r0) / ihp;
         var iyp = lo + r0 - n * ihp;
         for (var rr = r0; rr < rows; rr += step) {
-            let iy = iyp - q.p0;
-            let ok = xok && iy < q.ih && n < q.n;
-            let src = plane + min(n, q.n - 1u) * image + min(iy, q.ih - 1u) * q.iw + xcol;
-            tile_f[at + rr * iwp + col] = select(0.0, a_in[src], ok);
+            tile_f[at + rr * iwp + col] = tile_x(plane, image, n, iyp - q.p0, col - q.p1);
             iyp += step;
             while (iyp >= ihp) {
                 iyp -= ihp;
@@ -788,14 +789,9 @@ fn tile_load_x(g: u32, c: u32, lo: u32, rows: u32, at: u32, lane: u32) {
     }
     for (var e = lane; e < rows * iwp; e += WGX) {
         let rr = e / iwp;
-        let col = e - rr * iwp;
         let pr = lo + rr;
         let n = pr / ihp;
-        let iy = pr - n * ihp - q.p0;
-        let ix = col - q.p1;
-        let ok = iy < q.ih && ix < q.iw && n < q.n;
-        let src = plane + min(n, q.n - 1u) * image + min(iy, q.ih - 1u) * q.iw + min(ix, q.iw - 1u);
-        tile_f[at + e] = select(0.0, a_in[src], ok);
+        tile_f[at + e] = tile_x(plane, image, n, pr - n * ihp - q.p0, e - rr * iwp - q.p1);
     }
 }
 
@@ -913,6 +909,13 @@ fn conv2d_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     tile_store(a3, PX > 3u && lid.x + 3u * WGX < npx, p3.y, g, grp, o0);
 }
 
+// Offset of column 0 of output row r = (n, oy) of model g in dy, for the channel at `chan`
+// (its offset within an image).
+fn tile_dy(g: u32, r: u32, chan: u32) -> u32 {
+    let n = r / q.oh;
+    return (g * q.n + n) * q.co * q.oh * q.ow + chan + (r - n * q.oh) * q.ow;
+}
+
 // One output channel's taps (kx 0-3 in lo, 4-7 in hi) += d * the input window.
 fn gw_fma(lo: ptr<function, vec4<f32>>, hi: ptr<function, vec4<f32>>, d: f32, wlo: vec4<f32>, whi: vec4<f32>) {
     *lo += d * wlo;
@@ -990,6 +993,7 @@ fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builti
         // dyat + o * nrows * OW.
         let dyat = q.cig * xlen;
         let ds = nrows * q.ow;
+        // Channel o of this group starts at chan + o * OH * OW within an image.
         let chan = (grp * q.cog) * ohw;
         if (q.ow <= WGX) {
             // One column per lane, (channel, row) pairs WGX / OW apart, as tile_load_x.
@@ -1000,10 +1004,7 @@ fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builti
                 var o = j0 / nrows;
                 var rr = j0 - o * nrows;
                 for (var jj = j0; jj < q.cog * nrows; jj += step) {
-                    let r = t0 + rr;
-                    let n = r / q.oh;
-                    let src = (g * q.n + n) * q.co * ohw + chan + o * ohw + (r - n * q.oh) * q.ow + ox;
-                    tile_f[dyat + jj * q.ow + ox] = b_in[src];
+                    tile_f[dyat + jj * q.ow + ox] = b_in[tile_dy(g, t0 + rr, chan + o * ohw) + ox];
                     rr += step;
                     while (rr >= nrows) {
                         rr -= nrows;
@@ -1016,10 +1017,7 @@ fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builti
                 let o = e / ds;
                 let rp = e - o * ds;
                 let rr = rp / q.ow;
-                let ox = rp - rr * q.ow;
-                let r = t0 + rr;
-                let n = r / q.oh;
-                tile_f[dyat + e] = b_in[(g * q.n + n) * q.co * ohw + chan + o * ohw + (r - n * q.oh) * q.ow + ox];
+                tile_f[dyat + e] = b_in[tile_dy(g, t0 + rr, chan + o * ohw) + rp - rr * q.ow];
             }
         }
         workgroupBarrier();

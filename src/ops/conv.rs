@@ -241,11 +241,8 @@ pub(crate) fn lower_grad_weight(
     let d = dims(LABEL, s)?;
     if let Some(c) = Corr::forward(ctx, s, &d) {
         let c = Corr { max_ob: ctx.gpu.tuning().grad_weight_ob as usize, ..c };
-        let lanes = ctx.gpu.tuning().grad_weight_tile as usize;
-        if lanes > 0 && tiles_fit(ctx) {
-            if let Some(out) = grad_weight_tile(ctx, LABEL, &c, &d, [dy, x, dw], lanes)? {
-                return Ok(out);
-            }
+        if let Some(out) = grad_weight_tile(ctx, LABEL, &c, &d, [dy, x, dw])? {
+            return Ok(out);
         }
         if let Some(out) = grad_weight_direct(ctx, LABEL, &c, &d, [dy, x, dw])? {
             return Ok(out);
@@ -265,14 +262,7 @@ pub(crate) fn lower_grad_weight(
     let grid = [cols.div_ceil(4 * wgx), d.og.div_ceil(4), d.g * d.groups * splits];
     let words = words(s, &d, 0, splits, rows_per_split, total);
     let kernel = gemm_kernel(ctx, LABEL, &[Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
-    if splits == 1 {
-        return tiled(ctx, &kernel, LABEL, &words, &[dy, x, dw], grid);
-    }
-    // Shared scratch, created at plan compile time; the bind groups keep it alive.
-    let partial = ctx.scratch((4 * splits * total) as u64);
-    let mut out = tiled(ctx, &kernel, LABEL, &words, &[dy, x, &partial], grid)?;
-    out.push(reduce_partials(ctx, splits, total, &partial, dw));
-    Ok(out)
+    split_k(ctx, &kernel, LABEL, &words, [dy, x], dw, grid, splits, total)
 }
 
 /// Widest kernel of the direct kernels (`MAX_KW` in the shader).
@@ -511,11 +501,8 @@ fn direct(
     let ob = c.ob();
     let oblocks = c.cog.div_ceil(ob);
     let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
-    let lanes = ctx.gpu.tuning().conv_tile as usize;
-    if lanes > 0 && tiles_fit(ctx) {
-        if let Some(out) = corr_tile(ctx, label, c, d, [a, w, bias, out], flags, lanes)? {
-            return Ok(out);
-        }
+    if let Some(out) = corr_tile(ctx, label, c, d, [a, w, bias, out], flags)? {
+        return Ok(out);
     }
     let words = c.words(d, flags, 1, 0, 0);
     if c.pixel {
@@ -548,9 +535,10 @@ fn tiles_fit(ctx: &Lower) -> bool {
     ctx.gpu.limits().max_compute_workgroup_storage_size as usize >= 4 * TILE_F32 + 16 * TILE_W4
 }
 
-/// The forward pass or the input gradient through `conv2d_tile` with `lanes` invocations per
-/// workgroup, or `None` where one output row's input rows pass the tile, the weights of one
-/// input channel pass theirs, or the loops pass lavapipe's budget.
+/// The forward pass or the input gradient through `conv2d_tile` with the adapter's
+/// `conv_tile` invocations per workgroup, or `None` where that is 0, the device lacks the
+/// tile's memory, one output row's input rows pass the tile, the weights of one input channel
+/// pass theirs, or the loops pass lavapipe's budget.
 fn corr_tile(
     ctx: &Lower,
     label: &'static str,
@@ -558,8 +546,11 @@ fn corr_tile(
     d: &Dims,
     buffers: [&wgpu::Buffer; 4],
     flags: u32,
-    lanes: usize,
 ) -> Result<Option<Vec<Dispatch>>> {
+    let lanes = ctx.gpu.tuning().conv_tile as usize;
+    if lanes == 0 || !tiles_fit(ctx) {
+        return Ok(None);
+    }
     let [kh, kw] = c.kernel;
     let out_rows = c.n * c.oh;
     // A small layer (few models) takes fewer positions per invocation, then blocks of at most
@@ -569,7 +560,7 @@ fn corr_tile(
     let t = ctx.gpu.tuning();
     let (mut px, mut max_ob) = (t.tile_px as usize, c.max_ob);
     let invocations = |px: usize, max_ob: usize| {
-        let ob = c.cog.div_ceil(c.cog.div_ceil(max_ob));
+        let ob = Corr { max_ob, ..*c }.ob();
         (out_rows * c.ow).div_ceil(px) * c.cog.div_ceil(ob) * d.g * d.groups
     };
     while invocations(px, max_ob) < t.split_threads as usize && (px > 1 || max_ob > 4) {
@@ -608,8 +599,9 @@ fn corr_tile(
     tiled(ctx, &kernel, label, &words, &buffers, grid).map(Some)
 }
 
-/// The weight gradient through `conv2d_grad_weight_tile` with `lanes` invocations per
-/// workgroup, or `None` where its tasks (input channel, output-channel block, kernel row)
+/// The weight gradient through `conv2d_grad_weight_tile` with the adapter's
+/// `grad_weight_tile` invocations per workgroup at most, or `None` where that is 0, the device
+/// lacks the tile's memory, its tasks (input channel, output-channel block, kernel row)
 /// outnumber the lanes, one output row of every channel passes the tile, or the loops pass
 /// lavapipe's budget.
 fn grad_weight_tile(
@@ -618,8 +610,11 @@ fn grad_weight_tile(
     c: &Corr,
     d: &Dims,
     [dy, x, dw]: [&wgpu::Buffer; 3],
-    lanes: usize,
 ) -> Result<Option<Vec<Dispatch>>> {
+    let lanes = ctx.gpu.tuning().grad_weight_tile as usize;
+    if lanes == 0 || !tiles_fit(ctx) {
+        return Ok(None);
+    }
     let [kh, kw] = c.kernel;
     let ob = c.ob();
     let tasks = c.cig * c.cog.div_ceil(ob) * kh;
@@ -668,13 +663,7 @@ fn grad_weight_tile(
     let kernel =
         ctx.kernel(&CONV, "conv2d_grad_weight_tile", &[Binding::Read, Binding::Read, Binding::ReadWrite], &consts);
     let grid = [splits, 1, d.g * d.groups];
-    if parts == 1 {
-        return tiled(ctx, &kernel, label, &words, &[x, dy, dw], grid).map(Some);
-    }
-    let partial = ctx.scratch((4 * parts * total) as u64);
-    let mut out = tiled(ctx, &kernel, label, &words, &[x, dy, &partial], grid)?;
-    out.push(reduce_partials(ctx, parts, total, &partial, dw));
-    Ok(Some(out))
+    split_k(ctx, &kernel, label, &words, [x, dy], dw, grid, parts, total).map(Some)
 }
 
 /// The weight gradient through `conv2d_grad_weight_direct`, or `None` where its loop budget
@@ -715,13 +704,32 @@ fn grad_weight_direct(
     };
     let words = c.words(d, u32::from(flat) << 2, splits, rows_per_split, total);
     let kernel = c.kernel(ctx, "conv2d_grad_weight_direct", &[Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
-    if splits == 1 {
-        return tiled(ctx, &kernel, label, &words, &[dy, x, dw], grid).map(Some);
+    split_k(ctx, &kernel, label, &words, [dy, x], dw, grid, splits, total).map(Some)
+}
+
+/// A weight gradient's kernel over `grid` reading `inputs`: with one split (`parts == 1`) it
+/// writes `dw` directly; otherwise each of the `parts` splits writes its partial sums of the
+/// `total` outputs to a scratch buffer (shared, created at plan compile time; the bind groups
+/// keep it alive) and [`reduce_partials`] adds them into `dw`.
+#[allow(clippy::too_many_arguments)]
+fn split_k(
+    ctx: &Lower,
+    kernel: &Arc<Kernel>,
+    label: &'static str,
+    words: &[u32],
+    [a, b]: [&wgpu::Buffer; 2],
+    dw: &wgpu::Buffer,
+    grid: [usize; 3],
+    parts: usize,
+    total: usize,
+) -> Result<Vec<Dispatch>> {
+    if parts == 1 {
+        return tiled(ctx, kernel, label, words, &[a, b, dw], grid);
     }
-    let partial = ctx.scratch((4 * splits * total) as u64);
-    let mut out = tiled(ctx, &kernel, label, &words, &[dy, x, &partial], grid)?;
-    out.push(reduce_partials(ctx, splits, total, &partial, dw));
-    Ok(Some(out))
+    let partial = ctx.scratch((4 * parts * total) as u64);
+    let mut out = tiled(ctx, kernel, label, words, &[a, b, &partial], grid)?;
+    out.push(reduce_partials(ctx, parts, total, &partial, dw));
+    Ok(out)
 }
 
 /// `dw[i]` = the sum over the `splits` partial sums `partial[s * total + i]`, in a fixed order:

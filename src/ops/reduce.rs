@@ -80,20 +80,20 @@ pub(crate) fn lower_sum(
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
-    let kept: Vec<usize> = axes.iter().copied().filter(|&a| shape[a] > 1).collect();
-    let n_red: usize = kept.iter().map(|&a| shape[a]).product();
+    // The reduced axes that are longer than 1, outermost first.
+    let mut reduced: Vec<usize> = axes.iter().copied().filter(|&a| shape[a] > 1).collect();
+    reduced.sort_unstable();
+    let n_red: usize = reduced.iter().map(|&a| shape[a]).product();
     let n_out = shape.iter().product::<usize>() / n_red.max(1);
-    let outer = kept.iter().copied().min();
-    let split = ctx.gpu.tuning().sum_split as usize;
-    if let (true, Some(outer)) = (kept.len() >= 2 && n_out < split && n_red >= SPLIT_MIN_REDUCED, outer) {
-        let inner: Vec<usize> = kept.iter().copied().filter(|&a| a != outer).collect();
+    if reduced.len() >= 2 && n_out < ctx.gpu.tuning().sum_split as usize && n_red >= SPLIT_MIN_REDUCED {
+        let (outer, inner) = (reduced[0], &reduced[1..]);
         let mut mid = shape.to_vec();
-        for &a in &inner {
+        for &a in inner {
             mid[a] = 1;
         }
         let scratch = ctx.scratch(4 * mid.iter().product::<usize>() as u64);
         return Ok(vec![
-            sum_pass(ctx, shape, &inner, 1.0, x, &scratch)?,
+            sum_pass(ctx, shape, inner, 1.0, x, &scratch)?,
             sum_pass(ctx, &mid, &[outer], scale, &scratch, out)?,
         ]);
     }
