@@ -55,6 +55,7 @@ struct Params {
     dr0: u32,
     dq1: u32,
     dr1: u32,
+    dw_len: u32,         // reduce: the first dw_len sums go to dw (out2), the rest (a bias gradient) to out3
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -66,7 +67,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out2: array<f32>;
 // conv2d: bias.
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-// grad_input: dx; grad_weight: dw or its partial sums.
+// grad_input: dx; grad_weight: dw or its partial sums; reduce: the bias gradient.
 @group(0) @binding(3) var<storage, read_write> out3: array<f32>;
 // conv2d: y.
 @group(0) @binding(4) var<storage, read_write> out4: array<f32>;
@@ -332,6 +333,16 @@ fn conv2d_grad_weight(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(wor
     }
 }
 
+// Sum i of the partial sums: dw (out2) for the first p.dw_len, then the bias gradient (out3)
+// of a weight gradient that computes it too.
+fn reduce_store(i: u32, sum: f32) {
+    if (i < p.dw_len) {
+        out2[i] = sum;
+    } else {
+        out3[i - p.dw_len] = sum;
+    }
+}
+
 // dw[i] = sum over s of partial[s * total + i], s in order (deterministic).
 @compute @workgroup_size(REDUCE_WG, 1, 1)
 fn conv2d_grad_weight_reduce(
@@ -346,7 +357,7 @@ fn conv2d_grad_weight_reduce(
     for (var s = 0u; s < p.splits; s++) {
         sum += a_in[s * p.total + i];
     }
-    out2[i] = sum;
+    reduce_store(i, sum);
 }
 
 // The same sums for many splits (GPUs: a serial chain of thousands of loads per output is
@@ -378,7 +389,7 @@ fn conv2d_grad_weight_reduce_wide(
         workgroupBarrier();
     }
     if (lid.x == 0u && i < p.total) {
-        out2[i] = reduce_lanes[0];
+        reduce_store(i, reduce_lanes[0]);
     }
 }
 
@@ -437,6 +448,7 @@ struct Direct {
     rows_per_split: u32,
     total: u32,   // grad_weight: elements of dw
     ps: u32,      // grad_weight_tile: invocations sharing a task (partial sums per split)
+    bias_at: u32, // grad_weight_tile with GB: offset of the bias gradient's sums in a partial
 }
 
 @group(0) @binding(0) var<uniform> q: Direct;
@@ -744,6 +756,8 @@ var<workgroup> tile_f: array<f32, TILE_F32>;
 var<workgroup> tile_w: array<vec4<f32>, TILE_W4>;
 // Output positions per invocation of conv2d_tile (1 to 4).
 override PX: u32 = 4u;
+// conv2d_grad_weight_tile: 1 to add the bias gradient to the partial sums (at q.bias_at).
+override GB: u32 = 0u;
 
 // First padded input row (flattened over images) that output row r reads with tap 0.
 fn tile_row(r: u32) -> u32 {
@@ -940,8 +954,11 @@ fn gw_store(lo: vec4<f32>, hi: vec4<f32>, j: u32, base: u32, o0: u32, cols: u32)
 // OB x KW accumulators; q.ps invocations share a task, each summing every q.ps-th row of a
 // tile, and each writes its own partial sum (split * q.ps + its index), which
 // conv2d_grad_weight_reduce adds in a fixed order. The tile holds the rows of x (all of the
-// group's input channels) and of dy (all of its output channels). Bindings: x at 1 (a_in),
-// dy at 2 (b_in), the partial sums or dw at 3.
+// group's input channels) and of dy (all of its output channels). With GB, the tasks of input
+// channel 0 and kernel row 0 also sum the dy values they read (each position of their rows
+// once): the bias gradient's partial sums, stored after dw's in the same partial (q.bias_at),
+// which the reduction writes to its own output. Bindings: x at 1 (a_in), dy at 2 (b_in), the
+// partial sums or dw at 3.
 @compute @workgroup_size(WGX, 1, 1)
 fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let z = wid.z + q.z0;
@@ -979,6 +996,10 @@ fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builti
     var h5 = vec4<f32>();
     var h6 = vec4<f32>();
     var h7 = vec4<f32>();
+    // With GB, the sums of dy over the same positions: the bias gradient of channels
+    // o0 .. o0 + 3 in bl, o0 + 4 .. o0 + 7 in bh (stored by the tasks of c = 0, ky = 0).
+    var bl = vec4<f32>();
+    var bh = vec4<f32>();
     for (var t0 = rbeg; t0 < rend; t0 += q.strips) {
         let t1 = min(t0 + q.strips, rend);
         let lo = tile_row(t0);
@@ -1043,27 +1064,42 @@ fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builti
                         // Channels past the group read the tile's last value (never stored).
                         let db = dyrow + col + 1u - KW;
                         let last = dyat + q.cog * ds - 1u;
-                        gw_fma(&l0, &h0, tile_f[db], wlo, whi);
+                        // dy of channels o0 .. o0 + 3 in dl, o0 + 4 .. o0 + 7 in dh.
+                        var dl = vec4<f32>(0.0);
+                        var dh = vec4<f32>(0.0);
+                        dl.x = tile_f[db];
+                        gw_fma(&l0, &h0, dl.x, wlo, whi);
                         if (OB > 1u) {
-                            gw_fma(&l1, &h1, tile_f[min(db + 1u * ds, last)], wlo, whi);
+                            dl.y = tile_f[min(db + 1u * ds, last)];
+                            gw_fma(&l1, &h1, dl.y, wlo, whi);
                         }
                         if (OB > 2u) {
-                            gw_fma(&l2, &h2, tile_f[min(db + 2u * ds, last)], wlo, whi);
+                            dl.z = tile_f[min(db + 2u * ds, last)];
+                            gw_fma(&l2, &h2, dl.z, wlo, whi);
                         }
                         if (OB > 3u) {
-                            gw_fma(&l3, &h3, tile_f[min(db + 3u * ds, last)], wlo, whi);
+                            dl.w = tile_f[min(db + 3u * ds, last)];
+                            gw_fma(&l3, &h3, dl.w, wlo, whi);
                         }
                         if (OB > 4u) {
-                            gw_fma(&l4, &h4, tile_f[min(db + 4u * ds, last)], wlo, whi);
+                            dh.x = tile_f[min(db + 4u * ds, last)];
+                            gw_fma(&l4, &h4, dh.x, wlo, whi);
                         }
                         if (OB > 5u) {
-                            gw_fma(&l5, &h5, tile_f[min(db + 5u * ds, last)], wlo, whi);
+                            dh.y = tile_f[min(db + 5u * ds, last)];
+                            gw_fma(&l5, &h5, dh.y, wlo, whi);
                         }
                         if (OB > 6u) {
-                            gw_fma(&l6, &h6, tile_f[min(db + 6u * ds, last)], wlo, whi);
+                            dh.z = tile_f[min(db + 6u * ds, last)];
+                            gw_fma(&l6, &h6, dh.z, wlo, whi);
                         }
                         if (OB > 7u) {
-                            gw_fma(&l7, &h7, tile_f[min(db + 7u * ds, last)], wlo, whi);
+                            dh.w = tile_f[min(db + 7u * ds, last)];
+                            gw_fma(&l7, &h7, dh.w, wlo, whi);
+                        }
+                        if (GB != 0u) {
+                            bl += dl;
+                            bh += dh;
                         }
                     }
                 }
@@ -1074,7 +1110,16 @@ fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builti
         return;
     }
     let cols = q.cig * q.kh * KW;
-    let base = (s * q.ps + part) * q.total + (g * q.co + grp * q.cog + o0) * cols + (c * q.kh + ky) * KW;
+    let at = (s * q.ps + part) * q.total;
+    if (GB != 0u && c == 0u && ky == 0u) {
+        let bat = at + q.bias_at + g * q.co + grp * q.cog + o0;
+        for (var j = 0u; j < OB; j++) {
+            if (o0 + j < q.cog) {
+                out3[bat + j] = select(bh[j & 3u], bl[j & 3u], j < 4u);
+            }
+        }
+    }
+    let base = at + (g * q.co + grp * q.cog + o0) * cols + (c * q.kh + ky) * KW;
     gw_store(l0, h0, 0u, base, o0, cols);
     gw_store(l1, h1, 1u, base, o0, cols);
     gw_store(l2, h2, 2u, base, o0, cols);

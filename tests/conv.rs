@@ -363,6 +363,14 @@ fn tiled_kernels_compute_the_same_convolutions() {
         }
     }
     assert_eq!(changed, [true; 7], "some layer kept its kernels under every tiled tuning");
+    // The tiled weight gradient also sums the bias gradient: no separate pass over dy.
+    let tiled = gpu.with_tuning(Tuning::SOFTWARE.apply("grad_weight_tile=256").unwrap()).unwrap();
+    for spec in &specs[..3] {
+        let sums = |gpu: &modelbatch::Gpu| {
+            Case::new(gpu, *spec, 1).plan.dispatch_labels().into_iter().filter(|l| *l == "sum").count()
+        };
+        assert_eq!((sums(&base), sums(&tiled)), (1, 0), "{spec:?}: bias-gradient sums without and with tiles");
+    }
     // A row of 1,300 columns passes the tile: the direct kernels run, and agree.
     let tuned = gpu.with_tuning(Tuning::SOFTWARE.apply("conv_tile=256,grad_weight_tile=256").unwrap()).unwrap();
     let wide = Spec::new(1, 2, 1, 2, [3, 1300], [3, 3]);

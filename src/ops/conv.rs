@@ -131,6 +131,7 @@ fn words(s: &Conv, d: &Dims, flags: u32, splits: usize, rows_per_split: usize, t
         geom.dilation[0] % geom.stride[0],
         geom.dilation[1] / geom.stride[1],
         geom.dilation[1] % geom.stride[1],
+        total,
     ];
     w.map(|v| v as u32).to_vec()
 }
@@ -230,24 +231,51 @@ pub(crate) fn lower_grad_input(
 }
 
 /// `dw [weight shape] = d conv / d w` applied to `dy [y]`.
+/// The weight gradient `dw`, and with `bias` also the bias gradient (dy summed over images
+/// and positions): the tiled kernel adds it up from the dy it stages anyway (no pass of its
+/// own over dy); the other paths append that sum.
 pub(crate) fn lower_grad_weight(
     ctx: &Lower,
     s: &Conv,
     dy: &wgpu::Buffer,
     x: &wgpu::Buffer,
     dw: &wgpu::Buffer,
+    bias: Option<&wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
     const LABEL: &str = "conv2d_grad_weight";
     let d = dims(LABEL, s)?;
+    let mut out = None;
     if let Some(c) = Corr::forward(ctx, s, &d) {
         let c = Corr { max_ob: ctx.gpu.tuning().grad_weight_ob as usize, ..c };
-        if let Some(out) = grad_weight_tile(ctx, LABEL, &c, &d, [dy, x, dw])? {
-            return Ok(out);
+        if let Some(tiled) = grad_weight_tile(ctx, LABEL, &c, &d, [dy, x, dw], bias)? {
+            if bias.is_some() {
+                return Ok(tiled);
+            }
+            out = Some(tiled);
         }
-        if let Some(out) = grad_weight_direct(ctx, LABEL, &c, &d, [dy, x, dw])? {
-            return Ok(out);
+        if out.is_none() {
+            out = grad_weight_direct(ctx, LABEL, &c, &d, [dy, x, dw])?;
         }
     }
+    let mut out = match out {
+        Some(out) => out,
+        None => grad_weight_gemm(ctx, LABEL, s, &d, [dy, x, dw])?,
+    };
+    if let Some(db) = bias {
+        let y = s.y;
+        out.extend(super::reduce::lower_sum(ctx, &[y.g, y.n, y.c, y.h, y.w], &[1, 3, 4], 1.0, dy, db)?);
+    }
+    Ok(out)
+}
+
+/// The weight gradient through the general implicit GEMM (`conv2d_grad_weight`).
+fn grad_weight_gemm(
+    ctx: &Lower,
+    label: &'static str,
+    s: &Conv,
+    d: &Dims,
+    [dy, x, dw]: [&wgpu::Buffer; 3],
+) -> Result<Vec<Dispatch>> {
     let cols = d.cg * d.kk;
     let total = d.g * s.y.c * cols;
     let out_rows = s.y.n * s.y.h;
@@ -256,13 +284,13 @@ pub(crate) fn lower_grad_weight(
     let max_rows = LOOP_BUDGET / (s.y.w + 1);
     let (splits, rows_per_split) = split_depth(ctx, out_rows, s.y.w, total, threads, max_rows).map_err(|splits| {
         Error::Usage(format!(
-            "{LABEL}: the partial sums of {splits} depth splits pass the adapter's binding size; split the batch"
+            "{label}: the partial sums of {splits} depth splits pass the adapter's binding size; split the batch"
         ))
     })?;
     let grid = [cols.div_ceil(4 * wgx), d.og.div_ceil(4), d.g * d.groups * splits];
-    let words = words(s, &d, 0, splits, rows_per_split, total);
-    let kernel = gemm_kernel(ctx, LABEL, &[Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
-    split_k(ctx, &kernel, LABEL, &words, [dy, x], dw, grid, splits, total)
+    let words = words(s, d, 0, splits, rows_per_split, total);
+    let kernel = gemm_kernel(ctx, label, &[Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
+    split_k(ctx, &kernel, label, &words, [dy, x], (dw, None), grid, splits, total)
 }
 
 /// Widest kernel of the direct kernels (`MAX_KW` in the shader).
@@ -478,6 +506,7 @@ impl Corr {
             rows_per_split as u32,
             total as u32,
             0,
+            0,
         ];
         w.to_vec()
     }
@@ -529,6 +558,7 @@ const TILE_W4: usize = 128;
 /// Uniform words the tiled kernels reuse: `strips` (output rows per tile), `ps`.
 const W_TILE_ROWS: usize = 13;
 const W_PS: usize = 27;
+const W_BIAS_AT: usize = 28;
 
 /// Whether the device gives a workgroup the tiled kernels' memory (WebGPU's default is 16 KiB).
 fn tiles_fit(ctx: &Lower) -> bool {
@@ -610,6 +640,7 @@ fn grad_weight_tile(
     c: &Corr,
     d: &Dims,
     [dy, x, dw]: [&wgpu::Buffer; 3],
+    bias: Option<&wgpu::Buffer>,
 ) -> Result<Option<Vec<Dispatch>>> {
     let lanes = ctx.gpu.tuning().grad_weight_tile as usize;
     if lanes == 0 || !tiles_fit(ctx) {
@@ -643,7 +674,9 @@ fn grad_weight_tile(
         return Ok(None);
     }
     let max_rows = (LOOP_BUDGET - fixed) / per_tile * ru;
-    let total = d.g * c.co * c.cig * d.kk;
+    // With the bias gradient, each partial holds dw's sums and then the bias's.
+    let dw_len = d.g * c.co * c.cig * d.kk;
+    let total = dw_len + if bias.is_some() { d.g * c.co } else { 0 };
     let threads = d.g * d.groups * lanes;
     let Ok((_, rows_per_split)) = split_depth(ctx, out_rows, c.ow, total * ps, threads, max_rows) else {
         return Ok(None);
@@ -659,11 +692,13 @@ fn grad_weight_tile(
     let mut words = c.words(d, 0, splits, rows_per_split, total);
     words[W_TILE_ROWS] = ru as u32;
     words[W_PS] = ps as u32;
-    let consts = [("WGX", lanes as f64), ("KW", kw as f64), ("OB", ob as f64)];
+    words[W_BIAS_AT] = dw_len as u32;
+    let consts = [("WGX", lanes as f64), ("KW", kw as f64), ("OB", ob as f64), ("GB", f64::from(bias.is_some()))];
     let kernel =
         ctx.kernel(&CONV, "conv2d_grad_weight_tile", &[Binding::Read, Binding::Read, Binding::ReadWrite], &consts);
     let grid = [splits, 1, d.g * d.groups];
-    split_k(ctx, &kernel, label, &words, [x, dy], dw, grid, parts, total).map(Some)
+    let outs = (dw, bias.map(|db| (db, dw_len)));
+    split_k(ctx, &kernel, label, &words, [x, dy], outs, grid, parts, total).map(Some)
 }
 
 /// The weight gradient through `conv2d_grad_weight_direct`, or `None` where its loop budget
@@ -704,13 +739,15 @@ fn grad_weight_direct(
     };
     let words = c.words(d, u32::from(flat) << 2, splits, rows_per_split, total);
     let kernel = c.kernel(ctx, "conv2d_grad_weight_direct", &[Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
-    split_k(ctx, &kernel, label, &words, [dy, x], dw, grid, splits, total).map(Some)
+    split_k(ctx, &kernel, label, &words, [dy, x], (dw, None), grid, splits, total).map(Some)
 }
 
 /// A weight gradient's kernel over `grid` reading `inputs`: with one split (`parts == 1`) it
 /// writes `dw` directly; otherwise each of the `parts` splits writes its partial sums of the
 /// `total` outputs to a scratch buffer (shared, created at plan compile time; the bind groups
-/// keep it alive) and [`reduce_partials`] adds them into `dw`.
+/// keep it alive) and [`reduce_partials`] adds them into `dw`. With a bias gradient
+/// `(db, dw_len)` the partials always go through the scratch buffer: their first `dw_len`
+/// sums are dw's, the rest db's.
 #[allow(clippy::too_many_arguments)]
 fn split_k(
     ctx: &Lower,
@@ -718,35 +755,45 @@ fn split_k(
     label: &'static str,
     words: &[u32],
     [a, b]: [&wgpu::Buffer; 2],
-    dw: &wgpu::Buffer,
+    (dw, bias): (&wgpu::Buffer, Option<(&wgpu::Buffer, usize)>),
     grid: [usize; 3],
     parts: usize,
     total: usize,
 ) -> Result<Vec<Dispatch>> {
-    if parts == 1 {
+    if parts == 1 && bias.is_none() {
         return tiled(ctx, kernel, label, words, &[a, b, dw], grid);
     }
     let partial = ctx.scratch((4 * parts * total) as u64);
     let mut out = tiled(ctx, kernel, label, words, &[a, b, &partial], grid)?;
-    out.push(reduce_partials(ctx, parts, total, &partial, dw));
+    out.push(reduce_partials(ctx, parts, total, &partial, dw, bias));
     Ok(out)
 }
 
 /// `dw[i]` = the sum over the `splits` partial sums `partial[s * total + i]`, in a fixed order:
 /// one invocation per output adding them in turn, or, with the adapter's `reduce_lanes` set
-/// and more splits than that, a workgroup per output adding them in a fixed tree.
-fn reduce_partials(ctx: &Lower, splits: usize, total: usize, partial: &wgpu::Buffer, dw: &wgpu::Buffer) -> Dispatch {
+/// and more splits than that, a workgroup per output adding them in a fixed tree. With
+/// `(db, dw_len)`, sums from `dw_len` on go to `db`.
+fn reduce_partials(
+    ctx: &Lower,
+    splits: usize,
+    total: usize,
+    partial: &wgpu::Buffer,
+    dw: &wgpu::Buffer,
+    bias: Option<(&wgpu::Buffer, usize)>,
+) -> Dispatch {
     const LABEL: &str = "conv2d_grad_weight_reduce";
-    // The reduction reads `splits` and `total` from the general kernel's uniform layout.
-    let mut words = vec![0u32; 28];
+    let (db, dw_len) = bias.unwrap_or((ctx.dummy, total));
+    // The reduction reads `splits`, `total` and `dw_len` from the general kernel's uniform layout.
+    let mut words = vec![0u32; 29];
     words[19] = splits as u32;
     words[23] = total as u32;
+    words[28] = dw_len as u32;
     let lanes = ctx.gpu.tuning().reduce_lanes as usize;
-    let storage = [Binding::Read, Binding::ReadWrite];
+    let storage = [Binding::Read, Binding::ReadWrite, Binding::ReadWrite];
     if lanes > 0 && splits > lanes {
         let kernel = ctx.kernel(&CONV, "conv2d_grad_weight_reduce_wide", &storage, &[("RL", lanes as f64)]);
-        return ctx.dispatch(kernel, LABEL, &words, &[partial, dw], super::grid_groups(total));
+        return ctx.dispatch(kernel, LABEL, &words, &[partial, dw, db], super::grid_groups(total));
     }
     let kernel = ctx.kernel(&CONV, "conv2d_grad_weight_reduce", &storage, &[]);
-    ctx.dispatch(kernel, LABEL, &words, &[partial, dw], grid_1d(total, REDUCE_WG))
+    ctx.dispatch(kernel, LABEL, &words, &[partial, dw, db], grid_1d(total, REDUCE_WG))
 }

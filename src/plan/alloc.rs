@@ -15,6 +15,37 @@ pub(crate) struct Assignment {
     /// Whether each buffer belongs to one tensor for the whole run (leaves and kept
     /// tensors) rather than to the pool of temporaries.
     pub owned: Vec<bool>,
+    /// For a convolution's weight gradient, the later node summing the same dy into its bias
+    /// gradient, which the weight gradient's lowering computes too (see [`bias_folds`]).
+    pub bias_of: Vec<Option<usize>>,
+}
+
+/// Pairs each live convolution weight gradient `conv2d_grad_weight(dy, x)` with a later live
+/// `sum(dy, [1, 3, 4])` of the same dy (the bias gradient autograd builds beside it), so that
+/// one lowering computes both: the tiled kernel sums the dy it stages anyway. The sum's
+/// buffer is then taken where the weight gradient runs and the sum node lowers to nothing.
+pub(crate) fn bias_folds(graph: &Graph, live: &[bool]) -> Vec<Option<usize>> {
+    let nodes = graph.nodes();
+    let mut bias_of = vec![None; nodes.len()];
+    let mut taken = vec![false; nodes.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        if !live[i] || !matches!(node.op, Op::Conv2dGradWeight { .. }) {
+            continue;
+        }
+        let dy = node.inputs[0];
+        let folds = |j: usize| {
+            let sum = &nodes[j];
+            live[j]
+                && !taken[j]
+                && sum.inputs.first() == Some(&dy)
+                && matches!(&sum.op, Op::Sum { axes, scale } if axes == &[1, 3, 4] && *scale == 1.0)
+        };
+        if let Some(j) = (i + 1..nodes.len()).find(|&j| folds(j)) {
+            bias_of[i] = Some(j);
+            taken[j] = true;
+        }
+    }
+    bias_of
 }
 
 /// Bytes a tensor of `numel` 4-byte elements occupies, padded for vec4 access.
@@ -24,7 +55,14 @@ pub(crate) fn bytes_for(numel: usize) -> u64 {
 
 /// `live[i]`: node i runs. `keep[i]`: tensor i must survive the whole run. `last_use[i]`:
 /// position (node index; `nodes.len()` for the update phase) of the last reader of i.
-pub(crate) fn assign(graph: &Graph, live: &[bool], keep: &[bool], last_use: &[usize]) -> Assignment {
+/// `bias_of`: from [`bias_folds`]; a folded sum's buffer is assigned with its weight gradient's.
+pub(crate) fn assign(
+    graph: &Graph,
+    live: &[bool],
+    keep: &[bool],
+    last_use: &[usize],
+    bias_of: Vec<Option<usize>>,
+) -> Assignment {
     let nodes = graph.nodes();
     let n = nodes.len();
     // Follow reshapes to the tensor that owns the storage.
@@ -49,44 +87,47 @@ pub(crate) fn assign(graph: &Graph, live: &[bool], keep: &[bool], last_use: &[us
     let mut free: Vec<usize> = Vec::new();
     // Buffers to release once position p has executed.
     let mut release_at: Vec<Vec<usize>> = vec![Vec::new(); n + 1];
-    for (i, node) in nodes.iter().enumerate() {
+    for i in 0..n {
         if live[i] && root[i] != i {
             slot[i] = slot[root[i]];
         }
-        if !live[i] || root[i] != i {
+        if !live[i] || root[i] != i || slot[i].is_some() {
             free.append(&mut release_at[i]);
             continue;
         }
-        let need = bytes_for(node.numel());
-        let own = node.op.is_leaf() || root_keep[i];
-        let s = if own {
-            sizes.push(need);
-            owned.push(true);
-            sizes.len() - 1
-        } else {
-            // Best fit among free buffers at least as large; otherwise a new one.
-            let best = free
-                .iter()
-                .enumerate()
-                .filter(|(_, &b)| sizes[b] >= need)
-                .min_by_key(|(_, &b)| sizes[b])
-                .map(|(pos, _)| pos);
-            match best {
-                Some(pos) => free.swap_remove(pos),
-                None => {
-                    sizes.push(need);
-                    owned.push(false);
-                    sizes.len() - 1
+        // The node's output, then a folded bias gradient's (written by the same dispatches).
+        for t in std::iter::once(i).chain(bias_of[i]) {
+            let need = bytes_for(nodes[t].numel());
+            let own = nodes[t].op.is_leaf() || root_keep[t];
+            let s = if own {
+                sizes.push(need);
+                owned.push(true);
+                sizes.len() - 1
+            } else {
+                // Best fit among free buffers at least as large; otherwise a new one.
+                let best = free
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &b)| sizes[b] >= need)
+                    .min_by_key(|(_, &b)| sizes[b])
+                    .map(|(pos, _)| pos);
+                match best {
+                    Some(pos) => free.swap_remove(pos),
+                    None => {
+                        sizes.push(need);
+                        owned.push(false);
+                        sizes.len() - 1
+                    }
                 }
+            };
+            slot[t] = Some(s);
+            if !own {
+                release_at[root_last[t].max(t)].push(s);
             }
-        };
-        slot[i] = Some(s);
-        if !own {
-            release_at[root_last[i].max(i)].push(s);
         }
         // Operands whose last reader was this node can be reused by later nodes; this
         // node's own output was assigned above, so it never aliases its operands.
         free.append(&mut release_at[i]);
     }
-    Assignment { slot, sizes, owned }
+    Assignment { slot, sizes, owned, bias_of }
 }

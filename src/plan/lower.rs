@@ -113,11 +113,14 @@ fn optimizer_slot<'b>(
     Some((rule, Slot { numel, per_model: numel / shape[0], buffers }, buf(hyper), buf(dead)))
 }
 
+/// The dispatches of `node` (output `out`); `bias`: a conv weight gradient's folded bias
+/// gradient (see `alloc::bias_folds`), which these dispatches compute too.
 pub(super) fn lower_node<'b>(
     ctx: &Lower,
     graph: &Graph,
     node: &Node,
     out: TensorId,
+    bias: Option<TensorId>,
     buf: &impl Fn(TensorId) -> &'b wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
     let x = &node.inputs;
@@ -195,7 +198,7 @@ pub(super) fn lower_node<'b>(
         }
         Op::Conv2dGradWeight { geom } => {
             let s = ops::conv::Conv { x: img(x[1]), y: img(x[0]), geom };
-            ops::conv::lower_grad_weight(ctx, &s, buf(x[0]), buf(x[1]), buf(out))
+            ops::conv::lower_grad_weight(ctx, &s, buf(x[0]), buf(x[1]), buf(out), bias.map(buf))
         }
         Op::MaxPool2d { geom } => {
             let s = ops::pool::Pool { x: img(x[0]), y: ops::Image::of(&node.shape), geom: Some(geom) };

@@ -266,6 +266,8 @@ impl Plan {
         }
 
         let ctx = Lower { gpu, dummy: &dummy, ranges: Default::default(), scratch: Default::default() };
+        // Bias-gradient sums the weight gradients' dispatches compute.
+        let folded: Vec<usize> = assignment.bias_of.iter().flatten().copied().collect();
         let mut steps = Vec::with_capacity(chunks.len());
         for &(g0, gc) in &chunks {
             let chunk_graph;
@@ -310,9 +312,11 @@ impl Plan {
             }
             *ctx.ranges.borrow_mut() = ranges;
             for (i, node) in lg.nodes().iter().enumerate() {
-                if live[i] && !matches!(node.op, Op::Fill { .. }) {
-                    step.dispatches.extend(lower_node(&ctx, lg, node, TensorId(i), &buf)?);
+                if !live[i] || matches!(node.op, Op::Fill { .. }) || folded.contains(&i) {
+                    continue;
                 }
+                let bias = assignment.bias_of[i].map(TensorId);
+                step.dispatches.extend(lower_node(&ctx, lg, node, TensorId(i), bias, &buf)?);
             }
             step.dispatches.extend(lower_updates(&ctx, lg, updates, &buf)?);
             steps.push(step);
@@ -798,7 +802,8 @@ fn liveness(graph: &Graph, keep: &[TensorId], updates: &[Update]) -> (Vec<bool>,
     for t in keep {
         keep_mask[t.index()] = true;
     }
-    let assignment = alloc::assign(graph, &live, &keep_mask, &last_use);
+    let bias_of = alloc::bias_folds(graph, &live);
+    let assignment = alloc::assign(graph, &live, &keep_mask, &last_use, bias_of);
     (live, assignment)
 }
 
