@@ -8,6 +8,9 @@
 //   gemm_nn  A [M,K], B [K,N]: B N-contiguous (backward to the input);  needs N % 4 == 0
 //   gemm_tn  A [K,M], B [K,N]: both K-major (backward to the weight);   needs M % 4 == 0, N % 4 == 0
 //   gemm     any layout through strides, scalar loads (odd sizes).
+// gemm_tn_sum and gemm_sum also write the sums of A's rows over the depth to `a_sums` [G, M]
+// (a linear layer's bias gradient beside its weight gradient dy^T x: dy summed over the
+// samples), from the A values they load anyway.
 
 struct Params {
     m: u32,
@@ -27,6 +30,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(5) var<storage, read_write> a_sums: array<f32>;
 
 override WG: u32 = 8u;
 
@@ -133,38 +137,67 @@ fn gemm_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
     store_block(g, r0, c0, acc);
 }
 
-@compute @workgroup_size(WG, WG, 1)
-fn gemm_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let g = gid.z;
-    let c0 = gid.x * 4u;
-    let r0 = gid.y * 4u;
-    if (c0 >= p.n || r0 >= p.m) {
+// The 4x4 block of C at (r0, c0) and the sums of A's rows r0 .. r0 + 3 over the depth.
+struct Block {
+    acc: array<vec4<f32>, 4>,
+    a_sum: vec4<f32>,
+}
+
+// Writes the A sums of rows r0 .. r0 + 3 (invocations of the first column block only).
+fn store_sums(g: u32, r0: u32, c0: u32, a_sum: vec4<f32>) {
+    if (c0 != 0u) {
         return;
     }
+    for (var i = 0u; i < 4u; i++) {
+        if (r0 + i < p.m) {
+            a_sums[g * p.m + r0 + i] = a_sum[i];
+        }
+    }
+}
+
+fn tn_block(gid: vec3<u32>, sums: bool) -> Block {
+    let g = gid.z;
     let m4 = p.m / 4u;
     let n4 = p.n / 4u;
     let abase = g * p.k * m4 + gid.y;
     let bbase = g * p.k * n4 + gid.x;
-    var acc: array<vec4<f32>, 4>;
+    var r: Block;
     for (var kk = 0u; kk < p.k; kk++) {
         let av = a4[abase + kk * m4];
         let bv = b4[bbase + kk * n4];
-        acc[0] += av.x * bv;
-        acc[1] += av.y * bv;
-        acc[2] += av.z * bv;
-        acc[3] += av.w * bv;
+        r.acc[0] += av.x * bv;
+        r.acc[1] += av.y * bv;
+        r.acc[2] += av.z * bv;
+        r.acc[3] += av.w * bv;
+        if (sums) {
+            r.a_sum += av;
+        }
     }
-    store_block(g, r0, c0, acc);
+    return r;
 }
 
 @compute @workgroup_size(WG, WG, 1)
-fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn gemm_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x * 4u >= p.n || gid.y * 4u >= p.m) {
+        return;
+    }
+    store_block(gid.z, gid.y * 4u, gid.x * 4u, tn_block(gid, false).acc);
+}
+
+@compute @workgroup_size(WG, WG, 1)
+fn gemm_tn_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x * 4u >= p.n || gid.y * 4u >= p.m) {
+        return;
+    }
+    let r = tn_block(gid, true);
+    store_block(gid.z, gid.y * 4u, gid.x * 4u, r.acc);
+    store_sums(gid.z, gid.y * 4u, gid.x * 4u, r.a_sum);
+}
+
+fn any_block(gid: vec3<u32>, sums: bool) -> Block {
     let g = gid.z;
     let c0 = gid.x * 4u;
     let r0 = gid.y * 4u;
-    if (c0 >= p.n || r0 >= p.m) {
-        return;
-    }
     var aoff: array<u32, 4>;
     var boff: array<u32, 4>;
     let abase = g * p.m * p.k;
@@ -173,7 +206,7 @@ fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
         aoff[i] = abase + min(r0 + i, p.m - 1u) * p.a_sm;
         boff[i] = bbase + min(c0 + i, p.n - 1u) * p.b_sn;
     }
-    var acc: array<vec4<f32>, 4>;
+    var r: Block;
     for (var kk = 0u; kk < p.k; kk++) {
         let bv = vec4<f32>(
             b[boff[0] + kk * p.b_sk],
@@ -182,10 +215,32 @@ fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
             b[boff[3] + kk * p.b_sk],
         );
         let ka = kk * p.a_sk;
-        acc[0] += a[aoff[0] + ka] * bv;
-        acc[1] += a[aoff[1] + ka] * bv;
-        acc[2] += a[aoff[2] + ka] * bv;
-        acc[3] += a[aoff[3] + ka] * bv;
+        let av = vec4<f32>(a[aoff[0] + ka], a[aoff[1] + ka], a[aoff[2] + ka], a[aoff[3] + ka]);
+        r.acc[0] += av.x * bv;
+        r.acc[1] += av.y * bv;
+        r.acc[2] += av.z * bv;
+        r.acc[3] += av.w * bv;
+        if (sums) {
+            r.a_sum += av;
+        }
     }
-    store_block(g, r0, c0, acc);
+    return r;
+}
+
+@compute @workgroup_size(WG, WG, 1)
+fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x * 4u >= p.n || gid.y * 4u >= p.m) {
+        return;
+    }
+    store_block(gid.z, gid.y * 4u, gid.x * 4u, any_block(gid, false).acc);
+}
+
+@compute @workgroup_size(WG, WG, 1)
+fn gemm_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x * 4u >= p.n || gid.y * 4u >= p.m) {
+        return;
+    }
+    let r = any_block(gid, true);
+    store_block(gid.z, gid.y * 4u, gid.x * 4u, r.acc);
+    store_sums(gid.z, gid.y * 4u, gid.x * 4u, r.a_sum);
 }

@@ -159,3 +159,40 @@ fn matmul_relu_grad_checks_shapes() {
     let err = graph.matmul_relu_grad(a, bad, false, false, y).unwrap_err().to_string();
     assert!(err.contains("matmul_relu_grad") && err.contains("inner dimensions"), "{err}");
 }
+
+/// A weight gradient dy^T x followed by the bias gradient sum(dy, [1]) of the same dy: the
+/// GEMM also writes the sums (no `sum` dispatch), bit for bit the separate sum's values (both
+/// add the samples in order under `Tuning::SOFTWARE`). With the sum built first, nothing folds.
+fn run_weight_and_bias(gpu: &modelbatch::Gpu, out: usize, fold: bool) -> (Vec<Vec<u32>>, Vec<&'static str>) {
+    let (g, k, inp) = (3, 301, 20);
+    let mut graph = Graph::new(g);
+    let dy = graph.input("dy", &[k, out], DType::F32).unwrap();
+    let x = graph.input("x", &[k, inp], DType::F32).unwrap();
+    let (dw, db) = if fold {
+        let dw = graph.matmul(dy, x, None, true, false).unwrap();
+        (dw, graph.sum(dy, &[1]).unwrap())
+    } else {
+        let db = graph.sum(dy, &[1]).unwrap();
+        (graph.matmul(dy, x, None, true, false).unwrap(), db)
+    };
+    let plan = Plan::new(gpu, &graph, &[dw, db], &[]).unwrap();
+    plan.write(dy, &common::randn(40, g * k * out)).unwrap();
+    plan.write(x, &common::randn(41, g * k * inp)).unwrap();
+    plan.run().unwrap();
+    let bits = [dw, db].map(|t| plan.read_blocking(t).unwrap().iter().map(|v| v.to_bits()).collect());
+    (bits.to_vec(), plan.dispatch_labels())
+}
+
+#[test]
+fn linear_bias_gradient_folds_into_the_weight_gradient() {
+    let gpu = gpu_or_skip!();
+    let gpu = gpu.with_tuning(modelbatch::Tuning::SOFTWARE).unwrap();
+    // 12 outputs: gemm_tn (vec4 rows); 13: the general kernel.
+    for out in [12, 13] {
+        let (plain, plain_labels) = run_weight_and_bias(&gpu, out, false);
+        let (folded, labels) = run_weight_and_bias(&gpu, out, true);
+        assert_eq!(plain, folded, "{out} outputs: the folded sums differ");
+        assert!(plain_labels.contains(&"sum"), "{plain_labels:?}");
+        assert!(!labels.contains(&"sum") && labels.len() + 1 == plain_labels.len(), "{labels:?}");
+    }
+}

@@ -78,9 +78,10 @@ fn matmul_odd_sizes_all_layouts() {
     for (ta, tb) in COMBOS {
         for bias in [false, true] {
             let labels = check_matmul(gpu, 17, 5, 7, 3, ta, tb, bias);
-            // No dimension is a multiple of 4: every product must take the general kernel.
+            // No dimension is a multiple of 4: every product must take the general kernel
+            // (`gemm_sum` where it also sums a bias gradient).
             for l in labels.iter().filter(|l| l.starts_with("gemm")) {
-                assert_eq!(*l, "gemm", "odd sizes picked {l} ({labels:?})");
+                assert!(*l == "gemm" || *l == "gemm_sum", "odd sizes picked {l} ({labels:?})");
             }
         }
     }
@@ -196,9 +197,13 @@ fn linear_odd_sizes() {
 fn linear_vec4_sizes_take_the_three_fast_paths() {
     let gpu = gpu_or_skip!();
     // Forward x·Wᵀ (K = in), backward to x dy·W (N = in), backward to W dyᵀ·x (M = out, N = in).
-    let labels = check_linear(gpu, 3, &[5], 8, 12, true);
-    for entry in ["gemm_nt", "gemm_nn", "gemm_tn"] {
-        assert!(labels.contains(&entry), "linear with in=8, out=12 did not run {entry}: {labels:?}");
+    // With a bias, the weight gradient's GEMM also sums its gradient (no `sum` dispatch).
+    for (bias, entries) in [(true, ["gemm_nt", "gemm_nn", "gemm_tn_sum"]), (false, ["gemm_nt", "gemm_nn", "gemm_tn"])] {
+        let labels = check_linear(gpu, 3, &[5], 8, 12, bias);
+        for entry in entries {
+            assert!(labels.contains(&entry), "linear with in=8, out=12 did not run {entry}: {labels:?}");
+        }
+        assert!(!labels.contains(&"sum"), "{labels:?}");
     }
 }
 

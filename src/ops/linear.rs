@@ -18,6 +18,9 @@ pub(crate) struct MatMul<'a> {
     pub b: &'a wgpu::Buffer,
     pub epilogue: Epilogue<'a>,
     pub out: &'a wgpu::Buffer,
+    /// Also writes the sums of op(A)'s rows over the depth here (`[G, M]`): with `trans_a`,
+    /// A = dy `[G, K, M]` and the sums are a linear layer's bias gradient.
+    pub a_sums: Option<&'a wgpu::Buffer>,
 }
 
 /// What the GEMM applies to each result before storing it.
@@ -36,11 +39,12 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     // Strides of A as (row m, depth k) and of B as (depth k, column n), in elements.
     let (a_sm, a_sk) = if mm.trans_a { (1, m) } else { (k, 1) };
     let (b_sk, b_sn) = if mm.trans_b { (1, k) } else { (n, 1) };
-    let entry = match (mm.trans_a, mm.trans_b) {
-        (false, true) if k % 4 == 0 => "gemm_nt",
-        (false, false) if n % 4 == 0 => "gemm_nn",
-        (true, false) if m % 4 == 0 && n % 4 == 0 => "gemm_tn",
-        _ => "gemm",
+    let entry = match (mm.trans_a, mm.trans_b, mm.a_sums.is_some()) {
+        (false, true, false) if k % 4 == 0 => "gemm_nt",
+        (false, false, false) if n % 4 == 0 => "gemm_nn",
+        (true, false, sums) if m % 4 == 0 && n % 4 == 0 => ["gemm_tn", "gemm_tn_sum"][usize::from(sums)],
+        (_, _, false) => "gemm",
+        (_, _, true) => "gemm_sum",
     };
     if mm.g > 65_535 {
         return Err(Error::Usage(format!(
@@ -56,17 +60,15 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     let words = [m, n, k, flags as usize, a_sm, a_sk, b_sk, b_sn].map(|v| v as u32);
     // Invocations per workgroup side (the adapter's tuning); each computes a 4x4 block.
     let wg = ctx.gpu.tuning().gemm_wg;
-    let kernel = ctx.kernel(
-        &LINEAR,
-        entry,
-        &[Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite],
-        &[("WG", wg as f64)],
-    );
+    let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite, Binding::ReadWrite];
+    let storage = &storage[..4 + usize::from(mm.a_sums.is_some())];
+    let kernel = ctx.kernel(&LINEAR, entry, storage, &[("WG", wg as f64)]);
     let tile = (4 * wg) as usize;
     let groups = [n.div_ceil(tile) as u32, m.div_ceil(tile) as u32, mm.g as u32];
     if groups[0] > 65_535 || groups[1] > 65_535 {
         return Err(Error::Usage(format!("matmul: a {m}x{n} output needs more than 65,535 workgroups per dimension")));
     }
     let third = e.bias.or(e.relu_grad_at).unwrap_or(ctx.dummy);
-    Ok(ctx.dispatch(kernel, entry, &words, &[mm.a, mm.b, third, mm.out], groups))
+    let buffers = [mm.a, mm.b, third, mm.out, mm.a_sums.unwrap_or(ctx.dummy)];
+    Ok(ctx.dispatch(kernel, entry, &words, &buffers[..storage.len()], groups))
 }

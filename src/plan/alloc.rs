@@ -20,16 +20,24 @@ pub(crate) struct Assignment {
     pub bias_of: Vec<Option<usize>>,
 }
 
-/// Pairs each live convolution weight gradient `conv2d_grad_weight(dy, x)` with a later live
-/// `sum(dy, [1, 3, 4])` of the same dy (the bias gradient autograd builds beside it), so that
-/// one lowering computes both: the tiled kernel sums the dy it stages anyway. The sum's
-/// buffer is then taken where the weight gradient runs and the sum node lowers to nothing.
+/// Pairs each live weight gradient with a later live sum of the same dy that is its layer's
+/// bias gradient (autograd builds it beside), so that one lowering computes both from the dy
+/// it reads anyway: a convolution's `conv2d_grad_weight(dy, x)` with `sum(dy, [1, 3, 4])`
+/// (the tiled kernel sums the dy it stages; other paths append the sum), a linear layer's
+/// `matmul(dy, x, trans_a)` (dy^T x) with `sum(dy, [1])` (the GEMM sums the dy rows it
+/// loads). The sum's buffer is then taken where the weight gradient runs and the sum node
+/// lowers to nothing.
 pub(crate) fn bias_folds(graph: &Graph, live: &[bool]) -> Vec<Option<usize>> {
     let nodes = graph.nodes();
     let mut bias_of = vec![None; nodes.len()];
     let mut taken = vec![false; nodes.len()];
     for (i, node) in nodes.iter().enumerate() {
-        if !live[i] || !matches!(node.op, Op::Conv2dGradWeight { .. }) {
+        let axes: &[usize] = match node.op {
+            Op::Conv2dGradWeight { .. } => &[1, 3, 4],
+            Op::MatMul { trans_a: true, bias: false, .. } if graph.shape(node.inputs[0]).len() == 3 => &[1],
+            _ => continue,
+        };
+        if !live[i] {
             continue;
         }
         let dy = node.inputs[0];
@@ -38,7 +46,7 @@ pub(crate) fn bias_folds(graph: &Graph, live: &[bool]) -> Vec<Option<usize>> {
             live[j]
                 && !taken[j]
                 && sum.inputs.first() == Some(&dy)
-                && matches!(&sum.op, Op::Sum { axes, scale } if axes == &[1, 3, 4] && *scale == 1.0)
+                && matches!(&sum.op, Op::Sum { axes: a, scale } if a == axes && *scale == 1.0)
         };
         if let Some(j) = (i + 1..nodes.len()).find(|&j| folds(j)) {
             bias_of[i] = Some(j);

@@ -166,6 +166,7 @@ pub(super) fn lower_node<'b>(
                     b: buf(x[1]),
                     epilogue,
                     out: buf(out),
+                    a_sums: bias.map(buf),
                 },
             )?)
         }
@@ -198,7 +199,7 @@ pub(super) fn lower_node<'b>(
         }
         Op::Conv2dGradWeight { geom } => {
             let s = ops::conv::Conv { x: img(x[1]), y: img(x[0]), geom };
-            ops::conv::lower_grad_weight(ctx, &s, buf(x[0]), buf(x[1]), buf(out), bias.map(buf))
+            ops::conv::lower_grad_weight(ctx, &s, buf(x[0]), buf(x[1]), buf(out), bias.map(&buf))
         }
         Op::MaxPool2d { geom } => {
             let s = ops::pool::Pool { x: img(x[0]), y: ops::Image::of(&node.shape), geom: Some(geom) };
