@@ -930,6 +930,64 @@ fn tile_dy(g: u32, r: u32, chan: u32) -> u32 {
     return (g * q.n + n) * q.co * q.oh * q.ow + chan + (r - n * q.oh) * q.ow;
 }
 
+// conv2d_grad_weight_tile with PKH > 0 computes dy instead of reading it: dy is the gradient
+// of a max pooling of y (binding 4) whose PKH x PKW windows tile y exactly, given the pooled
+// gradient (bound in dy's place), as maxpool2d_grad_window computes it (pool.wgsl): the
+// pooled gradient at each window's argmax (PyTorch's rule: the first maximum, NaN wins), 0.0
+// elsewhere, times relu's derivative at y with PR = 1. The tile's rows are whole windows.
+override PKH: u32 = 0u;
+override PKW: u32 = 1u;
+override PR: u32 = 0u;
+@group(0) @binding(4) var<storage, read> pool_y: array<f32>;
+
+fn pool_is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// Stages dy rows [t0, t0 + nrows) of the group's channels at tile_f[dyat ..] (as the copy
+// of dy does), one window per lane at a time.
+fn tile_pool_dy(g: u32, grp: u32, t0: u32, nrows: u32, dyat: u32, lane: u32) {
+    // (PKH is 0 where the kernel does not call this: no division by zero at pipeline creation.)
+    let wh = max(PKH, 1u);
+    let ohw = q.oh * q.ow;
+    let ds = nrows * q.ow;
+    let pw = q.ow / PKW;
+    let per_o = nrows / wh * pw;
+    let plane = (q.oh / wh) * pw;
+    for (var e = lane; e < q.cog * per_o; e += WGX) {
+        let o = e / per_o;
+        let rem = e - o * per_o;
+        let wr = rem / pw;
+        let wc = rem - wr * pw;
+        let r = t0 + wr * wh;
+        let n = r / q.oh;
+        let ch = grp * q.cog + o;
+        let yb = tile_dy(g, r, ch * ohw) + wc * PKW;
+        var best = 0.0;
+        var at = 0xffffffffu;
+        for (var ky = 0u; ky < PKH; ky++) {
+            for (var kx = 0u; kx < PKW; kx++) {
+                let v = pool_y[yb + ky * q.ow + kx];
+                if (at == 0xffffffffu || pool_is_nan(v) || (!pool_is_nan(best) && v > best)) {
+                    best = v;
+                    at = ky * PKW + kx;
+                }
+            }
+        }
+        let dp = 0.0 + b_in[((g * q.n + n) * q.co + ch) * plane + (r - n * q.oh) / wh * pw + wc];
+        let tb = dyat + o * ds + wr * wh * q.ow + wc * PKW;
+        for (var ky = 0u; ky < PKH; ky++) {
+            for (var kx = 0u; kx < PKW; kx++) {
+                var v = select(0.0, dp, ky * PKW + kx == at);
+                if (PR != 0u) {
+                    v = v * select(0.0, 1.0, pool_y[yb + ky * q.ow + kx] > 0.0);
+                }
+                tile_f[tb + ky * q.ow + kx] = v;
+            }
+        }
+    }
+}
+
 // One output channel's taps (kx 0-3 in lo, 4-7 in hi) += d * the input window.
 fn gw_fma(lo: ptr<function, vec4<f32>>, hi: ptr<function, vec4<f32>>, d: f32, wlo: vec4<f32>, whi: vec4<f32>) {
     *lo += d * wlo;
@@ -1016,7 +1074,9 @@ fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builti
         let ds = nrows * q.ow;
         // Channel o of this group starts at chan + o * OH * OW within an image.
         let chan = (grp * q.cog) * ohw;
-        if (q.ow <= WGX) {
+        if (PKH != 0u) {
+            tile_pool_dy(g, grp, t0, nrows, dyat, lid.x);
+        } else if (q.ow <= WGX) {
             // One column per lane, (channel, row) pairs WGX / OW apart, as tile_load_x.
             let step = WGX / q.ow;
             let j0 = lid.x / q.ow;

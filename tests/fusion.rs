@@ -196,3 +196,57 @@ fn linear_bias_gradient_folds_into_the_weight_gradient() {
         assert!(!labels.contains(&"sum") && labels.len() + 1 == plain_labels.len(), "{labels:?}");
     }
 }
+
+/// conv (relu or not) → max pooling, gradients to the weight and bias only (x is data): the
+/// tiled weight gradient computes dy from the pooled gradient itself, so the pooling
+/// gradient's pass disappears, with bit for bit the values of the plan that keeps dy (and so
+/// runs that pass). Windows 2x2 and 3x2 that tile the 12x10 output; with a 5x5 window that
+/// does not (floor mode drops rows), nothing folds.
+fn run_pool_fold(gpu: &modelbatch::Gpu, relu: bool, window: [usize; 2], keep_dy: bool) -> (Vec<Vec<u32>>, Vec<&str>) {
+    let g = 2;
+    let mut graph = Graph::new(g);
+    let x = graph.input("x", &[3, 2, 12, 10], DType::F32).unwrap();
+    let w = graph.param("w", &[4, 2, 3, 3]).unwrap();
+    let b = graph.param("b", &[4]).unwrap();
+    let geom = Conv2dGeom { kernel: [3, 3], stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1 };
+    let y = if relu { graph.conv2d_relu(x, w, Some(b), geom) } else { graph.conv2d(x, w, Some(b), geom) }.unwrap();
+    let pool =
+        Pool2dGeom { kernel: window, stride: window, padding: [0, 0], dilation: [1, 1], count_include_pad: true };
+    let p = graph.maxpool2d(y, pool).unwrap();
+    let rs = graph.shape(p)[1..].to_vec();
+    let r = graph.input("r", &rs, DType::F32).unwrap();
+    let grads = autograd::grad(&mut graph, p, Some(r), &[w, b]).unwrap();
+    let mut keep: Vec<_> = grads.iter().map(|d| d.unwrap()).collect();
+    if keep_dy {
+        // dy: the weight gradient's first operand, the pooling gradient.
+        let gw = graph.nodes().iter().find(|n| n.op.name() == "conv2d_grad_weight").expect("a weight gradient");
+        assert_eq!(graph.node(gw.inputs[0]).op.name(), "maxpool2d_grad");
+        keep.push(gw.inputs[0]);
+    }
+    let plan = Plan::new(gpu, &graph, &keep, &[]).unwrap();
+    // Quarter steps: ties inside windows and exact zeros (relu's derivative 0).
+    let q = |seed, n| common::randn(seed, n).iter().map(|v| (v * 4.0).round() / 4.0).collect::<Vec<f32>>();
+    plan.write(x, &q(50, g * 3 * 2 * 12 * 10)).unwrap();
+    plan.write(w, &q(51, g * 4 * 2 * 9)).unwrap();
+    plan.write(b, &q(52, g * 4)).unwrap();
+    let rn: usize = graph.shape(p).iter().product();
+    plan.write(r, &common::randn(53, rn)).unwrap();
+    plan.run().unwrap();
+    let out = keep[..2].iter().map(|&t| plan.read_blocking(t).unwrap().iter().map(|v| v.to_bits()).collect());
+    (out.collect(), plan.dispatch_labels())
+}
+
+#[test]
+fn pooling_gradient_folds_into_the_tiled_weight_gradient() {
+    let gpu = gpu_or_skip!();
+    let tiled = gpu.with_tuning(modelbatch::Tuning::SOFTWARE.apply("grad_weight_tile=64").unwrap()).unwrap();
+    for relu in [true, false] {
+        for (window, folds) in [([2, 2], true), ([3, 2], true), ([5, 5], false)] {
+            let (kept, kept_labels) = run_pool_fold(&tiled, relu, window, true);
+            let (folded, labels) = run_pool_fold(&tiled, relu, window, false);
+            assert_eq!(kept, folded, "relu {relu}, window {window:?}: gradients differ");
+            assert!(kept_labels.contains(&"maxpool2d_grad"), "{kept_labels:?}");
+            assert_eq!(!labels.contains(&"maxpool2d_grad"), folds, "relu {relu}, window {window:?}: {labels:?}");
+        }
+    }
+}

@@ -17,7 +17,9 @@
 //! the weights and (weight gradient) the output-gradient rows in workgroup memory and every
 //! invocation computes from there. Measured on an H100 at G=64, N=128: a LeNet step in
 //! 2.75 ms against 11.7 ms with the direct kernels at their best tuning. Layers whose rows do
-//! not fit the tile fall back to the direct kernels.
+//! not fit the tile fall back to the direct kernels. The tiled weight gradient also sums the
+//! bias gradient from the dy rows it stages, and can compute those rows from a max-pooling
+//! gradient instead of reading them (the plan's folds, `plan/alloc.rs`).
 
 use std::sync::Arc;
 
@@ -231,6 +233,17 @@ pub(crate) fn lower_grad_input(
 }
 
 /// `dw [weight shape] = d conv / d w` applied to `dy [y]`.
+/// The max-pooling gradient a weight gradient computes its dy from (the plan's fold of
+/// `maxpool2d_grad` into `conv2d_grad_weight`): dy = the gradient of a max pooling of `y` with
+/// `window`-sized windows that tile y exactly, given the pooled gradient `dpool`, times relu's
+/// derivative at y with `relu`.
+pub(crate) struct PoolGrad<'a> {
+    pub window: [usize; 2],
+    pub relu: bool,
+    pub dpool: &'a wgpu::Buffer,
+    pub y: &'a wgpu::Buffer,
+}
+
 /// The weight gradient `dw`, and with `bias` also the bias gradient (dy summed over images
 /// and positions): the tiled kernel adds it up from the dy it stages anyway (no pass of its
 /// own over dy); the other paths append that sum.
@@ -241,13 +254,14 @@ pub(crate) fn lower_grad_weight(
     x: &wgpu::Buffer,
     dw: &wgpu::Buffer,
     bias: Option<&wgpu::Buffer>,
+    pool: Option<&PoolGrad>,
 ) -> Result<Vec<Dispatch>> {
     const LABEL: &str = "conv2d_grad_weight";
     let d = dims(LABEL, s)?;
     let mut out = None;
     if let Some(c) = Corr::forward(ctx, s, &d) {
         let c = Corr { max_ob: ctx.gpu.tuning().grad_weight_ob as usize, ..c };
-        if let Some(tiled) = grad_weight_tile(ctx, LABEL, &c, &d, [dy, x, dw], bias)? {
+        if let Some(tiled) = grad_weight_tile(ctx, LABEL, &c, &d, [dy, x, dw], bias, pool)? {
             if bias.is_some() {
                 return Ok(tiled);
             }
@@ -256,6 +270,12 @@ pub(crate) fn lower_grad_weight(
         if out.is_none() {
             out = grad_weight_direct(ctx, LABEL, &c, &d, [dy, x, dw])?;
         }
+    }
+    if out.is_none() && pool.is_some() {
+        // The plan skipped the pooling gradient only where grad_weight_folds_pool said so.
+        return Err(Error::Gpu(format!(
+            "{LABEL}: internal error: dy from a pooling gradient without the tiled kernel"
+        )));
     }
     let mut out = match out {
         Some(out) => out,
@@ -290,7 +310,7 @@ fn grad_weight_gemm(
     let grid = [cols.div_ceil(4 * wgx), d.og.div_ceil(4), d.g * d.groups * splits];
     let words = words(s, d, 0, splits, rows_per_split, total);
     let kernel = gemm_kernel(ctx, label, &[Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
-    split_k(ctx, &kernel, label, &words, [dy, x], (dw, None), grid, splits, total)
+    split_k(ctx, &kernel, label, &words, [dy, x], (dw, None), grid, splits, total, None)
 }
 
 /// Widest kernel of the direct kernels (`MAX_KW` in the shader).
@@ -629,28 +649,43 @@ fn corr_tile(
     tiled(ctx, &kernel, label, &words, &buffers, grid).map(Some)
 }
 
-/// The weight gradient through `conv2d_grad_weight_tile` with the adapter's
-/// `grad_weight_tile` invocations per workgroup at most, or `None` where that is 0, the device
-/// lacks the tile's memory, its tasks (input channel, output-channel block, kernel row)
-/// outnumber the lanes, one output row of every channel passes the tile, or the loops pass
-/// lavapipe's budget.
-fn grad_weight_tile(
+/// How `conv2d_grad_weight_tile` runs one weight gradient.
+struct GradWeightTile {
+    /// Invocations per workgroup, output rows per tile, invocations per task.
+    lanes: usize,
+    ru: usize,
+    ps: usize,
+    rows_per_split: usize,
+    splits: usize,
+    /// dw's sums per partial, and all of them (the bias gradient's after dw's).
+    dw_len: usize,
+    total: usize,
+}
+
+/// The tiled weight gradient's plan with the adapter's `grad_weight_tile` invocations per
+/// workgroup (`None` where that is 0, the device lacks the tile's memory, a task's rows pass
+/// the tile, or the loops pass lavapipe's budget); with `bias`, also the bias gradient; with
+/// `pool`, dy computed from a max pooling's gradient with that window (tiles of whole windows).
+fn grad_weight_tile_plan(
     ctx: &Lower,
-    label: &'static str,
     c: &Corr,
     d: &Dims,
-    [dy, x, dw]: [&wgpu::Buffer; 3],
-    bias: Option<&wgpu::Buffer>,
-) -> Result<Option<Vec<Dispatch>>> {
+    bias: bool,
+    pool: Option<[usize; 2]>,
+) -> Option<GradWeightTile> {
     let lanes = ctx.gpu.tuning().grad_weight_tile as usize;
     if lanes == 0 || !tiles_fit(ctx) {
-        return Ok(None);
+        return None;
     }
     let [kh, kw] = c.kernel;
+    let [wh, ww] = pool.unwrap_or([1, 1]);
+    if c.oh % wh != 0 || c.ow % ww != 0 {
+        return None;
+    }
     let ob = c.ob();
     let tasks = c.cig * c.cog.div_ceil(ob) * kh;
     if tasks > lanes {
-        return Ok(None);
+        return None;
     }
     let out_rows = c.n * c.oh;
     let fits = |ru: usize| c.cig * c.tile_rows(ru) * c.tile_cols() + c.cog * ru * c.ow <= TILE_F32;
@@ -658,47 +693,94 @@ fn grad_weight_tile(
     while ru > 0 && !fits(ru) {
         ru -= 1;
     }
+    ru -= ru % wh;
     if ru == 0 {
-        return Ok(None);
+        return None;
     }
     // Invocations per task: as many as the lanes allow, at most one per row of a tile; the
     // workgroup shrinks to whole warps of 32 around them.
     let ps = (lanes / tasks).min(ru);
     let lanes = (tasks * ps).next_multiple_of(32).min(lanes);
-    // Loop iterations per invocation (none counted as unrolled): per tile the copies, per
-    // own output row one per padded column; the store.
+    // Loop iterations per invocation (none counted as unrolled): per tile the copies (dy's
+    // from a pooling: per window its argmax and its values), per own output row one per
+    // padded column; the store.
     let fixed = ob * (kw + 1) + 8;
     let per_row = 2 + c.tile_cols();
-    let per_tile = (c.cig + 1) * (TILE_F32.div_ceil(lanes) + 1) + 2 + ru.div_ceil(ps) * per_row;
+    let copy = TILE_F32.div_ceil(lanes) + 1;
+    let dy_copy = match pool {
+        Some(_) => (TILE_F32.div_ceil(wh * ww).div_ceil(lanes) + 1) * (1 + 2 * wh * ww),
+        None => copy,
+    };
+    let per_tile = c.cig * copy + dy_copy + 2 + ru.div_ceil(ps) * per_row;
     if fixed + per_tile > LOOP_BUDGET {
-        return Ok(None);
+        return None;
     }
     let max_rows = (LOOP_BUDGET - fixed) / per_tile * ru;
-    // With the bias gradient, each partial holds dw's sums and then the bias's.
     let dw_len = d.g * c.co * c.cig * d.kk;
-    let total = dw_len + if bias.is_some() { d.g * c.co } else { 0 };
+    let total = dw_len + if bias { d.g * c.co } else { 0 };
     let threads = d.g * d.groups * lanes;
-    let Ok((_, rows_per_split)) = split_depth(ctx, out_rows, c.ow, total * ps, threads, max_rows) else {
+    let (_, rows_per_split) = split_depth(ctx, out_rows, c.ow, total * ps, threads, max_rows).ok()?;
+    // At least a full tile per split (a shorter one copies a tile's rows for fewer uses):
+    // fewer, longer splits where a small batch would otherwise cut the depth finer; whole
+    // pooling windows (max_rows is a multiple of ru, itself of wh).
+    let rows_per_split = rows_per_split.max(ru.min(max_rows)).next_multiple_of(wh);
+    let splits = out_rows.div_ceil(rows_per_split);
+    if splits * ps > LOOP_BUDGET {
+        return None;
+    }
+    Some(GradWeightTile { lanes, ru, ps, rows_per_split, splits, dw_len, total })
+}
+
+/// Whether the weight gradient of `s` (with its bias gradient where `bias`) takes the tiled
+/// kernel with dy computed from a max pooling's gradient of that `window` (the plan then skips
+/// the pooling gradient's own dispatch).
+pub(crate) fn grad_weight_folds_pool(ctx: &Lower, s: &Conv, bias: bool, window: [usize; 2]) -> bool {
+    let Ok(d) = dims("conv2d_grad_weight", s) else {
+        return false;
+    };
+    let Some(c) = Corr::forward(ctx, s, &d) else {
+        return false;
+    };
+    let c = Corr { max_ob: ctx.gpu.tuning().grad_weight_ob as usize, ..c };
+    grad_weight_tile_plan(ctx, &c, &d, bias, Some(window)).is_some()
+}
+
+/// The weight gradient (and the bias gradient with `bias`, dy from `pool`'s gradient with
+/// `pool`) through `conv2d_grad_weight_tile`, or `None` where [`grad_weight_tile_plan`] has no
+/// plan.
+fn grad_weight_tile(
+    ctx: &Lower,
+    label: &'static str,
+    c: &Corr,
+    d: &Dims,
+    [dy, x, dw]: [&wgpu::Buffer; 3],
+    bias: Option<&wgpu::Buffer>,
+    pool: Option<&PoolGrad>,
+) -> Result<Option<Vec<Dispatch>>> {
+    let Some(t) = grad_weight_tile_plan(ctx, c, d, bias.is_some(), pool.map(|p| p.window)) else {
         return Ok(None);
     };
-    // At least a full tile per split (a shorter one copies a tile's rows for fewer uses):
-    // fewer, longer splits where a small batch would otherwise cut the depth finer.
-    let rows_per_split = rows_per_split.max(ru.min(max_rows));
-    let splits = out_rows.div_ceil(rows_per_split);
-    let parts = splits * ps;
-    if parts > LOOP_BUDGET {
-        return Ok(None);
-    }
-    let mut words = c.words(d, 0, splits, rows_per_split, total);
-    words[W_TILE_ROWS] = ru as u32;
-    words[W_PS] = ps as u32;
-    words[W_BIAS_AT] = dw_len as u32;
-    let consts = [("WGX", lanes as f64), ("KW", kw as f64), ("OB", ob as f64), ("GB", f64::from(bias.is_some()))];
-    let kernel =
-        ctx.kernel(&CONV, "conv2d_grad_weight_tile", &[Binding::Read, Binding::Read, Binding::ReadWrite], &consts);
-    let grid = [splits, 1, d.g * d.groups];
-    let outs = (dw, bias.map(|db| (db, dw_len)));
-    split_k(ctx, &kernel, label, &words, [x, dy], outs, grid, parts, total).map(Some)
+    let [_, kw] = c.kernel;
+    let mut words = c.words(d, 0, t.splits, t.rows_per_split, t.total);
+    words[W_TILE_ROWS] = t.ru as u32;
+    words[W_PS] = t.ps as u32;
+    words[W_BIAS_AT] = t.dw_len as u32;
+    let [wh, ww] = pool.map_or([0, 1], |p| p.window);
+    let consts = [
+        ("WGX", t.lanes as f64),
+        ("KW", kw as f64),
+        ("OB", c.ob() as f64),
+        ("GB", f64::from(bias.is_some())),
+        ("PKH", wh as f64),
+        ("PKW", ww as f64),
+        ("PR", f64::from(pool.is_some_and(|p| p.relu))),
+    ];
+    let storage = [Binding::Read, Binding::Read, Binding::ReadWrite, Binding::Read];
+    let kernel = ctx.kernel(&CONV, "conv2d_grad_weight_tile", &storage, &consts);
+    let grid = [t.splits, 1, d.g * d.groups];
+    let outs = (dw, bias.map(|db| (db, t.dw_len)));
+    let (dy, y) = pool.map_or((dy, ctx.dummy), |p| (p.dpool, p.y));
+    split_k(ctx, &kernel, label, &words, [x, dy], outs, grid, t.splits * t.ps, t.total, Some(y)).map(Some)
 }
 
 /// The weight gradient through `conv2d_grad_weight_direct`, or `None` where its loop budget
@@ -739,7 +821,7 @@ fn grad_weight_direct(
     };
     let words = c.words(d, u32::from(flat) << 2, splits, rows_per_split, total);
     let kernel = c.kernel(ctx, "conv2d_grad_weight_direct", &[Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
-    split_k(ctx, &kernel, label, &words, [dy, x], (dw, None), grid, splits, total).map(Some)
+    split_k(ctx, &kernel, label, &words, [dy, x], (dw, None), grid, splits, total, None).map(Some)
 }
 
 /// A weight gradient's kernel over `grid` reading `inputs`: with one split (`parts == 1`) it
@@ -747,7 +829,7 @@ fn grad_weight_direct(
 /// `total` outputs to a scratch buffer (shared, created at plan compile time; the bind groups
 /// keep it alive) and [`reduce_partials`] adds them into `dw`. With a bias gradient
 /// `(db, dw_len)` the partials always go through the scratch buffer: their first `dw_len`
-/// sums are dw's, the rest db's.
+/// sums are dw's, the rest db's. `extra` is bound after the output (binding 4).
 #[allow(clippy::too_many_arguments)]
 fn split_k(
     ctx: &Lower,
@@ -759,12 +841,15 @@ fn split_k(
     grid: [usize; 3],
     parts: usize,
     total: usize,
+    extra: Option<&wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
     if parts == 1 && bias.is_none() {
-        return tiled(ctx, kernel, label, words, &[a, b, dw], grid);
+        let buffers: Vec<&wgpu::Buffer> = [a, b, dw].into_iter().chain(extra).collect();
+        return tiled(ctx, kernel, label, words, &buffers, grid);
     }
     let partial = ctx.scratch((4 * parts * total) as u64);
-    let mut out = tiled(ctx, kernel, label, words, &[a, b, &partial], grid)?;
+    let buffers: Vec<&wgpu::Buffer> = [a, b, &partial].into_iter().chain(extra).collect();
+    let mut out = tiled(ctx, kernel, label, words, &buffers, grid)?;
     out.push(reduce_partials(ctx, parts, total, &partial, dw, bias));
     Ok(out)
 }

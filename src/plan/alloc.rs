@@ -18,6 +18,9 @@ pub(crate) struct Assignment {
     /// For a convolution's weight gradient, the later node summing the same dy into its bias
     /// gradient, which the weight gradient's lowering computes too (see [`bias_folds`]).
     pub bias_of: Vec<Option<usize>>,
+    /// For a convolution's weight gradient, the max-pooling gradient node that produces its
+    /// dy, which the weight gradient may compute itself (see [`pool_folds`]).
+    pub pool_of: Vec<Option<usize>>,
 }
 
 /// Pairs each live weight gradient with a later live sum of the same dy that is its layer's
@@ -56,6 +59,46 @@ pub(crate) fn bias_folds(graph: &Graph, live: &[bool]) -> Vec<Option<usize>> {
     bias_of
 }
 
+/// Pairs each live convolution weight gradient whose dy is a max-pooling gradient
+/// `maxpool2d_grad(dpool, y)` (relu's derivative fused or not) with that node, where the
+/// windows tile y exactly (stride = window, no padding or dilation, y's sides multiples of the
+/// window) and nothing else reads dy (but the folded bias gradient): the tiled weight gradient
+/// can then compute dy from dpool and y as it stages it, and the pooling gradient's own pass
+/// (a write and a read of dy, the size of the convolution's output) is skipped. Whether the
+/// tiled kernel takes it is the lowering's call (`conv::grad_weight_folds_pool`); dy keeps its
+/// buffer either way.
+pub(crate) fn pool_folds(
+    graph: &Graph,
+    live: &[bool],
+    keep: &[bool],
+    last_use: &[usize],
+    bias_of: &[Option<usize>],
+) -> Vec<Option<usize>> {
+    let nodes = graph.nodes();
+    let mut pool_of = vec![None; nodes.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        if !live[i] || !matches!(node.op, Op::Conv2dGradWeight { .. }) {
+            continue;
+        }
+        let k = node.inputs[0].index();
+        let Op::MaxPool2dGrad { geom, .. } = &nodes[k].op else { continue };
+        let y = graph.shape(nodes[k].inputs[1]);
+        let exact = geom.kernel == geom.stride
+            && geom.padding == [0, 0]
+            && geom.dilation == [1, 1]
+            && y.len() == 5
+            && y[3] % geom.kernel[0] == 0
+            && y[4] % geom.kernel[1] == 0;
+        let readers_ok = (0..nodes.len())
+            .filter(|&m| live[m] && nodes[m].inputs.iter().any(|t| t.index() == k))
+            .all(|m| m == i || Some(m) == bias_of[i]);
+        if exact && readers_ok && !keep[k] && last_use[k] < nodes.len() {
+            pool_of[i] = Some(k);
+        }
+    }
+    pool_of
+}
+
 /// Bytes a tensor of `numel` 4-byte elements occupies, padded for vec4 access.
 pub(crate) fn bytes_for(numel: usize) -> u64 {
     ((numel.max(1) * 4) as u64).div_ceil(16) * 16
@@ -70,6 +113,7 @@ pub(crate) fn assign(
     keep: &[bool],
     last_use: &[usize],
     bias_of: Vec<Option<usize>>,
+    pool_of: Vec<Option<usize>>,
 ) -> Assignment {
     let nodes = graph.nodes();
     let n = nodes.len();
@@ -137,5 +181,5 @@ pub(crate) fn assign(
         // node's own output was assigned above, so it never aliases its operands.
         free.append(&mut release_at[i]);
     }
-    Assignment { slot, sizes, owned, bias_of }
+    Assignment { slot, sizes, owned, bias_of, pool_of }
 }

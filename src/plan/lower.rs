@@ -113,14 +113,39 @@ fn optimizer_slot<'b>(
     Some((rule, Slot { numel, per_model: numel / shape[0], buffers }, buf(hyper), buf(dead)))
 }
 
-/// The dispatches of `node` (output `out`); `bias`: a conv weight gradient's folded bias
-/// gradient (see `alloc::bias_folds`), which these dispatches compute too.
+/// Nodes another node's dispatches compute (see `alloc::bias_folds` and `alloc::pool_folds`).
+#[derive(Clone, Copy, Default)]
+pub(super) struct Folds {
+    /// A weight gradient's bias gradient, which its dispatches also write.
+    pub bias: Option<TensorId>,
+    /// A convolution weight gradient's dy, a max-pooling gradient its kernel computes.
+    pub pool: Option<TensorId>,
+}
+
+/// Whether the weight gradient node `i` (with its bias gradient where `bias`) computes its dy,
+/// the max-pooling gradient `alloc::pool_folds` paired it with, in its tiled kernel.
+pub(super) fn pool_folds(ctx: &Lower, graph: &Graph, i: usize, bias: bool) -> bool {
+    let node = &graph.nodes()[i];
+    let (Op::Conv2dGradWeight { geom }, Op::MaxPool2dGrad { geom: pool, .. }) =
+        (&node.op, &graph.node(node.inputs[0]).op)
+    else {
+        return false;
+    };
+    let s = ops::conv::Conv {
+        x: ops::Image::of(graph.shape(node.inputs[1])),
+        y: ops::Image::of(graph.shape(node.inputs[0])),
+        geom,
+    };
+    ops::conv::grad_weight_folds_pool(ctx, &s, bias, pool.kernel)
+}
+
+/// The dispatches of `node` (output `out`), computing the `folds` too.
 pub(super) fn lower_node<'b>(
     ctx: &Lower,
     graph: &Graph,
     node: &Node,
     out: TensorId,
-    bias: Option<TensorId>,
+    folds: Folds,
     buf: &impl Fn(TensorId) -> &'b wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
     let x = &node.inputs;
@@ -166,7 +191,7 @@ pub(super) fn lower_node<'b>(
                     b: buf(x[1]),
                     epilogue,
                     out: buf(out),
-                    a_sums: bias.map(buf),
+                    a_sums: folds.bias.map(buf),
                 },
             )?)
         }
@@ -199,7 +224,15 @@ pub(super) fn lower_node<'b>(
         }
         Op::Conv2dGradWeight { geom } => {
             let s = ops::conv::Conv { x: img(x[1]), y: img(x[0]), geom };
-            ops::conv::lower_grad_weight(ctx, &s, buf(x[0]), buf(x[1]), buf(out), bias.map(&buf))
+            let pool = folds.pool.map(|k| {
+                let (pool, dpool, y) = (graph.node(k), graph.node(k).inputs[0], graph.node(k).inputs[1]);
+                let Op::MaxPool2dGrad { geom, relu } = &pool.op else {
+                    unreachable!("alloc::pool_folds pairs pooling gradients")
+                };
+                ops::conv::PoolGrad { window: geom.kernel, relu: *relu, dpool: buf(dpool), y: buf(y) }
+            });
+            let bias = folds.bias.map(&buf);
+            ops::conv::lower_grad_weight(ctx, &s, buf(x[0]), buf(x[1]), buf(out), bias, pool.as_ref())
         }
         Op::MaxPool2d { geom } => {
             let s = ops::pool::Pool { x: img(x[0]), y: ops::Image::of(&node.shape), geom: Some(geom) };

@@ -311,12 +311,20 @@ impl Plan {
                 }
             }
             *ctx.ranges.borrow_mut() = ranges;
+            // Pooling gradients a weight gradient computes: by the weight gradient's node.
+            let pooled: HashMap<usize, usize> = (0..nodes.len())
+                .filter_map(|i| Some((assignment.pool_of[i]?, i)))
+                .filter(|&(_, i)| lower::pool_folds(&ctx, lg, i, assignment.bias_of[i].is_some()))
+                .collect();
             for (i, node) in lg.nodes().iter().enumerate() {
-                if !live[i] || matches!(node.op, Op::Fill { .. }) || folded.contains(&i) {
+                if !live[i] || matches!(node.op, Op::Fill { .. }) || folded.contains(&i) || pooled.contains_key(&i) {
                     continue;
                 }
-                let bias = assignment.bias_of[i].map(TensorId);
-                step.dispatches.extend(lower_node(&ctx, lg, node, TensorId(i), bias, &buf)?);
+                let folds = lower::Folds {
+                    bias: assignment.bias_of[i].map(TensorId),
+                    pool: assignment.pool_of[i].filter(|k| pooled.contains_key(k)).map(TensorId),
+                };
+                step.dispatches.extend(lower_node(&ctx, lg, node, TensorId(i), folds, &buf)?);
             }
             step.dispatches.extend(lower_updates(&ctx, lg, updates, &buf)?);
             steps.push(step);
@@ -803,7 +811,8 @@ fn liveness(graph: &Graph, keep: &[TensorId], updates: &[Update]) -> (Vec<bool>,
         keep_mask[t.index()] = true;
     }
     let bias_of = alloc::bias_folds(graph, &live);
-    let assignment = alloc::assign(graph, &live, &keep_mask, &last_use, bias_of);
+    let pool_of = alloc::pool_folds(graph, &live, &keep_mask, &last_use, &bias_of);
+    let assignment = alloc::assign(graph, &live, &keep_mask, &last_use, bias_of, pool_of);
     (live, assignment)
 }
 
