@@ -617,6 +617,9 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
     // Taps kx = 0..3 in lo, 4..7 in hi, per output channel (components past KW stay unused).
     var alo: array<vec4<f32>, MAX_OB>;
     var ahi: array<vec4<f32>, MAX_OB>;
+    // With GB, the sums of dy over the same positions (every row and column is visited):
+    // the bias gradient, stored by the invocations of kernel row 0 of input channel 0.
+    var bsum: array<f32, MAX_OB>;
     for (var rr = rbeg; rr < rend; rr++) {
         // This invocation's input row; rows outside the input read zero.
         let iy = oy + ky - q.p0;
@@ -655,6 +658,9 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
                 if (KW > 4u) {
                     ahi[j] += d * hi;
                 }
+                if (GB != 0u) {
+                    bsum[j] += d;
+                }
             }
         }
         oy += 1u;
@@ -670,6 +676,9 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
             let base = s * q.total + (g * q.co + grp * q.cog + o) * cols + r * KW;
             for (var k = 0u; k < KW; k++) {
                 out3[base + k] = select(ahi[j][k & 3u], alo[j][k & 3u], k < 4u);
+            }
+            if (GB != 0u && r == 0u) {
+                out3[s * q.total + q.bias_at + g * q.co + grp * q.cog + o] = bsum[j];
             }
         }
     }
@@ -756,7 +765,8 @@ var<workgroup> tile_f: array<f32, TILE_F32>;
 var<workgroup> tile_w: array<vec4<f32>, TILE_W4>;
 // Output positions per invocation of conv2d_tile (1 to 4).
 override PX: u32 = 4u;
-// conv2d_grad_weight_tile: 1 to add the bias gradient to the partial sums (at q.bias_at).
+// conv2d_grad_weight_tile and _direct: 1 to add the bias gradient to the partial sums (at
+// q.bias_at).
 override GB: u32 = 0u;
 
 // First padded input row (flattened over images) that output row r reads with tap 0.

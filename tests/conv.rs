@@ -279,11 +279,14 @@ fn lenet_shapes() {
     let gpu = &gpu_or_skip!().with_tuning(Tuning::SOFTWARE).unwrap();
     // conv1: 1 -> 6 channels, 5x5 on 28x28; conv2: 6 -> 16, 5x5 on 12x12 (after pooling).
     let l1 = check(gpu, Spec::new(3, 5, 1, 6, [28, 28], [5, 5]));
-    let l2 = check(gpu, Spec::new(2, 5, 6, 16, [12, 12], [5, 5]));
+    let l2 = check(gpu, Spec::new(2, 5, 6, 16, [12, 12], [5, 5]).no_bias());
+    let l2_bias = check(gpu, Spec::new(2, 5, 6, 16, [12, 12], [5, 5]));
     // conv1's long depth (N * 24 * 24) takes the split-K weight gradient with its reduction
-    // pass; conv2's (N * 8 * 8) is written directly: both paths are checked.
+    // pass; conv2's (N * 8 * 8) is one split, written directly without a bias, through the
+    // reduction (which writes the bias sums too) with one: all paths are checked.
     assert!(l1.contains(&"conv2d_grad_weight_reduce"), "{l1:?}");
     assert!(!l2.contains(&"conv2d_grad_weight_reduce"), "{l2:?}");
+    assert!(l2_bias.contains(&"conv2d_grad_weight_reduce") && !l2_bias.contains(&"sum"), "{l2_bias:?}");
 }
 
 /// Every kernel shape a tuning may choose (the ends of each range, and odd channel blocks)
@@ -363,14 +366,16 @@ fn tiled_kernels_compute_the_same_convolutions() {
         }
     }
     assert_eq!(changed, [true; 7], "some layer kept its kernels under every tiled tuning");
-    // The tiled weight gradient also sums the bias gradient: no separate pass over dy.
+    // The tiled and the direct weight gradients also sum the bias gradient: no separate pass
+    // over dy; the implicit GEMM (strided) appends one.
     let tiled = gpu.with_tuning(Tuning::SOFTWARE.apply("grad_weight_tile=256").unwrap()).unwrap();
+    let sums = |gpu: &modelbatch::Gpu, spec: Spec| {
+        Case::new(gpu, spec, 1).plan.dispatch_labels().into_iter().filter(|l| *l == "sum").count()
+    };
     for spec in &specs[..3] {
-        let sums = |gpu: &modelbatch::Gpu| {
-            Case::new(gpu, *spec, 1).plan.dispatch_labels().into_iter().filter(|l| *l == "sum").count()
-        };
-        assert_eq!((sums(&base), sums(&tiled)), (1, 0), "{spec:?}: bias-gradient sums without and with tiles");
+        assert_eq!((sums(&base, *spec), sums(&tiled, *spec)), (0, 0), "{spec:?}: bias-gradient sums");
     }
+    assert_eq!(sums(&base, Spec::new(2, 3, 3, 5, [9, 8], [3, 3]).stride([2, 2])), 1);
     // A row of 1,300 columns passes the tile: the direct kernels run, and agree.
     let tuned = gpu.with_tuning(Tuning::SOFTWARE.apply("conv_tile=256,grad_weight_tile=256").unwrap()).unwrap();
     let wide = Spec::new(1, 2, 1, 2, [3, 1300], [3, 3]);

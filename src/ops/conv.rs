@@ -258,29 +258,24 @@ pub(crate) fn lower_grad_weight(
 ) -> Result<Vec<Dispatch>> {
     const LABEL: &str = "conv2d_grad_weight";
     let d = dims(LABEL, s)?;
-    let mut out = None;
     if let Some(c) = Corr::forward(ctx, s, &d) {
         let c = Corr { max_ob: ctx.gpu.tuning().grad_weight_ob as usize, ..c };
-        if let Some(tiled) = grad_weight_tile(ctx, LABEL, &c, &d, [dy, x, dw], bias, pool)? {
-            if bias.is_some() {
-                return Ok(tiled);
-            }
-            out = Some(tiled);
+        if let Some(out) = grad_weight_tile(ctx, LABEL, &c, &d, [dy, x, dw], bias, pool)? {
+            return Ok(out);
         }
-        if out.is_none() {
-            out = grad_weight_direct(ctx, LABEL, &c, &d, [dy, x, dw])?;
+        if pool.is_none() {
+            if let Some(out) = grad_weight_direct(ctx, LABEL, &c, &d, [dy, x, dw], bias)? {
+                return Ok(out);
+            }
         }
     }
-    if out.is_none() && pool.is_some() {
+    if pool.is_some() {
         // The plan skipped the pooling gradient only where grad_weight_folds_pool said so.
         return Err(Error::Gpu(format!(
             "{LABEL}: internal error: dy from a pooling gradient without the tiled kernel"
         )));
     }
-    let mut out = match out {
-        Some(out) => out,
-        None => grad_weight_gemm(ctx, LABEL, s, &d, [dy, x, dw])?,
-    };
+    let mut out = grad_weight_gemm(ctx, LABEL, s, &d, [dy, x, dw])?;
     if let Some(db) = bias {
         let y = s.y;
         out.extend(super::reduce::lower_sum(ctx, &[y.g, y.n, y.c, y.h, y.w], &[1, 3, 4], 1.0, dy, db)?);
@@ -531,9 +526,15 @@ impl Corr {
         w.to_vec()
     }
 
-    fn kernel(&self, ctx: &Lower, entry: &'static str, storage: &[Binding], wgx: usize) -> Arc<Kernel> {
-        let consts =
-            [("WGX", wgx as f64), ("KW", self.kernel[1] as f64), ("OB", self.ob() as f64), ("SW", self.sw() as f64)];
+    /// `entry` with this correlation's constants (`bias`: GB, the weight gradient's bias sums).
+    fn kernel(&self, ctx: &Lower, entry: &'static str, storage: &[Binding], wgx: usize, bias: bool) -> Arc<Kernel> {
+        let consts = [
+            ("WGX", wgx as f64),
+            ("KW", self.kernel[1] as f64),
+            ("OB", self.ob() as f64),
+            ("SW", self.sw() as f64),
+            ("GB", f64::from(bias)),
+        ];
         ctx.kernel(&CONV, entry, storage, &consts)
     }
 }
@@ -566,7 +567,7 @@ fn direct(
     // One invocation per (image, strip of `sw` columns); one workgroup row per (oy, block).
     let threads = c.n * c.ow.div_ceil(c.sw());
     let wgx = workgroup(ctx, threads);
-    let kernel = c.kernel(ctx, "conv2d_direct", &storage, wgx);
+    let kernel = c.kernel(ctx, "conv2d_direct", &storage, wgx, false);
     let grid = [threads.div_ceil(wgx), c.oh * oblocks, d.g * d.groups];
     tiled(ctx, &kernel, label, &words, &[a, w, bias, out], grid)
 }
@@ -791,12 +792,15 @@ fn grad_weight_direct(
     c: &Corr,
     d: &Dims,
     [dy, x, dw]: [&wgpu::Buffer; 3],
+    bias: Option<&wgpu::Buffer>,
 ) -> Result<Option<Vec<Dispatch>>> {
     let [kh, kw] = c.kernel;
     let ob = c.ob();
     let oblocks = c.cog.div_ceil(ob);
     let lanes = c.cig * kh;
-    let total = d.g * c.co * c.cig * d.kk;
+    // With the bias gradient, each partial holds dw's sums and then the bias's.
+    let dw_len = d.g * c.co * c.cig * d.kk;
+    let total = dw_len + if bias.is_some() { d.g * c.co } else { 0 };
     let out_rows = c.n * c.oh;
     // Loop iterations (none counted as unrolled): setup and store, then per output row the
     // window fill and per column the shift, the load and OB x KW multiply-adds.
@@ -819,9 +823,12 @@ fn grad_weight_direct(
         let wgx = workgroup(ctx, lanes);
         (wgx, [lanes.div_ceil(wgx), oblocks, d.g * d.groups * splits])
     };
-    let words = c.words(d, u32::from(flat) << 2, splits, rows_per_split, total);
-    let kernel = c.kernel(ctx, "conv2d_grad_weight_direct", &[Binding::Read, Binding::Read, Binding::ReadWrite], wgx);
-    split_k(ctx, &kernel, label, &words, [dy, x], (dw, None), grid, splits, total, None).map(Some)
+    let mut words = c.words(d, u32::from(flat) << 2, splits, rows_per_split, total);
+    words[W_BIAS_AT] = dw_len as u32;
+    let storage = [Binding::Read, Binding::Read, Binding::ReadWrite];
+    let kernel = c.kernel(ctx, "conv2d_grad_weight_direct", &storage, wgx, bias.is_some());
+    let outs = (dw, bias.map(|db| (db, dw_len)));
+    split_k(ctx, &kernel, label, &words, [dy, x], outs, grid, splits, total, None).map(Some)
 }
 
 /// A weight gradient's kernel over `grid` reading `inputs`: with one split (`parts == 1`) it
