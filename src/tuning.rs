@@ -30,6 +30,10 @@ pub struct Tuning {
     /// invocation computes a 4x4 block, so a workgroup covers `4 * gemm_wg` squared.
     /// 4, 8 or 16.
     pub gemm_wg: u32,
+    /// Fewest workgroups a GEMM dispatch aims for: a product whose grid of `gemm_wg`-sided
+    /// workgroups is smaller (a small model batch) takes halved sides, down to 4, until it
+    /// has that many; 0 keeps `gemm_wg` everywhere. 0 to 1,048,576.
+    pub gemm_groups: u32,
     /// Widest workgroup of the convolution kernels (`WGX` in `shaders/conv.wgsl`; narrower
     /// where the output is short): a power of two from 8 to 256.
     pub conv_lanes: u32,
@@ -84,8 +88,9 @@ pub struct Tuning {
 }
 
 /// Keys of the text format, in order.
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 17] = [
     "gemm_wg",
+    "gemm_groups",
     "conv_lanes",
     "conv_ob",
     "grad_weight_ob",
@@ -108,6 +113,7 @@ impl Tuning {
     /// split-K only until the few cores are busy, one tensor per optimizer dispatch.
     pub const SOFTWARE: Tuning = Tuning {
         gemm_wg: 8,
+        gemm_groups: 0,
         conv_lanes: 64,
         conv_ob: 4,
         grad_weight_ob: 8,
@@ -141,6 +147,9 @@ impl Tuning {
     /// (`conv_ob`, `conv_pixel`, ...) still serve layers the tiles do not take.
     pub const GPU: Tuning = Tuning {
         gemm_wg: 8,
+        // On the H100 `tune` kept gemm_wg=4 at G=1 (LeNet's GEMMs then have 4 to 32
+        // workgroups of 8x8) and gemm_wg=8 at G=64 (256 to 2,048): per product, this rule.
+        gemm_groups: 256,
         conv_lanes: 64,
         conv_ob: 8,
         grad_weight_ob: 4,
@@ -220,6 +229,7 @@ impl Tuning {
             }
         };
         check("gemm_wg", matches!(self.gemm_wg, 4 | 8 | 16), "4, 8 or 16")?;
+        check("gemm_groups", self.gemm_groups <= 1 << 20, "0 to 1,048,576")?;
         check(
             "conv_lanes",
             self.conv_lanes.is_power_of_two() && (8..=256).contains(&self.conv_lanes),
@@ -281,6 +291,7 @@ impl Tuning {
     pub fn candidates(key: &str) -> &'static [u32] {
         match key {
             "gemm_wg" => &[4, 8, 16],
+            "gemm_groups" => &[0, 64, 256, 1024],
             "conv_lanes" => &[32, 64, 128, 256],
             "conv_ob" => &[2, 4, 8],
             "grad_weight_ob" => &[4, 8],
@@ -315,6 +326,7 @@ impl Tuning {
     fn field(&mut self, key: &str) -> Option<&mut u32> {
         Some(match key {
             "gemm_wg" => &mut self.gemm_wg,
+            "gemm_groups" => &mut self.gemm_groups,
             "conv_lanes" => &mut self.conv_lanes,
             "conv_ob" => &mut self.conv_ob,
             "grad_weight_ob" => &mut self.grad_weight_ob,
@@ -646,8 +658,9 @@ mod tests {
         let n: usize = Tuning::keys().iter().map(|k| Tuning::candidates(k).len() - 1).sum();
         assert_eq!(offered.len(), 1 + n, "{offered:?}");
         assert!(offered.iter().skip(1).all(|(k, t)| t.get(k) != Tuning::SOFTWARE.get(k) || *k == "conv_lanes"));
+        let lanes_at = Tuning::keys().iter().position(|x| *x == "conv_lanes");
         let after: Vec<_> =
-            offered.iter().filter(|(k, _)| Tuning::keys().iter().position(|x| x == k) > Some(1)).collect();
+            offered.iter().filter(|(k, _)| Tuning::keys().iter().position(|x| x == k) > lanes_at).collect();
         assert!(after.iter().all(|(_, t)| t.conv_lanes == 128), "later keys start from the winner");
         // Limits: with 64 invocations per workgroup, gemm_wg 16 and conv_lanes above 64 are skipped.
         let small = wgpu::Limits { max_compute_invocations_per_workgroup: 64, ..limits };

@@ -115,6 +115,33 @@ fn matmul_under_every_gemm_tuning() {
     }
 }
 
+/// `gemm_groups`: a product with fewer workgroups than that halves their side (16 to 8 to 4)
+/// and computes the same; a large one keeps `gemm_wg`.
+#[test]
+fn small_products_take_smaller_gemm_workgroups() {
+    let gpu = gpu_or_skip!();
+    let grids = |groups: u32, g: usize, rows: usize| {
+        let tuned = gpu.with_tuning(gpu.tuning().apply(&format!("gemm_wg=16,gemm_groups={groups}")).unwrap()).unwrap();
+        let mut graph = modelbatch::Graph::new(g);
+        let a = graph.param("a", &[rows, 12]).unwrap();
+        let b = graph.param("b", &[12, 40]).unwrap();
+        let c = graph.matmul(a, b, None, false, false).unwrap();
+        let plan = modelbatch::Plan::new(&tuned, &graph, &[c], &[]).unwrap();
+        plan.signature().iter().map(|d| d.2).collect::<Vec<_>>()
+    };
+    // 37 x 40 outputs: one 64x64 workgroup per model at gemm_wg=16, 2x2 of 32x32 at 8, 3x3
+    // of 16x16 at 4 (3 models: 3, 12, 27 workgroups).
+    assert_eq!(grids(0, 3, 37), vec![[1, 1, 3]]);
+    assert_eq!(grids(10, 3, 37), vec![[2, 2, 3]]);
+    assert_eq!(grids(1 << 20, 3, 37), vec![[3, 3, 3]]);
+    // Enough models: the side stays.
+    assert_eq!(grids(10, 10, 37), vec![[1, 1, 10]]);
+    let tuned = gpu.with_tuning(gpu.tuning().apply("gemm_wg=16,gemm_groups=1048576").unwrap()).unwrap();
+    for (ta, tb) in COMBOS {
+        check_matmul(&tuned, 3, 37, 12, 70, ta, tb, true);
+    }
+}
+
 /// The fast paths with the other dimensions ragged and spanning several 32x32 tiles: rows
 /// and columns past the edge are clamped on load and dropped on store.
 #[test]

@@ -59,7 +59,14 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     let flags = u32::from(e.bias.is_some()) | (u32::from(e.relu) << 1) | (u32::from(e.relu_grad_at.is_some()) << 2);
     let words = [m, n, k, flags as usize, a_sm, a_sk, b_sk, b_sn].map(|v| v as u32);
     // Invocations per workgroup side (the adapter's tuning); each computes a 4x4 block.
-    let wg = ctx.gpu.tuning().gemm_wg;
+    // Halved (down to 4) while the grid has fewer workgroups than the tuning's `gemm_groups`:
+    // a small product spreads over more of a GPU's cores.
+    let t = ctx.gpu.tuning();
+    let grid = |wg: u32| n.div_ceil(4 * wg as usize) * m.div_ceil(4 * wg as usize) * mm.g;
+    let mut wg = t.gemm_wg;
+    while wg > 4 && grid(wg) < t.gemm_groups as usize {
+        wg /= 2;
+    }
     let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite, Binding::ReadWrite];
     let storage = &storage[..4 + usize::from(mm.a_sums.is_some())];
     let kernel = ctx.kernel(&LINEAR, entry, storage, &[("WG", wg as f64)]);
