@@ -85,10 +85,14 @@ pub struct Tuning {
     /// (a power of two from 2 to 256) where there are more splits than lanes, or 0 to add
     /// them in one invocation per output.
     pub reduce_lanes: u32,
+    /// 1: weight gradients also compute their layer's bias gradient (from the dy they load)
+    /// and a tiled convolution weight gradient computes a max-pooling gradient dy itself
+    /// (the plan's folds); 0: those run as passes of their own (for comparisons).
+    pub folds: u32,
 }
 
 /// Keys of the text format, in order.
-const KEYS: [&str; 17] = [
+const KEYS: [&str; 18] = [
     "gemm_wg",
     "gemm_groups",
     "conv_lanes",
@@ -106,6 +110,7 @@ const KEYS: [&str; 17] = [
     "min_split_depth",
     "update_tensors",
     "reduce_lanes",
+    "folds",
 ];
 
 impl Tuning {
@@ -133,6 +138,7 @@ impl Tuning {
         // 10 tensors in 10 dispatches, 32 ms with 2 per dispatch, 129 ms with all in one).
         update_tensors: 1,
         reduce_lanes: 0,
+        folds: 1,
     };
 
     /// For GPUs, measured on an H100 (Vulkan, LeNet, N=128; `modelbatch tune` at G=64 kept
@@ -165,6 +171,7 @@ impl Tuning {
         min_split_depth: 64,
         update_tensors: 0,
         reduce_lanes: 64,
+        folds: 1,
     };
 
     /// The starting point for an adapter: [`Tuning::SOFTWARE`] for software adapters,
@@ -248,6 +255,7 @@ impl Tuning {
         check("split_lanes", self.split_lanes <= 1, "0 (a split per workgroup) or 1 (splits share workgroups)")?;
         check("min_split_depth", self.min_split_depth >= 1, "at least 1")?;
         check("update_tensors", self.update_tensors <= 16, "0 (as many as the adapter allows) to 16")?;
+        check("folds", self.folds <= 1, "0 (separate passes) or 1 (folded into the weight gradients)")?;
         check(
             "reduce_lanes",
             self.reduce_lanes == 0 || (self.reduce_lanes.is_power_of_two() && (2..=256).contains(&self.reduce_lanes)),
@@ -307,6 +315,7 @@ impl Tuning {
             "min_split_depth" => &[64, 256, 1024],
             "update_tensors" => &[0, 1, 4],
             "reduce_lanes" => &[0, 32, 128],
+            "folds" => &[0, 1],
             _ => &[],
         }
     }
@@ -342,6 +351,7 @@ impl Tuning {
             "min_split_depth" => &mut self.min_split_depth,
             "update_tensors" => &mut self.update_tensors,
             "reduce_lanes" => &mut self.reduce_lanes,
+            "folds" => &mut self.folds,
             _ => return None,
         })
     }

@@ -108,6 +108,7 @@ fn every_tuning_trains_alike_to_rounding() {
     for text in other.as_deref().into_iter().chain([
         "gemm_wg=4,conv_lanes=8,conv_ob=1,grad_weight_ob=1,conv_strip=8,split_threads=1,min_split_depth=4096",
         "gemm_wg=16,conv_lanes=256,conv_ob=8,grad_weight_ob=3,conv_strip=12,split_threads=1048576,min_split_depth=1,reduce_lanes=32",
+        "folds=0",
     ]) {
         let g = tuned(gpu, text);
         let (m1, w1, s1) = run(&g);
@@ -123,6 +124,19 @@ fn every_tuning_trains_alike_to_rounding() {
         }
         assert_eq!(g.tuning().to_string(), g.report().tuning, "the report names the tuning in use");
     }
+}
+
+/// `folds`: with the tiled weight gradient, a LeNet step sums no bias gradient on its own
+/// (five sums without the folds) and runs one max-pooling gradient instead of two.
+#[test]
+fn folds_remove_the_bias_sums_and_a_pooling_gradient() {
+    let gpu = tuned(gpu_or_skip!(), "grad_weight_tile=64,folds=1");
+    let count = |s: &Signature, label: &str| s.iter().filter(|d| d.0 == label).count();
+    let (_, _, on) = run(&gpu);
+    let (_, _, off) = run(&tuned(&gpu, "folds=0"));
+    assert_eq!(count(&on, "sum"), 0, "{on:?}");
+    assert!(count(&off, "sum") >= 5, "{off:?}");
+    assert_eq!((count(&on, "maxpool2d_grad"), count(&off, "maxpool2d_grad")), (1, 2));
 }
 
 #[test]

@@ -181,7 +181,7 @@ impl Plan {
         check_ids(graph, keep, updates)?;
         check_updates(graph, updates)?;
 
-        let (live, assignment) = liveness(graph, keep, updates);
+        let (live, assignment) = liveness(graph, keep, updates, gpu.tuning().folds != 0);
 
         // Buffers borrowed from the plan we share parameters with.
         let mut shared: HashMap<usize, wgpu::Buffer> = HashMap::new();
@@ -767,7 +767,9 @@ impl Plan {
 
 /// What runs and where each tensor lives: liveness from the kept tensors and the updates
 /// back to the leaves, then buffer assignment with reuse.
-fn liveness(graph: &Graph, keep: &[TensorId], updates: &[Update]) -> (Vec<bool>, alloc::Assignment) {
+/// `folds`: whether weight gradients compute their bias gradients and pooled dy
+/// (`alloc::bias_folds`, `alloc::pool_folds`; the adapter's `folds` tuning).
+fn liveness(graph: &Graph, keep: &[TensorId], updates: &[Update], folds: bool) -> (Vec<bool>, alloc::Assignment) {
     let nodes = graph.nodes();
     let n = nodes.len();
     // Liveness: what runs, who reads what last.
@@ -810,8 +812,13 @@ fn liveness(graph: &Graph, keep: &[TensorId], updates: &[Update]) -> (Vec<bool>,
     for t in keep {
         keep_mask[t.index()] = true;
     }
-    let bias_of = alloc::bias_folds(graph, &live);
-    let pool_of = alloc::pool_folds(graph, &live, &keep_mask, &last_use, &bias_of);
+    let (bias_of, pool_of) = if folds {
+        let bias_of = alloc::bias_folds(graph, &live);
+        let pool_of = alloc::pool_folds(graph, &live, &keep_mask, &last_use, &bias_of);
+        (bias_of, pool_of)
+    } else {
+        (vec![None; n], vec![None; n])
+    };
     let assignment = alloc::assign(graph, &live, &keep_mask, &last_use, bias_of, pool_of);
     (live, assignment)
 }
@@ -832,10 +839,11 @@ pub struct MemoryEstimate {
 
 impl Plan {
     /// The memory [`Plan::new`] would allocate for this graph in one pass over all G models,
-    /// without allocating (the binding-size limit applies to `largest`).
+    /// without allocating (the binding-size limit applies to `largest`), with the default
+    /// `folds` tuning.
     pub fn estimate(graph: &Graph, keep: &[TensorId], updates: &[Update]) -> Result<MemoryEstimate> {
         check_ids(graph, keep, updates)?;
-        let (_, a) = liveness(graph, keep, updates);
+        let (_, a) = liveness(graph, keep, updates, true);
         Ok(MemoryEstimate {
             bytes: a.sizes.iter().sum(),
             largest: a.sizes.iter().copied().max().unwrap_or(0),
@@ -850,7 +858,7 @@ impl Plan {
     pub fn estimate_on(gpu: &Gpu, graph: &Graph, keep: &[TensorId], updates: &[Update]) -> Result<MemoryEstimate> {
         check_ids(graph, keep, updates)?;
         check_updates(graph, updates)?;
-        let (_, a) = liveness(graph, keep, updates);
+        let (_, a) = liveness(graph, keep, updates, gpu.tuning().folds != 0);
         let g = graph.models();
         let layout = Layout::new(graph, &a);
         let chunk = layout.chunk_size(gpu.limits(), g)?;
