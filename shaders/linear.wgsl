@@ -155,6 +155,28 @@ fn store_sums(g: u32, r0: u32, c0: u32, a_sum: vec4<f32>) {
     }
 }
 
+// One depth step of a block: row i of the block gets a[i] * b; with `sums`, A's sums get a.
+fn block_step(r: ptr<function, Block>, av: vec4<f32>, bv: vec4<f32>, sums: bool) {
+    (*r).acc[0] += av.x * bv;
+    (*r).acc[1] += av.y * bv;
+    (*r).acc[2] += av.z * bv;
+    (*r).acc[3] += av.w * bv;
+    if (sums) {
+        (*r).a_sum += av;
+    }
+}
+
+// Stores a block and A's sums (a `_sum` entry point; the others never reach a_sums).
+fn store_with_sums(gid: vec3<u32>, r: Block) {
+    store_block(gid.z, gid.y * 4u, gid.x * 4u, r.acc);
+    store_sums(gid.z, gid.y * 4u, gid.x * 4u, r.a_sum);
+}
+
+// Whether the block of this invocation lies past C's edge.
+fn outside(gid: vec3<u32>) -> bool {
+    return gid.x * 4u >= p.n || gid.y * 4u >= p.m;
+}
+
 fn tn_block(gid: vec3<u32>, sums: bool) -> Block {
     let g = gid.z;
     let m4 = p.m / 4u;
@@ -163,35 +185,23 @@ fn tn_block(gid: vec3<u32>, sums: bool) -> Block {
     let bbase = g * p.k * n4 + gid.x;
     var r: Block;
     for (var kk = 0u; kk < p.k; kk++) {
-        let av = a4[abase + kk * m4];
-        let bv = b4[bbase + kk * n4];
-        r.acc[0] += av.x * bv;
-        r.acc[1] += av.y * bv;
-        r.acc[2] += av.z * bv;
-        r.acc[3] += av.w * bv;
-        if (sums) {
-            r.a_sum += av;
-        }
+        block_step(&r, a4[abase + kk * m4], b4[bbase + kk * n4], sums);
     }
     return r;
 }
 
 @compute @workgroup_size(WG, WG, 1)
 fn gemm_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if (gid.x * 4u >= p.n || gid.y * 4u >= p.m) {
-        return;
+    if (!outside(gid)) {
+        store_block(gid.z, gid.y * 4u, gid.x * 4u, tn_block(gid, false).acc);
     }
-    store_block(gid.z, gid.y * 4u, gid.x * 4u, tn_block(gid, false).acc);
 }
 
 @compute @workgroup_size(WG, WG, 1)
 fn gemm_tn_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if (gid.x * 4u >= p.n || gid.y * 4u >= p.m) {
-        return;
+    if (!outside(gid)) {
+        store_with_sums(gid, tn_block(gid, true));
     }
-    let r = tn_block(gid, true);
-    store_block(gid.z, gid.y * 4u, gid.x * 4u, r.acc);
-    store_sums(gid.z, gid.y * 4u, gid.x * 4u, r.a_sum);
 }
 
 fn any_block(gid: vec3<u32>, sums: bool) -> Block {
@@ -215,32 +225,21 @@ fn any_block(gid: vec3<u32>, sums: bool) -> Block {
             b[boff[3] + kk * p.b_sk],
         );
         let ka = kk * p.a_sk;
-        let av = vec4<f32>(a[aoff[0] + ka], a[aoff[1] + ka], a[aoff[2] + ka], a[aoff[3] + ka]);
-        r.acc[0] += av.x * bv;
-        r.acc[1] += av.y * bv;
-        r.acc[2] += av.z * bv;
-        r.acc[3] += av.w * bv;
-        if (sums) {
-            r.a_sum += av;
-        }
+        block_step(&r, vec4<f32>(a[aoff[0] + ka], a[aoff[1] + ka], a[aoff[2] + ka], a[aoff[3] + ka]), bv, sums);
     }
     return r;
 }
 
 @compute @workgroup_size(WG, WG, 1)
 fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if (gid.x * 4u >= p.n || gid.y * 4u >= p.m) {
-        return;
+    if (!outside(gid)) {
+        store_block(gid.z, gid.y * 4u, gid.x * 4u, any_block(gid, false).acc);
     }
-    store_block(gid.z, gid.y * 4u, gid.x * 4u, any_block(gid, false).acc);
 }
 
 @compute @workgroup_size(WG, WG, 1)
 fn gemm_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if (gid.x * 4u >= p.n || gid.y * 4u >= p.m) {
-        return;
+    if (!outside(gid)) {
+        store_with_sums(gid, any_block(gid, true));
     }
-    let r = any_block(gid, true);
-    store_block(gid.z, gid.y * 4u, gid.x * 4u, r.acc);
-    store_sums(gid.z, gid.y * 4u, gid.x * 4u, r.a_sum);
 }
