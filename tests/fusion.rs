@@ -200,15 +200,21 @@ fn linear_bias_gradient_folds_into_the_weight_gradient() {
 /// conv (relu or not) → max pooling, gradients to the weight and bias only (x is data): the
 /// tiled weight gradient computes dy from the pooled gradient itself, so the pooling
 /// gradient's pass disappears, with bit for bit the values of the plan that keeps dy (and so
-/// runs that pass). Windows 2x2 and 3x2 that tile the 12x10 output; with a 5x5 window that
-/// does not (floor mode drops rows), nothing folds.
-fn run_pool_fold(gpu: &modelbatch::Gpu, relu: bool, window: [usize; 2], keep_dy: bool) -> (Vec<Vec<u32>>, Vec<&str>) {
+/// runs that pass). Windows 2x2 and 3x2 that tile the 12x10 output, with one or two channel
+/// groups; with a 5x5 window that does not (floor mode drops rows), nothing folds.
+fn run_pool_fold(
+    gpu: &modelbatch::Gpu,
+    relu: bool,
+    window: [usize; 2],
+    groups: usize,
+    keep_dy: bool,
+) -> (Vec<Vec<u32>>, Vec<&'static str>) {
     let g = 2;
     let mut graph = Graph::new(g);
     let x = graph.input("x", &[3, 2, 12, 10], DType::F32).unwrap();
-    let w = graph.param("w", &[4, 2, 3, 3]).unwrap();
+    let w = graph.param("w", &[4, 2 / groups, 3, 3]).unwrap();
     let b = graph.param("b", &[4]).unwrap();
-    let geom = Conv2dGeom { kernel: [3, 3], stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1 };
+    let geom = Conv2dGeom { kernel: [3, 3], stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups };
     let y = if relu { graph.conv2d_relu(x, w, Some(b), geom) } else { graph.conv2d(x, w, Some(b), geom) }.unwrap();
     let pool =
         Pool2dGeom { kernel: window, stride: window, padding: [0, 0], dilation: [1, 1], count_include_pad: true };
@@ -227,7 +233,7 @@ fn run_pool_fold(gpu: &modelbatch::Gpu, relu: bool, window: [usize; 2], keep_dy:
     // Quarter steps: ties inside windows and exact zeros (relu's derivative 0).
     let q = |seed, n| common::randn(seed, n).iter().map(|v| (v * 4.0).round() / 4.0).collect::<Vec<f32>>();
     plan.write(x, &q(50, g * 3 * 2 * 12 * 10)).unwrap();
-    plan.write(w, &q(51, g * 4 * 2 * 9)).unwrap();
+    plan.write(w, &q(51, g * 4 * 2 / groups * 9)).unwrap();
     plan.write(b, &q(52, g * 4)).unwrap();
     let rn: usize = graph.shape(p).iter().product();
     plan.write(r, &common::randn(53, rn)).unwrap();
@@ -240,13 +246,14 @@ fn run_pool_fold(gpu: &modelbatch::Gpu, relu: bool, window: [usize; 2], keep_dy:
 fn pooling_gradient_folds_into_the_tiled_weight_gradient() {
     let gpu = gpu_or_skip!();
     let tiled = gpu.with_tuning(modelbatch::Tuning::SOFTWARE.apply("grad_weight_tile=64").unwrap()).unwrap();
-    for relu in [true, false] {
+    for (relu, groups) in [(true, 1), (false, 1), (true, 2)] {
         for (window, folds) in [([2, 2], true), ([3, 2], true), ([5, 5], false)] {
-            let (kept, kept_labels) = run_pool_fold(&tiled, relu, window, true);
-            let (folded, labels) = run_pool_fold(&tiled, relu, window, false);
-            assert_eq!(kept, folded, "relu {relu}, window {window:?}: gradients differ");
+            let what = format!("relu {relu}, groups {groups}, window {window:?}");
+            let (kept, kept_labels) = run_pool_fold(&tiled, relu, window, groups, true);
+            let (folded, labels) = run_pool_fold(&tiled, relu, window, groups, false);
+            assert_eq!(kept, folded, "{what}: gradients differ");
             assert!(kept_labels.contains(&"maxpool2d_grad"), "{kept_labels:?}");
-            assert_eq!(!labels.contains(&"maxpool2d_grad"), folds, "relu {relu}, window {window:?}: {labels:?}");
+            assert_eq!(!labels.contains(&"maxpool2d_grad"), folds, "{what}: {labels:?}");
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Lowering: each graph node and each in-place update to the dispatches of its op family.
 
 use super::Update;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, Op, TensorId};
 use crate::ops::optim::{Rule, Slot};
 use crate::ops::{self, Dispatch, Lower};
@@ -224,13 +224,18 @@ pub(super) fn lower_node<'b>(
         }
         Op::Conv2dGradWeight { geom } => {
             let s = ops::conv::Conv { x: img(x[1]), y: img(x[0]), geom };
-            let pool = folds.pool.map(|k| {
-                let (pool, dpool, y) = (graph.node(k), graph.node(k).inputs[0], graph.node(k).inputs[1]);
-                let Op::MaxPool2dGrad { geom, relu } = &pool.op else {
-                    unreachable!("alloc::pool_folds pairs pooling gradients")
-                };
-                ops::conv::PoolGrad { window: geom.kernel, relu: *relu, dpool: buf(dpool), y: buf(y) }
-            });
+            let pool = match folds.pool.map(|k| graph.node(k)) {
+                Some(Node { op: Op::MaxPool2dGrad { geom, relu }, inputs, .. }) => Some(ops::conv::PoolGrad {
+                    window: geom.kernel,
+                    relu: *relu,
+                    dpool: buf(inputs[0]),
+                    y: buf(inputs[1]),
+                }),
+                Some(other) => {
+                    return Err(Error::Gpu(format!("internal error: a pooling fold pairs a {}", other.op.name())))
+                }
+                None => None,
+            };
             let bias = folds.bias.map(&buf);
             ops::conv::lower_grad_weight(ctx, &s, buf(x[0]), buf(x[1]), buf(out), bias, pool.as_ref())
         }
