@@ -267,7 +267,10 @@ impl Plan {
 
         let ctx = Lower { gpu, dummy: &dummy, ranges: Default::default(), scratch: Default::default() };
         // Bias-gradient sums the weight gradients' dispatches compute.
-        let folded: Vec<usize> = assignment.bias_of.iter().flatten().copied().collect();
+        let mut folded = vec![false; nodes.len()];
+        for &j in assignment.bias_of.iter().flatten() {
+            folded[j] = true;
+        }
         let mut steps = Vec::with_capacity(chunks.len());
         for &(g0, gc) in &chunks {
             let chunk_graph;
@@ -317,7 +320,7 @@ impl Plan {
                 .filter(|&(_, i)| lower::pool_folds(&ctx, lg, i, assignment.bias_of[i].is_some()))
                 .collect();
             for (i, node) in lg.nodes().iter().enumerate() {
-                if !live[i] || matches!(node.op, Op::Fill { .. }) || folded.contains(&i) || pooled.contains_key(&i) {
+                if !live[i] || matches!(node.op, Op::Fill { .. }) || folded[i] || pooled.contains_key(&i) {
                     continue;
                 }
                 let folds = lower::Folds {
