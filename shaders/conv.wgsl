@@ -1025,8 +1025,9 @@ fn gw_store(lo: vec4<f32>, hi: vec4<f32>, j: u32, base: u32, o0: u32, cols: u32)
 // group's input channels) and of dy (all of its output channels). With GB, the tasks of input
 // channel 0 and kernel row 0 also sum the dy values they read (each position of their rows
 // once): the bias gradient's partial sums, stored after dw's in the same partial (q.bias_at),
-// which the reduction writes to its own output. Bindings: x at 1 (a_in), dy at 2 (b_in), the
-// partial sums or dw at 3.
+// which the reduction writes to its own output. With PKH > 0 the dy rows are computed from a
+// max pooling's gradient (tile_pool_dy) instead of copied. Bindings: x at 1 (a_in), dy (or
+// the pooled gradient) at 2 (b_in), the partial sums or dw at 3, the pooling's input at 4.
 @compute @workgroup_size(WGX, 1, 1)
 fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let z = wid.z + q.z0;
