@@ -45,6 +45,13 @@ ensure_rust() {
     fi
 }
 
+# The wasm32 target (rustup), for the browser build and its clippy run.
+ensure_wasm_target() {
+    if command -v rustup >/dev/null; then
+        rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+    fi
+}
+
 # Mesa warns on every adapter enumeration without a private runtime directory.
 if [ -z "${XDG_RUNTIME_DIR:-}" ] || [ ! -d "${XDG_RUNTIME_DIR}" ]; then
     export XDG_RUNTIME_DIR="${TMPDIR:-/tmp}/modelbatch-xdg-$(id -u)"
