@@ -232,7 +232,6 @@ pub(crate) fn lower_grad_input(
     tiled(ctx, &kernel, LABEL, &words, &[dy, w, dx], grid)
 }
 
-/// `dw [weight shape] = d conv / d w` applied to `dy [y]`.
 /// The max-pooling gradient a weight gradient computes its dy from (the plan's fold of
 /// `maxpool2d_grad` into `conv2d_grad_weight`): dy = the gradient of a max pooling of `y` with
 /// `window`-sized windows that tile y exactly, given the pooled gradient `dpool`, times relu's
@@ -244,9 +243,10 @@ pub(crate) struct PoolGrad<'a> {
     pub y: &'a wgpu::Buffer,
 }
 
-/// The weight gradient `dw`, and with `bias` also the bias gradient (dy summed over images
-/// and positions): the tiled kernel adds it up from the dy it stages anyway (no pass of its
-/// own over dy); the other paths append that sum.
+/// `dw [weight shape] = d conv / d w` applied to `dy [y]`, and with `bias` also the bias
+/// gradient (dy summed over images and positions): the tiled and direct kernels add it up
+/// from the dy they load anyway (no pass of its own over dy); the implicit GEMM appends that
+/// sum. With `pool`, dy is computed from a max pooling's gradient (tiled kernel only).
 pub(crate) fn lower_grad_weight(
     ctx: &Lower,
     s: &Conv,
@@ -258,8 +258,7 @@ pub(crate) fn lower_grad_weight(
 ) -> Result<Vec<Dispatch>> {
     const LABEL: &str = "conv2d_grad_weight";
     let d = dims(LABEL, s)?;
-    if let Some(c) = Corr::forward(ctx, s, &d) {
-        let c = Corr { max_ob: ctx.gpu.tuning().grad_weight_ob as usize, ..c };
+    if let Some(c) = Corr::grad_weight(ctx, s, &d) {
         if let Some(out) = grad_weight_tile(ctx, LABEL, &c, &d, [dy, x, dw], bias, pool)? {
             return Ok(out);
         }
@@ -400,6 +399,13 @@ impl Corr {
             && g.dilation == [1, 1]
             && g.kernel[1] <= DIRECT_MAX_KW
             && (0..2).all(|a| g.padding[a] < g.kernel[a])
+    }
+
+    /// The forward correlation as the weight gradient walks it (x against dy), with the
+    /// adapter's `grad_weight_ob` output channels per invocation.
+    fn grad_weight(ctx: &Lower, s: &Conv, d: &Dims) -> Option<Corr> {
+        let c = Corr::forward(ctx, s, d)?;
+        Some(Corr { max_ob: ctx.gpu.tuning().grad_weight_ob as usize, ..c })
     }
 
     fn forward(ctx: &Lower, s: &Conv, d: &Dims) -> Option<Corr> {
@@ -739,10 +745,9 @@ pub(crate) fn grad_weight_folds_pool(ctx: &Lower, s: &Conv, bias: bool, window: 
     let Ok(d) = dims("conv2d_grad_weight", s) else {
         return false;
     };
-    let Some(c) = Corr::forward(ctx, s, &d) else {
+    let Some(c) = Corr::grad_weight(ctx, s, &d) else {
         return false;
     };
-    let c = Corr { max_ob: ctx.gpu.tuning().grad_weight_ob as usize, ..c };
     grad_weight_tile_plan(ctx, &c, &d, bias, Some(window)).is_some()
 }
 

@@ -15,8 +15,9 @@ pub(crate) struct Assignment {
     /// Whether each buffer belongs to one tensor for the whole run (leaves and kept
     /// tensors) rather than to the pool of temporaries.
     pub owned: Vec<bool>,
-    /// For a convolution's weight gradient, the later node summing the same dy into its bias
-    /// gradient, which the weight gradient's lowering computes too (see [`bias_folds`]).
+    /// For a weight gradient (convolution or linear), the later node summing the same dy into
+    /// its bias gradient, which the weight gradient's lowering computes too (see
+    /// [`bias_folds`]).
     pub bias_of: Vec<Option<usize>>,
     /// For a convolution's weight gradient, the max-pooling gradient node that produces its
     /// dy, which the weight gradient may compute itself (see [`pool_folds`]).
@@ -26,10 +27,10 @@ pub(crate) struct Assignment {
 /// Pairs each live weight gradient with a later live sum of the same dy that is its layer's
 /// bias gradient (autograd builds it beside), so that one lowering computes both from the dy
 /// it reads anyway: a convolution's `conv2d_grad_weight(dy, x)` with `sum(dy, [1, 3, 4])`
-/// (the tiled kernel sums the dy it stages; other paths append the sum), a linear layer's
-/// `matmul(dy, x, trans_a)` (dy^T x) with `sum(dy, [1])` (the GEMM sums the dy rows it
-/// loads). The sum's buffer is then taken where the weight gradient runs and the sum node
-/// lowers to nothing.
+/// (the tiled and direct kernels sum the dy they load; the implicit GEMM appends the sum),
+/// a linear layer's `matmul(dy, x, trans_a)` (dy^T x) with `sum(dy, [1])` (the GEMM sums
+/// the dy rows it loads). The sum's buffer is then taken where the weight gradient runs and
+/// the sum node lowers to nothing.
 pub(crate) fn bias_folds(graph: &Graph, live: &[bool]) -> Vec<Option<usize>> {
     let nodes = graph.nodes();
     let mut bias_of = vec![None; nodes.len()];
@@ -107,6 +108,8 @@ pub(crate) fn bytes_for(numel: usize) -> u64 {
 /// `live[i]`: node i runs. `keep[i]`: tensor i must survive the whole run. `last_use[i]`:
 /// position (node index; `nodes.len()` for the update phase) of the last reader of i.
 /// `bias_of`: from [`bias_folds`]; a folded sum's buffer is assigned with its weight gradient's.
+/// `pool_of`: from [`pool_folds`], kept in the assignment for the lowering (dy keeps its
+/// buffer).
 pub(crate) fn assign(
     graph: &Graph,
     live: &[bool],

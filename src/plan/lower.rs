@@ -114,7 +114,7 @@ fn optimizer_slot<'b>(
 }
 
 /// Nodes another node's dispatches compute (see `alloc::bias_folds` and `alloc::pool_folds`).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub(super) struct Folds {
     /// A weight gradient's bias gradient, which its dispatches also write.
     pub bias: Option<TensorId>,
