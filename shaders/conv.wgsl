@@ -1200,3 +1200,165 @@ fn conv2d_grad_weight_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builti
     gw_store(l6, h6, 6u, base, o0, cols);
     gw_store(l7, h7, 7u, base, o0, cols);
 }
+
+// ---------------------------------------------------------------------------------------------
+// conv2d_grad_input_col (the `grad_input_col` tuning, for GPUs): the stride-1 input gradient
+// without the zero padding's taps. As a correlation (the orientation of conv2d_tile: input =
+// dy, output = dx, weight w(c, o, ky, kx) = the flipped kernel through the q.w_* strides) it
+// reads dy with q.p0 rows and q.p1 columns of zeros around it: LeNet's conv2 (dy 8x8, padding
+// 4) spends 56% of conv2d_tile's taps on them. Here a workgroup takes q.strips whole images
+// and, for each output channel c:
+//   1. col[t, e] = sum over the group's dy channels o of w(c, o, t) * dy[o, e] for every tap t
+//      and every dy position e of its images, into workgroup memory: a dense product, each
+//      invocation holding the dy channels of its PX positions in registers (CB4 vec4 at a
+//      time; more channels than 4 * CB4 take several chunks, summed in place), the weights of
+//      c and of the chunk staged in tile_w (tap-major, CB4 vec4 per tap);
+//   2. dx[c, y, x] = sum over the taps (ky, kx) whose dy position (y + ky - p0, x + kx - p1)
+//      lies inside dy of col[t, that position]: the ranges are computed per output, the
+//      padding never visited.
+// The Rust side (`grad_input_col` in src/ops/conv.rs) keeps q.strips * taps * ih * iw within
+// COL_F32, the images' positions within PX * WGX and taps * CB4 within TILE_W4.
+const COL_F32: u32 = 3584u;
+var<workgroup> col_f: array<f32, COL_F32>;
+// vec4 of dy channels per position and chunk, 1 to 4.
+override CB4: u32 = 4u;
+
+// The dy channels of one position and chunk.
+struct Col16 {
+    a: vec4<f32>,
+    b: vec4<f32>,
+    c: vec4<f32>,
+    d: vec4<f32>,
+}
+
+// dy channels o .. o + 3 of the group at `at` (channel 0 of the group, channels `plane`
+// apart), zero past the group or where !ok (`at` is a valid address either way).
+fn col_dy4(at: u32, plane: u32, o: u32, ok: bool) -> vec4<f32> {
+    let last = q.cig - 1u;
+    let v = vec4<f32>(a_in[at + min(o, last) * plane], a_in[at + min(o + 1u, last) * plane],
+                      a_in[at + min(o + 2u, last) * plane], a_in[at + min(o + 3u, last) * plane]);
+    let m = vec4<u32>(o, o + 1u, o + 2u, o + 3u) < vec4<u32>(q.cig);
+    return select(vec4<f32>(0.0), v, m & vec4<bool>(ok));
+}
+
+// The chunk of dy channels from k0 at one position.
+fn col_load(at: u32, plane: u32, k0: u32, ok: bool) -> Col16 {
+    var r = Col16();
+    r.a = col_dy4(at, plane, k0, ok);
+    if (CB4 > 1u) {
+        r.b = col_dy4(at, plane, k0 + 4u, ok);
+    }
+    if (CB4 > 2u) {
+        r.c = col_dy4(at, plane, k0 + 8u, ok);
+    }
+    if (CB4 > 3u) {
+        r.d = col_dy4(at, plane, k0 + 12u, ok);
+    }
+    return r;
+}
+
+// Tap t's weights (staged) against one position's chunk.
+fn col_dot(t: u32, v: Col16) -> f32 {
+    let w = t * CB4;
+    var s = dot(tile_w[w], v.a);
+    if (CB4 > 1u) {
+        s += dot(tile_w[w + 1u], v.b);
+    }
+    if (CB4 > 2u) {
+        s += dot(tile_w[w + 2u], v.c);
+    }
+    if (CB4 > 3u) {
+        s += dot(tile_w[w + 3u], v.d);
+    }
+    return s;
+}
+
+// col[t, e] (+)= the chunk's products at position e where it is one of the workgroup's.
+fn col_put(i: u32, s: f32, add: bool, ok: bool) {
+    if (ok) {
+        col_f[i] = select(s, col_f[i] + s, add);
+    }
+}
+
+@compute @workgroup_size(WGX, 1, 1)
+fn conv2d_grad_input_col(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let z = wid.z + q.z0;
+    let g = z / q.groups;
+    let grp = z - g * q.groups;
+    let n0 = (wid.x + q.x0) * q.strips;
+    let ni = min(q.strips, q.n - n0);
+    let plane = q.ih * q.iw;
+    let np = ni * plane;
+    let taps = q.kh * KW;
+    let wz = z * q.wgrp + q.w0;
+    let chunk = 4u * CB4;
+    // Position e of the workgroup is image n0 + e / plane, offset e % plane; its dy address
+    // (channel 0 of the group) is base + e + (e / plane) * (ci - 1) * plane.
+    let base = ((g * q.n + n0) * q.ci + grp * q.cig) * plane;
+    let e0 = lid.x;
+    let e1 = lid.x + WGX;
+    let c0 = min(e0, np - 1u);
+    let c1 = min(e1, np - 1u);
+    let at0 = base + c0 + c0 / plane * (q.ci - 1u) * plane;
+    let at1 = base + c1 + c1 / plane * (q.ci - 1u) * plane;
+    let ok0 = e0 < np;
+    let ok1 = PX > 1u && e1 < np;
+    var v0 = Col16();
+    var v1 = Col16();
+    if (q.cig <= chunk) {
+        v0 = col_load(at0, plane, 0u, ok0);
+        if (PX > 1u) {
+            v1 = col_load(at1, plane, 0u, ok1);
+        }
+    }
+    let ohw = q.oh * q.ow;
+    let last = q.cig - 1u;
+    for (var c = 0u; c < q.cog; c++) {
+        for (var k0 = 0u; k0 < q.cig; k0 += chunk) {
+            if (q.cig > chunk) {
+                v0 = col_load(at0, plane, k0, ok0);
+                if (PX > 1u) {
+                    v1 = col_load(at1, plane, k0, ok1);
+                }
+            }
+            workgroupBarrier();
+            for (var e = lid.x; e < taps * CB4; e += WGX) {
+                let t = e / CB4;
+                let o = k0 + 4u * (e - t * CB4);
+                let ky = t / KW;
+                let wx = wz + c * q.w_oc + ky * q.w_ky + (t - ky * KW) * q.w_kx;
+                let wv = vec4<f32>(b_in[wx + min(o, last) * q.w_ic], b_in[wx + min(o + 1u, last) * q.w_ic],
+                                   b_in[wx + min(o + 2u, last) * q.w_ic], b_in[wx + min(o + 3u, last) * q.w_ic]);
+                tile_w[e] = select(vec4<f32>(0.0), wv, vec4<u32>(o, o + 1u, o + 2u, o + 3u) < vec4<u32>(q.cig));
+            }
+            workgroupBarrier();
+            for (var t = 0u; t < taps; t++) {
+                col_put(t * np + e0, col_dot(t, v0), k0 > 0u, ok0);
+                if (PX > 1u) {
+                    col_put(t * np + e1, col_dot(t, v1), k0 > 0u, ok1);
+                }
+            }
+        }
+        workgroupBarrier();
+        for (var f = lid.x; f < ni * ohw; f += WGX) {
+            let i = f / ohw;
+            let r = f - i * ohw;
+            let y = r / q.ow;
+            let x = r - y * q.ow;
+            let ky0 = tap_lo(i32(y) - i32(q.p0), 1u);
+            let ky1 = tap_end(i32(y) - i32(q.p0), 1u, q.ih, q.kh);
+            let kx0 = tap_lo(i32(x) - i32(q.p1), 1u);
+            let kx1 = tap_end(i32(x) - i32(q.p1), 1u, q.iw, KW);
+            // col index of tap (ky, 0) at dy position (y + ky - p0, x - p1) of image i (u32
+            // arithmetic wraps; every index read is inside).
+            var s = 0.0;
+            for (var ky = ky0; ky < ky1; ky++) {
+                let row = ky * KW * np + i * plane + (y + ky - q.p0) * q.iw + x - q.p1;
+                for (var kx = kx0; kx < kx1; kx++) {
+                    s += col_f[row + kx * np + kx];
+                }
+            }
+            out4[((g * q.n + n0 + i) * q.co + grp * q.cog + c) * ohw + r] = s;
+        }
+    }
+}

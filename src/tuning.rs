@@ -62,6 +62,13 @@ pub struct Tuning {
     /// gradient staged in workgroup memory; invocations share a kernel row and sum
     /// alternate output rows), a power of two from 32 to 256, or 0 for the direct kernel.
     pub grad_weight_tile: u32,
+    /// Workgroup size of the stride-1 input gradient through a workgroup-memory product
+    /// (`conv2d_grad_input_col`: per input channel, every tap's product with whole images of
+    /// dy, then each input position sums the taps that land inside dy, so the zero padding
+    /// costs nothing), a power of two from 32 to 256, or 0 for the tiled or direct kernels.
+    /// It takes layers whose images fit its workgroup memory, and only where a grid of one
+    /// image per workgroup gives the GPU a quarter of `split_threads` invocations.
+    pub grad_input_col: u32,
     /// Sums over several axes into fewer outputs than this (and at least 4,096 elements
     /// each) run in two passes, inner axes first (a convolution's bias gradient at small G:
     /// a few long sums leave a GPU idle); 0: always one pass.
@@ -92,7 +99,7 @@ pub struct Tuning {
 }
 
 /// Keys of the text format, in order.
-const KEYS: [&str; 18] = [
+const KEYS: [&str; 19] = [
     "gemm_wg",
     "gemm_groups",
     "conv_lanes",
@@ -103,6 +110,7 @@ const KEYS: [&str; 18] = [
     "conv_tile",
     "tile_px",
     "grad_weight_tile",
+    "grad_input_col",
     "sum_split",
     "serial_sum",
     "split_threads",
@@ -127,6 +135,7 @@ impl Tuning {
         conv_tile: 0,
         tile_px: 4,
         grad_weight_tile: 0,
+        grad_input_col: 0,
         sum_split: 0,
         serial_sum: 4096,
         split_threads: 1 << 15,
@@ -164,6 +173,7 @@ impl Tuning {
         conv_tile: 256,
         tile_px: 4,
         grad_weight_tile: 256,
+        grad_input_col: 64,
         sum_split: 512,
         serial_sum: 0,
         split_threads: 1 << 18,
@@ -250,6 +260,11 @@ impl Tuning {
         check("conv_tile", tile(self.conv_tile), "0 (direct kernels) or a power of two from 32 to 256")?;
         check("tile_px", (1..=4).contains(&self.tile_px), "1 to 4")?;
         check("grad_weight_tile", tile(self.grad_weight_tile), "0 (direct kernel) or a power of two from 32 to 256")?;
+        check(
+            "grad_input_col",
+            tile(self.grad_input_col),
+            "0 (tiled or direct kernels) or a power of two from 32 to 256",
+        )?;
         check("serial_sum", self.serial_sum <= 65_536, "0 to 65,536")?;
         check("split_threads", self.split_threads >= 1, "at least 1")?;
         check("split_lanes", self.split_lanes <= 1, "0 (a split per workgroup) or 1 (splits share workgroups)")?;
@@ -284,6 +299,7 @@ impl Tuning {
             ("conv_lanes", self.conv_lanes),
             ("conv_tile", self.conv_tile),
             ("grad_weight_tile", self.grad_weight_tile),
+            ("grad_input_col", self.grad_input_col),
         ] {
             if lanes > invocations || lanes > limits.max_compute_workgroup_size_x {
                 return Err(Error::Usage(format!(
@@ -308,6 +324,7 @@ impl Tuning {
             "conv_tile" => &[0, 64, 128, 256],
             "tile_px" => &[1, 2, 4],
             "grad_weight_tile" => &[0, 64, 128, 256],
+            "grad_input_col" => &[0, 64, 128, 256],
             "sum_split" => &[0, 512, 65536],
             "serial_sum" => &[0, 64, 4096],
             "split_threads" => &[1 << 13, 1 << 15, 1 << 17, 1 << 19],
@@ -344,6 +361,7 @@ impl Tuning {
             "conv_tile" => &mut self.conv_tile,
             "tile_px" => &mut self.tile_px,
             "grad_weight_tile" => &mut self.grad_weight_tile,
+            "grad_input_col" => &mut self.grad_input_col,
             "sum_split" => &mut self.sum_split,
             "serial_sum" => &mut self.serial_sum,
             "split_threads" => &mut self.split_threads,

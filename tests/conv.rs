@@ -268,7 +268,8 @@ fn check(gpu: &modelbatch::Gpu, spec: Spec) -> Vec<&'static str> {
     case.check_fd(&grads);
     let labels = case.labels();
     for l in ["conv2d", "conv2d_grad_input", "conv2d_grad_weight"] {
-        assert!(labels.contains(&l), "{spec:?}: {l} did not run ({labels:?})");
+        let ran = |d: &&str| *d == l || (l == "conv2d_grad_input" && *d == "conv2d_grad_input_col");
+        assert!(labels.iter().any(ran), "{spec:?}: {l} did not run ({labels:?})");
     }
     labels
 }
@@ -383,6 +384,55 @@ fn tiled_kernels_compute_the_same_convolutions() {
     check(&tuned, wide);
 }
 
+/// The input gradient through workgroup-memory products (`grad_input_col`) computes what the
+/// reference does: LeNet's conv2 (16 dy channels, one chunk), 20 dy channels (two chunks, the
+/// second summed in place), padding of every width up to the kernel's (the correlation's
+/// padding is kernel - 1 - padding), channel groups, 1x1 and 3x5 kernels, 1 to 4 vec4 of
+/// channels per position, one or two positions per invocation, one or several images per
+/// workgroup with a short last one. A layer whose images pass the workgroup memory (conv1:
+/// 24x24 positions x 25 taps), one too small for the GPU (a quarter of `split_threads`) and
+/// one whose image passes two positions per invocation keep the other kernels.
+#[test]
+fn input_gradient_products_compute_the_same_convolutions() {
+    let gpu = gpu_or_skip!();
+    let specs = [
+        Spec::new(2, 5, 6, 16, [12, 12], [5, 5]),
+        Spec::new(2, 3, 3, 20, [7, 6], [3, 3]).padding([1, 2]),
+        Spec::new(2, 3, 6, 4, [9, 11], [3, 3]).padding([1, 1]).groups(2),
+        Spec::new(3, 7, 5, 7, [6, 5], [1, 1]).no_bias(),
+        Spec::new(2, 5, 2, 11, [6, 9], [3, 5]).padding([2, 0]),
+    ];
+    let col = |gpu: &modelbatch::Gpu, spec: Spec| {
+        let labels = Case::new(gpu, spec, 1).labels();
+        labels.contains(&"conv2d_grad_input_col") && !labels.contains(&"conv2d_grad_input")
+    };
+    let mut grids = std::collections::HashSet::new();
+    for text in [
+        "grad_input_col=32,split_threads=1",
+        "grad_input_col=64,split_threads=1",
+        "grad_input_col=256,split_threads=1",
+        "grad_input_col=64,split_threads=512",
+        "grad_input_col=128,split_threads=1,conv_tile=64,grad_weight_tile=64",
+    ] {
+        let tuned = gpu.with_tuning(Tuning::SOFTWARE.apply(text).unwrap()).unwrap();
+        for (i, spec) in specs.into_iter().enumerate() {
+            // Groups of 9x11 dy positions pass 2 x 32 lanes.
+            let want = !(i == 2 && text.starts_with("grad_input_col=32,"));
+            assert_eq!(col(&tuned, spec), want, "{text}: {spec:?}");
+            check(&tuned, spec);
+            grids.insert((i, Case::new(&tuned, spec, 1).plan.signature()));
+        }
+    }
+    // Images per workgroup and positions per invocation change with the lanes and the GPU's size.
+    assert!(grids.iter().filter(|(i, _)| *i == 0).count() >= 3, "LeNet's conv2 took the same grid everywhere");
+    let tuned = gpu.with_tuning(Tuning::SOFTWARE.apply("grad_input_col=64,split_threads=1").unwrap()).unwrap();
+    let conv1 = Spec::new(2, 3, 1, 6, [28, 28], [5, 5]);
+    assert!(!col(&tuned, conv1));
+    check(&tuned, conv1);
+    let small = gpu.with_tuning(Tuning::SOFTWARE.apply("grad_input_col=64").unwrap()).unwrap();
+    assert!(!col(&small, specs[0]), "5 images x 2 models fill a quarter of split_threads=32768");
+}
+
 #[test]
 fn stride_and_padding() {
     let gpu = gpu_or_skip!();
@@ -481,7 +531,9 @@ fn z_axis_past_the_dispatch_limit() {
     case.check_reference();
     let labels = case.labels();
     for l in ["conv2d", "conv2d_grad_input", "conv2d_grad_weight"] {
-        assert_eq!(labels.iter().filter(|&&x| x == l).count(), 2, "{l} should take two dispatches: {labels:?}");
+        // (The input gradient may take its products, `grad_input_col`, on the GPU tuning.)
+        let count = labels.iter().filter(|&&x| x == l || (x == "conv2d_grad_input_col" && l == "conv2d_grad_input"));
+        assert_eq!(count.count(), 2, "{l} should take two dispatches: {labels:?}");
     }
 }
 
@@ -509,7 +561,7 @@ fn x_axis_past_the_dispatch_limit() {
 #[test]
 fn direct_x_axis_past_the_dispatch_limit() {
     let gpu = gpu_or_skip!();
-    let gpu = &gpu.with_tuning(gpu.tuning().apply("conv_tile=0,grad_weight_tile=0").unwrap()).unwrap();
+    let gpu = &gpu.with_tuning(gpu.tuning().apply("conv_tile=0,grad_weight_tile=0,grad_input_col=0").unwrap()).unwrap();
     let spec = Spec::new(1, 4_200_000, 1, 1, [1, 1], [1, 1]).no_bias();
     let case = Case::new(gpu, spec, 8);
     case.check_reference();
@@ -517,6 +569,13 @@ fn direct_x_axis_past_the_dispatch_limit() {
     for l in ["conv2d", "conv2d_grad_input"] {
         assert_eq!(labels.iter().filter(|&&x| x == l).count(), 2, "{l} should take two dispatches: {labels:?}");
     }
+    // The input gradient's products (`grad_input_col`) take 64 one-pixel images per
+    // workgroup of 32 lanes: 65,625 workgroups.
+    let gpu = &gpu.with_tuning(gpu.tuning().apply("grad_input_col=32,split_threads=1").unwrap()).unwrap();
+    let case = Case::new(gpu, spec, 8);
+    case.check_reference();
+    let labels = case.labels();
+    assert_eq!(labels.iter().filter(|&&x| x == "conv2d_grad_input_col").count(), 2, "{labels:?}");
 }
 
 /// A GPU's wide split-K on a very long depth (4.2 million one-pixel images) stays within the

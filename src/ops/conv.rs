@@ -220,8 +220,13 @@ pub(crate) fn lower_grad_input(
 ) -> Result<Vec<Dispatch>> {
     const LABEL: &str = "conv2d_grad_input";
     let d = dims(LABEL, s)?;
-    if let Some(c) = Corr::grad_input(ctx, s, &d).filter(Corr::direct_fits) {
-        return direct(ctx, LABEL, &c, &d, [dy, w, ctx.dummy, dx], 0);
+    if let Some(c) = Corr::grad_input(ctx, s, &d) {
+        if let Some(out) = grad_input_col(ctx, &c, &d, [dy, w, ctx.dummy, dx])? {
+            return Ok(out);
+        }
+        if c.direct_fits() {
+            return direct(ctx, LABEL, &c, &d, [dy, w, ctx.dummy, dx], 0);
+        }
     }
     // One invocation per input position and block of 4 images.
     let threads = s.x.n.div_ceil(4) * s.x.h * s.x.w;
@@ -654,6 +659,61 @@ fn corr_tile(
     let kernel = ctx.kernel(&CONV, "conv2d_tile", &storage, &consts);
     let grid = [out_rows.div_ceil(ru), oblocks, d.g * d.groups];
     tiled(ctx, &kernel, label, &words, &buffers, grid).map(Some)
+}
+
+/// Workgroup memory of `conv2d_grad_input_col`'s products, in f32 (`COL_F32` in the shader;
+/// with the weights' `TILE_W4` vec4, WebGPU's default 16 KiB).
+const COL_F32: usize = 3584;
+
+/// The input gradient (the correlation `c` of dy with the flipped kernel) through
+/// `conv2d_grad_input_col` with the adapter's `grad_input_col` invocations per workgroup, or
+/// `None` where that is 0, the device lacks the workgroup memory, one image's products pass
+/// it, a tap's weights pass theirs, a grid of one image per workgroup would leave a GPU idle
+/// (fewer invocations than a quarter of `split_threads`: the tiled kernel spreads a small
+/// batch wider), or the loops pass lavapipe's budget. Its dispatches have a label of their
+/// own (profiles tell the two ways apart).
+fn grad_input_col(ctx: &Lower, c: &Corr, d: &Dims, buffers: [&wgpu::Buffer; 4]) -> Result<Option<Vec<Dispatch>>> {
+    let t = ctx.gpu.tuning();
+    let lanes = t.grad_input_col as usize;
+    let memory = ctx.gpu.limits().max_compute_workgroup_storage_size as usize;
+    if lanes == 0 || memory < 4 * COL_F32 + 16 * TILE_W4 {
+        return Ok(None);
+    }
+    let [kh, kw] = c.kernel;
+    let taps = kh * kw;
+    let plane = c.ih * c.iw;
+    // dy channels per position and chunk, in vec4.
+    let cb4 = c.cig.div_ceil(4).min(4);
+    let zs = d.g * d.groups;
+    if taps * cb4 > TILE_W4
+        || taps * plane > COL_F32
+        || plane > 2 * lanes
+        || c.n * zs * lanes < t.split_threads as usize / 4
+    {
+        return Ok(None);
+    }
+    // Images per workgroup: as many as the memory and two positions per invocation allow,
+    // fewer where the grid would have fewer than `split_threads` invocations.
+    let mut ni = (COL_F32 / (taps * plane)).min(2 * lanes / plane).min(c.n);
+    while ni > 1 && c.n.div_ceil(ni) * zs * lanes < t.split_threads as usize {
+        ni -= 1;
+    }
+    let px = (ni * plane).div_ceil(lanes);
+    // Loop iterations per invocation (none counted as unrolled): per output channel and chunk
+    // the weights' copy and the taps, per output channel the sums over the valid taps.
+    let chunks = c.cig.div_ceil(4 * cb4);
+    let per_channel = chunks * ((taps * cb4).div_ceil(lanes) + 1 + taps + 1)
+        + (ni * c.oh * c.ow).div_ceil(lanes) * (1 + kh * (1 + kw))
+        + 2;
+    if c.cog * per_channel + 8 > LOOP_BUDGET {
+        return Ok(None);
+    }
+    let mut words = c.words(d, 0, 1, 0, 0);
+    words[W_TILE_ROWS] = ni as u32;
+    let consts = [("WGX", lanes as f64), ("KW", kw as f64), ("PX", px as f64), ("CB4", cb4 as f64)];
+    let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
+    let kernel = ctx.kernel(&CONV, "conv2d_grad_input_col", &storage, &consts);
+    tiled(ctx, &kernel, "conv2d_grad_input_col", &words, &buffers, [c.n.div_ceil(ni), 1, zs]).map(Some)
 }
 
 /// How `conv2d_grad_weight_tile` runs one weight gradient.
