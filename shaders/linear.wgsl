@@ -243,3 +243,90 @@ fn gemm_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
         store_with_sums(gid, any_block(gid, true));
     }
 }
+
+// gemm_tile, gemm_tile_sum (the `gemm_tile` tuning, for GPUs): any layout, like gemm and
+// gemm_sum, but a workgroup of WG x WG invocations computes a (4 WG) x (4 WG) tile of C from
+// workgroup memory. Per step of KC depths it copies the tile's rows of op(A) and columns of
+// op(B) there (ta[kk * WG + i]: rows 4i .. 4i + 3 of the tile at depth kk, as one vec4; tb
+// the same for columns), zero past the edges, each lane loading four values whose addresses
+// run along the operand's contiguous axis across lanes; then every invocation reads a vec4
+// of A (the same for a row of lanes: a broadcast) and one of B per depth for 16 multiply-adds.
+// The depth is summed in order (k ascending), as gemm_sum's A sums.
+const KC: u32 = 16u;
+const TILE_V4: u32 = 256u; // KC x the widest WG (16)
+var<workgroup> ta: array<vec4<f32>, TILE_V4>;
+var<workgroup> tb: array<vec4<f32>, TILE_V4>;
+
+// Copies op(A) rows [r0, r0 + 4 WG) and op(B) columns [c0, c0 + 4 WG) at depths
+// [k0, k0 + KC) of model g into ta and tb.
+fn tile_load(g: u32, r0: u32, c0: u32, k0: u32, lane: u32) {
+    let abase = g * p.m * p.k;
+    let bbase = g * p.k * p.n;
+    for (var e = lane; e < KC * WG; e += WG * WG) {
+        // Consecutive lanes walk the depth where it is contiguous, else rows (columns).
+        var kk = e % KC;
+        var q = e / KC;
+        if (p.a_sk != 1u) {
+            q = e % WG;
+            kk = e / WG;
+        }
+        let k = k0 + kk;
+        let r = r0 + 4u * q;
+        let at = abase + min(k, p.k - 1u) * p.a_sk;
+        let ok = vec4<bool>(k < p.k) & (vec4<u32>(r) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.m));
+        let last = p.m - 1u;
+        let v = vec4<f32>(a[at + min(r, last) * p.a_sm], a[at + min(r + 1u, last) * p.a_sm],
+                          a[at + min(r + 2u, last) * p.a_sm], a[at + min(r + 3u, last) * p.a_sm]);
+        ta[kk * WG + q] = select(vec4<f32>(0.0), v, ok);
+    }
+    for (var e = lane; e < KC * WG; e += WG * WG) {
+        var kk = e % KC;
+        var q = e / KC;
+        if (p.b_sk != 1u) {
+            q = e % WG;
+            kk = e / WG;
+        }
+        let k = k0 + kk;
+        let c = c0 + 4u * q;
+        let at = bbase + min(k, p.k - 1u) * p.b_sk;
+        let ok = vec4<bool>(k < p.k) & (vec4<u32>(c) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.n));
+        let last = p.n - 1u;
+        let v = vec4<f32>(b[at + min(c, last) * p.b_sn], b[at + min(c + 1u, last) * p.b_sn],
+                          b[at + min(c + 2u, last) * p.b_sn], b[at + min(c + 3u, last) * p.b_sn]);
+        tb[kk * WG + q] = select(vec4<f32>(0.0), v, ok);
+    }
+}
+
+fn tile_block(gid: vec3<u32>, lid: vec3<u32>, wid: vec3<u32>, sums: bool) -> Block {
+    let r0 = wid.y * 4u * WG;
+    let c0 = wid.x * 4u * WG;
+    var r: Block;
+    for (var k0 = 0u; k0 < p.k; k0 += KC) {
+        workgroupBarrier();
+        tile_load(gid.z, r0, c0, k0, lid.y * WG + lid.x);
+        workgroupBarrier();
+        let steps = min(KC, p.k - k0);
+        for (var kk = 0u; kk < steps; kk++) {
+            block_step(&r, ta[kk * WG + lid.y], tb[kk * WG + lid.x], sums);
+        }
+    }
+    return r;
+}
+
+@compute @workgroup_size(WG, WG, 1)
+fn gemm_tile(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+             @builtin(workgroup_id) wid: vec3<u32>) {
+    let r = tile_block(gid, lid, wid, false);
+    if (!outside(gid)) {
+        store_block(gid.z, gid.y * 4u, gid.x * 4u, r.acc);
+    }
+}
+
+@compute @workgroup_size(WG, WG, 1)
+fn gemm_tile_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                 @builtin(workgroup_id) wid: vec3<u32>) {
+    let r = tile_block(gid, lid, wid, true);
+    if (!outside(gid)) {
+        store_with_sums(gid, r);
+    }
+}

@@ -34,6 +34,11 @@ pub struct Tuning {
     /// workgroups is smaller (a small model batch) takes halved sides, down to 4, until it
     /// has that many; 0 keeps `gemm_wg` everywhere. 0 to 1,048,576.
     pub gemm_groups: u32,
+    /// 1: GEMMs stage each workgroup's rows of A and columns of B in workgroup memory, 16
+    /// depths at a time, and compute from there (`gemm_tile`: every layout, the same
+    /// workgroup side and 4x4 blocks); 0: the register-blocked kernels load both from
+    /// device memory.
+    pub gemm_tile: u32,
     /// Widest workgroup of the convolution kernels (`WGX` in `shaders/conv.wgsl`; narrower
     /// where the output is short): a power of two from 8 to 256.
     pub conv_lanes: u32,
@@ -99,9 +104,10 @@ pub struct Tuning {
 }
 
 /// Keys of the text format, in order.
-const KEYS: [&str; 19] = [
+const KEYS: [&str; 20] = [
     "gemm_wg",
     "gemm_groups",
+    "gemm_tile",
     "conv_lanes",
     "conv_ob",
     "grad_weight_ob",
@@ -127,6 +133,7 @@ impl Tuning {
     pub const SOFTWARE: Tuning = Tuning {
         gemm_wg: 8,
         gemm_groups: 0,
+        gemm_tile: 0,
         conv_lanes: 64,
         conv_ob: 4,
         grad_weight_ob: 8,
@@ -165,6 +172,7 @@ impl Tuning {
         // On the H100 `tune` kept gemm_wg=4 at G=1 (LeNet's GEMMs then have 4 to 32
         // workgroups of 8x8) and gemm_wg=8 at G=64 (256 to 2,048): per product, this rule.
         gemm_groups: 256,
+        gemm_tile: 1,
         conv_lanes: 64,
         conv_ob: 8,
         grad_weight_ob: 4,
@@ -247,6 +255,7 @@ impl Tuning {
         };
         check("gemm_wg", matches!(self.gemm_wg, 4 | 8 | 16), "4, 8 or 16")?;
         check("gemm_groups", self.gemm_groups <= 1 << 20, "0 to 1,048,576")?;
+        check("gemm_tile", self.gemm_tile <= 1, "0 (register-blocked kernels) or 1 (workgroup-memory tiles)")?;
         check(
             "conv_lanes",
             self.conv_lanes.is_power_of_two() && (8..=256).contains(&self.conv_lanes),
@@ -316,6 +325,7 @@ impl Tuning {
         match key {
             "gemm_wg" => &[4, 8, 16],
             "gemm_groups" => &[0, 64, 256, 1024],
+            "gemm_tile" => &[0, 1],
             "conv_lanes" => &[32, 64, 128, 256],
             "conv_ob" => &[2, 4, 8],
             "grad_weight_ob" => &[4, 8],
@@ -353,6 +363,7 @@ impl Tuning {
         Some(match key {
             "gemm_wg" => &mut self.gemm_wg,
             "gemm_groups" => &mut self.gemm_groups,
+            "gemm_tile" => &mut self.gemm_tile,
             "conv_lanes" => &mut self.conv_lanes,
             "conv_ob" => &mut self.conv_ob,
             "grad_weight_ob" => &mut self.grad_weight_ob,

@@ -186,14 +186,19 @@ fn run_weight_and_bias(gpu: &modelbatch::Gpu, out: usize, fold: bool) -> (Vec<Ve
 #[test]
 fn linear_bias_gradient_folds_into_the_weight_gradient() {
     let gpu = gpu_or_skip!();
-    let gpu = gpu.with_tuning(modelbatch::Tuning::SOFTWARE).unwrap();
-    // 12 outputs: gemm_tn (vec4 rows); 13: the general kernel.
-    for out in [12, 13] {
-        let (plain, plain_labels) = run_weight_and_bias(&gpu, out, false);
-        let (folded, labels) = run_weight_and_bias(&gpu, out, true);
-        assert_eq!(plain, folded, "{out} outputs: the folded sums differ");
-        assert!(plain_labels.contains(&"sum"), "{plain_labels:?}");
-        assert!(!labels.contains(&"sum") && labels.len() + 1 == plain_labels.len(), "{labels:?}");
+    let software = modelbatch::Tuning::SOFTWARE;
+    // 12 outputs: gemm_tn (vec4 rows); 13: the general kernel; then the tiled kernel.
+    for tuning in [software, software.apply("gemm_tile=1").unwrap()] {
+        let gpu = gpu.with_tuning(tuning).unwrap();
+        for out in [12, 13] {
+            let (plain, plain_labels) = run_weight_and_bias(&gpu, out, false);
+            let (folded, labels) = run_weight_and_bias(&gpu, out, true);
+            assert_eq!(plain, folded, "{tuning}: {out} outputs: the folded sums differ");
+            assert!(plain_labels.contains(&"sum"), "{plain_labels:?}");
+            assert!(!labels.contains(&"sum") && labels.len() + 1 == plain_labels.len(), "{labels:?}");
+            let tiled = labels.contains(&"gemm_tile_sum");
+            assert_eq!(tiled, tuning.gemm_tile == 1, "{labels:?}");
+        }
     }
 }
 

@@ -21,7 +21,10 @@ fn r64(v: &[f32]) -> Vec<f64> {
 // matmul
 
 /// The GEMM entry point `src/ops/linear.rs` documents for a product of this layout.
-fn gemm_entry(ta: bool, tb: bool, m: usize, n: usize, k: usize) -> &'static str {
+fn gemm_entry(gpu: &modelbatch::Gpu, ta: bool, tb: bool, m: usize, n: usize, k: usize) -> &'static str {
+    if gpu.tuning().gemm_tile != 0 {
+        return "gemm_tile";
+    }
     match (ta, tb) {
         (false, true) if k % 4 == 0 => "gemm_nt",
         (false, false) if n % 4 == 0 => "gemm_nn",
@@ -65,7 +68,7 @@ fn check_matmul(
     }
     c.fd(&grads);
     let labels = c.labels();
-    let want = gemm_entry(ta, tb, m, n, k);
+    let want = gemm_entry(gpu, ta, tb, m, n, k);
     assert_eq!(labels.first().copied(), Some(want), "{what}: forward kernel (all dispatches: {labels:?})");
     labels
 }
@@ -74,7 +77,7 @@ const COMBOS: [(bool, bool); 4] = [(false, false), (false, true), (true, false),
 
 #[test]
 fn matmul_odd_sizes_all_layouts() {
-    let gpu = gpu_or_skip!();
+    let gpu = &register_kernels(gpu_or_skip!());
     for (ta, tb) in COMBOS {
         for bias in [false, true] {
             let labels = check_matmul(gpu, 17, 5, 7, 3, ta, tb, bias);
@@ -87,9 +90,14 @@ fn matmul_odd_sizes_all_layouts() {
     }
 }
 
+/// The register-blocked kernels (`gemm_tile=0`), each layout's.
+fn register_kernels(gpu: &modelbatch::Gpu) -> modelbatch::Gpu {
+    gpu.with_tuning(gpu.tuning().apply("gemm_tile=0").unwrap()).unwrap()
+}
+
 #[test]
 fn matmul_vec4_sizes_all_layouts() {
-    let gpu = gpu_or_skip!();
+    let gpu = &register_kernels(gpu_or_skip!());
     let mut seen = std::collections::BTreeSet::new();
     for (ta, tb) in COMBOS {
         for bias in [false, true] {
@@ -112,6 +120,29 @@ fn matmul_under_every_gemm_tuning() {
             check_matmul(&tuned, 3, 37, 12, 70, ta, tb, true);
         }
         check_matmul(&tuned, 2, 17, 5, 3, false, false, true);
+    }
+}
+
+/// `gemm_tile` (rows of A and columns of B staged in workgroup memory, 16 depths a step):
+/// every layout with ragged edges, depths shorter than a step, one step, and several with a
+/// short last one, every workgroup side, the bias epilogue, and the A sums of a linear
+/// layer's weight gradient (its bias gradient, no `sum` pass), forward and backward.
+#[test]
+fn matmul_through_workgroup_memory_tiles() {
+    let gpu = gpu_or_skip!();
+    for wg in [4, 8, 16] {
+        let text = format!("gemm_tile=1,gemm_wg={wg},gemm_groups=0");
+        let tuned = gpu.with_tuning(gpu.tuning().apply(&text).unwrap()).unwrap();
+        let only_tiles = |labels: &[&str]| labels.iter().all(|l| !l.starts_with("gemm") || l.starts_with("gemm_tile"));
+        for (ta, tb) in COMBOS {
+            for (m, k, n) in [(37, 12, 70), (5, 16, 3), (33, 50, 36)] {
+                let labels = check_matmul(&tuned, 2, m, k, n, ta, tb, true);
+                assert!(only_tiles(&labels), "{text}: {labels:?}");
+            }
+        }
+        let labels = check_linear(&tuned, 3, &[5], 8, 12, true);
+        assert!(only_tiles(&labels) && labels.contains(&"gemm_tile_sum") && !labels.contains(&"sum"), "{labels:?}");
+        check_linear(&tuned, 2, &[40], 7, 33, true);
     }
 }
 
@@ -222,7 +253,7 @@ fn linear_odd_sizes() {
 
 #[test]
 fn linear_vec4_sizes_take_the_three_fast_paths() {
-    let gpu = gpu_or_skip!();
+    let gpu = &register_kernels(gpu_or_skip!());
     // Forward x·Wᵀ (K = in), backward to x dy·W (N = in), backward to W dyᵀ·x (M = out, N = in).
     // With a bias, the weight gradient's GEMM also sums its gradient (no `sum` dispatch).
     for (bias, entries) in [(true, ["gemm_nt", "gemm_nn", "gemm_tn_sum"]), (false, ["gemm_nt", "gemm_nn", "gemm_tn"])] {
@@ -837,10 +868,18 @@ fn relu_over_a_grid_folded_into_two_dimensions() {
 }
 
 /// `matmul_relu_grad` (relu's derivative in the GEMM's epilogue) equals the product followed
-/// by the elementwise relu gradient, bit for bit, for every layout on odd and vec4 sizes.
+/// by the elementwise relu gradient, bit for bit, for every layout on odd and vec4 sizes, with
+/// the register-blocked kernels and the workgroup-memory tiles.
 #[test]
 fn matmul_relu_grad_equals_the_two_ops() {
     let gpu = gpu_or_skip!();
+    let tiles = gpu.with_tuning(gpu.tuning().apply("gemm_tile=1").unwrap()).unwrap();
+    for gpu in [&register_kernels(gpu), &tiles] {
+        relu_grad_products(gpu);
+    }
+}
+
+fn relu_grad_products(gpu: &modelbatch::Gpu) {
     for (m, k, n) in [(5, 7, 3), (36, 12, 40), (37, 8, 35)] {
         for (ta, tb) in COMBOS {
             let g = 2;
@@ -862,7 +901,7 @@ fn matmul_relu_grad_equals_the_two_ops() {
             let bits = |t| plan.read_blocking(t).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(fused), bits(plain), "M={m} K={k} N={n} trans_a={ta} trans_b={tb}");
             let labels = plan.dispatch_labels();
-            assert_eq!(labels[0], gemm_entry(ta, tb, m, n, k), "{labels:?}");
+            assert_eq!(labels[0], gemm_entry(gpu, ta, tb, m, n, k), "{labels:?}");
         }
     }
 }

@@ -34,12 +34,24 @@ pub(crate) struct Epilogue<'a> {
     pub relu_grad_at: Option<&'a wgpu::Buffer>,
 }
 
+/// Depths `gemm_tile` takes per step (`KC` in the shader).
+const TILE_DEPTH: usize = 16;
+
+/// Whether `gemm_tile` keeps a depth of `k` within the 65,535 loop iterations lavapipe allows
+/// one invocation: per step of `TILE_DEPTH`, the two copies (at most 4 quads of each operand
+/// per lane, on the smallest 4x4 workgroup) and the depths.
+fn tile_fits(k: usize) -> bool {
+    k.div_ceil(TILE_DEPTH) * (2 * 4 + TILE_DEPTH + 2) + 16 <= 65_535
+}
+
 pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     let (m, n, k) = (mm.m, mm.n, mm.k);
     // Strides of A as (row m, depth k) and of B as (depth k, column n), in elements.
     let (a_sm, a_sk) = if mm.trans_a { (1, m) } else { (k, 1) };
     let (b_sk, b_sn) = if mm.trans_b { (1, k) } else { (n, 1) };
+    let t = ctx.gpu.tuning();
     let entry = match (mm.trans_a, mm.trans_b, mm.a_sums.is_some()) {
+        (_, _, sums) if t.gemm_tile != 0 && tile_fits(k) => ["gemm_tile", "gemm_tile_sum"][usize::from(sums)],
         (false, true, false) if k % 4 == 0 => "gemm_nt",
         (false, false, false) if n % 4 == 0 => "gemm_nn",
         (true, false, sums) if m % 4 == 0 && n % 4 == 0 => ["gemm_tn", "gemm_tn_sum"][usize::from(sums)],
@@ -61,7 +73,6 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     // Invocations per workgroup side (the adapter's tuning); each computes a 4x4 block.
     // Halved (down to 4) while the grid has fewer workgroups than the tuning's `gemm_groups`:
     // a small product spreads over more of a GPU's cores.
-    let t = ctx.gpu.tuning();
     let grid = |wg: u32| n.div_ceil(4 * wg as usize) * m.div_ceil(4 * wg as usize) * mm.g;
     let mut wg = t.gemm_wg;
     while wg > 4 && grid(wg) < t.gemm_groups as usize {
