@@ -89,9 +89,12 @@ impl fmt::Display for AdapterReport {
 /// (custom ops), keyed by name and full text so two ops never share a module by accident.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum ModuleKey {
-    Crate(&'static str),
-    /// Source the crate generates, named uniquely by what it was generated from.
-    Generated(String),
+    /// A crate shader, and whether it is compiled with naga's loop counters (the
+    /// `loop_counters` tuning).
+    Crate(&'static str, bool),
+    /// Source the crate generates, named uniquely by what it was generated from (with loop
+    /// counters or not, as the crate's own).
+    Generated(String, bool),
     User {
         name: String,
         source: String,
@@ -315,6 +318,11 @@ impl Gpu {
         Ok(self.view(self.limits.clone(), tuning, "Gpu::with_tuning".into()))
     }
 
+    /// Whether the crate's shaders compile with naga's loop counters (the `loop_counters` tuning).
+    fn loop_counters(&self) -> bool {
+        self.tuning.loop_counters != 0
+    }
+
     /// The kernel shapes plans compiled on this device use.
     pub fn tuning(&self) -> Tuning {
         self.tuning
@@ -388,7 +396,7 @@ impl Gpu {
         bindings: &[Binding],
         constants: &[(&str, f64)],
     ) -> Arc<Kernel> {
-        let key = kernel_key(ModuleKey::Crate(shader.name), entry, bindings, None, constants);
+        let key = kernel_key(ModuleKey::Crate(shader.name, self.loop_counters()), entry, bindings, None, constants);
         self.cached(key, shader.name, || shader.source.into(), entry, bindings, None, constants)
     }
 
@@ -402,7 +410,8 @@ impl Gpu {
         bindings: &[Binding],
         constants: &[(&str, f64)],
     ) -> Arc<Kernel> {
-        let key = kernel_key(ModuleKey::Generated(name.clone()), entry, bindings, None, constants);
+        let key =
+            kernel_key(ModuleKey::Generated(name.clone(), self.loop_counters()), entry, bindings, None, constants);
         self.cached(key, &name, || source().into(), entry, bindings, None, constants)
     }
 
@@ -492,10 +501,24 @@ impl Gpu {
             modules
                 .entry(key.0.clone())
                 .or_insert_with(|| {
-                    self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(label),
-                        source: wgpu::ShaderSource::Wgsl(source()),
-                    })
+                    let desc =
+                        wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(source()) };
+                    match key.0 {
+                        ModuleKey::Crate(_, false) | ModuleKey::Generated(_, false) => {
+                            let checks = wgpu::ShaderRuntimeChecks {
+                                force_loop_bounding: false,
+                                ..wgpu::ShaderRuntimeChecks::checked()
+                            };
+                            // SAFETY: only `force_loop_bounding` is off, which requires that no
+                            // loop is infinite: every loop of the crate's kernels runs to a
+                            // bound from its uniform or override constants, which the Rust
+                            // side keeps positive and within lavapipe's loop budget
+                            // (LOOP_BUDGET in src/ops/conv.rs). User WGSL never comes here
+                            // (`ModuleKey::User`).
+                            unsafe { self.device.create_shader_module_trusted(desc, checks) }
+                        }
+                        _ => self.device.create_shader_module(desc),
+                    }
                 })
                 .clone()
         };

@@ -109,6 +109,8 @@ fn every_tuning_trains_alike_to_rounding() {
         "gemm_wg=4,conv_lanes=8,conv_ob=1,grad_weight_ob=1,conv_strip=8,split_threads=1,min_split_depth=4096",
         "gemm_wg=16,conv_lanes=256,conv_ob=8,grad_weight_ob=3,conv_strip=12,split_threads=1048576,min_split_depth=1,reduce_lanes=32",
         "folds=0",
+        // naga's loop counters back in every loop of the crate's shaders.
+        "loop_counters=1",
     ]) {
         let g = tuned(gpu, text);
         let (m1, w1, s1) = run(&g);
