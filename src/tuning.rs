@@ -175,7 +175,11 @@ impl Tuning {
     /// workgroups, and every parameter tensor updated in one dispatch where the storage
     /// buffers allow. On that H100 the tiles made a G=64 step 4x faster than the direct
     /// kernels (2.8 ms against 11.7 ms at their best tuning). The direct-kernel keys
-    /// (`conv_ob`, `conv_pixel`, ...) still serve layers the tiles do not take.
+    /// (`conv_ob`, `conv_pixel`, ...) still serve layers the tiles do not take. Added since,
+    /// not yet timed on a GPU: the input gradient's products (`grad_input_col`) and the
+    /// GEMM tiles (`gemm_tile`), both slower than the software kernels on lavapipe but doing
+    /// a third of the multiply-adds (the former) and loading operands once per workgroup
+    /// (the latter).
     pub const GPU: Tuning = Tuning {
         gemm_wg: 8,
         // On the H100 `tune` kept gemm_wg=4 at G=1 (LeNet's GEMMs then have 4 to 32

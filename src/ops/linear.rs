@@ -1,6 +1,7 @@
 //! Batched GEMM (`shaders/linear.wgsl`): linear forward with fused bias and relu, and both
 //! backward products (the input gradient with relu's derivative where it follows one),
-//! each with the register-blocked kernel that fits its layout.
+//! each with the register-blocked kernel that fits its layout, or, with the `gemm_tile`
+//! tuning (GPUs), with `gemm_tile`: operands staged in workgroup memory, any layout.
 
 use super::{Dispatch, Lower, LINEAR};
 use crate::error::{Error, Result};
