@@ -1257,27 +1257,46 @@ fn col_load(at: u32, plane: u32, k0: u32, ok: bool) -> Col16 {
     return r;
 }
 
-// Tap t's weights (staged) against one position's chunk.
-fn col_dot(t: u32, v: Col16) -> f32 {
+// Tap t's weights for the chunk (staged in tile_w), loaded once for every position.
+fn col_w(t: u32) -> Col16 {
     let w = t * CB4;
-    var s = dot(tile_w[w], v.a);
+    var r = Col16();
+    r.a = tile_w[w];
     if (CB4 > 1u) {
-        s += dot(tile_w[w + 1u], v.b);
+        r.b = tile_w[w + 1u];
     }
     if (CB4 > 2u) {
-        s += dot(tile_w[w + 2u], v.c);
+        r.c = tile_w[w + 2u];
     }
     if (CB4 > 3u) {
-        s += dot(tile_w[w + 3u], v.d);
+        r.d = tile_w[w + 3u];
     }
-    return s;
+    return r;
 }
 
-// col[t, e] (+)= the chunk's products at position e where it is one of the workgroup's.
+// col[t, e] = the first chunk's products at position e, += the later chunks' (a uniform
+// branch), where e is one of the workgroup's positions.
 fn col_put(i: u32, s: f32, add: bool, ok: bool) {
-    if (ok) {
-        col_f[i] = select(s, col_f[i] + s, add);
+    if (ok && add) {
+        col_f[i] += s;
+    } else if (ok) {
+        col_f[i] = s;
     }
+}
+
+// A tap's weights against one position's chunk.
+fn col_dot(w: Col16, v: Col16) -> f32 {
+    var s = dot(w.a, v.a);
+    if (CB4 > 1u) {
+        s += dot(w.b, v.b);
+    }
+    if (CB4 > 2u) {
+        s += dot(w.c, v.c);
+    }
+    if (CB4 > 3u) {
+        s += dot(w.d, v.d);
+    }
+    return s;
 }
 
 @compute @workgroup_size(WGX, 1, 1)
@@ -1333,9 +1352,10 @@ fn conv2d_grad_input_col(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(
             }
             workgroupBarrier();
             for (var t = 0u; t < taps; t++) {
-                col_put(t * np + e0, col_dot(t, v0), k0 > 0u, ok0);
+                let w = col_w(t);
+                col_put(t * np + e0, col_dot(w, v0), k0 > 0u, ok0);
                 if (PX > 1u) {
-                    col_put(t * np + e1, col_dot(t, v1), k0 > 0u, ok1);
+                    col_put(t * np + e1, col_dot(w, v1), k0 > 0u, ok1);
                 }
             }
         }

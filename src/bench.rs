@@ -202,6 +202,8 @@ pub struct Tune {
     /// A candidate replaces the best so far only when it is at least this much faster
     /// (0.03: 3%), so that noise does not pick values.
     pub margin: f64,
+    /// The keys to search, in order (`None`: every key of [`Tuning::keys`]).
+    pub keys: Option<Vec<String>>,
 }
 
 /// Finds the [`Tuning`] under which a training step of `t` runs fastest on `gpu`: starting
@@ -237,6 +239,9 @@ pub fn tune(gpu: &Gpu, t: &Tune, mut progress: impl FnMut(&str), mut line: impl 
         Ok(Some((b.steps_per_s, v)))
     };
     let mut search = Search::new(gpu.tuning(), gpu.limits(), t.margin);
+    if let Some(keys) = &t.keys {
+        search = search.only(keys)?;
+    }
     while let Some((key, candidate)) = search.next_candidate() {
         match measure(candidate, key, &mut progress) {
             Ok(Some((rate, v))) => {

@@ -372,6 +372,25 @@ impl Tuning {
         &KEYS
     }
 
+    /// `keys` (names, surrounding spaces ignored) as keys of [`Tuning::keys`], in the order
+    /// given; an error names one that is not a key, or one given twice, or says there is none.
+    pub fn key_list<S: AsRef<str>>(keys: &[S]) -> Result<Vec<&'static str>> {
+        let mut chosen: Vec<&'static str> = Vec::with_capacity(keys.len());
+        for key in keys.iter().map(AsRef::as_ref) {
+            let Some(&k) = KEYS.iter().find(|k| **k == key.trim()) else {
+                return Err(Error::Usage(format!("unknown tuning key {key:?}; the keys are {}", KEYS.join(", "))));
+            };
+            if chosen.contains(&k) {
+                return Err(Error::Usage(format!("tuning key {k} given twice")));
+            }
+            chosen.push(k);
+        }
+        if chosen.is_empty() {
+            return Err(Error::Usage("no tuning key to search".into()));
+        }
+        Ok(chosen)
+    }
+
     /// The value of `key` (one of [`Tuning::keys`]).
     pub fn get(&self, key: &str) -> Option<u32> {
         let mut copy = *self;
@@ -416,10 +435,12 @@ impl Tuning {
 /// package), apart from how a candidate is measured: the starting tuning first, then each key
 /// of [`Tuning::keys`] in turn tries its [`Tuning::candidates`] with the other keys at their
 /// best so far (coordinate descent, one pass), a value kept only when faster than the best by
-/// `margin`. Candidates past the device's limits are not offered.
+/// `margin`. Candidates past the device's limits are not offered. [`Search::only`] limits the
+/// search to some keys.
 #[derive(Clone, Debug)]
 pub struct Search {
     limits: wgpu::Limits,
+    keys: Vec<&'static str>,
     margin: f64,
     start: Tuning,
     start_rate: Option<f64>,
@@ -436,6 +457,7 @@ impl Search {
     pub fn new(start: Tuning, limits: &wgpu::Limits, margin: f64) -> Search {
         Search {
             limits: limits.clone(),
+            keys: KEYS.to_vec(),
             margin,
             start,
             start_rate: None,
@@ -448,6 +470,13 @@ impl Search {
         }
     }
 
+    /// The same search over `keys` only, in that order (`modelbatch tune --keys`; see
+    /// [`Tuning::key_list`] for the errors).
+    pub fn only<S: AsRef<str>>(mut self, keys: &[S]) -> Result<Search> {
+        self.keys = Tuning::key_list(keys)?;
+        Ok(self)
+    }
+
     /// The next tuning to measure and its key (`"start"` first), or `None` once done. Each
     /// must be answered by [`Search::record`] before the next call.
     pub fn next_candidate(&mut self) -> Option<(&'static str, Tuning)> {
@@ -455,7 +484,7 @@ impl Search {
             self.offered = Some(self.start);
             return Some(("start", self.start));
         }
-        while let Some(&key) = KEYS.get(self.key) {
+        while let Some(&key) = self.keys.get(self.key) {
             let current = self.best.get(key).unwrap_or(0);
             while let Some(&value) = Tuning::candidates(key).get(self.value) {
                 self.value += 1;
@@ -729,6 +758,23 @@ mod tests {
             assert!(t.check_limits(&small).is_ok(), "{t}");
             search.record(None);
         }
+    }
+
+    #[test]
+    fn a_search_over_some_keys_tries_those_in_their_order() {
+        let limits = wgpu::Limits::downlevel_defaults();
+        let mut search = Search::new(Tuning::SOFTWARE, &limits, 0.0).only(&["folds", " gemm_tile"]).unwrap();
+        let mut keys = Vec::new();
+        while let Some((key, _)) = search.next_candidate() {
+            keys.push(key);
+            search.record(Some(1.0));
+        }
+        // Each key offers its candidates other than the current value (one each here).
+        assert_eq!(keys, ["start", "folds", "gemm_tile"]);
+        let only = |keys: &[&str]| Search::new(Tuning::SOFTWARE, &limits, 0.0).only(keys).unwrap_err().to_string();
+        assert!(only(&["gemm_wg", "conv_lane"]).contains("unknown tuning key \"conv_lane\"; the keys are gemm_wg,"));
+        assert!(only(&["folds", "folds"]).contains("folds given twice"));
+        assert!(only(&[]).contains("no tuning key"));
     }
 
     #[test]

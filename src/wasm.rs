@@ -157,6 +157,8 @@ export interface TuneSettings {
   warmup?: number;
   /** A value is kept only when this much faster than the best so far (default 0.03). */
   margin?: number;
+  /** Search only these keys, in this order (default: every key). */
+  keys?: string[];
   /** Called after each candidate. */
   onProgress?: (m: TuneMeasurement) => void;
 }
@@ -278,23 +280,24 @@ struct TuneSettings {
     repeats: usize,
     warmup: u64,
     margin: f64,
+    keys: Option<Vec<String>>,
     on_progress: Option<js_sys::Function>,
 }
 
 fn parse_tune_settings(v: &JsValue) -> std::result::Result<TuneSettings, JsValue> {
-    let mut st = TuneSettings { steps: 5, repeats: 3, warmup: 1, margin: 0.03, on_progress: None };
+    let mut st = TuneSettings { steps: 5, repeats: 3, warmup: 1, margin: 0.03, keys: None, on_progress: None };
     if v.is_undefined() || v.is_null() {
         return Ok(st);
     }
     if !v.is_object() {
-        return Err(usage("tune settings must be an object { steps, repeats, warmup, margin, onProgress }"));
+        return Err(usage("tune settings must be an object { steps, repeats, warmup, margin, keys, onProgress }"));
     }
     let keys: Array = Object::keys(v.unchecked_ref::<Object>());
     for key in keys.iter() {
         let k = key.as_string().unwrap_or_default();
-        if !["steps", "repeats", "warmup", "margin", "onProgress"].contains(&k.as_str()) {
+        if !["steps", "repeats", "warmup", "margin", "keys", "onProgress"].contains(&k.as_str()) {
             return Err(usage(format!(
-                "unknown tune setting {k:?} (expected steps, repeats, warmup, margin, onProgress)"
+                "unknown tune setting {k:?} (expected steps, repeats, warmup, margin, keys, onProgress)"
             )));
         }
     }
@@ -315,6 +318,11 @@ fn parse_tune_settings(v: &JsValue) -> std::result::Result<TuneSettings, JsValue
         if !(0.0..1.0).contains(&st.margin) {
             return Err(usage("tune: margin must be a fraction from 0 to 1"));
         }
+    }
+    if let Some(x) = get(v, "keys") {
+        let list = x.dyn_into::<Array>().map_err(|_| usage("tune: keys must be an array of tuning key names"))?;
+        let keys = list.iter().map(|k| k.as_string().ok_or_else(|| usage("tune: keys must be strings")));
+        st.keys = Some(keys.collect::<std::result::Result<_, _>>()?);
     }
     if let Some(f) = get(v, "onProgress") {
         st.on_progress = Some(f.dyn_into::<js_sys::Function>().map_err(|_| usage("onProgress must be a function"))?);
@@ -351,6 +359,9 @@ pub fn tune(
 async fn tune_on(gpu: &Gpu, o: &Options, data: &Dataset, st: &TuneSettings) -> std::result::Result<JsValue, JsValue> {
     let model = BatchModel::new(gpu, &o.spec, o.g, o.seed).map_err(js_err)?;
     let mut search = Search::new(gpu.tuning(), gpu.limits(), st.margin);
+    if let Some(keys) = &st.keys {
+        search = search.only(keys).map_err(js_err)?;
+    }
     let mut seen = Vec::new();
     let rows = Array::new();
     while let Some((key, t)) = search.next_candidate() {

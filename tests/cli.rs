@@ -425,6 +425,18 @@ fn tuning_reaches_the_device_from_the_flag_and_the_environment() {
     assert_error(&env("gemm_wg=5"), &["MODELBATCH_TUNING", "gemm_wg"]);
 }
 
+/// `tune --keys`: only those keys, in that order; an unknown key is an error naming it.
+#[test]
+fn tune_searches_the_keys_given() {
+    let _gpu = gpu_or_skip!();
+    let args = ["tune", "--model", "mlp", "--models", "2", "--batch-size", "4", "--steps", "1", "--repeats", "1"];
+    let out = run(&[&args[..], &["--keys", "folds,gemm_tile"]].concat());
+    let lines = bench_lines(&out);
+    let keys: Vec<&str> = lines.iter().filter_map(|l| l["key"].as_str()).collect();
+    assert_eq!(keys, ["start", "folds", "gemm_tile"], "{lines:?}");
+    assert_error(&run(&[&args[..], &["--keys", "folds,gemm_tiles"]].concat()), &["gemm_tiles", "the keys are"]);
+}
+
 #[test]
 fn tune_prints_measurements_then_the_best() {
     let _gpu = gpu_or_skip!();

@@ -170,6 +170,7 @@ fn tune_measures_candidates_and_returns_the_fastest() {
         warmup: 0,
         repeats: 1,
         margin: 0.0,
+        keys: None,
     };
     let mut lines: Vec<Value> = Vec::new();
     let mut progress = Vec::new();
@@ -194,4 +195,14 @@ fn tune_measures_candidates_and_returns_the_fastest() {
     assert!(progress.iter().any(|p| p.contains("already measured")), "{progress:?}");
     let distinct: std::collections::HashSet<&str> = measured.iter().map(|l| l["tuning"].as_str().unwrap()).collect();
     assert_eq!(distinct.len(), measured.len(), "no tuning measured twice");
+    // Some keys only, in the order given.
+    // (Each offers one other value, and both change LeNet's kernels on either built-in tuning.)
+    let t = Tune { keys: Some(vec!["loop_counters".into(), "folds".into()]), ..t };
+    let mut lines: Vec<Value> = Vec::new();
+    tune(gpu, &t, |_| {}, |v| lines.push(v)).unwrap();
+    let keys: Vec<&str> = lines.iter().filter_map(|l| l["key"].as_str()).collect();
+    assert_eq!(keys, ["start", "loop_counters", "folds"], "{lines:?}");
+    let t = Tune { keys: Some(vec!["gemm".into()]), ..t };
+    let err = tune(gpu, &t, |_| {}, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("unknown tuning key \"gemm\""), "{err}");
 }

@@ -168,6 +168,10 @@ out.tune = { best: found.best, speedup: found.speedup, start: found.start, measu
   progress: progress.length, info: fromTune.adapterInfo().tuning };
 fromTune.free();
 await expectReject('badTuneSetting', () => tune(mlpOptions, train, { speed: 1 }));
+// Some keys only, in the order given; an unknown key is refused.
+const some = await tune(mlpOptions, train, { steps: 1, repeats: 1, warmup: 0, keys: ['folds', 'gemm_tile'] });
+out.tuneKeys = some.measurements.map((m) => m.key);
+await expectReject('badTuneKey', () => tune(mlpOptions, train, { keys: ['gemm_tiles'] }));
 trainer.free();
 console.log(JSON.stringify(out));
 `;
@@ -319,6 +323,7 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.match(e.noDataset, /call setDataset before step/);
   assert.match(e.badTuning, /tuning conv_ob: must be 1 to 8/);
   assert.match(e.badTuneSetting, /unknown tune setting "speed"/);
+  assert.match(e.badTuneKey, /unknown tuning key "gemm_tiles"/);
   for (const [name, msg] of Object.entries(e)) {
     assert.ok(msg && msg.startsWith('modelbatch: '), `${name}: ${msg}`);
     assert.ok(!/panicked|unreachable|RuntimeError/.test(msg), `${name} is not a panic: ${msg}`);
@@ -337,6 +342,7 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.ok(tn.measurements.some((m) => m.tuning === tn.best && m.stepsPerSecond > 0), JSON.stringify(tn));
   assert.ok(tn.speedup >= 1, `speedup ${tn.speedup}`);
   assert.equal(tn.info, tn.best);
+  assert.deepEqual(web.tuneKeys, ['start', 'folds', 'gemm_tile']);
   // Kernel shapes per adapter: reported, and a tuned trainer trains the same.
   assert.match(web.adapter.tuning, /split_threads=\d+/);
   assert.match(web.tunedInfo, /gemm_wg=4,.*conv_ob=2,.*conv_pixel=1,.*update_tensors=0,reduce_lanes=64/);

@@ -87,6 +87,9 @@ pub fn tune(a: &TuneArgs) -> Result<()> {
     if !(a.margin.is_finite() && (0.0..1.0).contains(&a.margin)) {
         return Err(CliError::new(format!("--margin {}: must be a fraction from 0 to 1", a.margin)));
     }
+    if let Some(keys) = &a.keys {
+        modelbatch::Tuning::key_list(keys).map_err(|e| CliError::new(format!("--keys: {e}")))?;
+    }
     let (spec, model) = classifier(&a.model)?;
     let gpu = open_gpu()?;
     eprintln!("tune: starting from {}", gpu.tuning());
@@ -99,6 +102,7 @@ pub fn tune(a: &TuneArgs) -> Result<()> {
         warmup: a.warmup,
         repeats: a.repeats,
         margin: a.margin,
+        keys: a.keys.clone(),
     };
     let mut out = JsonLines::stdout();
     let best = modelbatch::bench::tune(&gpu, &t, |p| eprintln!("tune: {p}"), |v| out.write(&v))?;

@@ -247,6 +247,9 @@ pub struct TuneArgs {
     /// Keep a value only when it is faster than the best so far by this fraction.
     #[arg(long, value_name = "F", default_value_t = 0.03)]
     pub margin: f64,
+    /// Search only these keys, in this order (comma-separated; default: every key).
+    #[arg(long, value_name = "KEY,...", value_delimiter = ',')]
+    pub keys: Option<Vec<String>>,
     /// Save the best tuning for this adapter (name, backend, driver): every later run on it
     /// starts from it (MODELBATCH_TUNING and --tuning still apply on top). The folder is
     /// MODELBATCH_CACHE_DIR, else $XDG_CACHE_HOME/modelbatch, else ~/.cache/modelbatch.
