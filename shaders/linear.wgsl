@@ -257,43 +257,45 @@ const TILE_V4: u32 = 256u; // KC x the widest WG (16)
 var<workgroup> ta: array<vec4<f32>, TILE_V4>;
 var<workgroup> tb: array<vec4<f32>, TILE_V4>;
 
+// Slot e of a copy: (depth, quad of rows or columns), consecutive lanes walking the depth
+// where the operand is contiguous along it (`stride_k` 1), else the rows (columns).
+fn tile_slot(e: u32, stride_k: u32) -> vec2<u32> {
+    if (stride_k == 1u) {
+        return vec2<u32>(e % KC, e / KC);
+    }
+    return vec2<u32>(e / WG, e % WG);
+}
+
+// Rows (columns) r .. r + 3 of `len`, `stride` apart, at depth k: their offsets, clamped
+// for loading, and which are inside.
+struct Quad {
+    at: vec4<u32>,
+    ok: vec4<bool>,
+}
+
+fn tile_quad(r: u32, len: u32, stride: u32, k: u32) -> Quad {
+    let i = vec4<u32>(r) + vec4<u32>(0u, 1u, 2u, 3u);
+    return Quad(min(i, vec4<u32>(len - 1u)) * stride, (i < vec4<u32>(len)) & vec4<bool>(k < p.k));
+}
+
 // Copies op(A) rows [r0, r0 + 4 WG) and op(B) columns [c0, c0 + 4 WG) at depths
-// [k0, k0 + KC) of model g into ta and tb.
+// [k0, k0 + KC) of model g into ta and tb, zero past the edges.
 fn tile_load(g: u32, r0: u32, c0: u32, k0: u32, lane: u32) {
-    let abase = g * p.m * p.k;
-    let bbase = g * p.k * p.n;
     for (var e = lane; e < KC * WG; e += WG * WG) {
-        // Consecutive lanes walk the depth where it is contiguous, else rows (columns).
-        var kk = e % KC;
-        var q = e / KC;
-        if (p.a_sk != 1u) {
-            q = e % WG;
-            kk = e / WG;
-        }
-        let k = k0 + kk;
-        let r = r0 + 4u * q;
-        let at = abase + min(k, p.k - 1u) * p.a_sk;
-        let ok = vec4<bool>(k < p.k) & (vec4<u32>(r) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.m));
-        let last = p.m - 1u;
-        let v = vec4<f32>(a[at + min(r, last) * p.a_sm], a[at + min(r + 1u, last) * p.a_sm],
-                          a[at + min(r + 2u, last) * p.a_sm], a[at + min(r + 3u, last) * p.a_sm]);
-        ta[kk * WG + q] = select(vec4<f32>(0.0), v, ok);
+        let s = tile_slot(e, p.a_sk);
+        let k = k0 + s.x;
+        let at = g * p.m * p.k + min(k, p.k - 1u) * p.a_sk;
+        let o = tile_quad(r0 + 4u * s.y, p.m, p.a_sm, k);
+        let v = vec4<f32>(a[at + o.at.x], a[at + o.at.y], a[at + o.at.z], a[at + o.at.w]);
+        ta[s.x * WG + s.y] = select(vec4<f32>(0.0), v, o.ok);
     }
     for (var e = lane; e < KC * WG; e += WG * WG) {
-        var kk = e % KC;
-        var q = e / KC;
-        if (p.b_sk != 1u) {
-            q = e % WG;
-            kk = e / WG;
-        }
-        let k = k0 + kk;
-        let c = c0 + 4u * q;
-        let at = bbase + min(k, p.k - 1u) * p.b_sk;
-        let ok = vec4<bool>(k < p.k) & (vec4<u32>(c) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.n));
-        let last = p.n - 1u;
-        let v = vec4<f32>(b[at + min(c, last) * p.b_sn], b[at + min(c + 1u, last) * p.b_sn],
-                          b[at + min(c + 2u, last) * p.b_sn], b[at + min(c + 3u, last) * p.b_sn]);
-        tb[kk * WG + q] = select(vec4<f32>(0.0), v, ok);
+        let s = tile_slot(e, p.b_sk);
+        let k = k0 + s.x;
+        let at = g * p.k * p.n + min(k, p.k - 1u) * p.b_sk;
+        let o = tile_quad(c0 + 4u * s.y, p.n, p.b_sn, k);
+        let v = vec4<f32>(b[at + o.at.x], b[at + o.at.y], b[at + o.at.z], b[at + o.at.w]);
+        tb[s.x * WG + s.y] = select(vec4<f32>(0.0), v, o.ok);
     }
 }
 
