@@ -1,5 +1,7 @@
 //! Prints where a LeNet training step spends its time, dispatch by dispatch (each run
-//! alone and waited for), sorted by cost: `cargo run --release --example profile_step -- [G] [N]`.
+//! alone and waited for), sorted by cost, with each dispatch's kernel (entry point and
+//! override constants) and grid of workgroups:
+//! `cargo run --release --example profile_step -- [G] [N]`.
 
 use modelbatch::bench::synthetic_dataset;
 use modelbatch::nn::{BatchModel, ModelSpec};
@@ -18,7 +20,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut trainer = Trainer::new(&gpu, &model, &data, Optimizer::Sgd(Sgd::new(0.01).momentum(0.9)), config)?;
     trainer.train(1, |_| {})?;
     trainer.finish(|_| {})?;
-    let mut rows = trainer.plan().profile()?;
+    let plan = trainer.plan();
+    let times = plan.profile()?;
+    // (A split batch's copies are rows of their own: then no kernel column.)
+    let kernels = plan.dispatch_kernels();
+    let mut rows: Vec<_> = if kernels.len() == times.len() {
+        times.iter().zip(&kernels).map(|(&(label, t), (_, k, grid))| (label, t, format!("{k} {grid:?}"))).collect()
+    } else {
+        times.iter().map(|&(label, t)| (label, t, String::new())).collect()
+    };
     let total: f64 = rows.iter().map(|r| r.1).sum();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
     let how = if gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
@@ -27,8 +37,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "wall time, one submit per dispatch"
     };
     println!("G={g} N={n} on {}: {:.1} ms in {} dispatches ({how})", gpu.report().name, total * 1e3, rows.len());
-    for (label, t) in rows {
-        println!("{:>9.3} ms {:>5.1}%  {label}", t * 1e3, 100.0 * t / total);
+    for (label, t, kernel) in rows {
+        println!("{:>9.3} ms {:>5.1}%  {label:<26} {kernel}", t * 1e3, 100.0 * t / total);
     }
     Ok(())
 }

@@ -29,6 +29,9 @@ pub struct Kernel {
     pub pipeline: wgpu::ComputePipeline,
     /// Layout of bind group 0, in the order given to [`Gpu::kernel`].
     pub layout: wgpu::BindGroupLayout,
+    /// `module::entry` and its override constants, e.g. `conv::conv2d_tile(WGX=256,KW=5)`
+    /// (profiles name the kernel behind each dispatch with it).
+    pub name: String,
 }
 
 /// What the adapter is and what the engine was granted.
@@ -563,7 +566,9 @@ impl Gpu {
             },
             cache: None,
         });
-        Arc::new(Kernel { pipeline, layout })
+        let values: Vec<String> = constants.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let name = if values.is_empty() { label } else { format!("{label}({})", values.join(",")) };
+        Arc::new(Kernel { pipeline, layout, name })
     }
 
     /// Waits until the GPU has finished all submitted work (native); a no-op in the browser,

@@ -20,6 +20,12 @@ fn profile_times_every_dispatch_in_order() {
     let rows = plan.profile().unwrap();
     let labels: Vec<&str> = rows.iter().map(|r| r.0).collect();
     assert_eq!(labels, plan.dispatch_labels());
+    // Each dispatch's kernel: its entry point with its constants, and its grid.
+    let kernels = plan.dispatch_kernels();
+    assert_eq!(kernels.iter().map(|k| k.0).collect::<Vec<_>>(), labels);
+    let (_, name, grid) = &kernels[0];
+    assert!(name.starts_with("linear::gemm") && name.contains("WG="), "{name}");
+    assert!(grid[2] == 3 && grid.iter().all(|&n| n >= 1), "{grid:?}");
     assert!(rows.iter().all(|r| r.1.is_finite() && r.1 >= 0.0), "{rows:?}");
     assert!(rows.iter().any(|r| r.1 > 0.0), "some dispatch takes time: {rows:?}");
     // Profiling runs the plan: the result is there afterwards, as after `run`.

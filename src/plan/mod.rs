@@ -674,6 +674,13 @@ impl Plan {
         dispatches.map(|d| (d.label, Arc::as_ptr(&d.kernel) as usize, d.groups)).collect()
     }
 
+    /// Each recorded dispatch in order: its label, its kernel's [`Kernel::name`](crate::gpu::Kernel::name)
+    /// (entry point and override constants) and its grid of workgroups (for profiles).
+    pub fn dispatch_kernels(&self) -> Vec<(&'static str, String, [u32; 3])> {
+        let dispatches = self.steps.iter().flat_map(|c| &c.dispatches);
+        dispatches.map(|d| (d.label, d.kernel.name.clone(), d.groups)).collect()
+    }
+
     /// Labels of the recorded dispatches, in order (for profiling and tests).
     pub fn dispatch_labels(&self) -> Vec<&'static str> {
         self.steps.iter().flat_map(|c| &c.dispatches).map(|d| d.label).collect()
