@@ -36,8 +36,9 @@ pub struct Tuning {
     pub gemm_groups: u32,
     /// 1: GEMMs stage each workgroup's rows of A and columns of B in workgroup memory, 16
     /// depths at a time, and compute from there (`gemm_tile`: every layout, the same
-    /// workgroup side and 4x4 blocks); 0: the register-blocked kernels load both from
-    /// device memory.
+    /// workgroup side and 4x4 blocks), where the product fills `gemm_groups` workgroups of
+    /// side `gemm_wg` (smaller ones keep the register kernels on smaller workgroups); 0: the
+    /// register-blocked kernels load both operands from device memory everywhere.
     pub gemm_tile: u32,
     /// Widest workgroup of the convolution kernels (`WGX` in `shaders/conv.wgsl`; narrower
     /// where the output is short): a power of two from 8 to 256.

@@ -20,9 +20,12 @@ fn r64(v: &[f32]) -> Vec<f64> {
 // ---------------------------------------------------------------------------------------
 // matmul
 
-/// The GEMM entry point `src/ops/linear.rs` documents for a product of this layout.
-fn gemm_entry(gpu: &modelbatch::Gpu, ta: bool, tb: bool, m: usize, n: usize, k: usize) -> &'static str {
-    if gpu.tuning().gemm_tile != 0 {
+/// The GEMM entry point `src/ops/linear.rs` documents for a product of this layout over `g`
+/// models.
+fn gemm_entry(gpu: &modelbatch::Gpu, g: usize, ta: bool, tb: bool, m: usize, n: usize, k: usize) -> &'static str {
+    let t = gpu.tuning();
+    let side = 4 * t.gemm_wg as usize;
+    if t.gemm_tile != 0 && n.div_ceil(side) * m.div_ceil(side) * g >= t.gemm_groups as usize {
         return "gemm_tile";
     }
     match (ta, tb) {
@@ -68,7 +71,7 @@ fn check_matmul(
     }
     c.fd(&grads);
     let labels = c.labels();
-    let want = gemm_entry(gpu, ta, tb, m, n, k);
+    let want = gemm_entry(gpu, g, ta, tb, m, n, k);
     assert_eq!(labels.first().copied(), Some(want), "{what}: forward kernel (all dispatches: {labels:?})");
     labels
 }
@@ -147,18 +150,22 @@ fn matmul_through_workgroup_memory_tiles() {
 }
 
 /// `gemm_groups`: a product with fewer workgroups than that halves their side (16 to 8 to 4)
-/// and computes the same; a large one keeps `gemm_wg`.
+/// and computes the same; a large one keeps `gemm_wg`. With `gemm_tile`, only products that
+/// fill `gemm_groups` workgroups take the tiles.
 #[test]
 fn small_products_take_smaller_gemm_workgroups() {
     let gpu = gpu_or_skip!();
-    let grids = |groups: u32, g: usize, rows: usize| {
-        let tuned = gpu.with_tuning(gpu.tuning().apply(&format!("gemm_wg=16,gemm_groups={groups}")).unwrap()).unwrap();
+    let plan = |text: &str, g: usize, rows: usize| {
+        let tuned = gpu.with_tuning(gpu.tuning().apply(text).unwrap()).unwrap();
         let mut graph = modelbatch::Graph::new(g);
         let a = graph.param("a", &[rows, 12]).unwrap();
         let b = graph.param("b", &[12, 40]).unwrap();
         let c = graph.matmul(a, b, None, false, false).unwrap();
-        let plan = modelbatch::Plan::new(&tuned, &graph, &[c], &[]).unwrap();
-        plan.signature().iter().map(|d| d.2).collect::<Vec<_>>()
+        modelbatch::Plan::new(&tuned, &graph, &[c], &[]).unwrap()
+    };
+    let grids = |groups: u32, g: usize, rows: usize| {
+        let text = format!("gemm_wg=16,gemm_groups={groups}");
+        plan(&text, g, rows).signature().iter().map(|d| d.2).collect::<Vec<_>>()
     };
     // 37 x 40 outputs: one 64x64 workgroup per model at gemm_wg=16, 2x2 of 32x32 at 8, 3x3
     // of 16x16 at 4 (3 models: 3, 12, 27 workgroups).
@@ -167,6 +174,9 @@ fn small_products_take_smaller_gemm_workgroups() {
     assert_eq!(grids(1 << 20, 3, 37), vec![[3, 3, 3]]);
     // Enough models: the side stays.
     assert_eq!(grids(10, 10, 37), vec![[1, 1, 10]]);
+    // Tiles for the 10 models' product (10 workgroups of 16x16 lanes), not for the 3 models'.
+    let entry = |g: usize| plan("gemm_wg=16,gemm_groups=10,gemm_tile=1", g, 37).dispatch_labels();
+    assert_eq!((entry(10), entry(3)), (vec!["gemm_tile"], vec!["gemm_nn"]));
     let tuned = gpu.with_tuning(gpu.tuning().apply("gemm_wg=16,gemm_groups=1048576").unwrap()).unwrap();
     for (ta, tb) in COMBOS {
         check_matmul(&tuned, 3, 37, 12, 70, ta, tb, true);
@@ -873,7 +883,7 @@ fn relu_over_a_grid_folded_into_two_dimensions() {
 #[test]
 fn matmul_relu_grad_equals_the_two_ops() {
     let gpu = gpu_or_skip!();
-    let tiles = gpu.with_tuning(gpu.tuning().apply("gemm_tile=1").unwrap()).unwrap();
+    let tiles = gpu.with_tuning(gpu.tuning().apply("gemm_tile=1,gemm_groups=0").unwrap()).unwrap();
     for gpu in [&register_kernels(gpu), &tiles] {
         relu_grad_products(gpu);
     }
@@ -901,7 +911,7 @@ fn relu_grad_products(gpu: &modelbatch::Gpu) {
             let bits = |t| plan.read_blocking(t).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(fused), bits(plain), "M={m} K={k} N={n} trans_a={ta} trans_b={tb}");
             let labels = plan.dispatch_labels();
-            assert_eq!(labels[0], gemm_entry(gpu, ta, tb, m, n, k), "{labels:?}");
+            assert_eq!(labels[0], gemm_entry(gpu, g, ta, tb, m, n, k), "{labels:?}");
         }
     }
 }

@@ -51,8 +51,13 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     let (a_sm, a_sk) = if mm.trans_a { (1, m) } else { (k, 1) };
     let (b_sk, b_sn) = if mm.trans_b { (1, k) } else { (n, 1) };
     let t = ctx.gpu.tuning();
+    // Workgroups of a grid with `wg` x `wg` invocations.
+    let grid = |wg: u32| n.div_ceil(4 * wg as usize) * m.div_ceil(4 * wg as usize) * mm.g;
+    // Tiles where the product fills `gemm_groups` workgroups at the tuning's side: a smaller
+    // one (few models) takes the register kernels on smaller workgroups below.
+    let tiles = t.gemm_tile != 0 && tile_fits(k) && grid(t.gemm_wg) >= t.gemm_groups as usize;
     let entry = match (mm.trans_a, mm.trans_b, mm.a_sums.is_some()) {
-        (_, _, sums) if t.gemm_tile != 0 && tile_fits(k) => ["gemm_tile", "gemm_tile_sum"][usize::from(sums)],
+        (_, _, sums) if tiles => ["gemm_tile", "gemm_tile_sum"][usize::from(sums)],
         (false, true, false) if k % 4 == 0 => "gemm_nt",
         (false, false, false) if n % 4 == 0 => "gemm_nn",
         (true, false, sums) if m % 4 == 0 && n % 4 == 0 => ["gemm_tn", "gemm_tn_sum"][usize::from(sums)],
@@ -74,7 +79,6 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     // Invocations per workgroup side (the adapter's tuning); each computes a 4x4 block.
     // Halved (down to 4) while the grid has fewer workgroups than the tuning's `gemm_groups`:
     // a small product spreads over more of a GPU's cores.
-    let grid = |wg: u32| n.div_ceil(4 * wg as usize) * m.div_ceil(4 * wg as usize) * mm.g;
     let mut wg = t.gemm_wg;
     while wg > 4 && grid(wg) < t.gemm_groups as usize {
         wg /= 2;
