@@ -759,7 +759,9 @@ fn conv2d_pixel(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
 // may live in (slow) local memory unless the driver unrolls the loop; the branches on
 // override constants (PX, OB, KW) are resolved when the pipeline is created.
 
-const TILE_F32: u32 = 2560u;
+// Input (and output-gradient) rows of a tile, in f32: the `tile_kib` tuning x 256 (the
+// Rust side passes it and sizes the tiles to it).
+override TILE_F32: u32 = 2560u;
 const TILE_W4: u32 = 128u;
 var<workgroup> tile_f: array<f32, TILE_F32>;
 var<workgroup> tile_w: array<vec4<f32>, TILE_W4>;

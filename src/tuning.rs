@@ -68,6 +68,12 @@ pub struct Tuning {
     /// gradient staged in workgroup memory; invocations share a kernel row and sum
     /// alternate output rows), a power of two from 32 to 256, or 0 for the direct kernel.
     pub grad_weight_tile: u32,
+    /// Workgroup memory, in KiB, for the rows of input and output gradient the tiled
+    /// convolution and weight gradient stage (the weights take 2 KiB more), 4 to 46: larger
+    /// tiles copy fewer halo rows and pass fewer barriers per row but leave room for fewer
+    /// workgroups per core. Must fit the device (`max_compute_workgroup_storage_size`:
+    /// 16 KiB in WebGPU by default, 32 KiB on lavapipe, 48 KiB on NVIDIA's Vulkan driver).
+    pub tile_kib: u32,
     /// Workgroup size of the stride-1 input gradient through a workgroup-memory product
     /// (`conv2d_grad_input_col`: per input channel, every tap's product with whole images of
     /// dy, then each input position sums the taps that land inside dy, so the zero padding
@@ -112,7 +118,7 @@ pub struct Tuning {
 }
 
 /// Keys of the text format, in order.
-const KEYS: [&str; 21] = [
+const KEYS: [&str; 22] = [
     "gemm_wg",
     "gemm_groups",
     "gemm_tile",
@@ -124,6 +130,7 @@ const KEYS: [&str; 21] = [
     "conv_tile",
     "tile_px",
     "grad_weight_tile",
+    "tile_kib",
     "grad_input_col",
     "sum_split",
     "serial_sum",
@@ -151,6 +158,7 @@ impl Tuning {
         conv_tile: 0,
         tile_px: 4,
         grad_weight_tile: 0,
+        tile_kib: 10,
         grad_input_col: 0,
         sum_split: 0,
         serial_sum: 4096,
@@ -195,6 +203,7 @@ impl Tuning {
         conv_tile: 256,
         tile_px: 4,
         grad_weight_tile: 256,
+        tile_kib: 10,
         grad_input_col: 64,
         sum_split: 512,
         serial_sum: 0,
@@ -284,6 +293,7 @@ impl Tuning {
         check("conv_tile", tile(self.conv_tile), "0 (direct kernels) or a power of two from 32 to 256")?;
         check("tile_px", (1..=4).contains(&self.tile_px), "1 to 4")?;
         check("grad_weight_tile", tile(self.grad_weight_tile), "0 (direct kernel) or a power of two from 32 to 256")?;
+        check("tile_kib", (4..=46).contains(&self.tile_kib), "4 to 46")?;
         check(
             "grad_input_col",
             tile(self.grad_input_col),
@@ -324,6 +334,14 @@ impl Tuning {
                 invocations.min(limits.max_compute_workgroup_size_x)
             )));
         }
+        let memory = limits.max_compute_workgroup_storage_size;
+        if (self.tile_kib + 2) * 1024 > memory {
+            return Err(Error::Usage(format!(
+                "tuning tile_kib={}: with the weights' 2 KiB passes the device's {} KiB of workgroup memory",
+                self.tile_kib,
+                memory >> 10
+            )));
+        }
         for (key, lanes) in [
             ("conv_lanes", self.conv_lanes),
             ("conv_tile", self.conv_tile),
@@ -354,6 +372,7 @@ impl Tuning {
             "conv_tile" => &[0, 64, 128, 256],
             "tile_px" => &[1, 2, 4],
             "grad_weight_tile" => &[0, 64, 128, 256],
+            "tile_kib" => &[10, 14, 30, 46],
             "grad_input_col" => &[0, 64, 128, 256],
             "sum_split" => &[0, 512, 65536],
             "serial_sum" => &[0, 64, 4096],
@@ -412,6 +431,7 @@ impl Tuning {
             "conv_tile" => &mut self.conv_tile,
             "tile_px" => &mut self.tile_px,
             "grad_weight_tile" => &mut self.grad_weight_tile,
+            "tile_kib" => &mut self.tile_kib,
             "grad_input_col" => &mut self.grad_input_col,
             "sum_split" => &mut self.sum_split,
             "serial_sum" => &mut self.serial_sum,
@@ -729,7 +749,11 @@ mod tests {
 
     #[test]
     fn search_walks_each_key_and_keeps_clear_winners() {
-        let limits = wgpu::Limits { max_compute_invocations_per_workgroup: 256, ..wgpu::Limits::downlevel_defaults() };
+        let limits = wgpu::Limits {
+            max_compute_invocations_per_workgroup: 256,
+            max_compute_workgroup_storage_size: 48 << 10,
+            ..wgpu::Limits::downlevel_defaults()
+        };
         let mut search = Search::new(Tuning::SOFTWARE, &limits, 0.1);
         let mut offered = Vec::new();
         // A made-up speed: conv_lanes=128 is 20% faster, gemm_wg=4 5% (under the margin).
@@ -752,8 +776,13 @@ mod tests {
         let after: Vec<_> =
             offered.iter().filter(|(k, _)| Tuning::keys().iter().position(|x| x == k) > lanes_at).collect();
         assert!(after.iter().all(|(_, t)| t.conv_lanes == 128), "later keys start from the winner");
-        // Limits: with 64 invocations per workgroup, gemm_wg 16 and conv_lanes above 64 are skipped.
-        let small = wgpu::Limits { max_compute_invocations_per_workgroup: 64, ..limits };
+        // Limits: with 64 invocations per workgroup, gemm_wg 16 and conv_lanes above 64 are
+        // skipped, with 16 KiB of workgroup memory tile_kib above 14.
+        let small = wgpu::Limits {
+            max_compute_invocations_per_workgroup: 64,
+            max_compute_workgroup_storage_size: 16 << 10,
+            ..limits
+        };
         let mut search = Search::new(Tuning::SOFTWARE, &small, 0.0);
         while let Some((_, t)) = search.next_candidate() {
             assert!(t.check_limits(&small).is_ok(), "{t}");
@@ -783,6 +812,10 @@ mod tests {
         let mut limits = wgpu::Limits::downlevel_defaults();
         limits.max_compute_invocations_per_workgroup = 128;
         assert!(Tuning::SOFTWARE.check_limits(&limits).is_ok());
+        limits.max_compute_workgroup_storage_size = 32 << 10;
+        assert!(Tuning { tile_kib: 30, ..Tuning::SOFTWARE }.check_limits(&limits).is_ok());
+        let big = Tuning { tile_kib: 31, ..Tuning::SOFTWARE }.check_limits(&limits).unwrap_err().to_string();
+        assert!(big.contains("tile_kib=31") && big.contains("32 KiB"), "{big}");
         let wide = Tuning { gemm_wg: 16, ..Tuning::SOFTWARE };
         assert!(wide.check_limits(&limits).unwrap_err().to_string().contains("gemm_wg=16"));
         let lanes = Tuning { conv_lanes: 256, ..Tuning::SOFTWARE };

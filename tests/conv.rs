@@ -357,6 +357,9 @@ fn tiled_kernels_compute_the_same_convolutions() {
         "conv_tile=32,grad_weight_tile=32,tile_px=1,conv_ob=3,grad_weight_ob=5",
         "conv_tile=128,grad_weight_tile=64,tile_px=3,conv_ob=8,grad_weight_ob=8,split_threads=1,min_split_depth=4096",
         "conv_tile=64,grad_weight_tile=128,tile_px=2,conv_ob=1,grad_weight_ob=2,split_threads=1048576,min_split_depth=1",
+        // Tiles of 30 KiB (lavapipe has 32) and of 4 KiB (fewer rows per tile, more fallbacks).
+        "conv_tile=256,grad_weight_tile=256,tile_px=4,tile_kib=30",
+        "conv_tile=128,grad_weight_tile=64,tile_px=2,tile_kib=4",
     ] {
         let tuned = gpu.with_tuning(Tuning::SOFTWARE.apply(text).unwrap()).unwrap();
         for (i, spec) in specs.into_iter().enumerate() {
@@ -367,6 +370,14 @@ fn tiled_kernels_compute_the_same_convolutions() {
         }
     }
     assert_eq!(changed, [true; 7], "some layer kept its kernels under every tiled tuning");
+    // Larger tiles: LeNet's weight gradients take more rows per tile (other grids).
+    let tiles = |kib: u32| {
+        let text = format!("grad_weight_tile=256,tile_kib={kib}");
+        let gpu = gpu.with_tuning(Tuning::SOFTWARE.apply(&text).unwrap()).unwrap();
+        [specs[0], specs[1]].map(|spec| Case::new(&gpu, spec, 1).plan.signature())
+    };
+    let (small, large) = (tiles(10), tiles(30));
+    assert!(small[0] != large[0] && small[1] != large[1], "tile_kib=30 changed no weight gradient's grid");
     // The tiled and the direct weight gradients also sum the bias gradient: no separate pass
     // over dy; the implicit GEMM (strided) appends one.
     let tiled = gpu.with_tuning(Tuning::SOFTWARE.apply("grad_weight_tile=256").unwrap()).unwrap();

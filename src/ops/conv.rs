@@ -587,9 +587,8 @@ fn direct(
     tiled(ctx, &kernel, label, &words, &[a, w, bias, out], grid)
 }
 
-/// Workgroup memory of the tiled kernels: input (and output-gradient) rows in f32, weights in
-/// vec4 (`TILE_F32`, `TILE_W4` in the shader).
-const TILE_F32: usize = 2560;
+/// Workgroup memory of the tiled kernels' weights, in vec4 (`TILE_W4` in the shader); their
+/// rows take the adapter's `tile_kib` ([`tile_f32`]).
 const TILE_W4: usize = 128;
 /// Uniform words the tiled kernels reuse: `strips` (output rows per tile), `ps`.
 const W_TILE_ROWS: usize = 13;
@@ -598,7 +597,13 @@ const W_BIAS_AT: usize = 28;
 
 /// Whether the device gives a workgroup the tiled kernels' memory (WebGPU's default is 16 KiB).
 fn tiles_fit(ctx: &Lower) -> bool {
-    ctx.gpu.limits().max_compute_workgroup_storage_size as usize >= 4 * TILE_F32 + 16 * TILE_W4
+    ctx.gpu.limits().max_compute_workgroup_storage_size as usize >= 4 * tile_f32(ctx) + 16 * TILE_W4
+}
+
+/// f32 of input (and output-gradient) rows a tile holds (`TILE_F32` in the shader): the
+/// adapter's `tile_kib`.
+fn tile_f32(ctx: &Lower) -> usize {
+    ctx.gpu.tuning().tile_kib as usize * 256
 }
 
 /// The forward pass or the input gradient through `conv2d_tile` with the adapter's
@@ -645,20 +650,22 @@ fn corr_tile(
     }
     // The most output rows whose positions the workgroup's invocations cover and whose
     // input rows fit the tile.
+    let tile = tile_f32(ctx);
     let mut ru = (lanes * px / c.ow).min(out_rows);
-    while ru > 0 && c.tile_rows(ru) * c.tile_cols() > TILE_F32 {
+    while ru > 0 && c.tile_rows(ru) * c.tile_cols() > tile {
         ru -= 1;
     }
     // Loop iterations per invocation (none counted as unrolled): setup, per input channel
     // the two copies and the taps, the store.
-    let per_channel = TILE_F32.div_ceil(lanes) + (kh * kw * ob4).div_ceil(lanes) + 2 + kh * (1 + kw);
+    let per_channel = tile.div_ceil(lanes) + (kh * kw * ob4).div_ceil(lanes) + 2 + kh * (1 + kw);
     let iterations = c.cig * per_channel + px * (ob + 1);
     if ru == 0 || iterations > LOOP_BUDGET {
         return Ok(None);
     }
     let mut words = c.words(d, flags, 1, 0, 0);
     words[W_TILE_ROWS] = ru as u32;
-    let consts = [("WGX", lanes as f64), ("KW", kw as f64), ("OB", ob as f64), ("PX", px as f64)];
+    let consts =
+        [("WGX", lanes as f64), ("KW", kw as f64), ("OB", ob as f64), ("PX", px as f64), ("TILE_F32", tile as f64)];
     let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
     let kernel = ctx.kernel(&CONV, "conv2d_tile", &storage, &consts);
     let grid = [out_rows.div_ceil(ru), oblocks, d.g * d.groups];
@@ -759,8 +766,9 @@ fn grad_weight_tile_plan(
         return None;
     }
     let out_rows = c.n * c.oh;
-    let fits = |ru: usize| c.cig * c.tile_rows(ru) * c.tile_cols() + c.cog * ru * c.ow <= TILE_F32;
-    let mut ru = (TILE_F32 / (c.cog * c.ow).max(1)).min(out_rows);
+    let tile = tile_f32(ctx);
+    let fits = |ru: usize| c.cig * c.tile_rows(ru) * c.tile_cols() + c.cog * ru * c.ow <= tile;
+    let mut ru = (tile / (c.cog * c.ow).max(1)).min(out_rows);
     while ru > 0 && !fits(ru) {
         ru -= 1;
     }
@@ -777,9 +785,9 @@ fn grad_weight_tile_plan(
     // padded column; the store.
     let fixed = ob * (kw + 1) + 8;
     let per_row = 2 + c.tile_cols();
-    let copy = TILE_F32.div_ceil(lanes) + 1;
+    let copy = tile.div_ceil(lanes) + 1;
     let dy_copy = match pool {
-        Some(_) => (TILE_F32.div_ceil(wh * ww).div_ceil(lanes) + 1) * (1 + 2 * wh * ww),
+        Some(_) => (tile.div_ceil(wh * ww).div_ceil(lanes) + 1) * (1 + 2 * wh * ww),
         None => copy,
     };
     let per_tile = c.cig * copy + dy_copy + 2 + ru.div_ceil(ps) * per_row;
@@ -844,6 +852,7 @@ fn grad_weight_tile(
         ("PKH", wh as f64),
         ("PKW", ww as f64),
         ("PR", f64::from(pool.is_some_and(|p| p.relu))),
+        ("TILE_F32", tile_f32(ctx) as f64),
     ];
     let storage = [Binding::Read, Binding::Read, Binding::ReadWrite, Binding::Read];
     let kernel = ctx.kernel(&CONV, "conv2d_grad_weight_tile", &storage, &consts);

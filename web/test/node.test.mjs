@@ -348,7 +348,7 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.match(web.adapter.tuning, /split_threads=\d+/);
   assert.match(web.tunedInfo, /gemm_wg=4,.*conv_ob=2,.*conv_pixel=1,.*update_tensors=0,reduce_lanes=64/);
   web.tuned.forEach((x, m) => assert.ok(close(x, web.recreated[m], 1e-5, 1e-6), `tuned model ${m}: ${x} vs ${web.recreated[m]}`));
-  assert.match(web.tiledInfo, /gemm_groups=0,gemm_tile=1,.*conv_tile=256,tile_px=4,grad_weight_tile=256,grad_input_col=64,sum_split=512,serial_sum=0,split_threads=4096/);
+  assert.match(web.tiledInfo, /gemm_groups=0,gemm_tile=1,.*conv_tile=256,tile_px=4,grad_weight_tile=256,tile_kib=10,grad_input_col=64,sum_split=512,serial_sum=0,split_threads=4096/);
   web.tiled.forEach((x, m) => assert.ok(close(x, web.recreated[m], 1e-5, 1e-6), `tiled model ${m}: ${x} vs ${web.recreated[m]}`));
 });
 
