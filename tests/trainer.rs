@@ -193,3 +193,26 @@ fn impossible_configurations_are_errors_not_panics() {
     let e = Trainer::new(gpu, &narrow, &data, sgd(2), config()).err().expect("4 outputs for 10 classes").to_string();
     assert!(e.contains("10 classes") && e.contains("only 4 outputs"), "{e}");
 }
+
+/// Trainers on one device in several threads: `finish` delivers every step's metrics even
+/// when another thread's poll takes the finished readback's callback and runs it a moment
+/// later (a race a CI run hit under parallel tests: the last step's metrics went missing).
+#[test]
+fn finish_delivers_every_step_while_other_threads_poll_the_device() {
+    let gpu = gpu_or_skip!();
+    let data = synthetic(40, 4);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let data = &data;
+            s.spawn(move || {
+                for round in 0..150 {
+                    let model = BatchModel::new(gpu, &spec(), 2, t).unwrap();
+                    let config = TrainConfig { metrics_every: 1, ..config() };
+                    let mut trainer = Trainer::new(gpu, &model, data, sgd(2), config).unwrap();
+                    let steps: Vec<u64> = run(&mut trainer, 3).iter().map(|m| m.step).collect();
+                    assert_eq!(steps, [0, 1, 2], "thread {t}, round {round}");
+                }
+            });
+        }
+    });
+}
