@@ -56,22 +56,22 @@ impl Readback {
     /// `wait`, blocks until it completes (native) instead; in the browser `wait` cannot
     /// block (use [`Readback::finish`]).
     pub fn try_finish(&mut self, wait: bool) -> Result<Option<Vec<u8>>> {
+        // Waiting is `finish`, which awaits the callback itself, not only the poll: another
+        // thread polling the same device may have taken the finished map's callback and not
+        // yet run it when this thread's poll returns.
+        #[cfg(not(target_arch = "wasm32"))]
+        if wait {
+            return pollster::block_on(self.finish());
+        }
+        #[cfg(target_arch = "wasm32")]
+        let _ = wait;
         let Some((_, rx)) = &mut self.pending else { return Ok(None) };
-        loop {
-            #[cfg(not(target_arch = "wasm32"))]
-            {
-                let poll = if wait { wgpu::PollType::wait_indefinitely() } else { wgpu::PollType::Poll };
-                self.device.poll(poll).map_err(|e| Error::Gpu(format!("waiting for metrics: {e}")))?;
-            }
-            match rx.try_recv() {
-                // Another thread polling the same device may have taken the finished map's
-                // callback and not yet run it when this poll returns: with `wait`, poll
-                // again until it has (natively; the browser never blocks here).
-                Ok(None) if wait && cfg!(not(target_arch = "wasm32")) => std::thread::yield_now(),
-                Ok(None) => return Ok(None),
-                Ok(Some(r)) => return self.complete(Ok(r)).map(Some),
-                Err(oneshot::Canceled) => return self.complete(Err(oneshot::Canceled)).map(Some),
-            }
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device.poll(wgpu::PollType::Poll).map_err(|e| Error::Gpu(format!("waiting for metrics: {e}")))?;
+        match rx.try_recv() {
+            Ok(None) => Ok(None),
+            Ok(Some(r)) => self.complete(Ok(r)).map(Some),
+            Err(oneshot::Canceled) => self.complete(Err(oneshot::Canceled)).map(Some),
         }
     }
 
