@@ -334,11 +334,14 @@ impl Tuning {
                 invocations.min(limits.max_compute_workgroup_size_x)
             )));
         }
+        // The tiled kernels' rows and weights (`src/ops/conv.rs`, which relies on this check).
         let memory = limits.max_compute_workgroup_storage_size;
-        if (self.tile_kib + 2) * 1024 > memory {
+        let weights = crate::ops::conv::TILE_WEIGHT_BYTES;
+        if self.tile_kib * 1024 + weights > memory {
             return Err(Error::Usage(format!(
-                "tuning tile_kib={}: with the weights' 2 KiB passes the device's {} KiB of workgroup memory",
+                "tuning tile_kib={}: with the weights' {} KiB passes the device's {} KiB of workgroup memory",
                 self.tile_kib,
+                weights >> 10,
                 memory >> 10
             )));
         }

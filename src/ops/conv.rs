@@ -590,15 +590,13 @@ fn direct(
 /// Workgroup memory of the tiled kernels' weights, in vec4 (`TILE_W4` in the shader); their
 /// rows take the adapter's `tile_kib` ([`tile_f32`]).
 const TILE_W4: usize = 128;
+/// The same in bytes: [`Tuning::check_limits`](crate::Tuning::check_limits) keeps `tile_kib`
+/// KiB plus these within the device's workgroup memory, so every device has the tiles'.
+pub(crate) const TILE_WEIGHT_BYTES: u32 = 16 * TILE_W4 as u32;
 /// Uniform words the tiled kernels reuse: `strips` (output rows per tile), `ps`.
 const W_TILE_ROWS: usize = 13;
 const W_PS: usize = 27;
 const W_BIAS_AT: usize = 28;
-
-/// Whether the device gives a workgroup the tiled kernels' memory (WebGPU's default is 16 KiB).
-fn tiles_fit(ctx: &Lower) -> bool {
-    ctx.gpu.limits().max_compute_workgroup_storage_size as usize >= 4 * tile_f32(ctx) + 16 * TILE_W4
-}
 
 /// f32 of input (and output-gradient) rows a tile holds (`TILE_F32` in the shader): the
 /// adapter's `tile_kib`.
@@ -607,9 +605,9 @@ fn tile_f32(ctx: &Lower) -> usize {
 }
 
 /// The forward pass or the input gradient through `conv2d_tile` with the adapter's
-/// `conv_tile` invocations per workgroup, or `None` where that is 0, the device lacks the
-/// tile's memory, one output row's input rows pass the tile, the weights of one input channel
-/// pass theirs, or the loops pass lavapipe's budget.
+/// `conv_tile` invocations per workgroup, or `None` where that is 0, one output row's input
+/// rows pass the tile, the weights of one input channel pass theirs, or the loops pass
+/// lavapipe's budget. (The device has the tile's memory: see [`TILE_WEIGHT_BYTES`].)
 fn corr_tile(
     ctx: &Lower,
     label: &'static str,
@@ -619,7 +617,7 @@ fn corr_tile(
     flags: u32,
 ) -> Result<Option<Vec<Dispatch>>> {
     let lanes = ctx.gpu.tuning().conv_tile as usize;
-    if lanes == 0 || !tiles_fit(ctx) {
+    if lanes == 0 {
         return Ok(None);
     }
     let [kh, kw] = c.kernel;
@@ -741,8 +739,8 @@ struct GradWeightTile {
 }
 
 /// The tiled weight gradient's plan with the adapter's `grad_weight_tile` invocations per
-/// workgroup (`None` where that is 0, the device lacks the tile's memory, a task's rows pass
-/// the tile, or the loops pass lavapipe's budget); with `bias`, also the bias gradient; with
+/// workgroup (`None` where that is 0, a task's rows pass the tile, or the loops pass
+/// lavapipe's budget); with `bias`, also the bias gradient; with
 /// `pool`, dy computed from a max pooling's gradient with that window (tiles of whole windows).
 fn grad_weight_tile_plan(
     ctx: &Lower,
@@ -752,7 +750,7 @@ fn grad_weight_tile_plan(
     pool: Option<[usize; 2]>,
 ) -> Option<GradWeightTile> {
     let lanes = ctx.gpu.tuning().grad_weight_tile as usize;
-    if lanes == 0 || !tiles_fit(ctx) {
+    if lanes == 0 {
         return None;
     }
     let [kh, kw] = c.kernel;
