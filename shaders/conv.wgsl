@@ -849,28 +849,59 @@ fn tile_fma(acc: Acc8, xv: f32, w1: vec4<f32>, w2: vec4<f32>) -> Acc8 {
     return r;
 }
 
-// Stores one position's OB channels (bias, relu) where `ok`.
+// conv2d_tile with FP = 1 also writes the 2x2 max pooling (stride 2) of its output, after
+// bias and relu, to out5 ([G, N, O, OH / 2, OW / 2]; OH and OW even): the plan's forward
+// pooling fold (`folds` bit 1), which skips the pooling's own pass (a read of y, the size of
+// the convolution's output). The pooled value is maxpool2d's bit for bit.
+override FP: u32 = 0u;
+@group(0) @binding(5) var<storage, read_write> out5: array<f32>;
+
+// The max-pooling rule (pool.wgsl's window_argmax) over a window in row-major order: v
+// replaces the maximum so far when it is greater or NaN.
+fn pool_take(best: f32, v: f32) -> f32 {
+    return select(best, v, pool_is_nan(v) || (!pool_is_nan(best) && v > best));
+}
+
+// Channel o0 + j's output at one position: bias, relu (j < OB, o0 + j < q.cog).
+fn tile_out(acc: Acc8, j: u32, g: u32, grp: u32, o0: u32) -> f32 {
+    var add = 0.0;
+    if ((q.flags & 1u) != 0u) {
+        add = bias[g * q.co + grp * q.cog + o0 + j];
+    }
+    let v = select(acc.b[j & 3u], acc.a[j & 3u], j < 4u) + add;
+    return select(v, max(v, 0.0), (q.flags & 2u) != 0u);
+}
+
+// Stores one position's OB channels where `ok`.
 fn tile_store(acc: Acc8, ok: bool, at: u32, g: u32, grp: u32, o0: u32) {
     if (!ok) {
         return;
     }
     let ohw = q.oh * q.ow;
-    let relu = (q.flags & 2u) != 0u;
     for (var j = 0u; j < OB; j++) {
-        let o = o0 + j;
-        if (o < q.cog) {
-            var add = 0.0;
-            if ((q.flags & 1u) != 0u) {
-                add = bias[g * q.co + grp * q.cog + o];
-            }
-            let v = select(acc.b[j & 3u], acc.a[j & 3u], j < 4u) + add;
-            out4[at + j * ohw] = select(v, max(v, 0.0), relu);
+        if (o0 + j < q.cog) {
+            out4[at + j * ohw] = tile_out(acc, j, g, grp, o0);
+        }
+    }
+}
+
+// With FP: the max pooling of the window whose positions are a0, a1 (first row) and a2, a3,
+// at pooled offset `at` of channel o0.
+fn tile_pool_store(a0: Acc8, a1: Acc8, a2: Acc8, a3: Acc8, at: u32, g: u32, grp: u32, o0: u32) {
+    let plane = q.oh * q.ow / 4u;
+    for (var j = 0u; j < OB; j++) {
+        if (o0 + j < q.cog) {
+            let m = pool_take(tile_out(a0, j, g, grp, o0), tile_out(a1, j, g, grp, o0));
+            out5[at + j * plane] =
+                pool_take(pool_take(m, tile_out(a2, j, g, grp, o0)), tile_out(a3, j, g, grp, o0));
         }
     }
 }
 
 // y[n, o, oy, ox] for OB output channels (wid.y) and PX output positions per invocation,
-// WGX apart along the tile's positions (consecutive invocations: consecutive columns).
+// WGX apart along the tile's positions (consecutive invocations: consecutive columns). With
+// FP (PX = 4, tiles of whole row pairs) an invocation's positions are instead one 2x2 pooling
+// window's, which it also pools.
 @compute @workgroup_size(WGX, 1, 1)
 fn conv2d_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let z = wid.z + q.z0;
@@ -883,10 +914,19 @@ fn conv2d_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     let lo = tile_row(r0);
     let rows = tile_row(r1 - 1u) + q.kh - lo;
     let npx = (r1 - r0) * q.ow;
-    let p0 = tile_pos(lid.x, npx, r0, lo, g, grp, o0);
-    let p1 = tile_pos(lid.x + WGX, npx, r0, lo, g, grp, o0);
-    let p2 = tile_pos(lid.x + 2u * WGX, npx, r0, lo, g, grp, o0);
-    let p3 = tile_pos(lid.x + 3u * WGX, npx, r0, lo, g, grp, o0);
+    // The invocation's positions in the tile (row-major over its rows).
+    var e = vec4<u32>(lid.x, lid.x + WGX, lid.x + 2u * WGX, lid.x + 3u * WGX);
+    // With FP: window lid.x of the tile's (r1 - r0) / 2 x OW / 2 (past npx where there is none).
+    let pw = q.ow / 2u;
+    let wr = lid.x / max(pw, 1u);
+    let wc = lid.x - wr * pw;
+    if (FP != 0u) {
+        e = 2u * wr * q.ow + 2u * wc + vec4<u32>(0u, 1u, q.ow, q.ow + 1u);
+    }
+    let p0 = tile_pos(e.x, npx, r0, lo, g, grp, o0);
+    let p1 = tile_pos(e.y, npx, r0, lo, g, grp, o0);
+    let p2 = tile_pos(e.z, npx, r0, lo, g, grp, o0);
+    let p3 = tile_pos(e.w, npx, r0, lo, g, grp, o0);
     let ob4 = (OB + 3u) / 4u;
     let taps = q.kh * KW;
     let wz = z * q.wgrp + q.w0;
@@ -929,10 +969,18 @@ fn conv2d_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
             }
         }
     }
-    tile_store(a0, lid.x < npx, p0.y, g, grp, o0);
-    tile_store(a1, PX > 1u && lid.x + WGX < npx, p1.y, g, grp, o0);
-    tile_store(a2, PX > 2u && lid.x + 2u * WGX < npx, p2.y, g, grp, o0);
-    tile_store(a3, PX > 3u && lid.x + 3u * WGX < npx, p3.y, g, grp, o0);
+    tile_store(a0, e.x < npx, p0.y, g, grp, o0);
+    tile_store(a1, PX > 1u && e.y < npx, p1.y, g, grp, o0);
+    tile_store(a2, PX > 2u && e.z < npx, p2.y, g, grp, o0);
+    tile_store(a3, PX > 3u && e.w < npx, p3.y, g, grp, o0);
+    if (FP != 0u && e.x < npx) {
+        // Row r0 + 2 wr is even within its image (OH is even, tiles start at even rows).
+        let r = r0 + 2u * wr;
+        let n = r / q.oh;
+        let oy = r - n * q.oh;
+        let at = ((g * q.n + n) * q.co + grp * q.cog + o0) * (q.oh * q.ow / 4u) + oy / 2u * pw + wc;
+        tile_pool_store(a0, a1, a2, a3, at, g, grp, o0);
+    }
 }
 
 // Offset of column 0 of output row r = (n, oy) of model g in dy, for the channel at `chan`

@@ -104,9 +104,11 @@ pub struct Tuning {
     /// (a power of two from 2 to 256) where there are more splits than lanes, or 0 to add
     /// them in one invocation per output.
     pub reduce_lanes: u32,
-    /// 1: weight gradients also compute their layer's bias gradient (from the dy they load)
-    /// and a tiled convolution weight gradient computes a max-pooling gradient dy itself
-    /// (the plan's folds); 0: those run as passes of their own (for comparisons).
+    /// The plan's folds, bits (0 to 3; 0 runs every pass on its own, for comparisons).
+    /// Bit 0 (1): weight gradients also compute their layer's bias gradient (from the dy they
+    /// load) and a tiled convolution weight gradient computes a max-pooling gradient dy
+    /// itself. Bit 1 (2): a tiled convolution with 4 positions per invocation computes the
+    /// 2x2 max pooling of its output in its epilogue (its positions then one window's).
     pub folds: u32,
     /// 1: the crate's shaders get naga's loop counters, as user WGSL always does (a 64-bit
     /// counter decremented and tested in every loop iteration, against infinite loops, which
@@ -212,6 +214,9 @@ impl Tuning {
         min_split_depth: 64,
         update_tensors: 0,
         reduce_lanes: 64,
+        // Not bit 1 yet: the tiled convolution pooling (an invocation's 4 positions one
+        // window's) is untimed on a GPU (`folds=3` is in `scripts/device-bench`'s
+        // comparisons; on lavapipe it was 60 ms slower than pooling on its own).
         folds: 1,
         loop_counters: 0,
     };
@@ -304,7 +309,7 @@ impl Tuning {
         check("split_lanes", self.split_lanes <= 1, "0 (a split per workgroup) or 1 (splits share workgroups)")?;
         check("min_split_depth", self.min_split_depth >= 1, "at least 1")?;
         check("update_tensors", self.update_tensors <= 16, "0 (as many as the adapter allows) to 16")?;
-        check("folds", self.folds <= 1, "0 (separate passes) or 1 (folded into the weight gradients)")?;
+        check("folds", self.folds <= 3, "0 to 3 (bits: 1 into the weight gradients, 2 pooling into the convolutions)")?;
         check(
             "loop_counters",
             self.loop_counters <= 1,
@@ -384,7 +389,7 @@ impl Tuning {
             "min_split_depth" => &[64, 256, 1024],
             "update_tensors" => &[0, 1, 4],
             "reduce_lanes" => &[0, 32, 128],
-            "folds" => &[0, 1],
+            "folds" => &[0, 1, 3],
             "loop_counters" => &[0, 1],
             _ => &[],
         }
@@ -802,8 +807,8 @@ mod tests {
             keys.push(key);
             search.record(Some(1.0));
         }
-        // Each key offers its candidates other than the current value (one each here).
-        assert_eq!(keys, ["start", "folds", "gemm_tile"]);
+        // Each key offers its candidates other than the current value (folds 0 and 1, gemm_tile 1).
+        assert_eq!(keys, ["start", "folds", "folds", "gemm_tile"]);
         let only = |keys: &[&str]| Search::new(Tuning::SOFTWARE, &limits, 0.0).only(keys).unwrap_err().to_string();
         assert!(only(&["gemm_wg", "conv_lane"]).contains("unknown tuning key \"conv_lane\"; the keys are gemm_wg,"));
         assert!(only(&["folds", "folds"]).contains("folds given twice"));

@@ -277,3 +277,104 @@ fn pool_folds(tiled: &modelbatch::Gpu, exact: bool) {
         }
     }
 }
+
+/// conv (relu or not, bias or not, one or two channel groups) → 2x2 max pooling, with the
+/// pooling's input y and output kept: y and the pooled values under `tuning`, with the label
+/// list.
+fn run_forward_pool(gpu: &modelbatch::Gpu, tuning: &str, case: ForwardPoolCase) -> (Vec<Vec<u32>>, Vec<&'static str>) {
+    let gpu = gpu.with_tuning(gpu.tuning().apply(tuning).unwrap()).unwrap();
+    let ForwardPoolCase { relu, bias, groups, hw: [h, w], kernel, padding } = case;
+    let (g, n, c, o) = (2, 3, 2, 6);
+    let mut graph = Graph::new(g);
+    let x = graph.input("x", &[n, c, h, w], DType::F32).unwrap();
+    let wt = graph.param("w", &[o, c / groups, kernel, kernel]).unwrap();
+    let b = graph.param("b", &[o]).unwrap();
+    let geom = Conv2dGeom { kernel: [kernel; 2], stride: [1, 1], padding: [padding; 2], dilation: [1, 1], groups };
+    let bias = bias.then_some(b);
+    let y = if relu { graph.conv2d_relu(x, wt, bias, geom) } else { graph.conv2d(x, wt, bias, geom) }.unwrap();
+    let pool =
+        Pool2dGeom { kernel: [2, 2], stride: [2, 2], padding: [0, 0], dilation: [1, 1], count_include_pad: true };
+    let p = graph.maxpool2d(y, pool).unwrap();
+    let plan = Plan::new(&gpu, &graph, &[y, p], &[]).unwrap();
+    // Quarter steps (ties inside windows, zeros of both signs after relu), and NaNs in x:
+    // the windows they reach pool to NaN.
+    let q = |seed, len| common::randn(seed, len).iter().map(|v| (v * 4.0).round() / 4.0).collect::<Vec<f32>>();
+    let mut xs = q(60, g * n * c * h * w);
+    for i in (0..xs.len()).step_by(97) {
+        xs[i] = f32::NAN;
+    }
+    plan.write(x, &xs).unwrap();
+    plan.write(wt, &q(61, g * o * c / groups * kernel * kernel)).unwrap();
+    plan.write(b, &q(62, g * o)).unwrap();
+    plan.run().unwrap();
+    let out = [y, p].map(|t| plan.read_blocking(t).unwrap().iter().map(|v| v.to_bits()).collect());
+    (out.to_vec(), plan.dispatch_labels())
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ForwardPoolCase {
+    relu: bool,
+    bias: bool,
+    groups: usize,
+    hw: [usize; 2],
+    kernel: usize,
+    padding: usize,
+}
+
+/// `folds` bit 1: the tiled convolution with 4 positions per invocation pools its output in
+/// its epilogue (small and default tiles, 4 or 8 channels per invocation), bit for bit the
+/// values of the pooling's own pass (NaN included), which disappears; where the kernel cannot
+/// (fewer positions per invocation, the direct kernel's strips or one position per
+/// invocation, an odd output side) the pass stays.
+#[test]
+fn convolutions_pool_their_outputs_in_the_epilogue() {
+    let gpu = gpu_or_skip!();
+    let kernels = [
+        ("conv_tile=0,conv_pixel=0", false),
+        ("conv_tile=64,tile_px=4,split_threads=1", true),
+        ("conv_tile=256,tile_px=4,split_threads=1,conv_ob=3", true),
+        ("conv_tile=128,tile_px=4,split_threads=1,tile_kib=4,conv_ob=8", true),
+        ("conv_tile=64,tile_px=3,split_threads=1", false),
+        ("conv_tile=0,conv_pixel=1", false),
+    ];
+    let cases = [
+        // 12x10 outputs.
+        ForwardPoolCase { relu: true, bias: true, groups: 1, hw: [12, 10], kernel: 3, padding: 1 },
+        ForwardPoolCase { relu: false, bias: false, groups: 2, hw: [12, 10], kernel: 3, padding: 1 },
+        // LeNet's conv2 shape (12x12 → 8x8) and 20-wide rows.
+        ForwardPoolCase { relu: true, bias: true, groups: 1, hw: [12, 12], kernel: 5, padding: 0 },
+        ForwardPoolCase { relu: true, bias: false, groups: 1, hw: [6, 20], kernel: 1, padding: 0 },
+    ];
+    for (kernel, pools) in kernels {
+        for case in cases {
+            let what = format!("{kernel}, {case:?}");
+            let (separate, separate_labels) = run_forward_pool(gpu, &format!("{kernel},folds=0"), case);
+            let (folded, labels) = run_forward_pool(gpu, &format!("{kernel},folds=2"), case);
+            same_bits(&separate, &folded, &what);
+            assert!(separate_labels.contains(&"maxpool2d"), "{separate_labels:?}");
+            assert_eq!(!labels.contains(&"maxpool2d"), pools, "{what}: {labels:?}");
+        }
+    }
+    // An odd output side: the pooling keeps its pass (and its values).
+    let odd = ForwardPoolCase { relu: true, bias: true, groups: 1, hw: [11, 10], kernel: 3, padding: 1 };
+    let (separate, _) = run_forward_pool(gpu, "conv_tile=64,tile_px=4,split_threads=1,folds=0", odd);
+    let (folded, labels) = run_forward_pool(gpu, "conv_tile=64,tile_px=4,split_threads=1,folds=2", odd);
+    same_bits(&separate, &folded, &format!("odd side, {odd:?}"));
+    assert!(labels.contains(&"maxpool2d"), "{labels:?}");
+}
+
+/// y and the pooled values bit for bit (the first difference named).
+fn same_bits(a: &[Vec<u32>], b: &[Vec<u32>], what: &str) {
+    for (t, (a, b)) in ["y", "pooled"].iter().zip(a.iter().zip(b)) {
+        assert_eq!(a.len(), b.len(), "{what}: {t} lengths");
+        if let Some(i) = (0..a.len()).find(|&i| a[i] != b[i]) {
+            let (x, y) = (f32::from_bits(a[i]), f32::from_bits(b[i]));
+            panic!("{what}: {t}[{i}] is {x} in its own pass, {y} folded");
+        }
+        // The NaNs reach the pooled values (without relu, which may map NaN to 0).
+        assert!(
+            *t == "y" || a.iter().any(|v| f32::from_bits(*v).is_nan()) || what.contains("relu: true"),
+            "{what}: no NaN"
+        );
+    }
+}

@@ -4,7 +4,7 @@
 mod common;
 
 use modelbatch::nn::{BatchModel, ModelSpec};
-use modelbatch::{DType, Graph, Plan};
+use modelbatch::{DType, Graph, Plan, Tuning};
 
 #[test]
 fn estimate_matches_what_the_plan_allocates() {
@@ -14,12 +14,22 @@ fn estimate_matches_what_the_plan_allocates() {
     let mut graph = Graph::new(3);
     let x = graph.input("x", &[4, 1, 28, 28], DType::F32).unwrap();
     let built = spec.build(&mut graph, x, modelbatch::nn::Mode::Eval).unwrap();
+    // Without a device: the plan under the default `folds` (the folds decide which tensors
+    // share buffers).
     let est = Plan::estimate(&graph, &[built.output], &[]).unwrap();
-    let plan = Plan::new(gpu, &graph, &[built.output], &[]).unwrap();
+    let default_folds = gpu.with_tuning(Tuning { folds: Tuning::default().folds, ..gpu.tuning() }).unwrap();
+    let plan = Plan::new(&default_folds, &graph, &[built.output], &[]).unwrap();
     assert_eq!(est.bytes, plan.stats().bytes);
     assert_eq!(est.buffers, plan.stats().buffers);
     assert!(est.largest >= 3 * 4 * 6 * 24 * 24 * 4, "the first conv output is the largest tensor");
     assert_eq!(plan.stats().scratch_bytes, 0, "no weight gradient, no split-K scratch");
+    // On a device: under its tuning, every fold value.
+    for folds in 0..=3 {
+        let gpu = gpu.with_tuning(Tuning { folds, ..gpu.tuning() }).unwrap();
+        let est = Plan::estimate_on(&gpu, &graph, &[built.output], &[]).unwrap();
+        let plan = Plan::new(&gpu, &graph, &[built.output], &[]).unwrap();
+        assert_eq!((est.bytes, est.buffers), (plan.stats().bytes, plan.stats().buffers), "folds={folds}");
+    }
     drop(model);
 }
 

@@ -68,6 +68,14 @@ fn shapes_that_keep_the_splits_train_bit_for_bit_alike() {
         assert_eq!(m0, m1, "{text}: metrics");
         assert_eq!(w0, w1, "{text}: weights");
     }
+    // The same for the tiled convolution with 4 positions per invocation, which pools (a
+    // small batch keeps 4 positions where split_threads is 1; that changes the splits, so
+    // the two runs compare with each other).
+    let tiles = tuned(gpu, "conv_tile=64,tile_px=4,split_threads=1,folds=1");
+    let (m1, w1, s1) = run(&tiles);
+    let (m2, w2, s2) = run(&tuned(&tiles, "folds=3"));
+    assert_ne!(s1, s2, "tiles: the pooling folds");
+    assert_eq!((m1, w1), (m2, w2), "tiles: pooling in the epilogue");
 }
 
 /// The optimizer updates every parameter tensor in as few dispatches as the adapter's
@@ -129,9 +137,11 @@ fn every_tuning_trains_alike_to_rounding() {
 }
 
 /// `folds`: with the tiled weight gradient, a LeNet step sums no bias gradient on its own
-/// (five sums without the folds) and runs one max-pooling gradient instead of two.
+/// (five sums without the folds) and runs one max-pooling gradient instead of two; with bit
+/// 1, no max pooling of its own (both convolutions pool) with the tiled kernels, both with
+/// the direct ones (which do not pool).
 #[test]
-fn folds_remove_the_bias_sums_and_a_pooling_gradient() {
+fn folds_remove_the_bias_sums_and_the_pooling_passes() {
     let gpu = tuned(gpu_or_skip!(), "grad_weight_tile=64,folds=1");
     let count = |s: &Signature, label: &str| s.iter().filter(|d| d.0 == label).count();
     let (_, _, on) = run(&gpu);
@@ -139,6 +149,14 @@ fn folds_remove_the_bias_sums_and_a_pooling_gradient() {
     assert_eq!(count(&on, "sum"), 0, "{on:?}");
     assert!(count(&off, "sum") >= 5, "{off:?}");
     assert_eq!((count(&on, "maxpool2d_grad"), count(&off, "maxpool2d_grad")), (1, 2));
+    assert_eq!((count(&on, "maxpool2d"), count(&off, "maxpool2d")), (2, 2));
+    for (text, pools) in
+        [("folds=3,conv_tile=0,conv_pixel=0", 2), ("folds=3,conv_tile=64,tile_px=4,split_threads=1", 0)]
+    {
+        let (_, _, pooled) = run(&tuned(&gpu, text));
+        assert_eq!(count(&pooled, "maxpool2d"), pools, "{text}: {pooled:?}");
+        assert_eq!(count(&pooled, "maxpool2d_grad"), 1, "{text}: {pooled:?}");
+    }
 }
 
 #[test]
@@ -196,12 +214,14 @@ fn tune_measures_candidates_and_returns_the_fastest() {
     let distinct: std::collections::HashSet<&str> = measured.iter().map(|l| l["tuning"].as_str().unwrap()).collect();
     assert_eq!(distinct.len(), measured.len(), "no tuning measured twice");
     // Some keys only, in the order given.
-    // (Each offers one other value, and both change LeNet's kernels on either built-in tuning.)
+    // (loop_counters offers one other value, folds two; each key changes LeNet's kernels on
+    // either built-in tuning, folds=3 only where the tiled convolutions pool.)
     let t = Tune { keys: Some(vec!["loop_counters".into(), "folds".into()]), ..t };
     let mut lines: Vec<Value> = Vec::new();
     tune(gpu, &t, |_| {}, |v| lines.push(v)).unwrap();
     let keys: Vec<&str> = lines.iter().filter_map(|l| l["key"].as_str()).collect();
-    assert_eq!(keys, ["start", "loop_counters", "folds"], "{lines:?}");
+    assert_eq!(keys[..3], ["start", "loop_counters", "folds"], "{lines:?}");
+    assert!(keys[3..].iter().all(|&k| k == "folds") && keys.len() <= 4, "{lines:?}");
     let t = Tune { keys: Some(vec!["gemm".into()]), ..t };
     let err = tune(gpu, &t, |_| {}, |_| {}).unwrap_err().to_string();
     assert!(err.contains("unknown tuning key \"gemm\""), "{err}");

@@ -23,7 +23,9 @@
 //! gradient can instead take `conv2d_grad_input_col` (the `grad_input_col` tuning): per input
 //! channel, every tap's product with whole images of dy in workgroup memory, then each input
 //! position sums the taps that land inside dy, so dy's zero padding (56% of the tiled
-//! kernel's taps in LeNet's conv2) costs nothing.
+//! kernel's taps in LeNet's conv2) costs nothing. The tiled forward kernel can also write
+//! the 2x2 max pooling of its output (the plan's forward pooling fold, [`forward_pools`]):
+//! its invocations then take one pooling window's 4 positions.
 
 use std::sync::Arc;
 
@@ -188,7 +190,10 @@ fn tiled(
     Ok(out)
 }
 
-/// `out [y] = conv(x, w) + bias`.
+/// `out [y] = conv(x, w) + bias` (then relu with `relu`), and with `pool` also the 2x2 max
+/// pooling (stride 2) of that output into `pool` (the plan's forward pooling fold), which only
+/// the kernels [`forward_pools`] names can do: an error elsewhere.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn lower_forward(
     ctx: &Lower,
     s: &Conv,
@@ -197,13 +202,18 @@ pub(crate) fn lower_forward(
     bias: Option<&wgpu::Buffer>,
     relu: bool,
     out: &wgpu::Buffer,
+    pool: Option<&wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
     const LABEL: &str = "conv2d";
     let d = dims(LABEL, s)?;
     // Epilogue flags: bit 0 adds the bias, bit 1 applies relu.
     let flags = u32::from(bias.is_some()) | (u32::from(relu) << 1);
+    if pool.is_some() && !forward_pools(ctx, s) {
+        return Err(Error::Gpu("internal error: a pooling fold into a convolution that cannot pool".into()));
+    }
     if let Some(c) = Corr::forward(ctx, s, &d).filter(Corr::direct_fits) {
-        return direct(ctx, LABEL, &c, &d, [x, w, bias.unwrap_or(ctx.dummy), out], flags);
+        let buffers = [x, w, bias.unwrap_or(ctx.dummy), out, pool.unwrap_or(ctx.sink)];
+        return direct(ctx, LABEL, &c, &d, buffers, flags, pool.is_some());
     }
     // One invocation per output position and block of 4 images.
     let threads = s.y.n.div_ceil(4) * s.y.h * s.y.w;
@@ -229,7 +239,7 @@ pub(crate) fn lower_grad_input(
             return Ok(out);
         }
         if c.direct_fits() {
-            return direct(ctx, LABEL, &c, &d, [dy, w, ctx.dummy, dx], 0);
+            return direct(ctx, LABEL, &c, &d, [dy, w, ctx.dummy, dx, ctx.sink], 0, false);
         }
     }
     // One invocation per input position and block of 4 images.
@@ -554,20 +564,38 @@ impl Corr {
     }
 }
 
-/// The forward pass or the input gradient through `conv2d_direct` (where `Corr::direct_fits`).
+/// Whether [`lower_forward`] can compute the 2x2 max pooling (stride 2) of this convolution's
+/// output in its epilogue: the tiled kernel with 4 positions per invocation (a window's) can,
+/// on even output sides; the other kernels cannot. (The direct kernel's strips could take
+/// both rows of a window per invocation: on lavapipe that ran as slowly as the pooling's own
+/// pass, so they do not.)
+pub(crate) fn forward_pools(ctx: &Lower, s: &Conv) -> bool {
+    let Ok(d) = dims("conv2d", s) else {
+        return false;
+    };
+    let Some(c) = Corr::forward(ctx, s, &d).filter(Corr::direct_fits) else {
+        return false;
+    };
+    tile_plan(ctx, &c, &d, true).is_some_and(|t| t.pool)
+}
+
+/// The forward pass or the input gradient through `conv2d_direct` (where `Corr::direct_fits`),
+/// `conv2d_tile` or `conv2d_pixel`; with `pool` (forward only, where [`forward_pools`]: the
+/// tiles) the output's 2x2 max pooling too, into `pooled`.
 fn direct(
     ctx: &Lower,
     label: &'static str,
     c: &Corr,
     d: &Dims,
-    [a, w, bias, out]: [&wgpu::Buffer; 4],
+    [a, w, bias, out, pooled]: [&wgpu::Buffer; 5],
     flags: u32,
+    pool: bool,
 ) -> Result<Vec<Dispatch>> {
     let ob = c.ob();
     let oblocks = c.cog.div_ceil(ob);
     let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
-    if let Some(out) = corr_tile(ctx, label, c, d, [a, w, bias, out], flags)? {
-        return Ok(out);
+    if let Some(t) = tile_plan(ctx, c, d, pool) {
+        return corr_tile(ctx, label, c, d, &t, [a, w, bias, out, pooled], flags);
     }
     let words = c.words(d, flags, 1, 0, 0);
     if c.pixel {
@@ -604,21 +632,29 @@ fn tile_f32(ctx: &Lower) -> usize {
     ctx.gpu.tuning().tile_kib as usize * 256
 }
 
-/// The forward pass or the input gradient through `conv2d_tile` with the adapter's
-/// `conv_tile` invocations per workgroup, or `None` where that is 0, one output row's input
-/// rows pass the tile, the weights of one input channel pass theirs, or the loops pass
-/// lavapipe's budget. (The device has the tile's memory: see [`TILE_WEIGHT_BYTES`].)
-fn corr_tile(
-    ctx: &Lower,
-    label: &'static str,
-    c: &Corr,
-    d: &Dims,
-    buffers: [&wgpu::Buffer; 4],
-    flags: u32,
-) -> Result<Option<Vec<Dispatch>>> {
+/// How `conv2d_tile` runs a correlation.
+struct TilePlan {
+    /// Invocations per workgroup (the adapter's `conv_tile`).
+    lanes: usize,
+    /// Output positions per invocation.
+    px: usize,
+    /// Output channels per invocation, at most this.
+    max_ob: usize,
+    /// Output rows per tile (flattened over images).
+    ru: usize,
+    /// Whether the kernel also pools the output (forward pooling fold).
+    pool: bool,
+}
+
+/// The plan of `conv2d_tile` for a correlation with the adapter's `conv_tile` invocations per
+/// workgroup, or `None` where that is 0, one output row's input rows pass the tile, the
+/// weights of one input channel pass theirs, or the loops pass lavapipe's budget. With `pool`
+/// it pools where it can: 4 positions per invocation (a 2x2 window's), even output sides,
+/// tiles of whole row pairs. (The device has the tile's memory: see [`TILE_WEIGHT_BYTES`].)
+fn tile_plan(ctx: &Lower, c: &Corr, d: &Dims, pool: bool) -> Option<TilePlan> {
     let lanes = ctx.gpu.tuning().conv_tile as usize;
     if lanes == 0 {
-        return Ok(None);
+        return None;
     }
     let [kh, kw] = c.kernel;
     let out_rows = c.n * c.oh;
@@ -642,9 +678,8 @@ fn corr_tile(
     let c = &Corr { max_ob, ..*c };
     let ob = c.ob();
     let ob4 = ob.div_ceil(4);
-    let oblocks = c.cog.div_ceil(ob);
-    if kh * kw * ob4 > TILE_W4 || oblocks > MAX_GROUPS {
-        return Ok(None);
+    if kh * kw * ob4 > TILE_W4 || c.cog.div_ceil(ob) > MAX_GROUPS {
+        return None;
     }
     // The most output rows whose positions the workgroup's invocations cover and whose
     // input rows fit the tile.
@@ -653,21 +688,45 @@ fn corr_tile(
     while ru > 0 && c.tile_rows(ru) * c.tile_cols() > tile {
         ru -= 1;
     }
-    // Loop iterations per invocation (none counted as unrolled): setup, per input channel
-    // the two copies and the taps, the store.
-    let per_channel = tile.div_ceil(lanes) + (kh * kw * ob4).div_ceil(lanes) + 2 + kh * (1 + kw);
-    let iterations = c.cig * per_channel + px * (ob + 1);
-    if ru == 0 || iterations > LOOP_BUDGET {
-        return Ok(None);
+    let pool = pool && px == 4 && c.oh % 2 == 0 && c.ow % 2 == 0 && ru >= 2;
+    if pool {
+        ru -= ru % 2;
     }
+    // Loop iterations per invocation (none counted as unrolled): setup, per input channel
+    // the two copies and the taps, the stores.
+    let per_channel = tile.div_ceil(lanes) + (kh * kw * ob4).div_ceil(lanes) + 2 + kh * (1 + kw);
+    let iterations = c.cig * per_channel + (px + usize::from(pool)) * (ob + 1);
+    if ru == 0 || iterations > LOOP_BUDGET {
+        return None;
+    }
+    Some(TilePlan { lanes, px, max_ob, ru, pool })
+}
+
+/// The forward pass or the input gradient through `conv2d_tile` as `t` plans it.
+fn corr_tile(
+    ctx: &Lower,
+    label: &'static str,
+    c: &Corr,
+    d: &Dims,
+    t: &TilePlan,
+    buffers: [&wgpu::Buffer; 5],
+    flags: u32,
+) -> Result<Vec<Dispatch>> {
+    let c = &Corr { max_ob: t.max_ob, ..*c };
     let mut words = c.words(d, flags, 1, 0, 0);
-    words[W_TILE_ROWS] = ru as u32;
-    let consts =
-        [("WGX", lanes as f64), ("KW", kw as f64), ("OB", ob as f64), ("PX", px as f64), ("TILE_F32", tile as f64)];
-    let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
+    words[W_TILE_ROWS] = t.ru as u32;
+    let consts = [
+        ("WGX", t.lanes as f64),
+        ("KW", c.kernel[1] as f64),
+        ("OB", c.ob() as f64),
+        ("PX", t.px as f64),
+        ("TILE_F32", tile_f32(ctx) as f64),
+        ("FP", f64::from(t.pool)),
+    ];
+    let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite, Binding::ReadWrite];
     let kernel = ctx.kernel(&CONV, "conv2d_tile", &storage, &consts);
-    let grid = [out_rows.div_ceil(ru), oblocks, d.g * d.groups];
-    tiled(ctx, &kernel, label, &words, &buffers, grid).map(Some)
+    let grid = [(c.n * c.oh).div_ceil(t.ru), c.cog.div_ceil(c.ob()), d.g * d.groups];
+    tiled(ctx, &kernel, label, &words, &buffers, grid)
 }
 
 /// Workgroup memory of `conv2d_grad_input_col`'s products, in f32 (`COL_F32` in the shader;

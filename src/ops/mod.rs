@@ -108,6 +108,9 @@ pub(crate) struct Lower<'a> {
     pub gpu: &'a Gpu,
     /// A 16-byte buffer bound where a kernel's optional operand is absent.
     pub dummy: &'a wgpu::Buffer,
+    /// The same for an optional output (a buffer may not be bound both read-only and
+    /// writable in one dispatch); never written.
+    pub sink: &'a wgpu::Buffer,
     /// Buffers bound as a byte range `(offset, size)` instead of whole: the models of the
     /// chunk being lowered, when a plan splits its batch (see `plan`).
     pub ranges: RefCell<HashMap<wgpu::Buffer, (u64, u64)>>,

@@ -22,6 +22,10 @@ pub(crate) struct Assignment {
     /// For a convolution's weight gradient, the max-pooling gradient node that produces its
     /// dy, which the weight gradient may compute itself (see [`pool_folds`]).
     pub pool_of: Vec<Option<usize>>,
+    /// For a convolution, the 2x2 max pooling of its output, which its kernel may compute
+    /// in its epilogue (see [`forward_pool_folds`]); the pooling's buffer is assigned with the
+    /// convolution's.
+    pub pooled_by: Vec<Option<usize>>,
 }
 
 /// Pairs each live weight gradient with a later live sum of the same dy that is its layer's
@@ -100,6 +104,33 @@ pub(crate) fn pool_folds(
     pool_of
 }
 
+/// Pairs each live convolution with a live max pooling of its output in 2x2 windows with
+/// stride 2 (no padding or dilation, even sides): the convolution's kernel can then pool in
+/// its epilogue, from the outputs it holds, and the pooling's own pass (a read of the
+/// convolution's output) is skipped. The output is still written (the backward pass reads
+/// it). Whether the kernel takes it is the lowering's call (`conv::forward_pools`); the
+/// pooling's buffer is assigned where the convolution runs either way.
+pub(crate) fn forward_pool_folds(graph: &Graph, live: &[bool]) -> Vec<Option<usize>> {
+    let nodes = graph.nodes();
+    let mut pooled_by = vec![None; nodes.len()];
+    for (k, node) in nodes.iter().enumerate() {
+        let Op::MaxPool2d { geom } = &node.op else { continue };
+        let i = node.inputs[0].index();
+        let y = graph.shape(node.inputs[0]);
+        let fits = geom.kernel == [2, 2]
+            && geom.stride == [2, 2]
+            && geom.padding == [0, 0]
+            && geom.dilation == [1, 1]
+            && y.len() == 5
+            && y[3] % 2 == 0
+            && y[4] % 2 == 0;
+        if live[k] && live[i] && fits && matches!(nodes[i].op, Op::Conv2d { .. }) && pooled_by[i].is_none() {
+            pooled_by[i] = Some(k);
+        }
+    }
+    pooled_by
+}
+
 /// Bytes a tensor of `numel` 4-byte elements occupies, padded for vec4 access.
 pub(crate) fn bytes_for(numel: usize) -> u64 {
     ((numel.max(1) * 4) as u64).div_ceil(16) * 16
@@ -109,7 +140,8 @@ pub(crate) fn bytes_for(numel: usize) -> u64 {
 /// position (node index; `nodes.len()` for the update phase) of the last reader of i.
 /// `bias_of`: from [`bias_folds`]; a folded sum's buffer is assigned with its weight gradient's.
 /// `pool_of`: from [`pool_folds`], kept in the assignment for the lowering (dy keeps its
-/// buffer).
+/// buffer). `pooled_by`: from [`forward_pool_folds`]; a pooling's buffer is assigned with its
+/// convolution's.
 pub(crate) fn assign(
     graph: &Graph,
     live: &[bool],
@@ -117,6 +149,7 @@ pub(crate) fn assign(
     last_use: &[usize],
     bias_of: Vec<Option<usize>>,
     pool_of: Vec<Option<usize>>,
+    pooled_by: Vec<Option<usize>>,
 ) -> Assignment {
     let nodes = graph.nodes();
     let n = nodes.len();
@@ -150,8 +183,9 @@ pub(crate) fn assign(
             free.append(&mut release_at[i]);
             continue;
         }
-        // The node's output, then a folded bias gradient's (written by the same dispatches).
-        for t in std::iter::once(i).chain(bias_of[i]) {
+        // The node's output, then a folded bias gradient's or pooling's (written by the same
+        // dispatches).
+        for t in std::iter::once(i).chain(bias_of[i]).chain(pooled_by[i]) {
             let need = bytes_for(nodes[t].numel());
             let own = nodes[t].op.is_leaf() || root_keep[t];
             let s = if own {
@@ -184,5 +218,5 @@ pub(crate) fn assign(
         // node's own output was assigned above, so it never aliases its operands.
         free.append(&mut release_at[i]);
     }
-    Assignment { slot, sizes, owned, bias_of, pool_of }
+    Assignment { slot, sizes, owned, bias_of, pool_of, pooled_by }
 }

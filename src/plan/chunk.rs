@@ -169,7 +169,7 @@ impl Layout {
 /// binding (more models are then split into chunks; fewer samples per model is the only
 /// remedy otherwise).
 pub(crate) fn one_model_fits(gpu: &Gpu, graph: &Graph, keep: &[TensorId], updates: &[Update]) -> bool {
-    let (_, a) = liveness(graph, keep, updates, gpu.tuning().folds != 0);
+    let (_, a) = liveness(graph, keep, updates, gpu.tuning().folds);
     let layout = Layout::new(graph, &a);
     let limits = gpu.limits();
     let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);

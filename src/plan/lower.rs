@@ -113,13 +113,27 @@ fn optimizer_slot<'b>(
     Some((rule, Slot { numel, per_model: numel / shape[0], buffers }, buf(hyper), buf(dead)))
 }
 
-/// Nodes another node's dispatches compute (see `alloc::bias_folds` and `alloc::pool_folds`).
+/// Nodes another node's dispatches compute (see `alloc::bias_folds`, `alloc::pool_folds` and
+/// `alloc::forward_pool_folds`).
 #[derive(Clone, Copy)]
 pub(super) struct Folds {
     /// A weight gradient's bias gradient, which its dispatches also write.
     pub bias: Option<TensorId>,
     /// A convolution weight gradient's dy, a max-pooling gradient its kernel computes.
     pub pool: Option<TensorId>,
+    /// A convolution's output's max pooling, which its kernel computes.
+    pub pooled: Option<TensorId>,
+}
+
+/// Whether the convolution node `i` pools its output in its kernel (the pooling
+/// `alloc::forward_pool_folds` paired it with).
+pub(super) fn forward_pools(ctx: &Lower, graph: &Graph, i: usize) -> bool {
+    let node = &graph.nodes()[i];
+    let Op::Conv2d { geom, .. } = &node.op else {
+        return false;
+    };
+    let s = ops::conv::Conv { x: ops::Image::of(graph.shape(node.inputs[0])), y: ops::Image::of(&node.shape), geom };
+    ops::conv::forward_pools(ctx, &s)
 }
 
 /// Whether the weight gradient node `i` (with its bias gradient where `bias`) computes its dy,
@@ -216,7 +230,7 @@ pub(super) fn lower_node<'b>(
         Op::Conv2d { geom, bias, relu } => {
             let s = ops::conv::Conv { x: img(x[0]), y: ops::Image::of(&node.shape), geom };
             let b = if *bias { Some(buf(x[2])) } else { None };
-            ops::conv::lower_forward(ctx, &s, buf(x[0]), buf(x[1]), b, *relu, buf(out))
+            ops::conv::lower_forward(ctx, &s, buf(x[0]), buf(x[1]), b, *relu, buf(out), folds.pooled.map(&buf))
         }
         Op::Conv2dGradInput { geom } => {
             let s = ops::conv::Conv { x: ops::Image::of(&node.shape), y: img(x[0]), geom };

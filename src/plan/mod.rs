@@ -181,7 +181,7 @@ impl Plan {
         check_ids(graph, keep, updates)?;
         check_updates(graph, updates)?;
 
-        let (live, assignment) = liveness(graph, keep, updates, gpu.tuning().folds != 0);
+        let (live, assignment) = liveness(graph, keep, updates, gpu.tuning().folds);
 
         // Buffers borrowed from the plan we share parameters with.
         let mut shared: HashMap<usize, wgpu::Buffer> = HashMap::new();
@@ -265,7 +265,13 @@ impl Plan {
             }
         }
 
-        let ctx = Lower { gpu, dummy: &dummy, ranges: Default::default(), scratch: Default::default() };
+        let sink = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("modelbatch unused output"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let ctx = Lower { gpu, dummy: &dummy, sink: &sink, ranges: Default::default(), scratch: Default::default() };
         // Bias-gradient sums the weight gradients' dispatches compute.
         let mut folded = vec![false; nodes.len()];
         for &j in assignment.bias_of.iter().flatten() {
@@ -319,13 +325,19 @@ impl Plan {
                 .filter_map(|i| Some((assignment.pool_of[i]?, i)))
                 .filter(|&(_, i)| lower::pool_folds(&ctx, lg, i, assignment.bias_of[i].is_some()))
                 .collect();
+            // Poolings a convolution computes in its epilogue.
+            let pooled_fwd: Vec<usize> = (0..nodes.len())
+                .filter_map(|i| assignment.pooled_by[i].filter(|_| lower::forward_pools(&ctx, lg, i)))
+                .collect();
             for (i, node) in lg.nodes().iter().enumerate() {
-                if !live[i] || matches!(node.op, Op::Fill { .. }) || folded[i] || pooled.contains_key(&i) {
+                let skip = folded[i] || pooled.contains_key(&i) || pooled_fwd.contains(&i);
+                if !live[i] || matches!(node.op, Op::Fill { .. }) || skip {
                     continue;
                 }
                 let folds = lower::Folds {
                     bias: assignment.bias_of[i].map(TensorId),
                     pool: assignment.pool_of[i].filter(|k| pooled.contains_key(k)).map(TensorId),
+                    pooled: assignment.pooled_by[i].filter(|k| pooled_fwd.contains(k)).map(TensorId),
                 };
                 step.dispatches.extend(lower_node(&ctx, lg, node, TensorId(i), folds, &buf)?);
             }
@@ -777,9 +789,10 @@ impl Plan {
 
 /// What runs and where each tensor lives: liveness from the kept tensors and the updates
 /// back to the leaves, then buffer assignment with reuse.
-/// `folds`: whether weight gradients compute their bias gradients and pooled dy
-/// (`alloc::bias_folds`, `alloc::pool_folds`; the adapter's `folds` tuning).
-fn liveness(graph: &Graph, keep: &[TensorId], updates: &[Update], folds: bool) -> (Vec<bool>, alloc::Assignment) {
+/// `folds`: the adapter's `folds` tuning: bit 0, weight gradients compute their bias
+/// gradients and pooled dy (`alloc::bias_folds`, `alloc::pool_folds`); bit 1, convolutions
+/// pool their outputs (`alloc::forward_pool_folds`).
+fn liveness(graph: &Graph, keep: &[TensorId], updates: &[Update], folds: u32) -> (Vec<bool>, alloc::Assignment) {
     let nodes = graph.nodes();
     let n = nodes.len();
     // Liveness: what runs, who reads what last.
@@ -822,14 +835,15 @@ fn liveness(graph: &Graph, keep: &[TensorId], updates: &[Update], folds: bool) -
     for t in keep {
         keep_mask[t.index()] = true;
     }
-    let (bias_of, pool_of) = if folds {
+    let (bias_of, pool_of) = if folds & 1 != 0 {
         let bias_of = alloc::bias_folds(graph, &live);
         let pool_of = alloc::pool_folds(graph, &live, &keep_mask, &last_use, &bias_of);
         (bias_of, pool_of)
     } else {
         (vec![None; n], vec![None; n])
     };
-    let assignment = alloc::assign(graph, &live, &keep_mask, &last_use, bias_of, pool_of);
+    let pooled_by = if folds & 2 != 0 { alloc::forward_pool_folds(graph, &live) } else { vec![None; n] };
+    let assignment = alloc::assign(graph, &live, &keep_mask, &last_use, bias_of, pool_of, pooled_by);
     (live, assignment)
 }
 
@@ -853,7 +867,7 @@ impl Plan {
     /// `folds` tuning.
     pub fn estimate(graph: &Graph, keep: &[TensorId], updates: &[Update]) -> Result<MemoryEstimate> {
         check_ids(graph, keep, updates)?;
-        let (_, a) = liveness(graph, keep, updates, true);
+        let (_, a) = liveness(graph, keep, updates, crate::Tuning::GPU.folds);
         Ok(MemoryEstimate {
             bytes: a.sizes.iter().sum(),
             largest: a.sizes.iter().copied().max().unwrap_or(0),
@@ -868,7 +882,7 @@ impl Plan {
     pub fn estimate_on(gpu: &Gpu, graph: &Graph, keep: &[TensorId], updates: &[Update]) -> Result<MemoryEstimate> {
         check_ids(graph, keep, updates)?;
         check_updates(graph, updates)?;
-        let (_, a) = liveness(graph, keep, updates, gpu.tuning().folds != 0);
+        let (_, a) = liveness(graph, keep, updates, gpu.tuning().folds);
         let g = graph.models();
         let layout = Layout::new(graph, &a);
         let chunk = layout.chunk_size(gpu.limits(), g)?;
