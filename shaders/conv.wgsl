@@ -1281,30 +1281,91 @@ struct Col16 {
     d: vec4<f32>,
 }
 
-// dy channels o .. o + 3 of the group at `at` (channel 0 of the group, channels `plane`
-// apart), zero past the group or where !ok (`at` is a valid address either way).
-fn col_dy4(at: u32, plane: u32, o: u32, ok: bool) -> vec4<f32> {
+// With PKH > 0 (the `pool_folds` of the plan, as in conv2d_grad_weight_tile) dy is the
+// gradient of a max pooling of y (bound at 3) whose PKH x PKW windows tile y, computed from
+// the pooled gradient bound in dy's place (maxpool2d_grad_window's values, relu's derivative
+// with PR = 1).
+@group(0) @binding(3) var<storage, read> col_y: array<f32>;
+
+// One position of the workgroup: dy's (and y's) address of channel 0 of the group, the
+// position within its plane, and (PKH > 0) the pooled gradient's address of channel 0 at its
+// window.
+struct ColAt {
+    at: u32,
+    pos: u32,
+    pat: u32,
+}
+
+// dy of channel o (of the group, at most q.cig - 1) at position p, channels `plane` apart.
+fn col_dy(p: ColAt, plane: u32, o: u32) -> f32 {
+    if (PKH == 0u) {
+        return a_in[p.at + o * plane];
+    }
+    // (PKH is 0 where the kernel does not get here: no division by zero at pipeline creation.)
+    let wh = max(PKH, 1u);
+    let y = p.pos / q.iw;
+    let x = p.pos - y * q.iw;
+    let wy = y - y % wh;
+    let wx = x - x % PKW;
+    let yb = p.at - p.pos + o * plane + wy * q.iw + wx;
+    var best = 0.0;
+    var at = 0xffffffffu;
+    for (var ky = 0u; ky < PKH; ky++) {
+        for (var kx = 0u; kx < PKW; kx++) {
+            let v = col_y[yb + ky * q.iw + kx];
+            if (at == 0xffffffffu || pool_is_nan(v) || (!pool_is_nan(best) && v > best)) {
+                best = v;
+                at = ky * PKW + kx;
+            }
+        }
+    }
+    var v = select(0.0, 0.0 + a_in[p.pat + o * (plane / (wh * PKW))], at == (y - wy) * PKW + x - wx);
+    if (PR != 0u) {
+        v = v * select(0.0, 1.0, col_y[p.at + o * plane] > 0.0);
+    }
+    return v;
+}
+
+// dy channels o .. o + 3 of the group at position p, zero past the group or where !ok
+// (p's addresses are valid either way).
+fn col_dy4(p: ColAt, plane: u32, o: u32, ok: bool) -> vec4<f32> {
     let last = q.cig - 1u;
-    let v = vec4<f32>(a_in[at + min(o, last) * plane], a_in[at + min(o + 1u, last) * plane],
-                      a_in[at + min(o + 2u, last) * plane], a_in[at + min(o + 3u, last) * plane]);
+    let v = vec4<f32>(col_dy(p, plane, min(o, last)), col_dy(p, plane, min(o + 1u, last)),
+                      col_dy(p, plane, min(o + 2u, last)), col_dy(p, plane, min(o + 3u, last)));
     let m = vec4<u32>(o, o + 1u, o + 2u, o + 3u) < vec4<u32>(q.cig);
     return select(vec4<f32>(0.0), v, m & vec4<bool>(ok));
 }
 
 // The chunk of dy channels from k0 at one position.
-fn col_load(at: u32, plane: u32, k0: u32, ok: bool) -> Col16 {
+fn col_load(p: ColAt, plane: u32, k0: u32, ok: bool) -> Col16 {
     var r = Col16();
-    r.a = col_dy4(at, plane, k0, ok);
+    r.a = col_dy4(p, plane, k0, ok);
     if (CB4 > 1u) {
-        r.b = col_dy4(at, plane, k0 + 4u, ok);
+        r.b = col_dy4(p, plane, k0 + 4u, ok);
     }
     if (CB4 > 2u) {
-        r.c = col_dy4(at, plane, k0 + 8u, ok);
+        r.c = col_dy4(p, plane, k0 + 8u, ok);
     }
     if (CB4 > 3u) {
-        r.d = col_dy4(at, plane, k0 + 12u, ok);
+        r.d = col_dy4(p, plane, k0 + 12u, ok);
     }
     return r;
+}
+
+// Position e (clamped into the workgroup's np positions) of the workgroup whose images start
+// at `base` (dy) and `pbase` (the pooled gradient, PKH > 0).
+fn col_at(e: u32, np: u32, plane: u32, base: u32, pbase: u32) -> ColAt {
+    let c = min(e, np - 1u);
+    let i = c / plane;
+    let pos = c - i * plane;
+    let at = base + c + i * (q.ci - 1u) * plane;
+    if (PKH == 0u) {
+        return ColAt(at, pos, 0u);
+    }
+    let wh = max(PKH, 1u);
+    let y = pos / q.iw;
+    let pp = (y / wh) * (q.iw / PKW) + (pos - y * q.iw) / PKW;
+    return ColAt(at, pos, pbase + i * q.ci * (plane / (wh * PKW)) + pp);
 }
 
 // Tap t's weights for the chunk (staged in tile_w), loaded once for every position.
@@ -1364,12 +1425,12 @@ fn conv2d_grad_input_col(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(
     // Position e of the workgroup is image n0 + e / plane, offset e % plane; its dy address
     // (channel 0 of the group) is base + e + (e / plane) * (ci - 1) * plane.
     let base = ((g * q.n + n0) * q.ci + grp * q.cig) * plane;
+    // The pooled gradient's planes (PKH > 0).
+    let pbase = ((g * q.n + n0) * q.ci + grp * q.cig) * (plane / max(PKH * PKW, 1u));
     let e0 = lid.x;
     let e1 = lid.x + WGX;
-    let c0 = min(e0, np - 1u);
-    let c1 = min(e1, np - 1u);
-    let at0 = base + c0 + c0 / plane * (q.ci - 1u) * plane;
-    let at1 = base + c1 + c1 / plane * (q.ci - 1u) * plane;
+    let at0 = col_at(e0, np, plane, base, pbase);
+    let at1 = col_at(e1, np, plane, base, pbase);
     let ok0 = e0 < np;
     let ok1 = PX > 1u && e1 < np;
     var v0 = Col16();

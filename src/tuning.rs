@@ -104,11 +104,13 @@ pub struct Tuning {
     /// (a power of two from 2 to 256) where there are more splits than lanes, or 0 to add
     /// them in one invocation per output.
     pub reduce_lanes: u32,
-    /// The plan's folds, bits (0 to 3; 0 runs every pass on its own, for comparisons).
+    /// The plan's folds, bits (0 to 7; 0 runs every pass on its own, for comparisons).
     /// Bit 0 (1): weight gradients also compute their layer's bias gradient (from the dy they
     /// load) and a tiled convolution weight gradient computes a max-pooling gradient dy
     /// itself. Bit 1 (2): a tiled convolution with 4 positions per invocation computes the
     /// 2x2 max pooling of its output in its epilogue (its positions then one window's).
+    /// Bit 2 (4, with bit 0): where the input gradient (`conv2d_grad_input_col`) reads the
+    /// same pooled dy, it computes it too, and the pooling gradient's pass goes when both do.
     pub folds: u32,
     /// 1: the crate's shaders get naga's loop counters, as user WGSL always does (a 64-bit
     /// counter decremented and tested in every loop iteration, against infinite loops, which
@@ -214,9 +216,10 @@ impl Tuning {
         min_split_depth: 64,
         update_tensors: 0,
         reduce_lanes: 64,
-        // Not bit 1 yet: the tiled convolution pooling (an invocation's 4 positions one
-        // window's) is untimed on a GPU (`folds=3` is in `scripts/device-bench`'s
-        // comparisons; on lavapipe it was 60 ms slower than pooling on its own).
+        // Not bits 1 and 2 yet: the tiled convolution pooling (an invocation's 4 positions one
+        // window's) and the input gradient's products computing a pooled dy are untimed on a
+        // GPU (`folds=7` is in `scripts/device-bench`'s comparisons; on lavapipe, gathers
+        // there, they cost 60 and 500 ms against the 29 and 18 ms passes they save).
         folds: 1,
         loop_counters: 0,
     };
@@ -309,7 +312,11 @@ impl Tuning {
         check("split_lanes", self.split_lanes <= 1, "0 (a split per workgroup) or 1 (splits share workgroups)")?;
         check("min_split_depth", self.min_split_depth >= 1, "at least 1")?;
         check("update_tensors", self.update_tensors <= 16, "0 (as many as the adapter allows) to 16")?;
-        check("folds", self.folds <= 3, "0 to 3 (bits: 1 into the weight gradients, 2 pooling into the convolutions)")?;
+        check(
+            "folds",
+            self.folds <= 7,
+            "0 to 7 (bits: 1 into the weight gradients, 2 pooling into the convolutions, 4 also into input gradients)",
+        )?;
         check(
             "loop_counters",
             self.loop_counters <= 1,
@@ -389,7 +396,7 @@ impl Tuning {
             "min_split_depth" => &[64, 256, 1024],
             "update_tensors" => &[0, 1, 4],
             "reduce_lanes" => &[0, 32, 128],
-            "folds" => &[0, 1, 3],
+            "folds" => &[0, 1, 3, 5, 7],
             "loop_counters" => &[0, 1],
             _ => &[],
         }
@@ -807,8 +814,9 @@ mod tests {
             keys.push(key);
             search.record(Some(1.0));
         }
-        // Each key offers its candidates other than the current value (folds 0 and 1, gemm_tile 1).
-        assert_eq!(keys, ["start", "folds", "folds", "gemm_tile"]);
+        // Each key offers its candidates other than the current value (folds 0, 3, 5 and 7,
+        // gemm_tile 1).
+        assert_eq!(keys, ["start", "folds", "folds", "folds", "folds", "gemm_tile"]);
         let only = |keys: &[&str]| Search::new(Tuning::SOFTWARE, &limits, 0.0).only(keys).unwrap_err().to_string();
         assert!(only(&["gemm_wg", "conv_lane"]).contains("unknown tuning key \"conv_lane\"; the keys are gemm_wg,"));
         assert!(only(&["folds", "folds"]).contains("folds given twice"));

@@ -430,7 +430,7 @@ fn tuning_reaches_the_device_from_the_flag_and_the_environment() {
 fn tune_searches_the_keys_given() {
     let _gpu = gpu_or_skip!();
     let args = ["tune", "--model", "mlp", "--models", "2", "--batch-size", "4", "--steps", "1", "--repeats", "1"];
-    // (The MLP has nothing to pool: folds 1 and 3 compile to the same kernels, one is skipped.)
+    // (The MLP has nothing to pool: folds 3, 5 and 7 compile to the kernels of 1, skipped.)
     let out = run(&[&args[..], &["--keys", "folds,gemm_tile"]].concat());
     let lines = bench_lines(&out);
     let keys: Vec<&str> = lines.iter().filter_map(|l| l["key"].as_str()).collect();

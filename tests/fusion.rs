@@ -214,9 +214,23 @@ fn run_pool_fold(
     groups: usize,
     keep_dy: bool,
 ) -> (Vec<Vec<u32>>, Vec<&'static str>) {
+    run_pool_fold_with(gpu, relu, window, groups, keep_dy, false)
+}
+
+/// The same, with the gradient to x too where `dx` (x a parameter: the input gradient reads
+/// dy as well), kept last.
+fn run_pool_fold_with(
+    gpu: &modelbatch::Gpu,
+    relu: bool,
+    window: [usize; 2],
+    groups: usize,
+    keep_dy: bool,
+    dx: bool,
+) -> (Vec<Vec<u32>>, Vec<&'static str>) {
     let g = 2;
     let mut graph = Graph::new(g);
-    let x = graph.input("x", &[3, 2, 12, 10], DType::F32).unwrap();
+    let x = if dx { graph.param("x", &[3, 2, 12, 10]) } else { graph.input("x", &[3, 2, 12, 10], DType::F32) };
+    let x = x.unwrap();
     let w = graph.param("w", &[4, 2 / groups, 3, 3]).unwrap();
     let b = graph.param("b", &[4]).unwrap();
     let geom = Conv2dGeom { kernel: [3, 3], stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups };
@@ -226,7 +240,8 @@ fn run_pool_fold(
     let p = graph.maxpool2d(y, pool).unwrap();
     let rs = graph.shape(p)[1..].to_vec();
     let r = graph.input("r", &rs, DType::F32).unwrap();
-    let grads = autograd::grad(&mut graph, p, Some(r), &[w, b]).unwrap();
+    let wrt = if dx { vec![w, b, x] } else { vec![w, b] };
+    let grads = autograd::grad(&mut graph, p, Some(r), &wrt).unwrap();
     let mut keep: Vec<_> = grads.iter().map(|d| d.unwrap()).collect();
     if keep_dy {
         // dy: the weight gradient's first operand, the pooling gradient.
@@ -243,8 +258,41 @@ fn run_pool_fold(
     let rn: usize = graph.shape(p).iter().product();
     plan.write(r, &common::randn(53, rn)).unwrap();
     plan.run().unwrap();
-    let out = keep[..2].iter().map(|&t| plan.read_blocking(t).unwrap().iter().map(|v| v.to_bits()).collect());
+    let out = keep[..wrt.len()].iter().map(|&t| plan.read_blocking(t).unwrap().iter().map(|v| v.to_bits()).collect());
     (out.collect(), plan.dispatch_labels())
+}
+
+/// With the gradient to x too and `folds` bit 2, the input gradient's products
+/// (`conv2d_grad_input_col`) compute dy from the pooled gradient as well, and the pooling
+/// gradient's pass disappears only where both readers of dy can (tiled weight gradient and
+/// products): dx, dw and db bit for bit those of the plan that keeps dy. Without bit 2 the
+/// pass stays.
+#[test]
+fn pooling_gradient_folds_into_the_input_gradients_products() {
+    let gpu = gpu_or_skip!();
+    let with = |text: &str| gpu.with_tuning(modelbatch::Tuning::SOFTWARE.apply(text).unwrap()).unwrap();
+    let both = with("grad_weight_tile=64,grad_input_col=64,split_threads=1,folds=5");
+    let col_only = with("grad_weight_tile=0,grad_input_col=64,split_threads=1,folds=5");
+    for (relu, groups) in [(true, 1), (false, 1), (true, 2)] {
+        for (window, folds) in [([2, 2], true), ([3, 2], true), ([5, 5], false)] {
+            let what = format!("relu {relu}, groups {groups}, window {window:?}");
+            let (kept, kept_labels) = run_pool_fold_with(&both, relu, window, groups, true, true);
+            let (folded, labels) = run_pool_fold_with(&both, relu, window, groups, false, true);
+            assert_eq!(kept.len(), 3);
+            assert!(kept == folded, "{what}: gradients differ");
+            assert!(kept_labels.contains(&"conv2d_grad_input_col"), "{kept_labels:?}");
+            assert!(labels.contains(&"conv2d_grad_input_col"), "{labels:?}");
+            assert_eq!(!labels.contains(&"maxpool2d_grad"), folds, "{what}: {labels:?}");
+            // The direct weight gradient cannot: the pass stays for both readers (dx as before;
+            // dw and db add in another order).
+            let (alone, labels) = run_pool_fold_with(&col_only, relu, window, groups, false, true);
+            assert!(kept[2] == alone[2], "{what}: dx differs without the tiled weight gradient");
+            assert!(labels.contains(&"maxpool2d_grad"), "{what}: {labels:?}");
+            let without = gpu.with_tuning(both.tuning().apply("folds=1").unwrap()).unwrap();
+            let (_, labels) = run_pool_fold_with(&without, relu, window, groups, false, true);
+            assert!(labels.contains(&"maxpool2d_grad"), "{what}: {labels:?}");
+        }
+    }
 }
 
 #[test]

@@ -24,7 +24,7 @@ fn estimate_matches_what_the_plan_allocates() {
     assert!(est.largest >= 3 * 4 * 6 * 24 * 24 * 4, "the first conv output is the largest tensor");
     assert_eq!(plan.stats().scratch_bytes, 0, "no weight gradient, no split-K scratch");
     // On a device: under its tuning, every fold value.
-    for folds in 0..=3 {
+    for folds in 0..=7 {
         let gpu = gpu.with_tuning(Tuning { folds, ..gpu.tuning() }).unwrap();
         let est = Plan::estimate_on(&gpu, &graph, &[built.output], &[]).unwrap();
         let plan = Plan::new(&gpu, &graph, &[built.output], &[]).unwrap();

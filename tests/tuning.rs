@@ -149,6 +149,16 @@ fn folds_remove_the_bias_sums_and_the_pooling_passes() {
     assert_eq!(count(&on, "sum"), 0, "{on:?}");
     assert!(count(&off, "sum") >= 5, "{off:?}");
     assert_eq!((count(&on, "maxpool2d_grad"), count(&off, "maxpool2d_grad")), (1, 2));
+    // With bit 2 and the input gradient's products (a small split_threads lets this small
+    // batch take them), conv2's pooling gradient folds into both of its readers too.
+    let (m1, w1, both) = run(&tuned(&gpu, "grad_weight_tile=256,grad_input_col=64,split_threads=1,folds=5"));
+    let (m0, w0, _) = run(&tuned(&gpu, "grad_weight_tile=256,grad_input_col=64,split_threads=1,folds=0"));
+    assert_eq!(count(&both, "maxpool2d_grad"), 0, "{both:?}");
+    assert_eq!(count(&both, "conv2d_grad_input_col"), 1, "{both:?}");
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * a.abs().max(1.0);
+    let losses = |m: &[StepMetrics]| m.iter().flat_map(|s| s.loss.clone()).collect::<Vec<f32>>();
+    assert!(losses(&m0).iter().zip(losses(&m1)).all(|(&a, b)| close(a, b)), "losses");
+    assert!(w0.iter().flatten().zip(w1.iter().flatten()).all(|(&a, &b)| close(a, b)), "weights");
     assert_eq!((count(&on, "maxpool2d"), count(&off, "maxpool2d")), (2, 2));
     for (text, pools) in
         [("folds=3,conv_tile=0,conv_pixel=0", 2), ("folds=3,conv_tile=64,tile_px=4,split_threads=1", 0)]
@@ -214,14 +224,15 @@ fn tune_measures_candidates_and_returns_the_fastest() {
     let distinct: std::collections::HashSet<&str> = measured.iter().map(|l| l["tuning"].as_str().unwrap()).collect();
     assert_eq!(distinct.len(), measured.len(), "no tuning measured twice");
     // Some keys only, in the order given.
-    // (loop_counters offers one other value, folds two; each key changes LeNet's kernels on
-    // either built-in tuning, folds=3 only where the tiled convolutions pool.)
+    // (loop_counters offers one other value, folds four; each key changes LeNet's kernels on
+    // either built-in tuning, folds 3, 5 and 7 only where the tiled convolutions pool or the
+    // input gradient's products take the pooled dy.)
     let t = Tune { keys: Some(vec!["loop_counters".into(), "folds".into()]), ..t };
     let mut lines: Vec<Value> = Vec::new();
     tune(gpu, &t, |_| {}, |v| lines.push(v)).unwrap();
     let keys: Vec<&str> = lines.iter().filter_map(|l| l["key"].as_str()).collect();
     assert_eq!(keys[..3], ["start", "loop_counters", "folds"], "{lines:?}");
-    assert!(keys[3..].iter().all(|&k| k == "folds") && keys.len() <= 4, "{lines:?}");
+    assert!(keys[3..].iter().all(|&k| k == "folds") && keys.len() <= 7, "{lines:?}");
     let t = Tune { keys: Some(vec!["gemm".into()]), ..t };
     let err = tune(gpu, &t, |_| {}, |_| {}).unwrap_err().to_string();
     assert!(err.contains("unknown tuning key \"gemm\""), "{err}");

@@ -224,23 +224,29 @@ pub(crate) fn lower_forward(
     tiled(ctx, &kernel, LABEL, &words, &[x, w, bias.unwrap_or(ctx.dummy), out], grid)
 }
 
-/// `dx [x] = d conv / d x` applied to `dy [y]`.
+/// `dx [x] = d conv / d x` applied to `dy [y]`; with `pool`, dy is computed from a max
+/// pooling's gradient (`conv2d_grad_input_col` only, where [`grad_input_folds_pool`]: an
+/// error elsewhere).
 pub(crate) fn lower_grad_input(
     ctx: &Lower,
     s: &Conv,
     dy: &wgpu::Buffer,
     w: &wgpu::Buffer,
     dx: &wgpu::Buffer,
+    pool: Option<&PoolGrad>,
 ) -> Result<Vec<Dispatch>> {
     const LABEL: &str = "conv2d_grad_input";
     let d = dims(LABEL, s)?;
     if let Some(c) = Corr::grad_input(ctx, s, &d) {
-        if let Some(out) = grad_input_col(ctx, &c, &d, [dy, w, ctx.dummy, dx])? {
+        if let Some(out) = grad_input_col(ctx, &c, &d, [dy, w, dx], pool)? {
             return Ok(out);
         }
         if c.direct_fits() {
             return direct(ctx, LABEL, &c, &d, [dy, w, ctx.dummy, dx, ctx.sink], 0, false);
         }
+    }
+    if pool.is_some() {
+        return Err(Error::Gpu("internal error: a pooling fold into an input gradient that cannot pool".into()));
     }
     // One invocation per input position and block of 4 images.
     let threads = s.x.n.div_ceil(4) * s.x.h * s.x.w;
@@ -733,20 +739,30 @@ fn corr_tile(
 /// with the weights' `TILE_W4` vec4, WebGPU's default 16 KiB).
 const COL_F32: usize = 3584;
 
-/// The input gradient (the correlation `c` of dy with the flipped kernel) through
-/// `conv2d_grad_input_col` with the adapter's `grad_input_col` invocations per workgroup, or
+/// How `conv2d_grad_input_col` runs one input gradient: invocations per workgroup, images
+/// per workgroup, positions per invocation, vec4 of dy channels per chunk.
+struct ColPlan {
+    lanes: usize,
+    ni: usize,
+    px: usize,
+    cb4: usize,
+}
+
+/// The plan of `conv2d_grad_input_col` for the input gradient (the correlation `c` of dy with
+/// the flipped kernel) with the adapter's `grad_input_col` invocations per workgroup, or
 /// `None` where that is 0, the device lacks the workgroup memory, one image's products pass
 /// it, a tap's weights pass theirs, a grid of one image per workgroup would leave a GPU idle
 /// (fewer invocations than a quarter of `split_threads`: the tiled kernel spreads a small
-/// batch wider), or the loops pass lavapipe's budget. Its dispatches have a label of their
-/// own (profiles tell the two ways apart).
-fn grad_input_col(ctx: &Lower, c: &Corr, d: &Dims, buffers: [&wgpu::Buffer; 4]) -> Result<Option<Vec<Dispatch>>> {
+/// batch wider), the loops pass lavapipe's budget, or (with `pool`, dy computed from a max
+/// pooling's gradient with that window) the windows do not tile dy.
+fn grad_input_col_plan(ctx: &Lower, c: &Corr, d: &Dims, pool: Option<[usize; 2]>) -> Option<ColPlan> {
     let t = ctx.gpu.tuning();
     let lanes = t.grad_input_col as usize;
     let memory = ctx.gpu.limits().max_compute_workgroup_storage_size as usize;
     if lanes == 0 || memory < 4 * COL_F32 + 16 * TILE_W4 {
-        return Ok(None);
+        return None;
     }
+    let [wh, ww] = pool.unwrap_or([1, 1]);
     let [kh, kw] = c.kernel;
     let taps = kh * kw;
     let plane = c.ih * c.iw;
@@ -757,8 +773,10 @@ fn grad_input_col(ctx: &Lower, c: &Corr, d: &Dims, buffers: [&wgpu::Buffer; 4]) 
         || taps * plane > COL_F32
         || plane > 2 * lanes
         || c.n * zs * lanes < t.split_threads as usize / 4
+        || c.ih % wh != 0
+        || c.iw % ww != 0
     {
-        return Ok(None);
+        return None;
     }
     // Images per workgroup: as many as the memory and two positions per invocation allow,
     // fewer where the grid would have fewer than `split_threads` invocations.
@@ -768,20 +786,62 @@ fn grad_input_col(ctx: &Lower, c: &Corr, d: &Dims, buffers: [&wgpu::Buffer; 4]) 
     }
     let px = (ni * plane).div_ceil(lanes);
     // Loop iterations per invocation (none counted as unrolled): per output channel and chunk
-    // the weights' copy and the taps, per output channel the sums over the valid taps.
+    // the weights' copy and the taps, per output channel the sums over the valid taps; the
+    // loads of dy (from a pooling: per value its window).
     let chunks = c.cig.div_ceil(4 * cb4);
     let per_channel = chunks * ((taps * cb4).div_ceil(lanes) + 1 + taps + 1)
         + (ni * c.oh * c.ow).div_ceil(lanes) * (1 + kh * (1 + kw))
         + 2;
-    if c.cog * per_channel + 8 > LOOP_BUDGET {
-        return Ok(None);
+    let loads = if pool.is_some() { px * chunks * 16 * (1 + wh * (1 + ww)) } else { 0 };
+    if c.cog * per_channel + loads + 8 > LOOP_BUDGET {
+        return None;
     }
+    Some(ColPlan { lanes, ni, px, cb4 })
+}
+
+/// The input gradient through `conv2d_grad_input_col` as [`grad_input_col_plan`] plans it
+/// (`None` where it has no plan), dy computed from `pool`'s gradient with `pool`. Its
+/// dispatches have a label of their own (profiles tell the two ways apart).
+fn grad_input_col(
+    ctx: &Lower,
+    c: &Corr,
+    d: &Dims,
+    [dy, w, dx]: [&wgpu::Buffer; 3],
+    pool: Option<&PoolGrad>,
+) -> Result<Option<Vec<Dispatch>>> {
+    let Some(p) = grad_input_col_plan(ctx, c, d, pool.map(|p| p.window)) else {
+        return Ok(None);
+    };
     let mut words = c.words(d, 0, 1, 0, 0);
-    words[W_TILE_ROWS] = ni as u32;
-    let consts = [("WGX", lanes as f64), ("KW", kw as f64), ("PX", px as f64), ("CB4", cb4 as f64)];
+    words[W_TILE_ROWS] = p.ni as u32;
+    let [wh, ww] = pool.map_or([0, 1], |p| p.window);
+    let consts = [
+        ("WGX", p.lanes as f64),
+        ("KW", c.kernel[1] as f64),
+        ("PX", p.px as f64),
+        ("CB4", p.cb4 as f64),
+        ("PKH", wh as f64),
+        ("PKW", ww as f64),
+        ("PR", f64::from(pool.is_some_and(|p| p.relu))),
+    ];
     let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
     let kernel = ctx.kernel(&CONV, "conv2d_grad_input_col", &storage, &consts);
-    tiled(ctx, &kernel, "conv2d_grad_input_col", &words, &buffers, [c.n.div_ceil(ni), 1, zs]).map(Some)
+    let buffers = match pool {
+        Some(p) => [p.dpool, w, p.y, dx],
+        None => [dy, w, ctx.dummy, dx],
+    };
+    let grid = [c.n.div_ceil(p.ni), 1, d.g * d.groups];
+    tiled(ctx, &kernel, "conv2d_grad_input_col", &words, &buffers, grid).map(Some)
+}
+
+/// Whether the input gradient of `s` takes `conv2d_grad_input_col` with dy computed from a
+/// max pooling's gradient of that `window` (the plan may then skip the pooling gradient's own
+/// dispatch).
+pub(crate) fn grad_input_folds_pool(ctx: &Lower, s: &Conv, window: [usize; 2]) -> bool {
+    let Ok(d) = dims("conv2d_grad_input", s) else {
+        return false;
+    };
+    Corr::grad_input(ctx, s, &d).is_some_and(|c| grad_input_col_plan(ctx, &c, &d, Some(window)).is_some())
 }
 
 /// How `conv2d_grad_weight_tile` runs one weight gradient.

@@ -19,8 +19,8 @@ pub(crate) struct Assignment {
     /// its bias gradient, which the weight gradient's lowering computes too (see
     /// [`bias_folds`]).
     pub bias_of: Vec<Option<usize>>,
-    /// For a convolution's weight gradient, the max-pooling gradient node that produces its
-    /// dy, which the weight gradient may compute itself (see [`pool_folds`]).
+    /// For a convolution's weight or input gradient, the max-pooling gradient node that
+    /// produces its dy, which its kernel may compute itself (see [`pool_folds`]).
     pub pool_of: Vec<Option<usize>>,
     /// For a convolution, the 2x2 max pooling of its output, which its kernel may compute
     /// in its epilogue (see [`forward_pool_folds`]); the pooling's buffer is assigned with the
@@ -64,41 +64,54 @@ pub(crate) fn bias_folds(graph: &Graph, live: &[bool]) -> Vec<Option<usize>> {
     bias_of
 }
 
-/// Pairs each live convolution weight gradient whose dy is a max-pooling gradient
+/// Pairs each live convolution weight or input gradient whose dy is a max-pooling gradient
 /// `maxpool2d_grad(dpool, y)` (relu's derivative fused or not) with that node, where the
 /// windows tile y exactly (stride = window, no padding or dilation, y's sides multiples of the
-/// window) and nothing else reads dy (but the folded bias gradient): the tiled weight gradient
-/// can then compute dy from dpool and y as it stages it, and the pooling gradient's own pass
-/// (a write and a read of dy, the size of the convolution's output) is skipped. Whether the
-/// tiled kernel takes it is the lowering's call (`conv::grad_weight_folds_pool`); dy keeps its
-/// buffer either way.
+/// window) and nothing else reads dy (but a weight gradient's folded bias gradient; an input
+/// gradient only with `inputs`): the tiled weight gradient and the input gradient's products
+/// (`conv2d_grad_input_col`) can then compute dy from dpool and y as they load it, and the
+/// pooling gradient's own pass (a write and a read of dy, the size of the convolution's
+/// output) is skipped where every reader does. Whether a kernel takes it is the lowering's
+/// call (`conv::grad_weight_folds_pool`, `conv::grad_input_folds_pool`); dy keeps its buffer
+/// either way.
 pub(crate) fn pool_folds(
     graph: &Graph,
     live: &[bool],
     keep: &[bool],
     last_use: &[usize],
     bias_of: &[Option<usize>],
+    inputs: bool,
 ) -> Vec<Option<usize>> {
     let nodes = graph.nodes();
     let mut pool_of = vec![None; nodes.len()];
-    for (i, node) in nodes.iter().enumerate() {
-        if !live[i] || !matches!(node.op, Op::Conv2dGradWeight { .. }) {
-            continue;
-        }
-        let k = node.inputs[0].index();
-        let Op::MaxPool2dGrad { geom, .. } = &nodes[k].op else { continue };
-        let y = graph.shape(nodes[k].inputs[1]);
+    for (k, node) in nodes.iter().enumerate() {
+        let Op::MaxPool2dGrad { geom, .. } = &node.op else { continue };
+        let y = graph.shape(node.inputs[1]);
         let exact = geom.kernel == geom.stride
             && geom.padding == [0, 0]
             && geom.dilation == [1, 1]
             && y.len() == 5
             && y[3] % geom.kernel[0] == 0
             && y[4] % geom.kernel[1] == 0;
-        let readers_ok = (0..nodes.len())
-            .filter(|&m| live[m] && nodes[m].inputs.iter().any(|t| t.index() == k))
-            .all(|m| m == i || Some(m) == bias_of[i]);
-        if exact && readers_ok && !keep[k] && last_use[k] < nodes.len() {
-            pool_of[i] = Some(k);
+        if !live[k] || !exact || keep[k] || last_use[k] >= nodes.len() {
+            continue;
+        }
+        let readers: Vec<usize> =
+            (0..nodes.len()).filter(|&m| live[m] && nodes[m].inputs.iter().any(|t| t.index() == k)).collect();
+        // The convolution gradients reading dy as theirs; a bias sum only where folded.
+        let conv = |m: usize| {
+            nodes[m].inputs[0].index() == k
+                && match nodes[m].op {
+                    Op::Conv2dGradWeight { .. } => true,
+                    Op::Conv2dGradInput { .. } => inputs,
+                    _ => false,
+                }
+        };
+        let folded_sum = |m: usize| readers.iter().any(|&r| bias_of[r] == Some(m));
+        if readers.iter().all(|&m| conv(m) || folded_sum(m)) {
+            for &m in readers.iter().filter(|&&m| conv(m)) {
+                pool_of[m] = Some(k);
+            }
         }
     }
     pool_of

@@ -119,7 +119,7 @@ fn optimizer_slot<'b>(
 pub(super) struct Folds {
     /// A weight gradient's bias gradient, which its dispatches also write.
     pub bias: Option<TensorId>,
-    /// A convolution weight gradient's dy, a max-pooling gradient its kernel computes.
+    /// A convolution weight or input gradient's dy, a max-pooling gradient its kernel computes.
     pub pool: Option<TensorId>,
     /// A convolution's output's max pooling, which its kernel computes.
     pub pooled: Option<TensorId>,
@@ -136,21 +136,41 @@ pub(super) fn forward_pools(ctx: &Lower, graph: &Graph, i: usize) -> bool {
     ops::conv::forward_pools(ctx, &s)
 }
 
-/// Whether the weight gradient node `i` (with its bias gradient where `bias`) computes its dy,
-/// the max-pooling gradient `alloc::pool_folds` paired it with, in its tiled kernel.
+/// Whether the weight gradient node `i` (with its bias gradient where `bias`) or input
+/// gradient node `i` can compute its dy, the max-pooling gradient `alloc::pool_folds` paired
+/// it with, in its kernel (the tiled weight gradient, the input gradient's products).
 pub(super) fn pool_folds(ctx: &Lower, graph: &Graph, i: usize, bias: bool) -> bool {
     let node = &graph.nodes()[i];
-    let (Op::Conv2dGradWeight { geom }, Op::MaxPool2dGrad { geom: pool, .. }) =
-        (&node.op, &graph.node(node.inputs[0]).op)
-    else {
+    let Op::MaxPool2dGrad { geom: pool, .. } = &graph.node(node.inputs[0]).op else {
         return false;
     };
-    let s = ops::conv::Conv {
-        x: ops::Image::of(graph.shape(node.inputs[1])),
-        y: ops::Image::of(graph.shape(node.inputs[0])),
-        geom,
-    };
-    ops::conv::grad_weight_folds_pool(ctx, &s, bias, pool.kernel)
+    let y = ops::Image::of(graph.shape(node.inputs[0]));
+    match &node.op {
+        Op::Conv2dGradWeight { geom } => {
+            let s = ops::conv::Conv { x: ops::Image::of(graph.shape(node.inputs[1])), y, geom };
+            ops::conv::grad_weight_folds_pool(ctx, &s, bias, pool.kernel)
+        }
+        Op::Conv2dGradInput { geom } => {
+            let s = ops::conv::Conv { x: ops::Image::of(&node.shape), y, geom };
+            ops::conv::grad_input_folds_pool(ctx, &s, pool.kernel)
+        }
+        _ => false,
+    }
+}
+
+/// The max-pooling gradient a convolution gradient computes its dy from (`folds.pool`).
+fn pool_grad<'b>(
+    graph: &Graph,
+    pool: Option<TensorId>,
+    buf: &impl Fn(TensorId) -> &'b wgpu::Buffer,
+) -> Result<Option<ops::conv::PoolGrad<'b>>> {
+    match pool.map(|k| graph.node(k)) {
+        Some(Node { op: Op::MaxPool2dGrad { geom, relu }, inputs, .. }) => {
+            Ok(Some(ops::conv::PoolGrad { window: geom.kernel, relu: *relu, dpool: buf(inputs[0]), y: buf(inputs[1]) }))
+        }
+        Some(other) => Err(Error::Gpu(format!("internal error: a pooling fold pairs a {}", other.op.name()))),
+        None => Ok(None),
+    }
 }
 
 /// The dispatches of `node` (output `out`), computing the `folds` too.
@@ -234,22 +254,12 @@ pub(super) fn lower_node<'b>(
         }
         Op::Conv2dGradInput { geom } => {
             let s = ops::conv::Conv { x: ops::Image::of(&node.shape), y: img(x[0]), geom };
-            ops::conv::lower_grad_input(ctx, &s, buf(x[0]), buf(x[1]), buf(out))
+            let pool = pool_grad(graph, folds.pool, buf)?;
+            ops::conv::lower_grad_input(ctx, &s, buf(x[0]), buf(x[1]), buf(out), pool.as_ref())
         }
         Op::Conv2dGradWeight { geom } => {
             let s = ops::conv::Conv { x: img(x[1]), y: img(x[0]), geom };
-            let pool = match folds.pool.map(|k| graph.node(k)) {
-                Some(Node { op: Op::MaxPool2dGrad { geom, relu }, inputs, .. }) => Some(ops::conv::PoolGrad {
-                    window: geom.kernel,
-                    relu: *relu,
-                    dpool: buf(inputs[0]),
-                    y: buf(inputs[1]),
-                }),
-                Some(other) => {
-                    return Err(Error::Gpu(format!("internal error: a pooling fold pairs a {}", other.op.name())))
-                }
-                None => None,
-            };
+            let pool = pool_grad(graph, folds.pool, buf)?;
             let bias = folds.bias.map(&buf);
             ops::conv::lower_grad_weight(ctx, &s, buf(x[0]), buf(x[1]), buf(out), bias, pool.as_ref())
         }

@@ -320,23 +320,26 @@ impl Plan {
                 }
             }
             *ctx.ranges.borrow_mut() = ranges;
-            // Pooling gradients a weight gradient computes: by the weight gradient's node.
-            let pooled: HashMap<usize, usize> = (0..nodes.len())
-                .filter_map(|i| Some((assignment.pool_of[i]?, i)))
-                .filter(|&(_, i)| lower::pool_folds(&ctx, lg, i, assignment.bias_of[i].is_some()))
-                .collect();
+            // Pooling gradients the convolution gradients reading them compute themselves:
+            // those whose every reader can.
+            let mut folds_ok: HashMap<usize, bool> = HashMap::new();
+            for (i, k) in (0..nodes.len()).filter_map(|i| Some((i, assignment.pool_of[i]?))) {
+                let ok = lower::pool_folds(&ctx, lg, i, assignment.bias_of[i].is_some());
+                *folds_ok.entry(k).or_insert(true) &= ok;
+            }
+            let pooled: Vec<usize> = folds_ok.into_iter().filter_map(|(k, ok)| ok.then_some(k)).collect();
             // Poolings a convolution computes in its epilogue.
             let pooled_fwd: Vec<usize> = (0..nodes.len())
                 .filter_map(|i| assignment.pooled_by[i].filter(|_| lower::forward_pools(&ctx, lg, i)))
                 .collect();
             for (i, node) in lg.nodes().iter().enumerate() {
-                let skip = folded[i] || pooled.contains_key(&i) || pooled_fwd.contains(&i);
+                let skip = folded[i] || pooled.contains(&i) || pooled_fwd.contains(&i);
                 if !live[i] || matches!(node.op, Op::Fill { .. }) || skip {
                     continue;
                 }
                 let folds = lower::Folds {
                     bias: assignment.bias_of[i].map(TensorId),
-                    pool: assignment.pool_of[i].filter(|k| pooled.contains_key(k)).map(TensorId),
+                    pool: assignment.pool_of[i].filter(|k| pooled.contains(k)).map(TensorId),
                     pooled: assignment.pooled_by[i].filter(|k| pooled_fwd.contains(k)).map(TensorId),
                 };
                 step.dispatches.extend(lower_node(&ctx, lg, node, TensorId(i), folds, &buf)?);
@@ -791,7 +794,8 @@ impl Plan {
 /// back to the leaves, then buffer assignment with reuse.
 /// `folds`: the adapter's `folds` tuning: bit 0, weight gradients compute their bias
 /// gradients and pooled dy (`alloc::bias_folds`, `alloc::pool_folds`); bit 1, convolutions
-/// pool their outputs (`alloc::forward_pool_folds`).
+/// pool their outputs (`alloc::forward_pool_folds`); bit 2 (with bit 0), input gradients
+/// compute pooled dy too.
 fn liveness(graph: &Graph, keep: &[TensorId], updates: &[Update], folds: u32) -> (Vec<bool>, alloc::Assignment) {
     let nodes = graph.nodes();
     let n = nodes.len();
@@ -837,7 +841,14 @@ fn liveness(graph: &Graph, keep: &[TensorId], updates: &[Update], folds: u32) ->
     }
     let (bias_of, pool_of) = if folds & 1 != 0 {
         let bias_of = alloc::bias_folds(graph, &live);
-        let pool_of = alloc::pool_folds(graph, &live, &keep_mask, &last_use, &bias_of);
+        let pool_of = alloc::pool_folds(graph, &live, &keep_mask, &last_use, &bias_of, folds & 4 != 0);
+        // A gradient that computes its dy from a pooling gradient reads that node's operands
+        // (the pooled gradient and y) itself: they live until it has run.
+        for (m, k) in (0..n).filter_map(|m| Some((m, pool_of[m]?))) {
+            for x in &nodes[k].inputs {
+                last_use[x.index()] = last_use[x.index()].max(m);
+            }
+        }
         (bias_of, pool_of)
     } else {
         (vec![None; n], vec![None; n])

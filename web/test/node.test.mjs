@@ -148,10 +148,11 @@ await tuned.setDataset(train);
 out.tuned = Array.from(await tuned.step(2));
 tuned.free();
 // The whole GPU set (tiled convolutions and weight gradient, the input gradient's products,
-// two-pass sums) and the tiled convolutions pooling (folds=3): Tint compiles the tiles'
-// workgroup memory and barriers, and they train the same. (A smaller split_threads and
-// gemm_groups let this small batch take the input gradient's products and the GEMM tiles.)
-const tiled = await Trainer.create({ ...options, tuning: 'gpu,split_threads=4096,gemm_groups=0,folds=3' });
+// two-pass sums) with every fold (folds=7: the tiles pool, the products compute pooled dy):
+// Tint compiles the tiles' workgroup memory and barriers, and they train the same. (A
+// smaller split_threads and gemm_groups let this small batch take the input gradient's
+// products and the GEMM tiles.)
+const tiled = await Trainer.create({ ...options, tuning: 'gpu,split_threads=4096,gemm_groups=0,folds=7' });
 out.tiledInfo = tiled.adapterInfo().tuning;
 await tiled.setDataset(train);
 out.tiled = Array.from(await tiled.step(2));
@@ -343,13 +344,14 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.ok(tn.measurements.some((m) => m.tuning === tn.best && m.stepsPerSecond > 0), JSON.stringify(tn));
   assert.ok(tn.speedup >= 1, `speedup ${tn.speedup}`);
   assert.equal(tn.info, tn.best);
-  // folds 0 and 3; the MLP has nothing to pool, so 3 compiles to the kernels of the start.
-  assert.deepEqual(web.tuneKeys, ['start', 'folds', 'folds (skipped)', 'gemm_tile']);
+  // folds 0, 3, 5 and 7; the MLP has nothing to pool, so 3, 5 and 7 compile to the kernels
+  // of the start.
+  assert.deepEqual(web.tuneKeys, ['start', 'folds', 'folds (skipped)', 'folds (skipped)', 'folds (skipped)', 'gemm_tile']);
   // Kernel shapes per adapter: reported, and a tuned trainer trains the same.
   assert.match(web.adapter.tuning, /split_threads=\d+/);
   assert.match(web.tunedInfo, /gemm_wg=4,.*conv_ob=2,.*conv_pixel=1,.*update_tensors=0,reduce_lanes=64/);
   web.tuned.forEach((x, m) => assert.ok(close(x, web.recreated[m], 1e-5, 1e-6), `tuned model ${m}: ${x} vs ${web.recreated[m]}`));
-  assert.match(web.tiledInfo, /gemm_groups=0,gemm_tile=1,.*conv_tile=256,tile_px=4,grad_weight_tile=256,tile_kib=10,grad_input_col=64,sum_split=512,serial_sum=0,split_threads=4096,.*folds=3/);
+  assert.match(web.tiledInfo, /gemm_groups=0,gemm_tile=1,.*conv_tile=256,tile_px=4,grad_weight_tile=256,tile_kib=10,grad_input_col=64,sum_split=512,serial_sum=0,split_threads=4096,.*folds=7/);
   web.tiled.forEach((x, m) => assert.ok(close(x, web.recreated[m], 1e-5, 1e-6), `tiled model ${m}: ${x} vs ${web.recreated[m]}`));
 });
 
