@@ -1004,6 +1004,23 @@ fn pool_is_nan(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
 }
 
+// The position (ky * PKW + kx) of the maximum of the PKH x PKW window of pool_y whose first
+// value is at yb, rows `row` apart: PyTorch's rule, the first maximum, NaN wins.
+fn pool_argmax(yb: u32, row: u32) -> u32 {
+    var best = 0.0;
+    var at = 0xffffffffu;
+    for (var ky = 0u; ky < PKH; ky++) {
+        for (var kx = 0u; kx < PKW; kx++) {
+            let v = pool_y[yb + ky * row + kx];
+            if (at == 0xffffffffu || pool_is_nan(v) || (!pool_is_nan(best) && v > best)) {
+                best = v;
+                at = ky * PKW + kx;
+            }
+        }
+    }
+    return at;
+}
+
 // Stages dy rows [t0, t0 + nrows) of the group's channels at tile_f[dyat ..] (as the copy
 // of dy does), one window per lane at a time.
 fn tile_pool_dy(g: u32, grp: u32, t0: u32, nrows: u32, dyat: u32, lane: u32) {
@@ -1023,17 +1040,7 @@ fn tile_pool_dy(g: u32, grp: u32, t0: u32, nrows: u32, dyat: u32, lane: u32) {
         let n = r / q.oh;
         let ch = grp * q.cog + o;
         let yb = tile_dy(g, r, ch * ohw) + wc * PKW;
-        var best = 0.0;
-        var at = 0xffffffffu;
-        for (var ky = 0u; ky < PKH; ky++) {
-            for (var kx = 0u; kx < PKW; kx++) {
-                let v = pool_y[yb + ky * q.ow + kx];
-                if (at == 0xffffffffu || pool_is_nan(v) || (!pool_is_nan(best) && v > best)) {
-                    best = v;
-                    at = ky * PKW + kx;
-                }
-            }
-        }
+        let at = pool_argmax(yb, q.ow);
         let dp = 0.0 + b_in[((g * q.n + n) * q.co + ch) * plane + (r - n * q.oh) / wh * pw + wc];
         let tb = dyat + o * ds + wr * wh * q.ow + wc * PKW;
         for (var ky = 0u; ky < PKH; ky++) {
@@ -1282,10 +1289,9 @@ struct Col16 {
 }
 
 // With PKH > 0 (the `pool_folds` of the plan, as in conv2d_grad_weight_tile) dy is the
-// gradient of a max pooling of y (bound at 3) whose PKH x PKW windows tile y, computed from
-// the pooled gradient bound in dy's place (maxpool2d_grad_window's values, relu's derivative
-// with PR = 1).
-@group(0) @binding(3) var<storage, read> col_y: array<f32>;
+// gradient of a max pooling of y (pool_y, binding 4) whose PKH x PKW windows tile y,
+// computed from the pooled gradient bound in dy's place (maxpool2d_grad_window's values,
+// relu's derivative with PR = 1). dx goes to binding 3 (out3).
 
 // One position of the workgroup: dy's (and y's) address of channel 0 of the group, the
 // position within its plane, and (PKH > 0) the pooled gradient's address of channel 0 at its
@@ -1307,21 +1313,10 @@ fn col_dy(p: ColAt, plane: u32, o: u32) -> f32 {
     let x = p.pos - y * q.iw;
     let wy = y - y % wh;
     let wx = x - x % PKW;
-    let yb = p.at - p.pos + o * plane + wy * q.iw + wx;
-    var best = 0.0;
-    var at = 0xffffffffu;
-    for (var ky = 0u; ky < PKH; ky++) {
-        for (var kx = 0u; kx < PKW; kx++) {
-            let v = col_y[yb + ky * q.iw + kx];
-            if (at == 0xffffffffu || pool_is_nan(v) || (!pool_is_nan(best) && v > best)) {
-                best = v;
-                at = ky * PKW + kx;
-            }
-        }
-    }
+    let at = pool_argmax(p.at - p.pos + o * plane + wy * q.iw + wx, q.iw);
     var v = select(0.0, 0.0 + a_in[p.pat + o * (plane / (wh * PKW))], at == (y - wy) * PKW + x - wx);
     if (PR != 0u) {
-        v = v * select(0.0, 1.0, col_y[p.at + o * plane] > 0.0);
+        v = v * select(0.0, 1.0, pool_y[p.at + o * plane] > 0.0);
     }
     return v;
 }
@@ -1489,7 +1484,7 @@ fn conv2d_grad_input_col(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(
                     s += col_f[row + kx * np + kx];
                 }
             }
-            out4[((g * q.n + n0 + i) * q.co + grp * q.cog + c) * ohw + r] = s;
+            out3[((g * q.n + n0 + i) * q.co + grp * q.cog + c) * ohw + r] = s;
         }
     }
 }

@@ -207,19 +207,9 @@ fn linear_bias_gradient_folds_into_the_weight_gradient() {
 /// gradient's pass disappears, with the values of the plan that keeps dy (and so runs that
 /// pass): bit for bit where both tile the rows alike. Windows 2x2 and 3x2 that tile the 12x10 output, with one or two channel
 /// groups; with a 5x5 window that does not (floor mode drops rows), nothing folds.
+/// With `dx`, the gradient to x too (x a parameter: the input gradient reads dy as well),
+/// kept last.
 fn run_pool_fold(
-    gpu: &modelbatch::Gpu,
-    relu: bool,
-    window: [usize; 2],
-    groups: usize,
-    keep_dy: bool,
-) -> (Vec<Vec<u32>>, Vec<&'static str>) {
-    run_pool_fold_with(gpu, relu, window, groups, keep_dy, false)
-}
-
-/// The same, with the gradient to x too where `dx` (x a parameter: the input gradient reads
-/// dy as well), kept last.
-fn run_pool_fold_with(
     gpu: &modelbatch::Gpu,
     relu: bool,
     window: [usize; 2],
@@ -276,8 +266,8 @@ fn pooling_gradient_folds_into_the_input_gradients_products() {
     for (relu, groups) in [(true, 1), (false, 1), (true, 2)] {
         for (window, folds) in [([2, 2], true), ([3, 2], true), ([5, 5], false)] {
             let what = format!("relu {relu}, groups {groups}, window {window:?}");
-            let (kept, kept_labels) = run_pool_fold_with(&both, relu, window, groups, true, true);
-            let (folded, labels) = run_pool_fold_with(&both, relu, window, groups, false, true);
+            let (kept, kept_labels) = run_pool_fold(&both, relu, window, groups, true, true);
+            let (folded, labels) = run_pool_fold(&both, relu, window, groups, false, true);
             assert_eq!(kept.len(), 3);
             assert!(kept == folded, "{what}: gradients differ");
             assert!(kept_labels.contains(&"conv2d_grad_input_col"), "{kept_labels:?}");
@@ -285,11 +275,11 @@ fn pooling_gradient_folds_into_the_input_gradients_products() {
             assert_eq!(!labels.contains(&"maxpool2d_grad"), folds, "{what}: {labels:?}");
             // The direct weight gradient cannot: the pass stays for both readers (dx as before;
             // dw and db add in another order).
-            let (alone, labels) = run_pool_fold_with(&col_only, relu, window, groups, false, true);
+            let (alone, labels) = run_pool_fold(&col_only, relu, window, groups, false, true);
             assert!(kept[2] == alone[2], "{what}: dx differs without the tiled weight gradient");
             assert!(labels.contains(&"maxpool2d_grad"), "{what}: {labels:?}");
             let without = gpu.with_tuning(both.tuning().apply("folds=1").unwrap()).unwrap();
-            let (_, labels) = run_pool_fold_with(&without, relu, window, groups, false, true);
+            let (_, labels) = run_pool_fold(&without, relu, window, groups, false, true);
             assert!(labels.contains(&"maxpool2d_grad"), "{what}: {labels:?}");
         }
     }
@@ -310,8 +300,8 @@ fn pool_folds(tiled: &modelbatch::Gpu, exact: bool) {
     for (relu, groups) in [(true, 1), (false, 1), (true, 2)] {
         for (window, folds) in [([2, 2], true), ([3, 2], true), ([5, 5], false)] {
             let what = format!("relu {relu}, groups {groups}, window {window:?}");
-            let (kept, kept_labels) = run_pool_fold(tiled, relu, window, groups, true);
-            let (folded, labels) = run_pool_fold(tiled, relu, window, groups, false);
+            let (kept, kept_labels) = run_pool_fold(tiled, relu, window, groups, true, false);
+            let (folded, labels) = run_pool_fold(tiled, relu, window, groups, false, false);
             if exact {
                 assert_eq!(kept, folded, "{what}: gradients differ");
             } else {

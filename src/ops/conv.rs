@@ -824,11 +824,12 @@ fn grad_input_col(
         ("PKW", ww as f64),
         ("PR", f64::from(pool.is_some_and(|p| p.relu))),
     ];
-    let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
+    // dy (or the pooled gradient), the weight, dx, y (or nothing).
+    let storage = [Binding::Read, Binding::Read, Binding::ReadWrite, Binding::Read];
     let kernel = ctx.kernel(&CONV, "conv2d_grad_input_col", &storage, &consts);
     let buffers = match pool {
-        Some(p) => [p.dpool, w, p.y, dx],
-        None => [dy, w, ctx.dummy, dx],
+        Some(p) => [p.dpool, w, dx, p.y],
+        None => [dy, w, dx, ctx.dummy],
     };
     let grid = [c.n.div_ceil(p.ni), 1, d.g * d.groups];
     tiled(ctx, &kernel, "conv2d_grad_input_col", &words, &buffers, grid).map(Some)
