@@ -202,13 +202,13 @@ fn linear_bias_gradient_folds_into_the_weight_gradient() {
     }
 }
 
-/// conv (relu or not) → max pooling, gradients to the weight and bias only (x is data): the
-/// tiled weight gradient computes dy from the pooled gradient itself, so the pooling
-/// gradient's pass disappears, with the values of the plan that keeps dy (and so runs that
-/// pass): bit for bit where both tile the rows alike. Windows 2x2 and 3x2 that tile the 12x10 output, with one or two channel
-/// groups; with a 5x5 window that does not (floor mode drops rows), nothing folds.
-/// With `dx`, the gradient to x too (x a parameter: the input gradient reads dy as well),
-/// kept last.
+/// conv (relu or not) → max pooling, gradients to the weight and bias (x is data), or with
+/// `dx` to x too (x a parameter: the input gradient reads dy as well; kept last): the tiled
+/// weight gradient computes dy from the pooled gradient itself, so the pooling gradient's
+/// pass disappears, with the values of the plan that keeps dy (and so runs that pass): bit
+/// for bit where both tile the rows alike. Windows 2x2 and 3x2 that tile the 12x10 output,
+/// with one or two channel groups; with a 5x5 window that does not (floor mode drops rows),
+/// nothing folds.
 fn run_pool_fold(
     gpu: &modelbatch::Gpu,
     relu: bool,
