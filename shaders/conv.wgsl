@@ -414,10 +414,11 @@ fn conv2d_grad_weight_reduce_wide(
 // loads per multiply-add.)
 //
 // conv2d_grad_weight_direct: dw(o, c, ky, kx) = sum over (n, oy, ox) of dy[n, o, oy, ox] *
-// x[n, c, oy + ky - p0, ox + kx - p1]. One invocation owns a kernel row (c, ky) for OB output
-// channels (OB x KW accumulators); its workgroup shares the output-channel block (wid.y), so the
-// dy loads are uniform. Along ox it slides a window of KW input values: one new load per
-// position for KW * OB multiply-adds. The depth is split as in conv2d_grad_weight.
+// x[n, c, oy + ky - p0, ox + kx - p1]. One invocation owns the kernel rows (c, ky) of GR
+// input channels (c, c + 1) for OB output channels (GR x OB x KW accumulators); its workgroup
+// shares the output-channel block (wid.y), so the dy loads are uniform. Along ox it slides a
+// window of KW input values per channel: GR + OB loads per position for GR * KW * OB
+// multiply-adds. The depth is split as in conv2d_grad_weight.
 
 struct Direct {
     n: u32,
@@ -575,7 +576,8 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
 
 @compute @workgroup_size(WGX, 1, 1)
 fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let lanes = q.cig * q.kh;
+    // Kernel rows (c, ky) per lane group: GR input channels each.
+    let lanes = (q.cig + GR - 1u) / GR * q.kh;
     let t = (wid.x + q.x0) * WGX + lid.x;
     var gg: u32;
     var s: u32;
@@ -602,8 +604,11 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
     let g = gg / q.groups;
     let grp = gg - g * q.groups;
     let o0 = wid.y * OB;
-    let c = r / q.kh;
-    let ky = r - c * q.kh;
+    let cr = r / q.kh;
+    let ky = r - cr * q.kh;
+    let c = cr * GR;
+    // With GR = 2, the second input channel (none past the group: masked, not stored).
+    let c2ok = GR > 1u && c + 1u < q.cig;
     let ihw = q.ih * q.iw;
     let ohw = q.oh * q.ow;
     var dyo: array<u32, MAX_OB>;
@@ -617,6 +622,8 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
     // Taps kx = 0..3 in lo, 4..7 in hi, per output channel (components past KW stay unused).
     var alo: array<vec4<f32>, MAX_OB>;
     var ahi: array<vec4<f32>, MAX_OB>;
+    var blo: array<vec4<f32>, MAX_OB>;
+    var bhi: array<vec4<f32>, MAX_OB>;
     // With GB, the sums of dy over the same positions (every row and column is visited):
     // the bias gradient, stored by the invocations of kernel row 0 of input channel 0.
     var bsum: array<f32, MAX_OB>;
@@ -629,15 +636,26 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
         // The window (lo, hi) holds x[iy, ox + k - p1] at component k: before each column it
         // slides by one and the new value enters at k = KW - 1. Filled for ox = -1 first.
         // (No private array: lavapipe indexes those through memory.)
+        // The second channel's row (GR = 2), read as zeros where there is none.
+        let xrow2 = xrow + select(0u, ihw, c2ok);
+        let rok2 = rok && c2ok;
         var lo = vec4<f32>(0.0);
         var hi = vec4<f32>(0.0);
+        var lo2 = vec4<f32>(0.0);
+        var hi2 = vec4<f32>(0.0);
         for (var k = 1u; k < KW; k++) {
             let ix = k - 1u - q.p1;
             let v = select(0.0, b_in[xrow + min(ix, q.iw - 1u)], rok && ix < q.iw);
+            var v2 = 0.0;
+            if (GR > 1u) {
+                v2 = select(0.0, b_in[xrow2 + min(ix, q.iw - 1u)], rok2 && ix < q.iw);
+            }
             if (k < 4u) {
                 lo[k] = v;
+                lo2[k] = v2;
             } else {
                 hi[k & 3u] = v;
+                hi2[k & 3u] = v2;
             }
         }
         for (var ox = 0u; ox < q.ow; ox++) {
@@ -652,6 +670,16 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
             } else {
                 hi[(KW - 1u) & 3u] = v;
             }
+            if (GR > 1u) {
+                let v2 = select(0.0, b_in[xrow2 + min(ix, q.iw - 1u)], rok2 && ix < q.iw);
+                lo2 = vec4<f32>(lo2.yzw, hi2.x);
+                hi2 = vec4<f32>(hi2.yzw, 0.0);
+                if (KW <= 4u) {
+                    lo2[(KW - 1u) & 3u] = v2;
+                } else {
+                    hi2[(KW - 1u) & 3u] = v2;
+                }
+            }
             for (var j = 0u; j < OB; j++) {
                 let d = a_in[dyr + dyo[j] + ox];
                 alo[j] += d * lo;
@@ -661,6 +689,14 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
                     ahi[j].x += d * hi.x;
                 } else if (KW > 4u) {
                     ahi[j] += d * hi;
+                }
+                if (GR > 1u) {
+                    blo[j] += d * lo2;
+                    if (KW == 5u) {
+                        bhi[j].x += d * hi2.x;
+                    } else if (KW > 4u) {
+                        bhi[j] += d * hi2;
+                    }
                 }
                 if (GB != 0u) {
                     bsum[j] += d;
@@ -677,9 +713,12 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
     for (var j = 0u; j < OB; j++) {
         let o = o0 + j;
         if (o < q.cog) {
-            let base = s * q.total + (g * q.co + grp * q.cog + o) * cols + r * KW;
+            let base = s * q.total + (g * q.co + grp * q.cog + o) * cols + (c * q.kh + ky) * KW;
             for (var k = 0u; k < KW; k++) {
                 out3[base + k] = select(ahi[j][k & 3u], alo[j][k & 3u], k < 4u);
+                if (c2ok) {
+                    out3[base + q.kh * KW + k] = select(bhi[j][k & 3u], blo[j][k & 3u], k < 4u);
+                }
             }
             if (GB != 0u && r == 0u) {
                 out3[s * q.total + q.bias_at + g * q.co + grp * q.cog + o] = bsum[j];
@@ -774,6 +813,8 @@ override PX: u32 = 4u;
 // conv2d_grad_weight_tile and _direct: 1 to add the bias gradient to the partial sums (at
 // q.bias_at).
 override GB: u32 = 0u;
+// conv2d_grad_weight_direct: input channels per invocation (1 or 2).
+override GR: u32 = 1u;
 
 // First padded input row (flattened over images) that output row r reads with tap 0.
 fn tile_row(r: u32) -> u32 {
