@@ -574,6 +574,18 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
     }
 }
 
+// Slides a kernel row's input window (lo, hi) by one column: v enters at component KW - 1
+// (masked: a constant index must be in range even in the branch not taken).
+fn gw_slide(lo: ptr<function, vec4<f32>>, hi: ptr<function, vec4<f32>>, v: f32) {
+    *lo = vec4<f32>((*lo).yzw, (*hi).x);
+    *hi = vec4<f32>((*hi).yzw, 0.0);
+    if (KW <= 4u) {
+        (*lo)[(KW - 1u) & 3u] = v;
+    } else {
+        (*hi)[(KW - 1u) & 3u] = v;
+    }
+}
+
 @compute @workgroup_size(WGX, 1, 1)
 fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     // Kernel rows (c, ky) per lane group: GR input channels each.
@@ -661,24 +673,9 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
         for (var ox = 0u; ox < q.ow; ox++) {
             let ix = ox + KW - 1u - q.p1;
             let v = select(0.0, b_in[xrow + min(ix, q.iw - 1u)], rok && ix < q.iw);
-            lo = vec4<f32>(lo.yzw, hi.x);
-            hi = vec4<f32>(hi.yzw, 0.0);
-            // Component (KW - 1) % 4 of lo or hi (masked: a constant index must be in range
-            // even in the branch not taken).
-            if (KW <= 4u) {
-                lo[(KW - 1u) & 3u] = v;
-            } else {
-                hi[(KW - 1u) & 3u] = v;
-            }
+            gw_slide(&lo, &hi, v);
             if (GR > 1u) {
-                let v2 = select(0.0, b_in[xrow2 + min(ix, q.iw - 1u)], rok2 && ix < q.iw);
-                lo2 = vec4<f32>(lo2.yzw, hi2.x);
-                hi2 = vec4<f32>(hi2.yzw, 0.0);
-                if (KW <= 4u) {
-                    lo2[(KW - 1u) & 3u] = v2;
-                } else {
-                    hi2[(KW - 1u) & 3u] = v2;
-                }
+                gw_slide(&lo2, &hi2, select(0.0, b_in[xrow2 + min(ix, q.iw - 1u)], rok2 && ix < q.iw));
             }
             for (var j = 0u; j < OB; j++) {
                 let d = a_in[dyr + dyo[j] + ox];
