@@ -212,8 +212,7 @@ pub(crate) fn lower_forward(
         return Err(Error::Gpu("internal error: a pooling fold into a convolution that cannot pool".into()));
     }
     if let Some(c) = Corr::forward(ctx, s, &d).filter(Corr::direct_fits) {
-        let buffers = [x, w, bias.unwrap_or(ctx.dummy), out, pool.unwrap_or(ctx.sink)];
-        return direct(ctx, LABEL, &c, &d, buffers, flags, pool.is_some());
+        return direct(ctx, LABEL, &c, &d, [x, w, bias.unwrap_or(ctx.dummy), out], flags, pool);
     }
     // One invocation per output position and block of 4 images.
     let threads = s.y.n.div_ceil(4) * s.y.h * s.y.w;
@@ -242,7 +241,7 @@ pub(crate) fn lower_grad_input(
             return Ok(out);
         }
         if c.direct_fits() {
-            return direct(ctx, LABEL, &c, &d, [dy, w, ctx.dummy, dx, ctx.sink], 0, false);
+            return direct(ctx, LABEL, &c, &d, [dy, w, ctx.dummy, dx], 0, None);
         }
     }
     if pool.is_some() {
@@ -586,22 +585,22 @@ pub(crate) fn forward_pools(ctx: &Lower, s: &Conv) -> bool {
 }
 
 /// The forward pass or the input gradient through `conv2d_direct` (where `Corr::direct_fits`),
-/// `conv2d_tile` or `conv2d_pixel`; with `pool` (forward only, where [`forward_pools`]: the
-/// tiles) the output's 2x2 max pooling too, into `pooled`.
+/// `conv2d_tile` or `conv2d_pixel`; with `pooled` (forward only, where [`forward_pools`]: the
+/// tiles) the output's 2x2 max pooling too, into it.
 fn direct(
     ctx: &Lower,
     label: &'static str,
     c: &Corr,
     d: &Dims,
-    [a, w, bias, out, pooled]: [&wgpu::Buffer; 5],
+    [a, w, bias, out]: [&wgpu::Buffer; 4],
     flags: u32,
-    pool: bool,
+    pooled: Option<&wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
     let ob = c.ob();
     let oblocks = c.cog.div_ceil(ob);
     let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
-    if let Some(t) = tile_plan(ctx, c, d, pool) {
-        return corr_tile(ctx, label, c, d, &t, [a, w, bias, out, pooled], flags);
+    if let Some(t) = tile_plan(ctx, c, d, pooled.is_some()) {
+        return corr_tile(ctx, label, c, d, &t, [a, w, bias, out, pooled.unwrap_or(ctx.sink)], flags);
     }
     let words = c.words(d, flags, 1, 0, 0);
     if c.pixel {

@@ -247,12 +247,17 @@ impl Plan {
                 (total / g as u64) >> 10
             )));
         }
-        let dummy = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("modelbatch unused operand"),
-            size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
+        // Bound where a kernel's optional operand (dummy) or output (sink) is absent: two, as
+        // a buffer may not be bound read-only and writable in one dispatch.
+        let unused = |label| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let (dummy, sink) = (unused("modelbatch unused operand"), unused("modelbatch unused output"));
         let slot_of = |t: TensorId| assignment.slot[t.index()].expect("live tensor has a buffer");
         let buf = |t: TensorId| -> &wgpu::Buffer {
             let s = slot_of(t);
@@ -265,12 +270,6 @@ impl Plan {
             }
         }
 
-        let sink = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("modelbatch unused output"),
-            size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
         let ctx = Lower { gpu, dummy: &dummy, sink: &sink, ranges: Default::default(), scratch: Default::default() };
         // Bias-gradient sums the weight gradients' dispatches compute.
         let mut folded = vec![false; nodes.len()];
