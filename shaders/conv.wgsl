@@ -927,15 +927,19 @@ fn tile_store(acc: Acc8, ok: bool, at: u32, g: u32, grp: u32, o0: u32) {
     }
 }
 
-// With FP: the max pooling of the window whose positions are a0, a1 (first row) and a2, a3,
-// at pooled offset `at` of channel o0.
-fn tile_pool_store(a0: Acc8, a1: Acc8, a2: Acc8, a3: Acc8, at: u32, g: u32, grp: u32, o0: u32) {
-    let plane = q.oh * q.ow / 4u;
+// With FP: stores one window's positions a0, a1 (first row) and a2, a3 (at y offsets `ys`),
+// as tile_store does, and their max pooling at pooled offset `at` of channel o0.
+fn tile_pool_store(a0: Acc8, a1: Acc8, a2: Acc8, a3: Acc8, ys: vec4<u32>, at: u32, g: u32, grp: u32, o0: u32) {
+    let ohw = q.oh * q.ow;
     for (var j = 0u; j < OB; j++) {
         if (o0 + j < q.cog) {
-            let m = pool_take(tile_out(a0, j, g, grp, o0), tile_out(a1, j, g, grp, o0));
-            out5[at + j * plane] =
-                pool_take(pool_take(m, tile_out(a2, j, g, grp, o0)), tile_out(a3, j, g, grp, o0));
+            let v = vec4<f32>(tile_out(a0, j, g, grp, o0), tile_out(a1, j, g, grp, o0), tile_out(a2, j, g, grp, o0),
+                              tile_out(a3, j, g, grp, o0));
+            out4[ys.x + j * ohw] = v.x;
+            out4[ys.y + j * ohw] = v.y;
+            out4[ys.z + j * ohw] = v.z;
+            out4[ys.w + j * ohw] = v.w;
+            out5[at + j * (ohw / 4u)] = pool_take(pool_take(pool_take(v.x, v.y), v.z), v.w);
         }
     }
 }
@@ -1011,17 +1015,18 @@ fn conv2d_tile(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
             }
         }
     }
-    tile_store(a0, e.x < npx, p0.y, g, grp, o0);
-    tile_store(a1, PX > 1u && e.y < npx, p1.y, g, grp, o0);
-    tile_store(a2, PX > 2u && e.z < npx, p2.y, g, grp, o0);
-    tile_store(a3, PX > 3u && e.w < npx, p3.y, g, grp, o0);
-    if (FP != 0u && e.x < npx) {
+    if (FP == 0u) {
+        tile_store(a0, e.x < npx, p0.y, g, grp, o0);
+        tile_store(a1, PX > 1u && e.y < npx, p1.y, g, grp, o0);
+        tile_store(a2, PX > 2u && e.z < npx, p2.y, g, grp, o0);
+        tile_store(a3, PX > 3u && e.w < npx, p3.y, g, grp, o0);
+    } else if (e.x < npx) {
         // Row r0 + 2 wr is even within its image (OH is even, tiles start at even rows).
         let r = r0 + 2u * wr;
         let n = r / q.oh;
         let oy = r - n * q.oh;
         let at = ((g * q.n + n) * q.co + grp * q.cog + o0) * (q.oh * q.ow / 4u) + oy / 2u * pw + wc;
-        tile_pool_store(a0, a1, a2, a3, at, g, grp, o0);
+        tile_pool_store(a0, a1, a2, a3, vec4<u32>(p0.y, p1.y, p2.y, p3.y), at, g, grp, o0);
     }
 }
 
