@@ -1345,11 +1345,14 @@ struct Col16 {
 
 // One position of the workgroup: dy's (and y's) address of channel 0 of the group, the
 // position within its plane, and (PKH > 0) the pooled gradient's address of channel 0 at its
-// window.
+// window, the window's first position within the plane and this position's index in the
+// window (ky * PKW + kx): the same for every channel.
 struct ColAt {
     at: u32,
     pos: u32,
     pat: u32,
+    win: u32,
+    me: u32,
 }
 
 // dy of channel o (of the group, at most q.cig - 1) at position p, channels `plane` apart.
@@ -1357,14 +1360,10 @@ fn col_dy(p: ColAt, plane: u32, o: u32) -> f32 {
     if (PKH == 0u) {
         return a_in[p.at + o * plane];
     }
-    // (PKH is 0 where the kernel does not get here: no division by zero at pipeline creation.)
-    let wh = max(PKH, 1u);
-    let y = p.pos / q.iw;
-    let x = p.pos - y * q.iw;
-    let wy = y - y % wh;
-    let wx = x - x % PKW;
-    let at = pool_argmax(p.at - p.pos + o * plane + wy * q.iw + wx, q.iw);
-    var v = select(0.0, 0.0 + a_in[p.pat + o * (plane / (wh * PKW))], at == (y - wy) * PKW + x - wx);
+    // (PKH is 0 where the kernel does not get here: max() keeps pipeline creation from
+    // dividing by zero.)
+    let at = pool_argmax(p.at - p.pos + o * plane + p.win, q.iw);
+    var v = select(0.0, 0.0 + a_in[p.pat + o * (plane / (max(PKH, 1u) * PKW))], at == p.me);
     if (PR != 0u) {
         v = v * select(0.0, 1.0, pool_y[p.at + o * plane] > 0.0);
     }
@@ -1405,12 +1404,15 @@ fn col_at(e: u32, np: u32, plane: u32, base: u32, pbase: u32) -> ColAt {
     let pos = c - i * plane;
     let at = base + c + i * (q.ci - 1u) * plane;
     if (PKH == 0u) {
-        return ColAt(at, pos, 0u);
+        return ColAt(at, pos, 0u, 0u, 0u);
     }
     let wh = max(PKH, 1u);
     let y = pos / q.iw;
-    let pp = (y / wh) * (q.iw / PKW) + (pos - y * q.iw) / PKW;
-    return ColAt(at, pos, pbase + i * q.ci * (plane / (wh * PKW)) + pp);
+    let x = pos - y * q.iw;
+    let wy = y - y % wh;
+    let wx = x - x % PKW;
+    let pp = (y / wh) * (q.iw / PKW) + x / PKW;
+    return ColAt(at, pos, pbase + i * q.ci * (plane / (wh * PKW)) + pp, wy * q.iw + wx, (y - wy) * PKW + x - wx);
 }
 
 // Tap t's weights for the chunk (staged in tile_w), loaded once for every position.
