@@ -510,6 +510,30 @@ fn direct_twelve_column_strips() {
     check(gpu, Spec::new(5, 3, 2, 5, [4, 10], [2, 1]).padding([1, 0]));
 }
 
+/// `conv2d_direct` stages its workgroup's weights (512 vec4 of output channels per tap): a
+/// layer whose input channels' weights pass that is summed over chunks of channels by
+/// further dispatches that continue the sums in y (the last one adds the bias). 60 -> 60 channels of 3x3
+/// taps: 2 chunks with 4 output channels per invocation, 3 with 8 (two vec4 per tap), for the
+/// forward pass and the input gradient; rows not starting at a multiple of 4 columns and
+/// ones that do (the vec4 row loads' shifted and aligned forms).
+#[test]
+fn direct_channel_chunks() {
+    let gpu = gpu_or_skip!();
+    for (tuning, chunks) in [("conv_ob=4", 2), ("conv_ob=8", 3)] {
+        let tuned = gpu.with_tuning(Tuning::SOFTWARE.apply(tuning).unwrap()).unwrap();
+        for spec in [
+            Spec::new(2, 2, 60, 60, [5, 7], [3, 3]).padding([1, 1]),
+            Spec::new(1, 3, 60, 60, [4, 8], [3, 3]).padding([2, 0]),
+        ] {
+            let labels = check(&tuned, spec);
+            for l in ["conv2d", "conv2d_grad_input"] {
+                let n = labels.iter().filter(|d| **d == l).count();
+                assert_eq!(n, chunks, "{tuning} {spec:?}: {l} in {n} dispatches ({labels:?})");
+            }
+        }
+    }
+}
+
 #[test]
 fn non_square_kernels_and_inputs() {
     let gpu = gpu_or_skip!();

@@ -7,11 +7,11 @@ mod common;
 
 use modelbatch::{autograd, Conv2dGeom, DType, Graph, Plan, Pool2dGeom};
 
-fn run(gpu: &modelbatch::Gpu, fused: bool, geom: Conv2dGeom) -> (Vec<Vec<u32>>, usize) {
+fn run(gpu: &modelbatch::Gpu, fused: bool, geom: Conv2dGeom, c: usize) -> (Vec<Vec<u32>>, usize) {
     let g = 3;
     let mut graph = Graph::new(g);
-    let x = graph.param("x", &[5, 3, 13, 13]).unwrap();
-    let w = graph.param("w", &[4, 3, 3, 3]).unwrap();
+    let x = graph.param("x", &[5, c, 13, 13]).unwrap();
+    let w = graph.param("w", &[4, c, 3, 3]).unwrap();
     let b = graph.param("b", &[4]).unwrap();
     let y = if fused {
         graph.conv2d_relu(x, w, Some(b), geom).unwrap()
@@ -27,8 +27,8 @@ fn run(gpu: &modelbatch::Gpu, fused: bool, geom: Conv2dGeom) -> (Vec<Vec<u32>>, 
     let grads = autograd::grad(&mut graph, p, Some(r), &[x, w, b]).unwrap();
     let keep: Vec<_> = [p].into_iter().chain(grads.iter().map(|d| d.unwrap())).collect();
     let plan = Plan::new(gpu, &graph, &keep, &[]).unwrap();
-    plan.write(x, &common::randn(1, g * 5 * 3 * 13 * 13)).unwrap();
-    plan.write(w, &common::randn(2, g * 4 * 27)).unwrap();
+    plan.write(x, &common::randn(1, g * 5 * c * 13 * 13)).unwrap();
+    plan.write(w, &common::randn(2, g * 4 * c * 9)).unwrap();
     plan.write(b, &common::randn(3, g * 4)).unwrap();
     let rn: usize = graph.shape(p).iter().product();
     plan.write(r, &common::randn(4, rn)).unwrap();
@@ -40,11 +40,13 @@ fn run(gpu: &modelbatch::Gpu, fused: bool, geom: Conv2dGeom) -> (Vec<Vec<u32>>, 
 #[test]
 fn fused_conv_relu_and_pool_gradient_equal_the_separate_ops() {
     let gpu = gpu_or_skip!();
-    for (stride, padding) in [(1, 1), (2, 0)] {
+    // (60 input channels: the direct kernel sums them in two dispatches, the second
+    // continuing the first's sums in y and applying relu.)
+    for (stride, padding, c) in [(1, 1, 3), (2, 0, 3), (1, 1, 60)] {
         let geom =
             Conv2dGeom { kernel: [3, 3], stride: [stride; 2], padding: [padding; 2], dilation: [1, 1], groups: 1 };
-        let (plain, n_plain) = run(gpu, false, geom);
-        let (fused, n_fused) = run(gpu, true, geom);
+        let (plain, n_plain) = run(gpu, false, geom, c);
+        let (fused, n_fused) = run(gpu, true, geom, c);
         for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
             assert_eq!(a, b, "stride {stride}: output {i} differs");
         }

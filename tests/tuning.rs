@@ -50,7 +50,9 @@ fn shapes_that_keep_the_splits_train_bit_for_bit_alike() {
     let gpu = &tuned(gpu_or_skip!(), "grad_weight_tile=0");
     let (m0, w0, s0) = run(gpu);
     // Workgroup sizes, the forward's channel blocks, strips, one position per invocation or
-    // tiles, splits sharing workgroups: no sum changes its order.
+    // tiles, splits sharing workgroups: no sum changes its order. (With conv_ob=7 the
+    // direct kernel stages two vec4 of weights per tap, and conv2's input gradient sums its
+    // 16 channels in two dispatches, the second continuing the first's sums.)
     // (Relative to this device's tuning, so that each one changes something.)
     let t = gpu.tuning();
     for text in [

@@ -60,6 +60,15 @@ const LOOP_BUDGET: usize = 65_535 - 512;
 /// Indices of the per-dispatch words in the uniform (`Params` in the shader).
 const W_X0: usize = 20;
 const W_Z0: usize = 21;
+/// Words of `Direct` that `conv2d_direct` dispatches set: the epilogue flags, the input
+/// channels they sum.
+const W_FLAGS: usize = 15;
+const W_C0: usize = 29;
+const W_CN: usize = 30;
+/// Epilogue flags: add the bias, apply relu; start the sums from y (`conv2d_direct`).
+const FLAG_BIAS: u32 = 1;
+const FLAG_RELU: u32 = 2;
+const FLAG_CONTINUE: u32 = 8;
 
 /// Checked dimensions of a convolution (all per model, `groups >= 1`).
 struct Dims {
@@ -206,8 +215,7 @@ pub(crate) fn lower_forward(
 ) -> Result<Vec<Dispatch>> {
     const LABEL: &str = "conv2d";
     let d = dims(LABEL, s)?;
-    // Epilogue flags: bit 0 adds the bias, bit 1 applies relu.
-    let flags = u32::from(bias.is_some()) | (u32::from(relu) << 1);
+    let flags = if bias.is_some() { FLAG_BIAS } else { 0 } | if relu { FLAG_RELU } else { 0 };
     if pool.is_some() && !forward_pools(ctx, s) {
         return Err(Error::Gpu("internal error: a pooling fold into a convolution that cannot pool".into()));
     }
@@ -488,8 +496,13 @@ impl Corr {
             let iterations = 2 * ob + self.cig * (1 + kh * (1 + kw * (ob + 1)));
             return iterations <= LOOP_BUDGET && self.cog.div_ceil(ob) <= MAX_GROUPS;
         }
-        let per_row = 2 + (kw + 3) + kw * (ob + 1);
-        let iterations = ob + self.cig * (1 + kh * per_row) + ob * (1 + self.sw());
+        // The stage must hold one input channel's weights; its loop runs up to DIRECT_W4 / 64
+        // times (the smallest workgroup).
+        if kh * kw * ob.div_ceil(4) > DIRECT_W4 {
+            return false;
+        }
+        let per_row = 2 + kw * (ob + 1);
+        let iterations = DIRECT_W4 / 64 + ob + self.direct_chunk() * (1 + kh * per_row) + ob * (1 + self.sw());
         iterations <= LOOP_BUDGET && self.oh * self.cog.div_ceil(ob) <= MAX_GROUPS
     }
 
@@ -552,20 +565,38 @@ impl Corr {
             total as u32,
             0,
             0,
+            // `c0`, `cn`: conv2d_direct sums input channels c0 .. c0 + cn per dispatch.
+            0,
+            self.cig as u32,
         ];
         w.to_vec()
     }
 
     /// `entry` with this correlation's constants (`bias`: GB, the weight gradient's bias sums).
     fn kernel(&self, ctx: &Lower, entry: &'static str, storage: &[Binding], wgx: usize, bias: bool) -> Arc<Kernel> {
-        let consts = [
+        let mut consts = vec![
             ("WGX", wgx as f64),
             ("KW", self.kernel[1] as f64),
             ("OB", self.ob() as f64),
             ("SW", self.sw() as f64),
             ("GB", f64::from(bias)),
         ];
+        if entry == "conv2d_direct" {
+            consts.push(("XA", f64::from(self.aligned())));
+        }
         ctx.kernel(&CONV, entry, storage, &consts)
+    }
+
+    /// Whether every input row of `conv2d_direct` and every strip's window start at a
+    /// multiple of 4 columns (`XA`: one vec4 load per 4 columns, no shifts).
+    fn aligned(&self) -> bool {
+        self.iw % 4 == 0 && self.padding[1] % 4 == 0 && self.sw() % 4 == 0
+    }
+
+    /// Input channels of the group one `conv2d_direct` dispatch sums: as many as have their
+    /// weights fit the workgroup's stage (`DIRECT_W4`).
+    fn direct_chunk(&self) -> usize {
+        (DIRECT_W4 / (self.kernel[0] * self.kernel[1] * self.ob().div_ceil(4))).min(self.cig)
     }
 }
 
@@ -613,12 +644,31 @@ fn direct(
         return tiled(ctx, &kernel, label, &words, &[a, w, bias, out], grid);
     }
     // One invocation per (image, strip of `sw` columns); one workgroup row per (oy, block).
+    // The kernel reads `a` as vec4: every buffer a plan binds is a whole number of them
+    // (`alloc::bytes_for`, `chunk::pad16`).
+    debug_assert!(ctx.ranges.borrow().get(a).map_or(a.size(), |r| r.1) % 16 == 0);
     let threads = c.n * c.ow.div_ceil(c.sw());
     let wgx = workgroup(ctx, threads);
     let kernel = c.kernel(ctx, "conv2d_direct", &storage, wgx, false);
     let grid = [threads.div_ceil(wgx), c.oh * oblocks, d.g * d.groups];
-    tiled(ctx, &kernel, label, &words, &[a, w, bias, out], grid)
+    // Input channels in chunks whose weights fit the workgroup's stage: a dispatch after the
+    // first continues the sums in y, the last adds the bias and applies relu (each sum adds
+    // its terms in one order however many chunks there are).
+    let chunk = c.direct_chunk();
+    let mut out_dispatches = Vec::new();
+    for c0 in (0..c.cig).step_by(chunk) {
+        let (first, last) = (c0 == 0, c0 + chunk >= c.cig);
+        let mut words = words.clone();
+        words[W_C0] = c0 as u32;
+        words[W_CN] = chunk.min(c.cig - c0) as u32;
+        words[W_FLAGS] = if first { 0 } else { FLAG_CONTINUE } | if last { flags } else { 0 };
+        out_dispatches.extend(tiled(ctx, &kernel, label, &words, &[a, w, bias, out], grid)?);
+    }
+    Ok(out_dispatches)
 }
+
+/// vec4 of weights a `conv2d_direct` workgroup stages (`DIRECT_W4` in the shader: 8 KiB).
+const DIRECT_W4: usize = 512;
 
 /// Workgroup memory of the tiled kernels' weights, in vec4 (`TILE_W4` in the shader); their
 /// rows take the adapter's `tile_kib` ([`tile_f32`]).
