@@ -706,6 +706,42 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
     }
 }
 
+// conv2d_grad_weight_direct reads x as vec4 (as conv2d_direct reads its input).
+@group(0) @binding(2) var<storage, read> b4_in: array<vec4<f32>>;
+// Bit 0: dy rows (ow) and the x columns entering the window (iw, KW - 1 - p1) start at
+// multiples of 4 columns; bit 1: the window's first columns too (iw, p1). One load per 4
+// columns there, no shifts.
+override GA: u32 = 0u;
+
+// x at columns ix .. ix + 3 of the input row starting at element `row`, zero outside
+// [0, iw) or where !ok. `fast`: they are an aligned vec4 inside the row or outside it.
+fn gw_x4(row: u32, ix: u32, ok: bool, fast: bool) -> vec4<f32> {
+    let last = arrayLength(&b4_in) - 1u;
+    if (fast) {
+        return select(vec4<f32>(), b4_in[min((row + ix) >> 2u, last)], ok && ix < q.iw);
+    }
+    // (An arithmetic shift: the first column may be "negative".)
+    let e0 = row + ix;
+    let s = e0 & 3u;
+    let a = bitcast<u32>(bitcast<i32>(e0 - s) >> 2u);
+    let v = direct_shift(b4_in[min(a, last)], b4_in[min(a + 1u, last)], s);
+    let cols = vec4<u32>(ix) + vec4<u32>(0u, 1u, 2u, 3u);
+    return select(vec4<f32>(), v, (cols < vec4<u32>(q.iw)) & vec4<bool>(ok));
+}
+
+// dy at columns ox .. ox + 3 of the output row starting at element `row`, zero past ow.
+fn gw_dy4(row: u32, ox: u32) -> vec4<f32> {
+    let last = arrayLength(&a4_in) - 1u;
+    if ((GA & 1u) != 0u) {
+        return a4_in[min((row + ox) >> 2u, last)];
+    }
+    let e0 = row + ox;
+    let s = e0 & 3u;
+    let a = e0 >> 2u;
+    let v = direct_shift(a4_in[min(a, last)], a4_in[min(a + 1u, last)], s);
+    return select(vec4<f32>(), v, vec4<u32>(ox) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(q.ow));
+}
+
 // Slides a kernel row's input window (lo, hi) by one column: v enters at component KW - 1
 // (masked: a constant index must be in range even in the branch not taken).
 fn gw_slide(lo: ptr<function, vec4<f32>>, hi: ptr<function, vec4<f32>>, v: f32) {
@@ -778,57 +814,64 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
         let xrow = ((g * q.n + n) * q.ci + grp * q.cig + c) * ihw + min(iy, q.ih - 1u) * q.iw;
         let dyr = (g * q.n + n) * q.co * ohw + oy * q.ow;
         // The window (lo, hi) holds x[iy, ox + k - p1] at component k: before each column it
-        // slides by one and the new value enters at k = KW - 1. Filled for ox = -1 first.
-        // (No private array: lavapipe indexes those through memory.)
-        // The second channel's row (GR = 2), read as zeros where there is none.
+        // slides by one and the new value enters at k = KW - 1. Filled for ox = -1 first
+        // (components past KW - 1 hold columns never used). Columns enter 4 at a time, as
+        // dy's do: one vec4 load each. (No private array: lavapipe indexes those through
+        // memory.) The second channel's row (GR = 2), read as zeros where there is none.
         let xrow2 = xrow + select(0u, ihw, c2ok);
         let rok2 = rok && c2ok;
-        var lo = vec4<f32>(0.0);
-        var hi = vec4<f32>(0.0);
+        let f0 = gw_x4(xrow, 0u - q.p1, rok, (GA & 2u) != 0u);
+        let f1 = gw_x4(xrow, 4u - q.p1, rok, (GA & 2u) != 0u);
+        var lo = vec4<f32>(0.0, f0.xyz);
+        var hi = vec4<f32>(f0.w, f1.xyz);
         var lo2 = vec4<f32>(0.0);
         var hi2 = vec4<f32>(0.0);
-        for (var k = 1u; k < KW; k++) {
-            let ix = k - 1u - q.p1;
-            let v = select(0.0, b_in[xrow + min(ix, q.iw - 1u)], rok && ix < q.iw);
-            var v2 = 0.0;
-            if (GR > 1u) {
-                v2 = select(0.0, b_in[xrow2 + min(ix, q.iw - 1u)], rok2 && ix < q.iw);
-            }
-            if (k < 4u) {
-                lo[k] = v;
-                lo2[k] = v2;
-            } else {
-                hi[k & 3u] = v;
-                hi2[k & 3u] = v2;
-            }
+        if (GR > 1u) {
+            let g0 = gw_x4(xrow2, 0u - q.p1, rok2, (GA & 2u) != 0u);
+            let g1 = gw_x4(xrow2, 4u - q.p1, rok2, (GA & 2u) != 0u);
+            lo2 = vec4<f32>(0.0, g0.xyz);
+            hi2 = vec4<f32>(g0.w, g1.xyz);
         }
-        for (var ox = 0u; ox < q.ow; ox++) {
-            let ix = ox + KW - 1u - q.p1;
-            let v = select(0.0, b_in[xrow + min(ix, q.iw - 1u)], rok && ix < q.iw);
-            gw_slide(&lo, &hi, v);
+        for (var ox0 = 0u; ox0 < q.ow; ox0 += 4u) {
+            let ix = ox0 + KW - 1u - q.p1;
+            let xe = gw_x4(xrow, ix, rok, (GA & 1u) != 0u);
+            var xe2 = vec4<f32>();
             if (GR > 1u) {
-                gw_slide(&lo2, &hi2, select(0.0, b_in[xrow2 + min(ix, q.iw - 1u)], rok2 && ix < q.iw));
+                xe2 = gw_x4(xrow2, ix, rok2, (GA & 1u) != 0u);
             }
+            var d4: array<vec4<f32>, MAX_OB>;
             for (var j = 0u; j < OB; j++) {
-                let d = a_in[dyr + dyo[j] + ox];
-                alo[j] += d * lo;
-                // (With KW = 5 only hi.x is a tap: the other three lanes' work, a third of
-                // the multiply-adds, is skipped; 5-7% faster weight gradients on lavapipe.)
-                if (KW == 5u) {
-                    ahi[j].x += d * hi.x;
-                } else if (KW > 4u) {
-                    ahi[j] += d * hi;
-                }
-                if (GR > 1u) {
-                    blo[j] += d * lo2;
-                    if (KW == 5u) {
-                        bhi[j].x += d * hi2.x;
-                    } else if (KW > 4u) {
-                        bhi[j] += d * hi2;
+                d4[j] = gw_dy4(dyr + dyo[j], ox0);
+            }
+            for (var m = 0u; m < 4u; m++) {
+                if ((GA & 1u) != 0u || ox0 + m < q.ow) {
+                    gw_slide(&lo, &hi, xe[m]);
+                    if (GR > 1u) {
+                        gw_slide(&lo2, &hi2, xe2[m]);
                     }
-                }
-                if (GB != 0u) {
-                    bsum[j] += d;
+                    for (var j = 0u; j < OB; j++) {
+                        let d = d4[j][m];
+                        alo[j] += d * lo;
+                        // (With KW = 5 only hi.x is a tap: the other three lanes' work, a third
+                        // of the multiply-adds, is skipped; 5-7% faster weight gradients on
+                        // lavapipe.)
+                        if (KW == 5u) {
+                            ahi[j].x += d * hi.x;
+                        } else if (KW > 4u) {
+                            ahi[j] += d * hi;
+                        }
+                        if (GR > 1u) {
+                            blo[j] += d * lo2;
+                            if (KW == 5u) {
+                                bhi[j].x += d * hi2.x;
+                            } else if (KW > 4u) {
+                                bhi[j] += d * hi2;
+                            }
+                        }
+                        if (GB != 0u) {
+                            bsum[j] += d;
+                        }
+                    }
                 }
             }
         }

@@ -496,6 +496,17 @@ fn direct_kernel_widths() {
     check(gpu, Spec::new(3, 1, 1, 8, [9, 4], [4, 4]).padding([3, 3]));
 }
 
+/// The direct kernels read rows as vec4: unshifted where rows and windows start at multiples
+/// of 4 columns, shifted into place elsewhere. Padding of 4 (the window's first vec4 all
+/// outside the row), windows entering at a multiple of 4 or not, output rows of 12 and 9.
+#[test]
+fn direct_vec4_row_alignments() {
+    let gpu = gpu_or_skip!();
+    check(gpu, Spec::new(2, 2, 3, 5, [6, 8], [3, 5]).padding([1, 4]));
+    check(gpu, Spec::new(2, 2, 3, 4, [5, 8], [2, 8]).padding([0, 4]).no_bias());
+    check(gpu, Spec::new(2, 3, 2, 3, [4, 16], [3, 5]));
+}
+
 /// The direct kernels take 12-column strips (three vec4) where they cover a row in less work
 /// than 8-column ones (widths 9-12, 23-24, 33-36 here): exact and ragged last strips, padding
 /// on both sides, channel blocks of 3 and 4 with a clamped last block, groups, one model,

@@ -1081,7 +1081,18 @@ fn grad_weight_direct(
         ("OB", ob as f64),
         ("GB", f64::from(bias.is_some())),
         ("GR", gr as f64),
+        // Rows at multiples of 4 columns, and where the window's columns enter (bit 0) and
+        // start (bit 1): unshifted vec4 loads.
+        (
+            "GA",
+            f64::from(
+                u8::from(c.ow % 4 == 0 && c.iw % 4 == 0 && (kw - 1 - c.padding[1]) % 4 == 0)
+                    | u8::from(c.iw % 4 == 0 && c.padding[1] % 4 == 0) << 1,
+            ),
+        ),
     ];
+    // The kernel reads dy and x as vec4: every buffer a plan binds is a whole number of them.
+    debug_assert!([dy, x].iter().all(|b| ctx.ranges.borrow().get(*b).map_or(b.size(), |r| r.1) % 16 == 0));
     let kernel = ctx.kernel(&CONV, "conv2d_grad_weight_direct", &storage, &consts);
     let outs = (dw, bias.map(|db| (db, dw_len)));
     split_k(ctx, &kernel, label, &words, [dy, x], outs, grid, splits, total, None).map(Some)
