@@ -30,6 +30,7 @@ fn gemm_entry(gpu: &modelbatch::Gpu, g: usize, ta: bool, tb: bool, m: usize, n: 
     }
     match (ta, tb) {
         (false, true) if k % 4 == 0 => "gemm_nt",
+        (false, false) if n % 4 == 0 && k % 4 == 0 => "gemm_nn4",
         (false, false) if n % 4 == 0 => "gemm_nn",
         (true, false) if m % 4 == 0 && n % 4 == 0 => "gemm_tn",
         _ => "gemm",
@@ -107,7 +108,7 @@ fn matmul_vec4_sizes_all_layouts() {
             seen.extend(check_matmul(gpu, 3, 8, 12, 16, ta, tb, bias));
         }
     }
-    for entry in ["gemm_nt", "gemm_nn", "gemm_tn", "gemm"] {
+    for entry in ["gemm_nt", "gemm_nn4", "gemm_tn", "gemm"] {
         assert!(seen.contains(entry), "{entry} never ran (saw {seen:?})");
     }
 }
@@ -176,7 +177,7 @@ fn small_products_take_smaller_gemm_workgroups() {
     assert_eq!(grids(10, 10, 37), vec![[1, 1, 10]]);
     // Tiles for the 10 models' product (10 workgroups of 16x16 lanes), not for the 3 models'.
     let entry = |g: usize| plan("gemm_wg=16,gemm_groups=10,gemm_tile=1", g, 37).dispatch_labels();
-    assert_eq!((entry(10), entry(3)), (vec!["gemm_tile"], vec!["gemm_nn"]));
+    assert_eq!((entry(10), entry(3)), (vec!["gemm_tile"], vec!["gemm_nn4"]));
     let tuned = gpu.with_tuning(gpu.tuning().apply("gemm_wg=16,gemm_groups=1048576").unwrap()).unwrap();
     for (ta, tb) in COMBOS {
         check_matmul(&tuned, 3, 37, 12, 70, ta, tb, true);
@@ -188,14 +189,16 @@ fn small_products_take_smaller_gemm_workgroups() {
 #[test]
 fn matmul_fast_paths_with_ragged_edges() {
     let gpu = gpu_or_skip!();
-    // (trans_a, trans_b, m, k, n): gemm_nt needs K%4, gemm_nn N%4, gemm_tn M%4 and N%4.
+    // (trans_a, trans_b, m, k, n): gemm_nt needs K%4, gemm_nn N%4 (gemm_nn4 K%4 too),
+    // gemm_tn M%4 and N%4.
     let cases = [
-        (false, true, 37, 8, 35),  // gemm_nt
-        (false, false, 37, 9, 36), // gemm_nn
-        (true, false, 36, 7, 40),  // gemm_tn
-        (true, true, 36, 8, 40),   // gemm (no fast path transposes B and A)
-        (false, true, 33, 7, 34),  // gemm: K ragged
-        (true, false, 36, 5, 6),   // gemm: N ragged
+        (false, true, 37, 8, 35),   // gemm_nt
+        (false, false, 37, 9, 36),  // gemm_nn
+        (false, false, 37, 12, 36), // gemm_nn4
+        (true, false, 36, 7, 40),   // gemm_tn
+        (true, true, 36, 8, 40),    // gemm (no fast path transposes B and A)
+        (false, true, 33, 7, 34),   // gemm: K ragged
+        (true, false, 36, 5, 6),    // gemm: N ragged
     ];
     for (ta, tb, m, k, n) in cases {
         check_matmul(gpu, 2, m, k, n, ta, tb, true);
@@ -264,9 +267,11 @@ fn linear_odd_sizes() {
 #[test]
 fn linear_vec4_sizes_take_the_three_fast_paths() {
     let gpu = &register_kernels(gpu_or_skip!());
-    // Forward x·Wᵀ (K = in), backward to x dy·W (N = in), backward to W dyᵀ·x (M = out, N = in).
+    // Forward x·Wᵀ (K = in), backward to x dy·W (N = in, K = out), backward to W dyᵀ·x (M =
+    // out, N = in).
     // With a bias, the weight gradient's GEMM also sums its gradient (no `sum` dispatch).
-    for (bias, entries) in [(true, ["gemm_nt", "gemm_nn", "gemm_tn_sum"]), (false, ["gemm_nt", "gemm_nn", "gemm_tn"])] {
+    for (bias, entries) in [(true, ["gemm_nt", "gemm_nn4", "gemm_tn_sum"]), (false, ["gemm_nt", "gemm_nn4", "gemm_tn"])]
+    {
         let labels = check_linear(gpu, 3, &[5], 8, 12, bias);
         for entry in entries {
             assert!(labels.contains(&entry), "linear with in=8, out=12 did not run {entry}: {labels:?}");

@@ -59,6 +59,7 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     let entry = match (mm.trans_a, mm.trans_b, mm.a_sums.is_some()) {
         (_, _, sums) if tiles => ["gemm_tile", "gemm_tile_sum"][usize::from(sums)],
         (false, true, false) if k % 4 == 0 => "gemm_nt",
+        (false, false, false) if n % 4 == 0 && k % 4 == 0 => "gemm_nn4",
         (false, false, false) if n % 4 == 0 => "gemm_nn",
         (true, false, sums) if m % 4 == 0 && n % 4 == 0 => ["gemm_tn", "gemm_tn_sum"][usize::from(sums)],
         (_, _, false) => "gemm",
