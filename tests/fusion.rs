@@ -7,10 +7,10 @@ mod common;
 
 use modelbatch::{autograd, Conv2dGeom, DType, Graph, Plan, Pool2dGeom};
 
-fn run(gpu: &modelbatch::Gpu, fused: bool, geom: Conv2dGeom, c: usize) -> (Vec<Vec<u32>>, usize) {
+fn run(gpu: &modelbatch::Gpu, fused: bool, geom: Conv2dGeom, c: usize, hw: usize) -> (Vec<Vec<u32>>, usize) {
     let g = 3;
     let mut graph = Graph::new(g);
-    let x = graph.param("x", &[5, c, 13, 13]).unwrap();
+    let x = graph.param("x", &[5, c, hw, hw]).unwrap();
     let w = graph.param("w", &[4, c, 3, 3]).unwrap();
     let b = graph.param("b", &[4]).unwrap();
     let y = if fused {
@@ -27,7 +27,7 @@ fn run(gpu: &modelbatch::Gpu, fused: bool, geom: Conv2dGeom, c: usize) -> (Vec<V
     let grads = autograd::grad(&mut graph, p, Some(r), &[x, w, b]).unwrap();
     let keep: Vec<_> = [p].into_iter().chain(grads.iter().map(|d| d.unwrap())).collect();
     let plan = Plan::new(gpu, &graph, &keep, &[]).unwrap();
-    plan.write(x, &common::randn(1, g * 5 * c * 13 * 13)).unwrap();
+    plan.write(x, &common::randn(1, g * 5 * c * hw * hw)).unwrap();
     plan.write(w, &common::randn(2, g * 4 * c * 9)).unwrap();
     plan.write(b, &common::randn(3, g * 4)).unwrap();
     let rn: usize = graph.shape(p).iter().product();
@@ -41,12 +41,13 @@ fn run(gpu: &modelbatch::Gpu, fused: bool, geom: Conv2dGeom, c: usize) -> (Vec<V
 fn fused_conv_relu_and_pool_gradient_equal_the_separate_ops() {
     let gpu = gpu_or_skip!();
     // (60 input channels: the direct kernel sums them in two dispatches, the second
-    // continuing the first's sums in y and applying relu.)
-    for (stride, padding, c) in [(1, 1, 3), (2, 0, 3), (1, 1, 60)] {
+    // continuing the first's sums in y and applying relu. 16x16: the pooling takes 4
+    // windows per invocation, its gradient too.)
+    for (stride, padding, c, hw) in [(1, 1, 3, 13), (2, 0, 3, 13), (1, 1, 60, 13), (1, 1, 3, 16)] {
         let geom =
             Conv2dGeom { kernel: [3, 3], stride: [stride; 2], padding: [padding; 2], dilation: [1, 1], groups: 1 };
-        let (plain, n_plain) = run(gpu, false, geom, c);
-        let (fused, n_fused) = run(gpu, true, geom, c);
+        let (plain, n_plain) = run(gpu, false, geom, c, hw);
+        let (fused, n_fused) = run(gpu, true, geom, c, hw);
         for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
             assert_eq!(a, b, "stride {stride}: output {i} differs");
         }

@@ -305,6 +305,19 @@ fn maxpool_2x2_stride_2_lenet_g17() {
     // distinct values, then ties (the first maximum of each window gets the gradient).
     let d = Dims { g: 17, n: 5, c: 3, h: 12, w: 10 };
     check_case(gpu, "maxpool 2x2/2 tiling", Kind::Max(geom([2, 2], [2, 2], [0, 0], [1, 1])), d, 5);
+    // Output rows of 4k windows take 4 windows per invocation (vec4 in and out): LeNet's
+    // two layers' sizes, and ties.
+    let two = geom([2, 2], [2, 2], [0, 0], [1, 1]);
+    for (h, w) in [(24, 24), (8, 8), (6, 16)] {
+        let d = Dims { g: 3, n: 2, c: 3, h, w };
+        check_case(gpu, &format!("maxpool 2x2/2 {h}x{w}"), Kind::Max(two), d, 7 + w as u64);
+        let c = case(gpu, Kind::Max(two), d, ties(8 + w as u64, d.numel()), 9);
+        c.check(&format!("maxpool 2x2/2 {h}x{w}, ties"), false);
+        let (_, arg) = maxpool_ref(d, &two, &c.x);
+        assert_ne!(arg, maxpool_ref_rule(d, &two, &c.x, true).1, "{h}x{w}: no window holds a tie");
+        let kernels: Vec<String> = c.plan.dispatch_kernels().into_iter().map(|k| k.1).collect();
+        assert!(kernels[0].contains("maxpool2d_2x2(") && kernels[1].contains("maxpool2d_grad_2x2("), "{kernels:?}");
+    }
     let geo = geom([3, 2], [3, 2], [0, 0], [1, 1]);
     let d = Dims { g: 3, n: 2, c: 3, h: 9, w: 8 };
     let c = case(gpu, Kind::Max(geo), d, ties(6, d.numel()), 6);
@@ -373,7 +386,13 @@ fn maxpool_ties_go_to_the_first_maximum_and_overlaps_accumulate() {
 #[test]
 fn maxpool_nan_propagates_and_padding_is_minus_infinity() {
     let gpu = gpu_or_skip!();
-    let d = Dims { g: 3, n: 2, c: 3, h: 6, w: 7 };
+    // (Width 8: the 2x2 windows take 4 per invocation; width 7, the general kernels.)
+    for w in [7, 8] {
+        nan_and_infinity(gpu, Dims { g: 3, n: 2, c: 3, h: 6, w });
+    }
+}
+
+fn nan_and_infinity(gpu: &modelbatch::Gpu, d: Dims) {
     let mut x = distinct(30, d, 0.03);
     // Model 0, plane 0: NaN at (2, 3) and (3, 3); model 1, plane 1: NaN at (0, 0).
     let hw = d.h * d.w;

@@ -123,8 +123,22 @@ fn pool_dispatch(
 
 /// Max pooling forward.
 pub(crate) fn lower_max(ctx: &Lower, s: &Pool, x: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
-    max_geom("maxpool2d", s)?;
-    pool_dispatch(ctx, s, "maxpool2d", "maxpool2d", 0, [x, ctx.dummy, out], s.y.numel())
+    let g = max_geom("maxpool2d", s)?;
+    let (entry, total) = if quads(s, g) { ("maxpool2d_2x2", s.y.numel() / 4) } else { ("maxpool2d", s.y.numel()) };
+    pool_dispatch(ctx, s, entry, "maxpool2d", 0, [x, ctx.dummy, out], total)
+}
+
+/// Whether 2x2 windows of stride 2 tile the input exactly and output rows hold whole groups
+/// of 4 windows: `maxpool2d_2x2` and its gradient then take 4 windows per invocation,
+/// reading and writing vec4 (every buffer a plan binds is a whole number of them).
+fn quads(s: &Pool, g: &Pool2dGeom) -> bool {
+    g.kernel == [2, 2]
+        && g.stride == [2, 2]
+        && g.padding == [0, 0]
+        && g.dilation == [1, 1]
+        && s.x.h == 2 * s.y.h
+        && s.x.w == 2 * s.y.w
+        && s.y.w % 4 == 0
 }
 
 /// Max pooling backward: `dx [x]` from `dy [y]` and the forward input `x`.
@@ -143,7 +157,13 @@ pub(crate) fn lower_max_grad(
         && g.dilation == [1, 1]
         && s.x.h == s.y.h * g.kernel[0]
         && s.x.w == s.y.w * g.kernel[1];
-    let (entry, total) = if tiles { ("maxpool2d_grad_window", s.y.numel()) } else { ("maxpool2d_grad", s.x.numel()) };
+    let (entry, total) = if quads(s, g) {
+        ("maxpool2d_grad_2x2", s.y.numel() / 4)
+    } else if tiles {
+        ("maxpool2d_grad_window", s.y.numel())
+    } else {
+        ("maxpool2d_grad", s.x.numel())
+    };
     pool_dispatch(ctx, s, entry, "maxpool2d_grad", u32::from(relu), [dy, x, dx], total)
 }
 
