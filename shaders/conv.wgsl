@@ -497,6 +497,10 @@ fn direct_weights(z: u32, o0: u32) -> array<u32, MAX_OB> {
 // 1 where every input row starts at a multiple of 4 columns and the strips' windows too (iw
 // and p1 multiples of 4): each vec4 of a row lies inside it or outside it.
 override XA: u32 = 0u;
+// With XA: bit k set where the window's vec4 k (columns col0 + 4k ..) lies outside the row
+// for every strip of the dispatch (padding wider than 3 columns, a row narrower than the
+// window): those are never loaded. (LeNet's conv2 input gradient loads 2 of its 5.)
+override XSKIP: u32 = 0u;
 
 // The weights of a conv2d_direct workgroup: tap (c, ky, kx) of the dispatch's input channels
 // at ((c * kh + ky) * KW + kx) * ob4, its output channels o0 + 4h .. o0 + 4h + 3 at + h.
@@ -554,15 +558,19 @@ fn direct_row(row: u32, col0: u32) -> DirectRow {
     var r = DirectRow();
     if (XA == 1u) {
         let e = row + col0;
-        r.v0 = select(vec4<f32>(), direct_v4(e), col0 < q.iw);
-        r.v1 = select(vec4<f32>(), direct_v4(e + 4u), col0 + 4u < q.iw);
-        if (nv > 2u) {
+        if ((XSKIP & 1u) == 0u) {
+            r.v0 = select(vec4<f32>(), direct_v4(e), col0 < q.iw);
+        }
+        if ((XSKIP & 2u) == 0u) {
+            r.v1 = select(vec4<f32>(), direct_v4(e + 4u), col0 + 4u < q.iw);
+        }
+        if (nv > 2u && (XSKIP & 4u) == 0u) {
             r.v2 = select(vec4<f32>(), direct_v4(e + 8u), col0 + 8u < q.iw);
         }
-        if (nv > 3u) {
+        if (nv > 3u && (XSKIP & 8u) == 0u) {
             r.v3 = select(vec4<f32>(), direct_v4(e + 12u), col0 + 12u < q.iw);
         }
-        if (nv > 4u) {
+        if (nv > 4u && (XSKIP & 16u) == 0u) {
             r.v4 = select(vec4<f32>(), direct_v4(e + 16u), col0 + 16u < q.iw);
         }
         return r;

@@ -498,13 +498,20 @@ fn direct_kernel_widths() {
 
 /// The direct kernels read rows as vec4: unshifted where rows and windows start at multiples
 /// of 4 columns, shifted into place elsewhere. Padding of 4 (the window's first vec4 all
-/// outside the row), windows entering at a multiple of 4 or not, output rows of 12 and 9.
+/// outside the row, then not loaded), windows entering at a multiple of 4 or not, output
+/// rows of 12 and 9.
 #[test]
 fn direct_vec4_row_alignments() {
     let gpu = gpu_or_skip!();
     check(gpu, Spec::new(2, 2, 3, 5, [6, 8], [3, 5]).padding([1, 4]));
     check(gpu, Spec::new(2, 2, 3, 4, [5, 8], [2, 8]).padding([0, 4]).no_bias());
     check(gpu, Spec::new(2, 3, 2, 3, [4, 16], [3, 5]));
+    // The window's vec4s outside the row for every strip are not loaded: with a 12-column
+    // strip and a 8-wide kernel padded by 4 over 8 columns, 3 of 5 (columns -4.., 8.., 12..).
+    let sw = gpu.with_tuning(Tuning::SOFTWARE).unwrap();
+    let kernels = Case::new(&sw, Spec::new(2, 2, 3, 4, [5, 8], [2, 8]).padding([0, 4]), 1).plan.dispatch_kernels();
+    let forward = kernels.iter().find(|k| k.0 == "conv2d").unwrap();
+    assert!(forward.1.contains("XA=1,XSKIP=25)"), "{forward:?}");
 }
 
 /// The direct kernels take 12-column strips (three vec4) where they cover a row in less work

@@ -583,6 +583,7 @@ impl Corr {
         ];
         if entry == "conv2d_direct" {
             consts.push(("XA", f64::from(self.aligned())));
+            consts.push(("XSKIP", f64::from(self.skipped_vec4())));
         }
         ctx.kernel(&CONV, entry, storage, &consts)
     }
@@ -591,6 +592,26 @@ impl Corr {
     /// multiple of 4 columns (`XA`: one vec4 load per 4 columns, no shifts).
     fn aligned(&self) -> bool {
         self.iw % 4 == 0 && self.padding[1] % 4 == 0 && self.sw() % 4 == 0
+    }
+
+    /// With [`Corr::aligned`], the window vec4s (bit k: columns `col0 + 4k ..`) that lie
+    /// outside the input row for every strip, which `conv2d_direct` then never loads
+    /// (`XSKIP`): LeNet's conv2 input gradient (padding 4, 8 columns) needs 2 of its 5.
+    fn skipped_vec4(&self) -> u32 {
+        if !self.aligned() {
+            return 0;
+        }
+        let (sw, kw, iw) = (self.sw() as i64, self.kernel[1] as i64, self.iw as i64);
+        let vec4s = (sw + kw + 2) / 4;
+        let strips = self.ow.div_ceil(self.sw()) as i64;
+        (0..vec4s)
+            .filter(|k| {
+                (0..strips).all(|s| {
+                    let first = s * sw - self.padding[1] as i64 + 4 * k;
+                    first >= iw || first + 3 < 0
+                })
+            })
+            .fold(0, |m, k| m | 1 << k)
     }
 
     /// Input channels of the group one `conv2d_direct` dispatch sums: as many as have their
