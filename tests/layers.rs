@@ -157,3 +157,38 @@ fn backprop_from_one_model_leaves_exact_zeros_in_the_others() {
         }
     }
 }
+
+/// `gather_images` against the CPU formula, bit for bit: images of 5x5 bytes (one pixel per
+/// invocation) and 4x6 (four per invocation, one u32 of the dataset to one vec4), 3 models
+/// picking their own samples, the first and last sample of the dataset among them.
+#[test]
+fn gather_images_both_paths_equal_the_formula() {
+    let gpu = gpu_or_skip!();
+    for image in [[1, 5, 5], [1, 4, 6]] {
+        let pixels: usize = image.iter().product();
+        let (samples, g, n) = (7, 3, 4);
+        let bytes: Vec<u8> = (0..samples * pixels).map(|i| (i * 37 % 256) as u8).collect();
+        let picks: Vec<u32> = vec![0, 6, 3, 3, 1, 2, 6, 0, 5, 4, 0, 6];
+        let mut graph = Graph::new(g);
+        let data = graph.dataset("images", bytes.len()).unwrap();
+        let indices = graph.input("indices", &[n], DType::U32).unwrap();
+        let (mean, std) = (0.1307f32, 0.3081f32);
+        let x = graph.gather_images(data, indices, &image, mean, std).unwrap();
+        let plan = Plan::new(gpu, &graph, &[x], &[]).unwrap();
+        plan.write_bytes(data, &bytes).unwrap();
+        plan.write_u32(indices, &picks).unwrap();
+        plan.run().unwrap();
+        let got = plan.read_blocking(x).unwrap();
+        let inv_std = 1.0 / std;
+        let want: Vec<f32> = picks
+            .iter()
+            .flat_map(|&s| (0..pixels).map(move |p| (s as usize) * pixels + p))
+            .map(|b| (f32::from(bytes[b]) / 255.0 - mean) * inv_std)
+            .collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "{image:?}");
+        let kernel = &plan.dispatch_kernels()[0].1;
+        let four = pixels % 4 == 0;
+        assert_eq!(kernel.contains("gather_images4("), four, "{image:?}: {kernel}");
+    }
+}

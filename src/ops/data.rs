@@ -17,8 +17,10 @@ pub(crate) fn lower_images(
     indices: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Dispatch {
-    let kernel =
-        ctx.kernel(&DATA, "gather_images", &[Binding::Read, Binding::Read, Binding::ReadWrite], &[("WG", WG as f64)]);
+    // Whole u32 words per image: 4 pixels per invocation, written as one vec4 (every buffer
+    // a plan binds is a whole number of them).
+    let (entry, count) = if pixels % 4 == 0 { ("gather_images4", count / 4) } else { ("gather_images", count) };
+    let kernel = ctx.kernel(&DATA, entry, &[Binding::Read, Binding::Read, Binding::ReadWrite], &[("WG", WG as f64)]);
     let words = [count as u32, pixels as u32, f(mean), f(1.0 / std)];
     ctx.dispatch(kernel, "gather_images", &words, &[data, indices, out], grid_1d(count, WG))
 }
