@@ -34,6 +34,10 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> a_sums: array<f32>;
 
 override WG: u32 = 8u;
+// 4x4 blocks per invocation side by side along C's columns: 1, or 2 in gemm_nt, gemm_nn4
+// and gemm_tn(_sum) (`gemm_cols`: each A value loaded then serves twice the multiply-adds;
+// the other entry points are built with 1).
+override BX: u32 = 1u;
 
 // Writes the 4x4 block at (r0, c0) of model g, applying the epilogue; columns past N and
 // rows past M are dropped.
@@ -78,7 +82,7 @@ fn store_block(g: u32, r0: u32, c0: u32, acc: array<vec4<f32>, 4>) {
 @compute @workgroup_size(WG, WG, 1)
 fn gemm_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
     let g = gid.z;
-    let c0 = gid.x * 4u;
+    let c0 = gid.x * 4u * BX;
     let r0 = gid.y * 4u;
     if (c0 >= p.n || r0 >= p.m) {
         return;
@@ -95,7 +99,13 @@ fn gemm_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
     let bb1 = (g * p.n + min(c0 + 1u, p.n - 1u)) * k4;
     let bb2 = (g * p.n + min(c0 + 2u, p.n - 1u)) * k4;
     let bb3 = (g * p.n + min(c0 + 3u, p.n - 1u)) * k4;
+    // The second block's columns (BX = 2).
+    let cc0 = (g * p.n + min(c0 + 4u, p.n - 1u)) * k4;
+    let cc1 = (g * p.n + min(c0 + 5u, p.n - 1u)) * k4;
+    let cc2 = (g * p.n + min(c0 + 6u, p.n - 1u)) * k4;
+    let cc3 = (g * p.n + min(c0 + 7u, p.n - 1u)) * k4;
     var acc: array<vec4<f32>, 4>;
+    var acc2: array<vec4<f32>, 4>;
     for (var kk = 0u; kk < k4; kk++) {
         let b0 = b4[bb0 + kk];
         let b1 = b4[bb1 + kk];
@@ -109,8 +119,21 @@ fn gemm_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc[1] += vec4<f32>(dot(v1, b0), dot(v1, b1), dot(v1, b2), dot(v1, b3));
         acc[2] += vec4<f32>(dot(v2, b0), dot(v2, b1), dot(v2, b2), dot(v2, b3));
         acc[3] += vec4<f32>(dot(v3, b0), dot(v3, b1), dot(v3, b2), dot(v3, b3));
+        if (BX > 1u) {
+            let e0 = b4[cc0 + kk];
+            let e1 = b4[cc1 + kk];
+            let e2 = b4[cc2 + kk];
+            let e3 = b4[cc3 + kk];
+            acc2[0] += vec4<f32>(dot(v0, e0), dot(v0, e1), dot(v0, e2), dot(v0, e3));
+            acc2[1] += vec4<f32>(dot(v1, e0), dot(v1, e1), dot(v1, e2), dot(v1, e3));
+            acc2[2] += vec4<f32>(dot(v2, e0), dot(v2, e1), dot(v2, e2), dot(v2, e3));
+            acc2[3] += vec4<f32>(dot(v3, e0), dot(v3, e1), dot(v3, e2), dot(v3, e3));
+        }
     }
     store_block(g, r0, c0, acc);
+    if (BX > 1u && c0 + 4u < p.n) {
+        store_block(g, r0, c0 + 4u, acc2);
+    }
 }
 
 @compute @workgroup_size(WG, WG, 1)
@@ -145,7 +168,7 @@ fn gemm_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
 @compute @workgroup_size(WG, WG, 1)
 fn gemm_nn4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let g = gid.z;
-    let c0 = gid.x * 4u;
+    let c0 = gid.x * 4u * BX;
     let r0 = gid.y * 4u;
     if (c0 >= p.n || r0 >= p.m) {
         return;
@@ -156,8 +179,11 @@ fn gemm_nn4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let a1 = (g * p.m + min(r0 + 1u, p.m - 1u)) * k4;
     let a2 = (g * p.m + min(r0 + 2u, p.m - 1u)) * k4;
     let a3 = (g * p.m + min(r0 + 3u, p.m - 1u)) * k4;
-    var bi = g * p.k * n4 + gid.x;
+    var bi = g * p.k * n4 + gid.x * BX;
+    // The second block's columns (BX = 2), clamped past the edge.
+    let b2 = min(gid.x * BX + 1u, n4 - 1u) - gid.x * BX;
     var acc: array<vec4<f32>, 4>;
+    var acc2: array<vec4<f32>, 4>;
     for (var kk = 0u; kk < k4; kk++) {
         let v0 = a4[a0 + kk];
         let v1 = a4[a1 + kk];
@@ -165,14 +191,24 @@ fn gemm_nn4(@builtin(global_invocation_id) gid: vec3<u32>) {
         let v3 = a4[a3 + kk];
         for (var d = 0u; d < 4u; d++) {
             let bv = b4[bi];
-            bi += n4;
             acc[0] += v0[d] * bv;
             acc[1] += v1[d] * bv;
             acc[2] += v2[d] * bv;
             acc[3] += v3[d] * bv;
+            if (BX > 1u) {
+                let bw = b4[bi + b2];
+                acc2[0] += v0[d] * bw;
+                acc2[1] += v1[d] * bw;
+                acc2[2] += v2[d] * bw;
+                acc2[3] += v3[d] * bw;
+            }
+            bi += n4;
         }
     }
     store_block(g, r0, c0, acc);
+    if (BX > 1u && c0 + 4u < p.n) {
+        store_block(g, r0, c0 + 4u, acc2);
+    }
 }
 
 // The 4x4 block of C at (r0, c0) and the sums of A's rows r0 .. r0 + 3 over the depth.
@@ -206,39 +242,62 @@ fn block_step(r: ptr<function, Block>, av: vec4<f32>, bv: vec4<f32>, sums: bool)
 
 // Stores a block and A's sums (a `_sum` entry point; the others never reach a_sums).
 fn store_with_sums(gid: vec3<u32>, r: Block) {
-    store_block(gid.z, gid.y * 4u, gid.x * 4u, r.acc);
-    store_sums(gid.z, gid.y * 4u, gid.x * 4u, r.a_sum);
+    store_block(gid.z, gid.y * 4u, gid.x * 4u * BX, r.acc);
+    store_sums(gid.z, gid.y * 4u, gid.x * 4u * BX, r.a_sum);
 }
 
-// Whether the block of this invocation lies past C's edge.
+// Whether the blocks of this invocation lie past C's edge.
 fn outside(gid: vec3<u32>) -> bool {
-    return gid.x * 4u >= p.n || gid.y * 4u >= p.m;
+    return gid.x * 4u * BX >= p.n || gid.y * 4u >= p.m;
 }
 
-fn tn_block(gid: vec3<u32>, sums: bool) -> Block {
+// The block of gemm_tn(_sum) at columns gid.x * 4 * BX (and with BX = 2 the next one's
+// sums in `right`, past the edge clamped for loading).
+fn tn_block(gid: vec3<u32>, sums: bool, right: ptr<function, array<vec4<f32>, 4>>) -> Block {
     let g = gid.z;
     let m4 = p.m / 4u;
     let n4 = p.n / 4u;
     let abase = g * p.k * m4 + gid.y;
-    let bbase = g * p.k * n4 + gid.x;
+    let bbase = g * p.k * n4 + gid.x * BX;
+    let b2 = min(gid.x * BX + 1u, n4 - 1u) - gid.x * BX;
     var r: Block;
     for (var kk = 0u; kk < p.k; kk++) {
-        block_step(&r, a4[abase + kk * m4], b4[bbase + kk * n4], sums);
+        let av = a4[abase + kk * m4];
+        block_step(&r, av, b4[bbase + kk * n4], sums);
+        if (BX > 1u) {
+            let bv = b4[bbase + kk * n4 + b2];
+            (*right)[0] += av.x * bv;
+            (*right)[1] += av.y * bv;
+            (*right)[2] += av.z * bv;
+            (*right)[3] += av.w * bv;
+        }
     }
     return r;
+}
+
+// With BX = 2, stores the second block of gemm_tn(_sum) where it lies inside C.
+fn store_right(gid: vec3<u32>, right: array<vec4<f32>, 4>) {
+    let c0 = gid.x * 4u * BX + 4u;
+    if (BX > 1u && c0 < p.n) {
+        store_block(gid.z, gid.y * 4u, c0, right);
+    }
 }
 
 @compute @workgroup_size(WG, WG, 1)
 fn gemm_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (!outside(gid)) {
-        store_block(gid.z, gid.y * 4u, gid.x * 4u, tn_block(gid, false).acc);
+        var right: array<vec4<f32>, 4>;
+        store_block(gid.z, gid.y * 4u, gid.x * 4u * BX, tn_block(gid, false, &right).acc);
+        store_right(gid, right);
     }
 }
 
 @compute @workgroup_size(WG, WG, 1)
 fn gemm_tn_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (!outside(gid)) {
-        store_with_sums(gid, tn_block(gid, true));
+        var right: array<vec4<f32>, 4>;
+        store_with_sums(gid, tn_block(gid, true, &right));
+        store_right(gid, right);
     }
 }
 

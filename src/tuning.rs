@@ -40,6 +40,10 @@ pub struct Tuning {
     /// side `gemm_wg` (smaller ones keep the register kernels on smaller workgroups); 0: the
     /// register-blocked kernels load both operands from device memory everywhere.
     pub gemm_tile: u32,
+    /// 4x4 blocks each invocation of the register-blocked GEMMs for the three vec4 layouts
+    /// computes side by side along the output's columns (`BX`): 1, or 2 (each loaded A value
+    /// then serves twice the multiply-adds; twice the accumulators).
+    pub gemm_cols: u32,
     /// Widest workgroup of the convolution kernels (`WGX` in `shaders/conv.wgsl`; narrower
     /// where the output is short): a power of two from 8 to 256.
     pub conv_lanes: u32,
@@ -122,10 +126,11 @@ pub struct Tuning {
 }
 
 /// Keys of the text format, in order.
-const KEYS: [&str; 22] = [
+const KEYS: [&str; 23] = [
     "gemm_wg",
     "gemm_groups",
     "gemm_tile",
+    "gemm_cols",
     "conv_lanes",
     "conv_ob",
     "grad_weight_ob",
@@ -154,6 +159,8 @@ impl Tuning {
         gemm_wg: 8,
         gemm_groups: 0,
         gemm_tile: 0,
+        // Measured at G=64: LeNet's GEMMs ~200 -> ~165 ms per step (loads per multiply-add).
+        gemm_cols: 2,
         conv_lanes: 64,
         conv_ob: 4,
         grad_weight_ob: 8,
@@ -199,6 +206,8 @@ impl Tuning {
         // workgroups of 8x8) and gemm_wg=8 at G=64 (256 to 2,048): per product, this rule.
         gemm_groups: 256,
         gemm_tile: 1,
+        // (2 not yet timed on a GPU; the tiles serve the large products anyway.)
+        gemm_cols: 1,
         conv_lanes: 64,
         conv_ob: 8,
         grad_weight_ob: 4,
@@ -288,6 +297,7 @@ impl Tuning {
         check("gemm_wg", matches!(self.gemm_wg, 4 | 8 | 16), "4, 8 or 16")?;
         check("gemm_groups", self.gemm_groups <= 1 << 20, "0 to 1,048,576")?;
         check("gemm_tile", self.gemm_tile <= 1, "0 (register-blocked kernels) or 1 (workgroup-memory tiles)")?;
+        check("gemm_cols", matches!(self.gemm_cols, 1 | 2), "1 or 2")?;
         check(
             "conv_lanes",
             self.conv_lanes.is_power_of_two() && (8..=256).contains(&self.conv_lanes),
@@ -379,6 +389,7 @@ impl Tuning {
             "gemm_wg" => &[4, 8, 16],
             "gemm_groups" => &[0, 64, 256, 1024],
             "gemm_tile" => &[0, 1],
+            "gemm_cols" => &[1, 2],
             "conv_lanes" => &[32, 64, 128, 256],
             "conv_ob" => &[2, 4, 8],
             "grad_weight_ob" => &[4, 8],
@@ -438,6 +449,7 @@ impl Tuning {
             "gemm_wg" => &mut self.gemm_wg,
             "gemm_groups" => &mut self.gemm_groups,
             "gemm_tile" => &mut self.gemm_tile,
+            "gemm_cols" => &mut self.gemm_cols,
             "conv_lanes" => &mut self.conv_lanes,
             "conv_ob" => &mut self.conv_ob,
             "grad_weight_ob" => &mut self.grad_weight_ob,

@@ -448,12 +448,21 @@ fn tune_prints_measurements_then_the_best() {
     let best = last["best"].as_str().unwrap_or_else(|| panic!("no best: {last}"));
     assert!(lines[..lines.len() - 1].iter().any(|l| l["tuning"] == best), "the best was measured: {lines:?}");
     assert_eq!(lines[0]["key"], "start");
-    // The MLP has no convolution: only the GEMM's workgroups and kernels, whether its weight
+    // The MLP has no convolution: only the GEMM's workgroups, blocks and kernels, whether its weight
     // gradients sum the bias gradients (or sums do, `serial_sum`), the optimizer's tensors
     // per dispatch and the loop counters (every kernel) change its kernels.
     let keys: Vec<&str> = lines.iter().filter_map(|l| l["key"].as_str()).collect();
-    let mlp_keys =
-        ["start", "gemm_wg", "gemm_groups", "gemm_tile", "folds", "serial_sum", "update_tensors", "loop_counters"];
+    let mlp_keys = [
+        "start",
+        "gemm_wg",
+        "gemm_groups",
+        "gemm_tile",
+        "gemm_cols",
+        "folds",
+        "serial_sum",
+        "update_tensors",
+        "loop_counters",
+    ];
     assert!(keys.iter().all(|k| mlp_keys.contains(k)), "{keys:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("--tuning {best}")), "how to use it: {stderr}");

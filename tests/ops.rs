@@ -114,16 +114,21 @@ fn matmul_vec4_sizes_all_layouts() {
 }
 
 /// Every GEMM workgroup side a tuning may choose (4, 8, 16: tiles of 16 to 64) computes the
-/// same products, fast paths and general kernel, with ragged edges.
+/// same products, fast paths and general kernel, with ragged edges. With `gemm_cols=2` the
+/// vec4 kernels take two 4x4 blocks side by side: the last pair's second block partly past
+/// the edge (70 columns) and wholly past it (4 columns).
 #[test]
 fn matmul_under_every_gemm_tuning() {
     let gpu = gpu_or_skip!();
-    for wg in [4, 16] {
-        let tuned = gpu.with_tuning(modelbatch::Tuning { gemm_wg: wg, ..gpu.tuning() }).unwrap();
+    for (wg, cols) in [(4, 1), (16, 1), (4, 2), (8, 2), (16, 2)] {
+        let tuned =
+            gpu.with_tuning(modelbatch::Tuning { gemm_wg: wg, gemm_cols: cols, gemm_tile: 0, ..gpu.tuning() }).unwrap();
         for (ta, tb) in COMBOS {
             check_matmul(&tuned, 3, 37, 12, 70, ta, tb, true);
+            check_matmul(&tuned, 2, 8, 8, 4, ta, tb, true);
         }
         check_matmul(&tuned, 2, 17, 5, 3, false, false, true);
+        check_linear(&tuned, 3, &[5], 8, 12, true);
     }
 }
 
@@ -165,7 +170,7 @@ fn small_products_take_smaller_gemm_workgroups() {
         modelbatch::Plan::new(&tuned, &graph, &[c], &[]).unwrap()
     };
     let grids = |groups: u32, g: usize, rows: usize| {
-        let text = format!("gemm_wg=16,gemm_groups={groups}");
+        let text = format!("gemm_wg=16,gemm_groups={groups},gemm_cols=1");
         plan(&text, g, rows).signature().iter().map(|d| d.2).collect::<Vec<_>>()
     };
     // 37 x 40 outputs: one 64x64 workgroup per model at gemm_wg=16, 2x2 of 32x32 at 8, 3x3

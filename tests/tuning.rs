@@ -63,6 +63,8 @@ fn shapes_that_keep_the_splits_train_bit_for_bit_alike() {
         // The tiled convolution adds in the direct kernels' order (channel, row, column).
         format!("conv_tile={},tile_px=2", if t.conv_tile == 0 { 128 } else { 0 }),
         format!("split_lanes={}", 1 - t.split_lanes),
+        // Two GEMM blocks per invocation or one.
+        format!("gemm_tile=0,gemm_cols={}", 3 - t.gemm_cols),
     ] {
         let text = text.as_str();
         let (m1, w1, s1) = run(&tuned(gpu, text));
