@@ -79,6 +79,13 @@ fn store_block(g: u32, r0: u32, c0: u32, acc: array<vec4<f32>, 4>) {
     }
 }
 
+// The vec4 offsets of rows r0 .. r0 + 3 of model g's A [M, K] (K % 4 == 0), rows past the
+// edge clamped for loading (dropped at the store).
+fn a_rows(g: u32, r0: u32, k4: u32) -> vec4<u32> {
+    let last = p.m - 1u;
+    return (vec4<u32>(g * p.m) + min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last))) * k4;
+}
+
 @compute @workgroup_size(WG, WG, 1)
 fn gemm_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
     let g = gid.z;
@@ -91,10 +98,11 @@ fn gemm_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
     // Rows and columns past the edge are clamped for loading and dropped at the store.
     // (Constant indices only: a private array indexed in a loop may live in local memory
     // unless the driver unrolls the loop.)
-    let a0 = (g * p.m + min(r0, p.m - 1u)) * k4;
-    let a1 = (g * p.m + min(r0 + 1u, p.m - 1u)) * k4;
-    let a2 = (g * p.m + min(r0 + 2u, p.m - 1u)) * k4;
-    let a3 = (g * p.m + min(r0 + 3u, p.m - 1u)) * k4;
+    let ar = a_rows(g, r0, k4);
+    let a0 = ar.x;
+    let a1 = ar.y;
+    let a2 = ar.z;
+    let a3 = ar.w;
     let bb0 = (g * p.n + min(c0, p.n - 1u)) * k4;
     let bb1 = (g * p.n + min(c0 + 1u, p.n - 1u)) * k4;
     let bb2 = (g * p.n + min(c0 + 2u, p.n - 1u)) * k4;
@@ -175,10 +183,11 @@ fn gemm_nn4(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let n4 = p.n / 4u;
     let k4 = p.k / 4u;
-    let a0 = (g * p.m + min(r0, p.m - 1u)) * k4;
-    let a1 = (g * p.m + min(r0 + 1u, p.m - 1u)) * k4;
-    let a2 = (g * p.m + min(r0 + 2u, p.m - 1u)) * k4;
-    let a3 = (g * p.m + min(r0 + 3u, p.m - 1u)) * k4;
+    let ar = a_rows(g, r0, k4);
+    let a0 = ar.x;
+    let a1 = ar.y;
+    let a2 = ar.z;
+    let a3 = ar.w;
     var bi = g * p.k * n4 + gid.x * BX;
     // The second block's columns (BX = 2), clamped past the edge.
     let b2 = min(gid.x * BX + 1u, n4 - 1u) - gid.x * BX;
