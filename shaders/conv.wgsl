@@ -404,12 +404,13 @@ fn conv2d_grad_weight_reduce_wide(
 // axes swapped (w(c, o, ky, kx) = w[o, c, kh-1-ky, kw-1-kx], padding kh-1-p0): the weight is
 // addressed through strides (wrapping u32 arithmetic for the negative ones).
 //
-// One invocation: a strip of 8 consecutive output columns (two vec4 accumulators per output
-// channel) of one image, for OB output channels. A workgroup shares one output row oy
-// and one block of OB output channels (wid.y), its invocations walk (n, strip): the kernel rows
-// that land inside the input are a workgroup-uniform range (padding rows are skipped, not
-// masked), and the weight loads are uniform. For each (c, ky) the strip's KW + 7 input values
-// are loaded once and reused for every kx, and each weight serves 8 columns. (Measured on
+// One invocation: a strip of SW (8 or 12) consecutive output columns (a vec4 accumulator
+// per 4 columns and output channel) of one image, for OB output channels. A workgroup shares
+// one output row oy and one block of OB output channels (wid.y), its invocations walk (n,
+// strip): the kernel rows that land inside the input are a workgroup-uniform range (padding
+// rows are skipped, not masked), and the weights are the workgroup's. For each (c, ky) the
+// strip's KW + SW - 1 input values are loaded once and reused for every kx, and each weight
+// serves SW columns. (Measured on
 // lavapipe: 4 output channels x 8 columns beat 8 x 4 by 1.3x, as many accumulators but fewer
 // loads per multiply-add.) The workgroup first stages its weights in workgroup memory, a
 // vec4 of output channels per tap; the input rows are loaded as vec4 (shifted into place
@@ -422,8 +423,9 @@ fn conv2d_grad_weight_reduce_wide(
 // x[n, c, oy + ky - p0, ox + kx - p1]. One invocation owns the kernel rows (c, ky) of GR
 // input channels (c, c + 1) for OB output channels (GR x OB x KW accumulators); its workgroup
 // shares the output-channel block (wid.y), so the dy loads are uniform. Along ox it slides a
-// window of KW input values per channel: GR + OB loads per position for GR * KW * OB
-// multiply-adds. The depth is split as in conv2d_grad_weight.
+// window of KW input values per channel; columns come 4 at a time, one vec4 of dy per output
+// channel and one of x per input channel (`GA`): GR + OB vec4 loads per 4 positions for
+// 4 * GR * KW * OB multiply-adds. The depth is split as in conv2d_grad_weight.
 
 struct Direct {
     n: u32,
