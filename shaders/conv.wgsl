@@ -607,55 +607,54 @@ fn direct_row(row: u32, col0: u32) -> DirectRow {
     return r;
 }
 
-@compute @workgroup_size(WGX, 1, 1)
-fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let z = wid.z + q.z0;
-    let g = z / q.groups;
-    let grp = z - g * q.groups;
-    let oy = wid.y / q.oblocks;
-    let o0 = (wid.y - oy * q.oblocks) * OB;
-    direct_stage(z, o0, lid.x);
+// Where a conv2d_direct invocation works: model and group z, output row oy, first output
+// channel o0, the strip's first column ox0, the offsets of its input (xb) and output (ob),
+// and whether it has a strip (`live`; the others only help stage the weights).
+struct DirectAt {
+    z: u32,
+    g: u32,
+    grp: u32,
+    oy: u32,
+    o0: u32,
+    ox0: u32,
+    col0: u32,
+    xb: u32,
+    ob: u32,
+    live: bool,
+}
+
+// The invocation's place; stages the workgroup's weights (every invocation, before any
+// accumulator exists).
+fn direct_at(lid: vec3<u32>, wid: vec3<u32>) -> DirectAt {
+    var at: DirectAt;
+    at.z = wid.z + q.z0;
+    at.g = at.z / q.groups;
+    at.grp = at.z - at.g * q.groups;
+    at.oy = wid.y / q.oblocks;
+    at.o0 = (wid.y - at.oy * q.oblocks) * OB;
+    direct_stage(at.z, at.o0, lid.x);
     let t = (wid.x + q.x0) * WGX + lid.x;
-    if (t >= q.n * q.strips) {
-        return;
-    }
-    let n = t / q.strips;
-    let ox0 = (t - n * q.strips) * SW;
+    at.live = t < q.n * q.strips;
+    let n = min(t, q.n * q.strips - 1u) / q.strips;
+    at.ox0 = (t - n * q.strips) * SW;
+    // Input column of tap kx for the strip's column s: col0 + kx + s.
+    at.col0 = at.ox0 - q.p1;
+    at.xb = ((at.g * q.n + n) * q.ci + at.grp * q.cig + q.c0) * q.ih * q.iw;
+    at.ob = ((at.g * q.n + n) * q.co + at.grp * q.cog) * q.oh * q.ow + at.oy * q.ow + at.ox0;
+    return at;
+}
+
+// Adds the dispatch's input channels' terms to the strip's sums: columns 0-3 in acc, 4-7 in
+// acc2, 8-11 in acc3 (SW = 12), per output channel.
+fn direct_sums(at: DirectAt, acc: ptr<function, array<vec4<f32>, MAX_OB>>,
+               acc2: ptr<function, array<vec4<f32>, MAX_OB>>, acc3: ptr<function, array<vec4<f32>, MAX_OB>>) {
     let ihw = q.ih * q.iw;
     // Kernel rows that land inside the input (uniform over the workgroup).
-    let rows = direct_rows(oy);
-    let ky_lo = rows.x;
-    let ky_end = rows.y;
+    let rows = direct_rows(at.oy);
     let ob4 = (OB + 3u) / 4u;
-    let xb = ((g * q.n + n) * q.ci + grp * q.cig + q.c0) * ihw;
-    // Input column of tap kx for the strip's column s: col0 + kx + s.
-    let col0 = ox0 - q.p1;
-    let ohw = q.oh * q.ow;
-    let ob = ((g * q.n + n) * q.co + grp * q.cog) * ohw + oy * q.ow + ox0;
-    // Columns 0-3 of the strip in acc, 4-7 in acc2 (SW >= 8), 8-11 in acc3 (SW = 12). A
-    // dispatch after the first starts from the sums y holds, so that every sum adds its
-    // terms in the same order however many dispatches share it.
-    var acc: array<vec4<f32>, MAX_OB>;
-    var acc2: array<vec4<f32>, MAX_OB>;
-    var acc3: array<vec4<f32>, MAX_OB>;
-    if ((q.flags & 8u) != 0u) {
-        for (var j = 0u; j < OB; j++) {
-            let at = ob + min(o0 + j, q.cog - 1u) * ohw;
-            for (var s = 0u; s < SW; s++) {
-                let v = select(0.0, out4[at + min(s, q.ow - 1u - ox0)], ox0 + s < q.ow);
-                if (s < 4u) {
-                    acc[j][s & 3u] = v;
-                } else if (s < 8u) {
-                    acc2[j][s & 3u] = v;
-                } else {
-                    acc3[j][s & 3u] = v;
-                }
-            }
-        }
-    }
     for (var c = 0u; c < q.cn; c++) {
-        for (var ky = ky_lo; ky < ky_end; ky++) {
-            let w = direct_row(xb + c * ihw + (oy + ky - q.p0) * q.iw, col0);
+        for (var ky = rows.x; ky < rows.y; ky++) {
+            let w = direct_row(at.xb + c * ihw + (at.oy + ky - q.p0) * q.iw, at.col0);
             let sk = (c * q.kh + ky) * KW * ob4;
             // (xv, xv2, xv3) hold the inputs of tap kx for the strip's columns, (xn, xn2) the
             // window's columns after them; all slide by one column per tap. (No private
@@ -678,10 +677,10 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
                 }
                 for (var j = 0u; j < OB; j++) {
                     let wv = select(w2[j & 3u], w1[j & 3u], j < 4u);
-                    acc[j] += xv * wv;
-                    acc2[j] += xv2 * wv;
+                    (*acc)[j] += xv * wv;
+                    (*acc2)[j] += xv2 * wv;
                     if (SW == 12u) {
-                        acc3[j] += xv3 * wv;
+                        (*acc3)[j] += xv3 * wv;
                     }
                 }
                 if (kx + 1u < KW) {
@@ -698,19 +697,102 @@ fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
             }
         }
     }
-    for (var j = 0u; j < OB; j++) {
-        let o = o0 + j;
-        if (o < q.cog) {
-            var add = 0.0;
-            if ((q.flags & 1u) != 0u) {
-                add = bias[g * q.co + grp * q.cog + o];
-            }
-            let relu = (q.flags & 2u) != 0u;
+}
+
+// The bias of output channel o0 + j (0 without one).
+fn direct_bias(at: DirectAt, j: u32) -> f32 {
+    if ((q.flags & 1u) != 0u) {
+        return bias[at.g * q.co + at.grp * q.cog + at.o0 + j];
+    }
+    return 0.0;
+}
+
+@compute @workgroup_size(WGX, 1, 1)
+fn conv2d_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let at = direct_at(lid, wid);
+    if (!at.live) {
+        return;
+    }
+    let ohw = q.oh * q.ow;
+    // A dispatch after the first starts from the sums y holds, so that every sum adds its
+    // terms in the same order however many dispatches share it.
+    var acc: array<vec4<f32>, MAX_OB>;
+    var acc2: array<vec4<f32>, MAX_OB>;
+    var acc3: array<vec4<f32>, MAX_OB>;
+    if ((q.flags & 8u) != 0u) {
+        for (var j = 0u; j < OB; j++) {
+            let y = at.ob + min(at.o0 + j, q.cog - 1u) * ohw;
             for (var s = 0u; s < SW; s++) {
-                if (ox0 + s < q.ow) {
-                    let v = select(select(acc3[j][s & 3u], acc2[j][s & 3u], s < 8u), acc[j][s & 3u], s < 4u) + add;
-                    out4[ob + o * ohw + s] = select(v, max(v, 0.0), relu);
+                let v = select(0.0, out4[y + min(s, q.ow - 1u - at.ox0)], at.ox0 + s < q.ow);
+                if (s < 4u) {
+                    acc[j][s & 3u] = v;
+                } else if (s < 8u) {
+                    acc2[j][s & 3u] = v;
+                } else {
+                    acc3[j][s & 3u] = v;
                 }
+            }
+        }
+    }
+    direct_sums(at, &acc, &acc2, &acc3);
+    let relu = (q.flags & 2u) != 0u;
+    for (var j = 0u; j < OB; j++) {
+        if (at.o0 + j < q.cog) {
+            let add = direct_bias(at, j);
+            for (var s = 0u; s < SW; s++) {
+                if (at.ox0 + s < q.ow) {
+                    let v = select(select(acc3[j][s & 3u], acc2[j][s & 3u], s < 8u), acc[j][s & 3u], s < 4u) + add;
+                    out4[at.ob + (at.o0 + j) * ohw + s] = select(v, max(v, 0.0), relu);
+                }
+            }
+        }
+    }
+}
+
+// y as vec4 (conv2d_direct_y4).
+@group(0) @binding(4) var<storage, read_write> y4: array<vec4<f32>>;
+
+// conv2d_direct where output rows are whole vec4s (ow a multiple of 4): y is read (when
+// continuing) and written a vec4 at a time (on lavapipe, whose stores cost about as much
+// per vec4 as per scalar: LeNet's conv1 forward ~12% faster).
+@compute @workgroup_size(WGX, 1, 1)
+fn conv2d_direct_y4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let at = direct_at(lid, wid);
+    if (!at.live) {
+        return;
+    }
+    let ohw4 = q.oh * q.ow / 4u;
+    let ob4 = at.ob / 4u;
+    var acc: array<vec4<f32>, MAX_OB>;
+    var acc2: array<vec4<f32>, MAX_OB>;
+    var acc3: array<vec4<f32>, MAX_OB>;
+    if ((q.flags & 8u) != 0u) {
+        for (var j = 0u; j < OB; j++) {
+            let y = ob4 + min(at.o0 + j, q.cog - 1u) * ohw4;
+            acc[j] = y4[y];
+            if (at.ox0 + 4u < q.ow) {
+                acc2[j] = y4[y + 1u];
+            }
+            if (SW == 12u && at.ox0 + 8u < q.ow) {
+                acc3[j] = y4[y + 2u];
+            }
+        }
+    }
+    direct_sums(at, &acc, &acc2, &acc3);
+    let relu = (q.flags & 2u) != 0u;
+    for (var j = 0u; j < OB; j++) {
+        if (at.o0 + j < q.cog) {
+            let add = direct_bias(at, j);
+            let y = ob4 + (at.o0 + j) * ohw4;
+            var v = acc[j] + add;
+            y4[y] = select(v, max(v, vec4<f32>(0.0)), relu);
+            if (at.ox0 + 4u < q.ow) {
+                v = acc2[j] + add;
+                y4[y + 1u] = select(v, max(v, vec4<f32>(0.0)), relu);
+            }
+            if (SW == 12u && at.ox0 + 8u < q.ow) {
+                v = acc3[j] + add;
+                y4[y + 2u] = select(v, max(v, vec4<f32>(0.0)), relu);
             }
         }
     }

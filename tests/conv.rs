@@ -533,7 +533,8 @@ fn direct_twelve_column_strips() {
 /// further dispatches that continue the sums in y (the last one adds the bias). 60 -> 60 channels of 3x3
 /// taps: 2 chunks with 4 output channels per invocation, 3 with 8 (two vec4 per tap), for the
 /// forward pass and the input gradient; rows not starting at a multiple of 4 columns and
-/// ones that do (the vec4 row loads' shifted and aligned forms).
+/// ones that do (the vec4 row loads' shifted and aligned forms), output rows of whole vec4s
+/// (`conv2d_direct_y4`: continued and stored a vec4 at a time).
 #[test]
 fn direct_channel_chunks() {
     let gpu = gpu_or_skip!();
@@ -542,6 +543,8 @@ fn direct_channel_chunks() {
         for spec in [
             Spec::new(2, 2, 60, 60, [5, 7], [3, 3]).padding([1, 1]),
             Spec::new(1, 3, 60, 60, [4, 8], [3, 3]).padding([2, 0]),
+            // Output rows of 20 (vec4 stores, the last strip's second vec4 past the row).
+            Spec::new(2, 2, 60, 60, [5, 22], [3, 3]),
         ] {
             let labels = check(&tuned, spec);
             for l in ["conv2d", "conv2d_grad_input"] {

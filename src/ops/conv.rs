@@ -581,7 +581,7 @@ impl Corr {
             ("SW", self.sw() as f64),
             ("GB", f64::from(bias)),
         ];
-        if entry == "conv2d_direct" {
+        if entry.starts_with("conv2d_direct") {
             consts.push(("XA", f64::from(self.aligned())));
             consts.push(("XSKIP", f64::from(self.skipped_vec4())));
         }
@@ -666,11 +666,13 @@ fn direct(
     }
     // One invocation per (image, strip of `sw` columns); one workgroup row per (oy, block).
     // The kernel reads `a` as vec4: every buffer a plan binds is a whole number of them
-    // (`alloc::bytes_for`, `chunk::pad16`).
-    debug_assert!(ctx.ranges.borrow().get(a).map_or(a.size(), |r| r.1) % 16 == 0);
+    // (`alloc::bytes_for`, `chunk::pad16`), and so is `out` for conv2d_direct_y4.
+    debug_assert!([a, out].iter().all(|b| ctx.ranges.borrow().get(*b).map_or(b.size(), |r| r.1) % 16 == 0));
     let threads = c.n * c.ow.div_ceil(c.sw());
     let wgx = workgroup(ctx, threads);
-    let kernel = c.kernel(ctx, "conv2d_direct", &storage, wgx, false);
+    // Output rows of whole vec4s: y read and written a vec4 at a time.
+    let entry = if c.ow % 4 == 0 { "conv2d_direct_y4" } else { "conv2d_direct" };
+    let kernel = c.kernel(ctx, entry, &storage, wgx, false);
     let grid = [threads.div_ceil(wgx), c.oh * oblocks, d.g * d.groups];
     // Input channels in chunks whose weights fit the workgroup's stage: a dispatch after the
     // first continues the sums in y, the last adds the bias and applies relu (each sum adds
