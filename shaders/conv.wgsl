@@ -421,7 +421,7 @@ fn conv2d_grad_weight_reduce_wide(
 //
 // conv2d_grad_weight_direct: dw(o, c, ky, kx) = sum over (n, oy, ox) of dy[n, o, oy, ox] *
 // x[n, c, oy + ky - p0, ox + kx - p1]. One invocation owns the kernel rows (c, ky) of GR
-// input channels (c, c + 1) for OB output channels (GR x OB x KW accumulators); its workgroup
+// input channels (c .. c + GR - 1, GR <= 3) for OB output channels (GR x OB x KW accumulators); its workgroup
 // shares the output-channel block (wid.y), so the dy loads are uniform. Along ox it slides a
 // window of KW input values per channel; columns come 4 at a time, one vec4 of dy per output
 // channel and one of x per input channel (`GA`): GR + OB vec4 loads per 4 positions for
@@ -879,8 +879,10 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
     let cr = r / q.kh;
     let ky = r - cr * q.kh;
     let c = cr * GR;
-    // With GR = 2, the second input channel (none past the group: masked, not stored).
+    // With GR >= 2, the second input channel, with GR = 3 the third (none past the group:
+    // masked, not stored).
     let c2ok = GR > 1u && c + 1u < q.cig;
+    let c3ok = GR > 2u && c + 2u < q.cig;
     let ihw = q.ih * q.iw;
     let ohw = q.oh * q.ow;
     var dyo: array<u32, MAX_OB>;
@@ -896,6 +898,8 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
     var ahi: array<vec4<f32>, MAX_OB>;
     var blo: array<vec4<f32>, MAX_OB>;
     var bhi: array<vec4<f32>, MAX_OB>;
+    var clo: array<vec4<f32>, MAX_OB>;
+    var chi: array<vec4<f32>, MAX_OB>;
     // With GB, the sums of dy over the same positions (every row and column is visited):
     // the bias gradient, stored by the invocations of kernel row 0 of input channel 0.
     var bsum: array<f32, MAX_OB>;
@@ -909,7 +913,7 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
         // slides by one and the new value enters at k = KW - 1. Filled for ox = -1 first
         // (components past KW - 1 hold columns never used). Columns enter 4 at a time, as
         // dy's do: one vec4 load each. (No private array: lavapipe indexes those through
-        // memory.) The second channel's row (GR = 2), read as zeros where there is none.
+        // memory.) The second and third channels' rows (GR > 1, 2), zeros where there are none.
         let xrow2 = xrow + select(0u, ihw, c2ok);
         let rok2 = rok && c2ok;
         let f0 = gw_x4(xrow, 0u - q.p1, rok, (GA & 2u) != 0u);
@@ -924,12 +928,26 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
             lo2 = vec4<f32>(0.0, g0.xyz);
             hi2 = vec4<f32>(g0.w, g1.xyz);
         }
+        let xrow3 = xrow + select(0u, 2u * ihw, c3ok);
+        let rok3 = rok && c3ok;
+        var lo3 = vec4<f32>(0.0);
+        var hi3 = vec4<f32>(0.0);
+        if (GR > 2u) {
+            let h0 = gw_x4(xrow3, 0u - q.p1, rok3, (GA & 2u) != 0u);
+            let h1 = gw_x4(xrow3, 4u - q.p1, rok3, (GA & 2u) != 0u);
+            lo3 = vec4<f32>(0.0, h0.xyz);
+            hi3 = vec4<f32>(h0.w, h1.xyz);
+        }
         for (var ox0 = 0u; ox0 < q.ow; ox0 += 4u) {
             let ix = ox0 + KW - 1u - q.p1;
             let xe = gw_x4(xrow, ix, rok, (GA & 1u) != 0u);
             var xe2 = vec4<f32>();
             if (GR > 1u) {
                 xe2 = gw_x4(xrow2, ix, rok2, (GA & 1u) != 0u);
+            }
+            var xe3 = vec4<f32>();
+            if (GR > 2u) {
+                xe3 = gw_x4(xrow3, ix, rok3, (GA & 1u) != 0u);
             }
             var d4: array<vec4<f32>, MAX_OB>;
             for (var j = 0u; j < OB; j++) {
@@ -940,6 +958,9 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
                     gw_slide(&lo, &hi, xe[m]);
                     if (GR > 1u) {
                         gw_slide(&lo2, &hi2, xe2[m]);
+                    }
+                    if (GR > 2u) {
+                        gw_slide(&lo3, &hi3, xe3[m]);
                     }
                     for (var j = 0u; j < OB; j++) {
                         let d = d4[j][m];
@@ -958,6 +979,14 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
                                 bhi[j].x += d * hi2.x;
                             } else if (KW > 4u) {
                                 bhi[j] += d * hi2;
+                            }
+                        }
+                        if (GR > 2u) {
+                            clo[j] += d * lo3;
+                            if (KW == 5u) {
+                                chi[j].x += d * hi3.x;
+                            } else if (KW > 4u) {
+                                chi[j] += d * hi3;
                             }
                         }
                         if (GB != 0u) {
@@ -982,6 +1011,9 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
                 out3[base + k] = select(ahi[j][k & 3u], alo[j][k & 3u], k < 4u);
                 if (c2ok) {
                     out3[base + q.kh * KW + k] = select(bhi[j][k & 3u], blo[j][k & 3u], k < 4u);
+                }
+                if (c3ok) {
+                    out3[base + 2u * q.kh * KW + k] = select(chi[j][k & 3u], clo[j][k & 3u], k < 4u);
                 }
             }
             if (GB != 0u && r == 0u) {

@@ -555,6 +555,32 @@ fn direct_channel_chunks() {
     }
 }
 
+/// `conv2d_grad_weight_direct` takes three input channels per invocation where that pads the
+/// channels no more than two would (3, 5, 6, 9 per group here; 5: a triple and a pair whose
+/// third row is masked), two elsewhere (4, 7), one with one; at most 12 rows of accumulators
+/// (OB 4 with three channels, 6 with two), in groups too.
+#[test]
+fn direct_weight_gradient_channel_triples() {
+    let gpu = &gpu_or_skip!().with_tuning(Tuning::SOFTWARE).unwrap();
+    for (spec, gr, ob) in [
+        (Spec::new(2, 2, 3, 5, [7, 9], [3, 5]).padding([1, 2]), 3, 3),
+        (Spec::new(2, 3, 5, 9, [6, 8], [5, 5]), 3, 3),
+        (Spec::new(1, 2, 6, 16, [12, 12], [5, 5]), 3, 4),
+        (Spec::new(2, 2, 18, 8, [5, 6], [3, 3]).groups(2).padding([1, 1]).no_bias(), 3, 4),
+        (Spec::new(2, 2, 4, 7, [6, 6], [3, 3]), 2, 4),
+        (Spec::new(1, 2, 7, 13, [5, 8], [2, 4]).padding([0, 1]), 2, 5),
+        (Spec::new(2, 2, 1, 6, [8, 8], [5, 5]), 1, 6),
+    ] {
+        check(gpu, spec);
+        let kernels = Case::new(gpu, spec, 1).plan.dispatch_kernels();
+        let wgrad = kernels.iter().find(|k| k.0 == "conv2d_grad_weight").unwrap();
+        assert!(
+            wgrad.1.contains(&format!("OB={ob},GB=")) && wgrad.1.contains(&format!("GR={gr},")),
+            "{spec:?}: {wgrad:?}"
+        );
+    }
+}
+
 #[test]
 fn non_square_kernels_and_inputs() {
     let gpu = gpu_or_skip!();

@@ -1063,12 +1063,20 @@ fn grad_weight_direct(
     bias: Option<&wgpu::Buffer>,
 ) -> Result<Option<Vec<Dispatch>>> {
     let [kh, kw] = c.kernel;
+    // Input channels per invocation: two or three where there are (each dy load then serves
+    // more multiply-adds; lavapipe loads lane by lane: LeNet's conv2 weight gradient 245 ->
+    // 165 ms at G=64 with two), three unless that pads the channels more than two do.
+    let gr = match c.cig {
+        1 => 1,
+        cig if 3 * cig.div_ceil(3) <= 2 * cig.div_ceil(2) => 3,
+        _ => 2,
+    };
+    // At most GR x OB = 12 rows of accumulators (60 floats with KW = 5): more live in
+    // memory on lavapipe. Its conv2 weight gradient (16 x 6 channels) at G=64: OB=8 x GR=2
+    // 203 ms, 6 x 2 175, 4 x 2 180, 8 x 3 184, 4 x 3 159.
+    let c = &Corr { max_ob: c.max_ob.min(12 / gr), ..*c };
     let ob = c.ob();
     let oblocks = c.cog.div_ceil(ob);
-    // Input channels per invocation: two where there are (each dy load then serves twice the
-    // multiply-adds; lavapipe loads lane by lane: LeNet's conv2 weight gradient 245 -> 165 ms
-    // at G=64).
-    let gr = if c.cig > 1 { 2 } else { 1 };
     let lanes = c.cig.div_ceil(gr) * kh;
     // With the bias gradient, each partial holds dw's sums and then the bias's.
     let dw_len = d.g * c.co * c.cig * d.kk;
