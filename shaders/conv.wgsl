@@ -420,8 +420,8 @@ fn conv2d_grad_weight_reduce_wide(
 // each starting from the sums y holds (flags bit 3; the last one adds the bias).
 //
 // conv2d_grad_weight_direct: dw(o, c, ky, kx) = sum over (n, oy, ox) of dy[n, o, oy, ox] *
-// x[n, c, oy + ky - p0, ox + kx - p1]. One invocation owns the kernel rows (c, ky) of GR
-// input channels (c .. c + GR - 1, GR <= 3) for OB output channels (GR x OB x KW accumulators); its workgroup
+// x[n, c, oy + ky - p0, ox + kx - p1]. One invocation owns GR <= 3 consecutive kernel rows
+// (c, ky) (flattened: c * kh + ky, of one channel or of two) for OB output channels (GR x OB x KW accumulators); its workgroup
 // shares the output-channel block (wid.y), so the dy loads are uniform. Along ox it slides a
 // window of KW input values per channel; columns come 4 at a time, one vec4 of dy per output
 // channel and one of x per input channel (`GA`): GR + OB vec4 loads per 4 positions for
@@ -846,10 +846,17 @@ fn gw_slide(lo: ptr<function, vec4<f32>>, hi: ptr<function, vec4<f32>>, v: f32) 
     }
 }
 
+// Kernel row f (c * kh + ky, clamped to the nr of a group): (c's offset in x, ky).
+fn gw_krow(f: u32, nr: u32, ihw: u32) -> vec2<u32> {
+    let c = min(f, nr - 1u) / q.kh;
+    return vec2<u32>(c * ihw, min(f, nr - 1u) - c * q.kh);
+}
+
 @compute @workgroup_size(WGX, 1, 1)
 fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    // Kernel rows (c, ky) per lane group: GR input channels each.
-    let lanes = (q.cig + GR - 1u) / GR * q.kh;
+    // Kernel rows (c, ky), flattened to c * kh + ky, per lane group: GR consecutive ones each.
+    let nr = q.cig * q.kh;
+    let lanes = (nr + GR - 1u) / GR;
     let t = (wid.x + q.x0) * WGX + lid.x;
     var gg: u32;
     var s: u32;
@@ -876,14 +883,14 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
     let g = gg / q.groups;
     let grp = gg - g * q.groups;
     let o0 = wid.y * OB;
-    let cr = r / q.kh;
-    let ky = r - cr * q.kh;
-    let c = cr * GR;
-    // With GR >= 2, the second input channel, with GR = 3 the third (none past the group:
-    // masked, not stored).
-    let c2ok = GR > 1u && c + 1u < q.cig;
-    let c3ok = GR > 2u && c + 2u < q.cig;
+    // The invocation's kernel rows f .. f + GR - 1 (none past the group's: masked, not stored).
     let ihw = q.ih * q.iw;
+    let f = r * GR;
+    let k1 = gw_krow(f, nr, ihw);
+    let k2 = gw_krow(f + 1u, nr, ihw);
+    let k3 = gw_krow(f + 2u, nr, ihw);
+    let c2ok = GR > 1u && f + 1u < nr;
+    let c3ok = GR > 2u && f + 2u < nr;
     let ohw = q.oh * q.ow;
     var dyo: array<u32, MAX_OB>;
     for (var j = 0u; j < OB; j++) {
@@ -904,18 +911,20 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
     // the bias gradient, stored by the invocations of kernel row 0 of input channel 0.
     var bsum: array<f32, MAX_OB>;
     for (var rr = rbeg; rr < rend; rr++) {
-        // This invocation's input row; rows outside the input read zero.
-        let iy = oy + ky - q.p0;
+        // This invocation's input rows; rows outside the input read zero.
+        let ximg = ((g * q.n + n) * q.ci + grp * q.cig) * ihw;
+        let iy = oy + k1.y - q.p0;
         let rok = iy < q.ih;
-        let xrow = ((g * q.n + n) * q.ci + grp * q.cig + c) * ihw + min(iy, q.ih - 1u) * q.iw;
+        let xrow = ximg + k1.x + min(iy, q.ih - 1u) * q.iw;
         let dyr = (g * q.n + n) * q.co * ohw + oy * q.ow;
         // The window (lo, hi) holds x[iy, ox + k - p1] at component k: before each column it
         // slides by one and the new value enters at k = KW - 1. Filled for ox = -1 first
         // (components past KW - 1 hold columns never used). Columns enter 4 at a time, as
         // dy's do: one vec4 load each. (No private array: lavapipe indexes those through
-        // memory.) The second and third channels' rows (GR > 1, 2), zeros where there are none.
-        let xrow2 = xrow + select(0u, ihw, c2ok);
-        let rok2 = rok && c2ok;
+        // memory.) The second and third kernel rows' (GR > 1, 2), zeros where there are none.
+        let iy2 = oy + k2.y - q.p0;
+        let rok2 = c2ok && iy2 < q.ih;
+        let xrow2 = ximg + k2.x + min(iy2, q.ih - 1u) * q.iw;
         let f0 = gw_x4(xrow, 0u - q.p1, rok, (GA & 2u) != 0u);
         let f1 = gw_x4(xrow, 4u - q.p1, rok, (GA & 2u) != 0u);
         var lo = vec4<f32>(0.0, f0.xyz);
@@ -928,8 +937,9 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
             lo2 = vec4<f32>(0.0, g0.xyz);
             hi2 = vec4<f32>(g0.w, g1.xyz);
         }
-        let xrow3 = xrow + select(0u, 2u * ihw, c3ok);
-        let rok3 = rok && c3ok;
+        let iy3 = oy + k3.y - q.p0;
+        let rok3 = c3ok && iy3 < q.ih;
+        let xrow3 = ximg + k3.x + min(iy3, q.ih - 1u) * q.iw;
         var lo3 = vec4<f32>(0.0);
         var hi3 = vec4<f32>(0.0);
         if (GR > 2u) {
@@ -1006,14 +1016,14 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
     for (var j = 0u; j < OB; j++) {
         let o = o0 + j;
         if (o < q.cog) {
-            let base = s * q.total + (g * q.co + grp * q.cog + o) * cols + (c * q.kh + ky) * KW;
+            let base = s * q.total + (g * q.co + grp * q.cog + o) * cols + f * KW;
             for (var k = 0u; k < KW; k++) {
                 out3[base + k] = select(ahi[j][k & 3u], alo[j][k & 3u], k < 4u);
                 if (c2ok) {
-                    out3[base + q.kh * KW + k] = select(bhi[j][k & 3u], blo[j][k & 3u], k < 4u);
+                    out3[base + KW + k] = select(bhi[j][k & 3u], blo[j][k & 3u], k < 4u);
                 }
                 if (c3ok) {
-                    out3[base + 2u * q.kh * KW + k] = select(chi[j][k & 3u], clo[j][k & 3u], k < 4u);
+                    out3[base + 2u * KW + k] = select(chi[j][k & 3u], clo[j][k & 3u], k < 4u);
                 }
             }
             if (GB != 0u && r == 0u) {

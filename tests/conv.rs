@@ -555,21 +555,22 @@ fn direct_channel_chunks() {
     }
 }
 
-/// `conv2d_grad_weight_direct` takes three input channels per invocation where that pads the
-/// channels no more than two would (3, 5, 6, 9 per group here; 5: a triple and a pair whose
-/// third row is masked), two elsewhere (4, 7), one with one; at most 12 rows of accumulators
-/// (OB 4 with three channels, 6 with two), in groups too.
+/// `conv2d_grad_weight_direct` takes three kernel rows (c, ky) per invocation where that pads
+/// them no more than two would (9, 30, 27 per group, 12, 5 here: triples within a channel and
+/// across two, a masked third row with 5), two elsewhere (25 and 14: a masked second row with
+/// 25); at most 12 rows of accumulators (OB 4 with three, 6 with two), in groups too.
 #[test]
-fn direct_weight_gradient_channel_triples() {
+fn direct_weight_gradient_kernel_row_triples() {
     let gpu = &gpu_or_skip!().with_tuning(Tuning::SOFTWARE).unwrap();
     for (spec, gr, ob) in [
         (Spec::new(2, 2, 3, 5, [7, 9], [3, 5]).padding([1, 2]), 3, 3),
-        (Spec::new(2, 3, 5, 9, [6, 8], [5, 5]), 3, 3),
+        (Spec::new(2, 3, 5, 9, [6, 8], [5, 5]), 2, 5),
         (Spec::new(1, 2, 6, 16, [12, 12], [5, 5]), 3, 4),
         (Spec::new(2, 2, 18, 8, [5, 6], [3, 3]).groups(2).padding([1, 1]).no_bias(), 3, 4),
-        (Spec::new(2, 2, 4, 7, [6, 6], [3, 3]), 2, 4),
+        (Spec::new(2, 2, 4, 7, [6, 6], [3, 3]), 3, 4),
         (Spec::new(1, 2, 7, 13, [5, 8], [2, 4]).padding([0, 1]), 2, 5),
-        (Spec::new(2, 2, 1, 6, [8, 8], [5, 5]), 1, 6),
+        (Spec::new(2, 2, 1, 6, [8, 8], [5, 5]), 3, 3),
+        (Spec::new(2, 1, 1, 5, [6, 7], [1, 1]), 1, 5),
     ] {
         check(gpu, spec);
         let kernels = Case::new(gpu, spec, 1).plan.dispatch_kernels();

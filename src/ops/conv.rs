@@ -1063,12 +1063,12 @@ fn grad_weight_direct(
     bias: Option<&wgpu::Buffer>,
 ) -> Result<Option<Vec<Dispatch>>> {
     let [kh, kw] = c.kernel;
-    // Input channels per invocation: two or three where there are (each dy load then serves
-    // more multiply-adds; lavapipe loads lane by lane: LeNet's conv2 weight gradient 245 ->
-    // 165 ms at G=64 with two), three unless that pads the channels more than two do.
-    let gr = match c.cig {
+    // Kernel rows (c, ky) per invocation, of one input channel or of two: three unless that
+    // pads them more than two do (each dy load then serves more multiply-adds; lavapipe loads
+    // lane by lane: LeNet's conv2 weight gradient 245 -> 165 ms at G=64 with two channels).
+    let gr = match c.cig * kh {
         1 => 1,
-        cig if 3 * cig.div_ceil(3) <= 2 * cig.div_ceil(2) => 3,
+        rows if 3 * rows.div_ceil(3) <= 2 * rows.div_ceil(2) => 3,
         _ => 2,
     };
     // At most GR x OB = 12 rows of accumulators (60 floats with KW = 5): more live in
@@ -1077,7 +1077,7 @@ fn grad_weight_direct(
     let c = &Corr { max_ob: c.max_ob.min(12 / gr), ..*c };
     let ob = c.ob();
     let oblocks = c.cog.div_ceil(ob);
-    let lanes = c.cig.div_ceil(gr) * kh;
+    let lanes = (c.cig * kh).div_ceil(gr);
     // With the bias gradient, each partial holds dw's sums and then the bias's.
     let dw_len = d.g * c.co * c.cig * d.kk;
     let total = dw_len + if bias.is_some() { d.g * c.co } else { 0 };
