@@ -48,7 +48,10 @@ pub struct Tuning {
     /// where the output is short): a power of two from 8 to 256.
     pub conv_lanes: u32,
     /// Output channels per invocation of the direct convolution (forward and input
-    /// gradient), 1 to 8: more reuse of each loaded input, more registers.
+    /// gradient), 1 to 8: more reuse of each loaded input, more registers. At most: the
+    /// strips take 4 where more would sum the input channels in several dispatches and 4
+    /// would not, and (with `conv_strip` 0) 8 columns where 12 would need more than 16 vec4
+    /// accumulators.
     pub conv_ob: u32,
     /// Output channels per invocation of the direct weight gradient, 1 to 8.
     pub grad_weight_ob: u32,
@@ -162,7 +165,7 @@ impl Tuning {
         // Measured at G=64: LeNet's GEMMs ~200 -> ~165 ms per step (loads per multiply-add).
         gemm_cols: 2,
         conv_lanes: 64,
-        conv_ob: 4,
+        conv_ob: 8,
         grad_weight_ob: 8,
         conv_strip: 0,
         conv_pixel: 0,

@@ -582,6 +582,31 @@ fn direct_weight_gradient_kernel_row_triples() {
     }
 }
 
+/// The software tuning's strips for LeNet (`conv_ob` 8): conv1 (one input channel) 6 output
+/// channels by 8 columns (12 would hold 18 vec4 accumulators), conv2 8 by 8, conv2's input
+/// gradient 3 by 12 (6 would need its 16 input channels' weights in two stages); a tuning
+/// that fixes the strip width keeps it.
+#[test]
+fn direct_strip_shapes() {
+    let gpu = &gpu_or_skip!().with_tuning(Tuning::SOFTWARE).unwrap();
+    let shape = |gpu: &modelbatch::Gpu, spec: Spec, label: &str| {
+        let kernels = Case::new(gpu, spec, 1).plan.dispatch_kernels();
+        let k = &kernels.iter().find(|k| k.0 == label).unwrap().1;
+        let at = k.find("OB=").unwrap();
+        k[at..].split(",GB").next().unwrap().to_string()
+    };
+    let conv1 = Spec::new(2, 4, 1, 6, [28, 28], [5, 5]);
+    let conv2 = Spec::new(2, 4, 6, 16, [12, 12], [5, 5]);
+    assert_eq!(shape(gpu, conv1, "conv2d"), "OB=6,SW=8");
+    assert_eq!(shape(gpu, conv2, "conv2d"), "OB=8,SW=8");
+    assert_eq!(shape(gpu, conv2, "conv2d_grad_input"), "OB=3,SW=12");
+    let wide = gpu.with_tuning(Tuning::SOFTWARE.apply("conv_strip=12").unwrap()).unwrap();
+    assert_eq!(shape(&wide, conv1, "conv2d"), "OB=6,SW=12");
+    for spec in [conv1, conv2] {
+        check(gpu, spec);
+    }
+}
+
 #[test]
 fn non_square_kernels_and_inputs() {
     let gpu = gpu_or_skip!();

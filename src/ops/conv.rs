@@ -616,6 +616,29 @@ impl Corr {
 
     /// Input channels of the group one `conv2d_direct` dispatch sums: as many as have their
     /// weights fit the workgroup's stage (`DIRECT_W4`).
+    /// `conv2d_direct`'s strips as lavapipe runs them fastest, within the adapter's
+    /// `conv_ob` and `conv_strip`: blocks of at most 4 output channels where wider ones would
+    /// split the input channels into chunks (each a dispatch re-reading y) and 4 would not;
+    /// with the strip width chosen per layer, 8 columns where 12 would hold more than 16 vec4
+    /// accumulators (more live in memory). On lavapipe at G=64 (`conv_ob` 4 before; fastest
+    /// of 5): LeNet's conv1 OB=3 x 12 columns 155 ms, OB=6 x 8 149 (x 12: 159); conv2 OB=4
+    /// 147, OB=8 116; conv2's input gradient OB=3 x 12 168, OB=6 x 8 in two chunks 292.
+    fn strip_shape(&self) -> Corr {
+        let taps = self.kernel[0] * self.kernel[1];
+        let mut c = Corr { ..*self };
+        if self.cig * taps * self.ob().div_ceil(4) > DIRECT_W4 && self.cig * taps <= DIRECT_W4 {
+            c.max_ob = c.max_ob.min(4);
+        }
+        if c.strip == 0 && c.ob() * strip_width(c.ow, c.kernel[1]) > 64 {
+            c.strip = 8;
+        }
+        if c.direct_fits() {
+            c
+        } else {
+            Corr { ..*self }
+        }
+    }
+
     fn direct_chunk(&self) -> usize {
         (DIRECT_W4 / (self.kernel[0] * self.kernel[1] * self.ob().div_ceil(4))).min(self.cig)
     }
@@ -648,14 +671,13 @@ fn direct(
     flags: u32,
     pooled: Option<&wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
-    let ob = c.ob();
-    let oblocks = c.cog.div_ceil(ob);
     let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
     if let Some(t) = tile_plan(ctx, c, d, pooled.is_some()) {
         return corr_tile(ctx, label, c, d, &t, [a, w, bias, out, pooled.unwrap_or(ctx.sink)], flags);
     }
-    let words = c.words(d, flags, 1, 0, 0);
     if c.pixel {
+        let (ob, oblocks) = (c.ob(), c.cog.div_ceil(c.ob()));
+        let words = c.words(d, flags, 1, 0, 0);
         // One invocation per output position; one workgroup row per channel block.
         let threads = c.n * c.oh * c.ow;
         let wgx = workgroup(ctx, threads);
@@ -668,6 +690,9 @@ fn direct(
     // The kernel reads `a` as vec4: every buffer a plan binds is a whole number of them
     // (`alloc::bytes_for`, `chunk::pad16`), and so is `out` for conv2d_direct_y4.
     debug_assert!([a, out].iter().all(|b| ctx.ranges.borrow().get(*b).map_or(b.size(), |r| r.1) % 16 == 0));
+    let c = &c.strip_shape();
+    let oblocks = c.cog.div_ceil(c.ob());
+    let words = c.words(d, flags, 1, 0, 0);
     let threads = c.n * c.ow.div_ceil(c.sw());
     let wgx = workgroup(ctx, threads);
     // Output rows of whole vec4s: y read and written a vec4 at a time.
