@@ -1,4 +1,4 @@
-// Optimizer updates, in place, one invocation per parameter element. Hyper-parameters are
+// Optimizer updates, in place, one invocation per 4 parameter elements (a vec4). Hyper-parameters are
 // per model: row g of `hyper` holds model g's values, so no model's setting touches another.
 // `dead[g] != 0` freezes model g: its parameters and optimizer state are left untouched
 // (set by the `guard` kernel when model g's loss stops being finite).
@@ -24,12 +24,18 @@ struct SgdHyper {
 
 override WG: u32 = 256u;
 
-// The update rules on one element, shared by the multi-tensor kernels that
+// The update rules on 4 elements of one model, shared by the multi-tensor kernels that
 // `src/ops/optim.rs` generates (one dispatch updates up to 16 parameter tensors: each
-// invocation finds its tensor, then applies the rule with the model's row).
+// invocation finds its tensor, then applies the rule with the model's row; a vec4 whose
+// elements belong to two models, or reach past the tensor, takes them one at a time).
 
-// SGD: (new weight, new momentum buffer); the buffer is returned unchanged without momentum.
-fn sgd_step(w: f32, grad: f32, buf: f32, h: SgdHyper) -> vec2<f32> {
+struct Sgd4 {
+    w: vec4<f32>,
+    m: vec4<f32>,
+}
+
+// SGD: new weights and momentum buffer; the buffer is returned unchanged without momentum.
+fn sgd_step(w: vec4<f32>, grad: vec4<f32>, buf: vec4<f32>, h: SgdHyper) -> Sgd4 {
     var d = grad;
     if (h.weight_decay != 0.0) {
         d += h.weight_decay * w;
@@ -46,7 +52,7 @@ fn sgd_step(w: f32, grad: f32, buf: f32, h: SgdHyper) -> vec2<f32> {
             d = m;
         }
     }
-    return vec2<f32>(w - h.lr * d, m);
+    return Sgd4(w - h.lr * d, m);
 }
 
 // Adam / AdamW hyper-parameter row: PyTorch's torch.optim.Adam and AdamW, one row per model.
@@ -62,8 +68,14 @@ struct AdamHyper {
     bc2_sqrt: f32,   // sqrt(1 - beta2^t)
 }
 
-// Adam: (new weight, new first moment, new second moment).
-fn adam_step(weight: f32, grad: f32, avg: f32, avg_sq: f32, h: AdamHyper) -> vec3<f32> {
+struct Adam4 {
+    w: vec4<f32>,
+    m: vec4<f32>,
+    v: vec4<f32>,
+}
+
+// Adam: new weights, first and second moments.
+fn adam_step(weight: vec4<f32>, grad: vec4<f32>, avg: vec4<f32>, avg_sq: vec4<f32>, h: AdamHyper) -> Adam4 {
     var w = weight;
     var d = grad;
     if (h.weight_decay != 0.0) {
@@ -76,7 +88,7 @@ fn adam_step(weight: f32, grad: f32, avg: f32, avg_sq: f32, h: AdamHyper) -> vec
     let m = h.beta1 * avg + (1.0 - h.beta1) * d;
     let v = h.beta2 * avg_sq + (1.0 - h.beta2) * d * d;
     let denom = sqrt(v) / h.bc2_sqrt + h.eps;
-    return vec3<f32>(w - (h.lr / h.bc1) * (m / denom), m, v);
+    return Adam4(w - (h.lr / h.bc1) * (m / denom), m, v);
 }
 
 // dead[g] = 1 once model g's loss is NaN or infinite; it never comes back to life.

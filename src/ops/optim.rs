@@ -63,8 +63,9 @@ impl Rule {
 }
 
 /// One dispatch of `rule` over every tensor of `slots` (at most [`Rule::max_tensors`]):
-/// invocation i updates element i of the tensors laid end to end, each with its model's row
-/// of `hyper`, skipping models whose `dead` flag is set.
+/// invocation i updates elements 4i .. 4i + 3 of a tensor (each tensor starts a workgroup),
+/// each with its model's row of `hyper`, skipping models whose `dead` flag is set. The
+/// kernel reads and writes vec4: every buffer a plan binds is a whole number of them.
 pub(crate) fn lower_update(
     ctx: &Lower,
     rule: Rule,
@@ -94,7 +95,7 @@ pub(crate) fn lower_update(
     let mut words = vec![0u32; 4 + 3 * MAX_TENSORS];
     let mut end = 0;
     for (t, s) in slots.iter().enumerate() {
-        end += s.numel.div_ceil(WG as usize);
+        end += s.numel.div_ceil(4 * WG as usize);
         words[4 + t] = end as u32;
         words[4 + MAX_TENSORS + t] = s.numel as u32;
         words[4 + 2 * MAX_TENSORS + t] = s.per_model as u32;
@@ -102,6 +103,7 @@ pub(crate) fn lower_update(
     words[0] = end as u32;
     let mut buffers: Vec<&wgpu::Buffer> = slots.iter().flat_map(|s| s.buffers.iter().copied()).collect();
     buffers.extend([hyper, dead]);
+    debug_assert!(buffers.iter().all(|b| ctx.ranges.borrow().get(*b).map_or(b.size(), |r| r.1) % 16 == 0));
     ctx.dispatch(kernel, entry, &words, &buffers, super::grid_groups(end))
 }
 
@@ -129,8 +131,11 @@ fn update_source(rule: Rule, k: usize) -> String {
     for t in 0..k {
         for (j, name) in names.iter().enumerate() {
             let access = if j == 1 { "read" } else { "read_write" };
-            let _ =
-                writeln!(s, "@group(0) @binding({}) var<storage, {access}> {name}{t}: array<f32>;", 1 + per * t + j);
+            let _ = writeln!(
+                s,
+                "@group(0) @binding({}) var<storage, {access}> {name}{t}: array<vec4<f32>>;",
+                1 + per * t + j
+            );
         }
     }
     let _ = writeln!(s, "@group(0) @binding({}) var<storage, read> mhyper: array<{hyper_type}>;", 1 + per * k);
@@ -145,27 +150,45 @@ fn update_source(rule: Rule, k: usize) -> String {
     let _ = writeln!(s, "    let wg = wid.x + wid.y * nwg.x;");
     let _ = writeln!(s, "    if (wg >= mq.groups) {{\n        return;\n    }}");
     let lane = |t: usize| format!("[{}].{}", t / 4, ["x", "y", "z", "w"][t % 4]);
+    let call = |at: &dyn Fn(&str) -> String| {
+        let args: Vec<String> = names.iter().map(|n| at(n)).collect();
+        format!("{entry}_step({}, mhyper[model])", args.join(", "))
+    };
+    // (The rule's results are named like its buffers: w, m, v.)
+    let written: Vec<&str> = names.iter().copied().filter(|n| *n != "g").collect();
     for t in 0..k {
         let start = if t == 0 { "0u".to_string() } else { format!("mq.ends{}", lane(t - 1)) };
         let open = if t == 0 { "    if" } else { " else if" };
         let _ = writeln!(s, "{open} (wg < mq.ends{}) {{", lane(t));
         let _ = writeln!(s, "        let j = (wg - {start}) * WG + lid.x;");
-        let _ = writeln!(s, "        let model = j / mq.per{};", lane(t));
+        let _ = writeln!(s, "        let e = 4u * j;");
+        let _ = writeln!(s, "        let numel = mq.numel{};\n        let per = mq.per{};", lane(t), lane(t));
+        let _ = writeln!(s, "        if (e < numel) {{");
+        let _ = writeln!(s, "            let model = e / per;");
         // (`&&` short-circuits: no flag is read past the tensor's end.)
-        let _ = writeln!(s, "        if (j < mq.numel{} && mdead[model] == 0.0) {{", lane(t));
-        match rule {
-            Rule::Sgd => {
-                let _ = writeln!(s, "            let r = sgd_step(w{t}[j], g{t}[j], m{t}[j], mhyper[model]);");
-                let _ = writeln!(s, "            w{t}[j] = r.x;\n            m{t}[j] = r.y;");
-            }
-            Rule::Adam => {
-                let _ =
-                    writeln!(s, "            let r = adam_step(w{t}[j], g{t}[j], m{t}[j], v{t}[j], mhyper[model]);");
-                let _ =
-                    writeln!(s, "            w{t}[j] = r.x;\n            m{t}[j] = r.y;\n            v{t}[j] = r.z;");
-            }
+        let _ = writeln!(s, "            if (e + 3u < numel && (e + 3u) / per == model) {{");
+        let _ = writeln!(s, "                if (mdead[model] == 0.0) {{");
+        let _ = writeln!(s, "                    let r = {};", call(&|n| format!("{n}{t}[j]")));
+        for n in &written {
+            let _ = writeln!(s, "                    {n}{t}[j] = r.{n};");
         }
-        let _ = write!(s, "        }}\n    }}");
+        let _ = writeln!(s, "                }}\n            }} else {{");
+        // Elements of two models, or past the tensor's end (kept as they are): one at a time.
+        for n in names {
+            let _ = writeln!(s, "                var {n} = {n}{t}[j];");
+        }
+        let _ = writeln!(s, "                for (var c = 0u; c < 4u; c++) {{");
+        let _ = writeln!(s, "                    let model = min(e + c, numel - 1u) / per;");
+        let _ = writeln!(s, "                    if (e + c < numel && mdead[model] == 0.0) {{");
+        let _ = writeln!(s, "                        let r = {};", call(&|n| format!("vec4<f32>({n}[c])")));
+        for n in &written {
+            let _ = writeln!(s, "                        {n}[c] = r.{n}.x;");
+        }
+        let _ = writeln!(s, "                    }}\n                }}");
+        for n in &written {
+            let _ = writeln!(s, "                {n}{t}[j] = {n};");
+        }
+        let _ = write!(s, "            }}\n        }}\n    }}");
     }
     let _ = writeln!(s, "\n}}");
     s
