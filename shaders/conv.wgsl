@@ -852,6 +852,25 @@ fn gw_krow(f: u32, nr: u32, ihw: u32) -> vec2<u32> {
     return vec2<u32>(c * ihw, min(f, nr - 1u) - c * q.kh);
 }
 
+// One kernel row's input row for output row oy of image ximg: its first element (clamped
+// into the image), whether it exists, and the sliding window (lo, hi) filled for ox = -1
+// (components past KW - 1 hold columns never used).
+struct GwRow {
+    row: u32,
+    ok: bool,
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+fn gw_row(ximg: u32, k: vec2<u32>, oy: u32, exists: bool) -> GwRow {
+    let iy = oy + k.y - q.p0;
+    let ok = exists && iy < q.ih;
+    let row = ximg + k.x + min(iy, q.ih - 1u) * q.iw;
+    let f0 = gw_x4(row, 0u - q.p1, ok, (GA & 2u) != 0u);
+    let f1 = gw_x4(row, 4u - q.p1, ok, (GA & 2u) != 0u);
+    return GwRow(row, ok, vec4<f32>(0.0, f0.xyz), vec4<f32>(f0.w, f1.xyz));
+}
+
 @compute @workgroup_size(WGX, 1, 1)
 fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     // Kernel rows (c, ky), flattened to c * kh + ky, per lane group: GR consecutive ones each.
@@ -913,40 +932,37 @@ fn conv2d_grad_weight_direct(@builtin(local_invocation_id) lid: vec3<u32>, @buil
     for (var rr = rbeg; rr < rend; rr++) {
         // This invocation's input rows; rows outside the input read zero.
         let ximg = ((g * q.n + n) * q.ci + grp * q.cig) * ihw;
-        let iy = oy + k1.y - q.p0;
-        let rok = iy < q.ih;
-        let xrow = ximg + k1.x + min(iy, q.ih - 1u) * q.iw;
         let dyr = (g * q.n + n) * q.co * ohw + oy * q.ow;
         // The window (lo, hi) holds x[iy, ox + k - p1] at component k: before each column it
-        // slides by one and the new value enters at k = KW - 1. Filled for ox = -1 first
-        // (components past KW - 1 hold columns never used). Columns enter 4 at a time, as
+        // slides by one and the new value enters at k = KW - 1. Columns enter 4 at a time, as
         // dy's do: one vec4 load each. (No private array: lavapipe indexes those through
         // memory.) The second and third kernel rows' (GR > 1, 2), zeros where there are none.
-        let iy2 = oy + k2.y - q.p0;
-        let rok2 = c2ok && iy2 < q.ih;
-        let xrow2 = ximg + k2.x + min(iy2, q.ih - 1u) * q.iw;
-        let f0 = gw_x4(xrow, 0u - q.p1, rok, (GA & 2u) != 0u);
-        let f1 = gw_x4(xrow, 4u - q.p1, rok, (GA & 2u) != 0u);
-        var lo = vec4<f32>(0.0, f0.xyz);
-        var hi = vec4<f32>(f0.w, f1.xyz);
+        let w1 = gw_row(ximg, k1, oy, true);
+        let xrow = w1.row;
+        let rok = w1.ok;
+        var lo = w1.lo;
+        var hi = w1.hi;
+        var xrow2 = 0u;
+        var rok2 = false;
         var lo2 = vec4<f32>(0.0);
         var hi2 = vec4<f32>(0.0);
         if (GR > 1u) {
-            let g0 = gw_x4(xrow2, 0u - q.p1, rok2, (GA & 2u) != 0u);
-            let g1 = gw_x4(xrow2, 4u - q.p1, rok2, (GA & 2u) != 0u);
-            lo2 = vec4<f32>(0.0, g0.xyz);
-            hi2 = vec4<f32>(g0.w, g1.xyz);
+            let w = gw_row(ximg, k2, oy, c2ok);
+            xrow2 = w.row;
+            rok2 = w.ok;
+            lo2 = w.lo;
+            hi2 = w.hi;
         }
-        let iy3 = oy + k3.y - q.p0;
-        let rok3 = c3ok && iy3 < q.ih;
-        let xrow3 = ximg + k3.x + min(iy3, q.ih - 1u) * q.iw;
+        var xrow3 = 0u;
+        var rok3 = false;
         var lo3 = vec4<f32>(0.0);
         var hi3 = vec4<f32>(0.0);
         if (GR > 2u) {
-            let h0 = gw_x4(xrow3, 0u - q.p1, rok3, (GA & 2u) != 0u);
-            let h1 = gw_x4(xrow3, 4u - q.p1, rok3, (GA & 2u) != 0u);
-            lo3 = vec4<f32>(0.0, h0.xyz);
-            hi3 = vec4<f32>(h0.w, h1.xyz);
+            let w = gw_row(ximg, k3, oy, c3ok);
+            xrow3 = w.row;
+            rok3 = w.ok;
+            lo3 = w.lo;
+            hi3 = w.hi;
         }
         for (var ox0 = 0u; ox0 < q.ow; ox0 += 4u) {
             let ix = ox0 + KW - 1u - q.p1;
