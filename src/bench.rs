@@ -209,12 +209,14 @@ pub struct Tune {
 /// Finds the [`Tuning`] under which a training step of `t` runs fastest on `gpu`: starting
 /// from the device's own tuning, a [`Search`]: each key of [`Tuning::keys`] in turn tries its
 /// [`Tuning::candidates`] with the other keys at their best so far (coordinate descent, one
-/// pass), keeping a value only when it beats the best by `t.margin`. Candidates that
+/// pass), keeping a value only when it beats the best by `t.margin`, checked against the best
+/// measured again ([`crate::tuning::CONFIRM`] lines). Candidates that
 /// compile to the same kernels and grids as one already measured (a key the model does not
 /// use) are skipped. `line` receives one JSON object per measurement (a [`StepBench`] with
 /// `"tuning"`, `"key"` and `"model"` added, or `"skipped": reason` for a candidate that failed)
 /// and a last one with `"best"` (the tuning's text), its and the starting point's
-/// `steps_per_s` and their ratio `"speedup"`. Returns the best tuning.
+/// `steps_per_s` and `"speedup"` ([`Search::speedup`]: the kept values' gains, each measured
+/// against the value it replaced in the same check). Returns the best tuning.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn tune(gpu: &Gpu, t: &Tune, mut progress: impl FnMut(&str), mut line: impl FnMut(Value)) -> Result<Tuning> {
     let model = BatchModel::new(gpu, &t.spec, t.models, 0)?;
@@ -225,7 +227,7 @@ pub fn tune(gpu: &Gpu, t: &Tune, mut progress: impl FnMut(&str), mut line: impl 
         let view = gpu.with_tuning(tuning)?;
         let mut trainer = step_trainer(&view, &model, &data, t.batch_size, t.steps)?;
         let signature = trainer.plan().signature();
-        if seen.contains(&signature) {
+        if key != crate::tuning::CONFIRM && seen.contains(&signature) {
             progress(&format!("{key}: {tuning} compiles to kernels already measured; skipped"));
             return Ok(None);
         }
@@ -268,7 +270,7 @@ pub fn tune(gpu: &Gpu, t: &Tune, mut progress: impl FnMut(&str), mut line: impl 
         "samples_per_s": best_rate * (t.models * t.batch_size) as f64,
         "start": start.to_string(),
         "start_steps_per_s": base,
-        "speedup": if base > 0.0 { best_rate / base } else { 0.0 },
+        "speedup": search.speedup(),
         "models": t.models,
         "batch_size": t.batch_size,
         "model": t.model,

@@ -485,8 +485,13 @@ impl Tuning {
 /// The search `modelbatch tune` runs ([`crate::bench::tune`] natively, `tune` in the npm
 /// package), apart from how a candidate is measured: the starting tuning first, then each key
 /// of [`Tuning::keys`] in turn tries its [`Tuning::candidates`] with the other keys at their
-/// best so far (coordinate descent, one pass), a value kept only when faster than the best by
-/// `margin`. Candidates past the device's limits are not offered. [`Search::only`] limits the
+/// best so far (coordinate descent, one pass). A value replaces the best only when faster by
+/// `margin` twice over: a candidate that measures faster by the margin is measured again
+/// between two new measurements of the best ([`CONFIRM`]: best, candidate, best), and it is
+/// kept only when each of its two measurements beats the best's next one by the margin; the
+/// best's rate is then the mean of the kept tuning's two. (A machine whose speed drifts
+/// between minutes, a laptop throttling or a shared server, otherwise picks values by the
+/// drift.) Candidates past the device's limits are not offered. [`Search::only`] limits the
 /// search to some keys.
 #[derive(Clone, Debug)]
 pub struct Search {
@@ -499,8 +504,23 @@ pub struct Search {
     best_rate: f64,
     key: usize,
     value: usize,
-    winner: Option<(Tuning, f64)>,
+    /// The current key's value when its turn began (not offered again).
+    was: Option<u32>,
+    check: Option<Check>,
     offered: Option<Tuning>,
+    speedup: f64,
+}
+
+/// The key [`Search::next_candidate`] gives the measurements that check a candidate against
+/// the best: callers measure these even where the kernels were measured before.
+pub const CONFIRM: &str = "confirm";
+
+/// A candidate under check: its rates and the best's, in the order measured (candidate,
+/// best, candidate, best).
+#[derive(Clone, Debug)]
+struct Check {
+    candidate: Tuning,
+    rates: Vec<f64>,
 }
 
 impl Search {
@@ -516,8 +536,10 @@ impl Search {
             best_rate: 0.0,
             key: 0,
             value: 0,
-            winner: None,
+            was: None,
+            check: None,
             offered: None,
+            speedup: 1.0,
         }
     }
 
@@ -528,29 +550,33 @@ impl Search {
         Ok(self)
     }
 
-    /// The next tuning to measure and its key (`"start"` first), or `None` once done. Each
-    /// must be answered by [`Search::record`] before the next call.
+    /// The next tuning to measure and its key (`"start"` first, [`CONFIRM`] for a check's
+    /// measurements), or `None` once done. Each must be answered by [`Search::record`] before
+    /// the next call.
     pub fn next_candidate(&mut self) -> Option<(&'static str, Tuning)> {
         if self.start_rate.is_none() {
             self.offered = Some(self.start);
             return Some(("start", self.start));
         }
+        if let Some(c) = &self.check {
+            let t = if c.rates.len() % 2 == 1 { self.best } else { c.candidate };
+            self.offered = Some(t);
+            return Some((CONFIRM, t));
+        }
         while let Some(&key) = self.keys.get(self.key) {
+            let was = *self.was.get_or_insert(self.best.get(key).unwrap_or(0));
             let current = self.best.get(key).unwrap_or(0);
             while let Some(&value) = Tuning::candidates(key).get(self.value) {
                 self.value += 1;
                 let Ok(candidate) = self.best.with(key, value) else { continue };
-                if value != current && candidate.check_limits(&self.limits).is_ok() {
+                if value != current && value != was && candidate.check_limits(&self.limits).is_ok() {
                     self.offered = Some(candidate);
                     return Some((key, candidate));
                 }
             }
-            // The key is done: keep its winner, go on with the next.
-            if let Some((t, rate)) = self.winner.take() {
-                (self.best, self.best_rate) = (t, rate);
-            }
             self.key += 1;
             self.value = 0;
+            self.was = None;
         }
         None
     }
@@ -566,10 +592,26 @@ impl Search {
             self.best_rate = rate;
             return;
         }
-        if let Some(rate) = steps_per_s {
-            if rate > self.best_rate * (1.0 + self.margin) && self.winner.is_none_or(|w| rate > w.1) {
-                self.winner = Some((t, rate));
+        let faster = |a: f64, b: f64| a > b * (1.0 + self.margin);
+        if let Some(mut c) = self.check.take() {
+            // A check whose measurement failed keeps the best.
+            let Some(rate) = steps_per_s else { return };
+            c.rates.push(rate);
+            if c.rates.len() < 4 {
+                self.check = Some(c);
+                return;
             }
+            let r = &c.rates;
+            if faster(r[0], r[1]) && faster(r[2], r[3]) {
+                (self.best, self.best_rate) = (c.candidate, (r[0] + r[2]) / 2.0);
+                self.speedup *= (r[0] / r[1] + r[2] / r[3]) / 2.0;
+            } else {
+                self.best_rate = (r[1] + r[3]) / 2.0;
+            }
+            return;
+        }
+        if let Some(rate) = steps_per_s.filter(|&r| faster(r, self.best_rate)) {
+            self.check = Some(Check { candidate: t, rates: vec![rate] });
         }
     }
 
@@ -581,6 +623,14 @@ impl Search {
     /// The starting tuning and its steps per second.
     pub fn start(&self) -> (Tuning, f64) {
         (self.start, self.start_rate.unwrap_or(0.0))
+    }
+
+    /// How much faster the best is than the start: the product of each kept value's gain
+    /// over the value it replaced, both measured in the same check (1 where nothing was
+    /// kept). Unlike the ratio of [`Search::best`]'s and [`Search::start`]'s rates, which
+    /// may lie minutes apart, this does not move with the machine's speed.
+    pub fn speedup(&self) -> f64 {
+        self.speedup
     }
 }
 
@@ -797,11 +847,20 @@ mod tests {
         assert_eq!(best, Tuning { conv_lanes: 128, ..Tuning::SOFTWARE }, "{best}");
         assert!((rate - 1.2).abs() < 1e-12);
         assert_eq!(search.start(), (Tuning::SOFTWARE, 1.0));
+        assert!((search.speedup() - 1.2).abs() < 1e-12);
+        // The winner was checked right after its measurement: best, candidate, best.
+        let at = offered.iter().position(|(k, t)| *k == "conv_lanes" && t.conv_lanes == 128).unwrap();
+        let lanes = |t: &Tuning| t.conv_lanes;
+        let checks: Vec<_> = offered[at + 1..at + 4].iter().map(|(k, t)| (*k, lanes(t))).collect();
+        assert_eq!(checks, [(CONFIRM, 64), (CONFIRM, 128), (CONFIRM, 64)]);
+        assert_eq!(offered.iter().filter(|(k, _)| *k == CONFIRM).count(), 3);
+        let offered: Vec<_> = offered.into_iter().filter(|(k, _)| *k != CONFIRM).collect();
         // Every other candidate once, from the best so far, none past the limits (conv_lanes
-        // 256 and gemm_wg 16 would need 256 invocations: allowed; none is the current value).
+        // 256 and gemm_wg 16 would need 256 invocations: allowed; neither the key's value
+        // when its turn began nor the current value).
         let n: usize = Tuning::keys().iter().map(|k| Tuning::candidates(k).len() - 1).sum();
         assert_eq!(offered.len(), 1 + n, "{offered:?}");
-        assert!(offered.iter().skip(1).all(|(k, t)| t.get(k) != Tuning::SOFTWARE.get(k) || *k == "conv_lanes"));
+        assert!(offered.iter().skip(1).all(|(k, t)| t.get(k) != Tuning::SOFTWARE.get(k)));
         let lanes_at = Tuning::keys().iter().position(|x| *x == "conv_lanes");
         let after: Vec<_> =
             offered.iter().filter(|(k, _)| Tuning::keys().iter().position(|x| x == k) > lanes_at).collect();
@@ -836,6 +895,44 @@ mod tests {
         assert!(only(&["gemm_wg", "conv_lane"]).contains("unknown tuning key \"conv_lane\"; the keys are gemm_wg,"));
         assert!(only(&["folds", "folds"]).contains("folds given twice"));
         assert!(only(&[]).contains("no tuning key"));
+    }
+
+    /// On a machine whose speed drifts, a candidate measured in a fast moment is not kept:
+    /// the check measures the best again around it. A candidate faster in every moment is.
+    #[test]
+    fn a_search_checks_a_winner_against_the_best_again() {
+        let limits = wgpu::Limits::downlevel_defaults();
+        // The machine runs 30% faster for the second measurement only; conv_ob 4 is really
+        // 10% faster than 8, conv_ob 2 no faster.
+        let run = |keys: &[&str], ob4: f64| {
+            let mut search = Search::new(Tuning::SOFTWARE, &limits, 0.03).only(keys).unwrap();
+            let mut offered = Vec::new();
+            while let Some((key, t)) = search.next_candidate() {
+                let speed = if offered.len() == 1 { 1.3 } else { 1.0 };
+                offered.push((key, t.conv_ob));
+                search.record(Some(speed * if t.conv_ob == 4 { ob4 } else { 1.0 }));
+            }
+            (search.best().0.conv_ob, offered, search.speedup())
+        };
+        // conv_ob offers 2 then 4 (8 is the start): 2 measures 30% faster in the fast moment,
+        // the check finds it no faster; then 4, 10% faster, is checked and kept.
+        let (best, offered, speedup) = run(&["conv_ob"], 1.1);
+        assert_eq!(best, 4);
+        assert!((speedup - 1.1).abs() < 1e-12, "{speedup}");
+        let order = [("start", 8), ("conv_ob", 2), (CONFIRM, 8), (CONFIRM, 2), (CONFIRM, 8)];
+        assert_eq!(offered[..5], order);
+        assert_eq!(offered[5..], [("conv_ob", 4), (CONFIRM, 8), (CONFIRM, 4), (CONFIRM, 8)]);
+        // Without the real gain nothing is kept.
+        let (best, _, speedup) = run(&["conv_ob"], 1.0);
+        assert_eq!((best, speedup), (8, 1.0));
+        // A failed check measurement keeps the best.
+        let mut search = Search::new(Tuning::SOFTWARE, &limits, 0.03).only(&["conv_ob"]).unwrap();
+        let mut n = 0;
+        while let Some((key, _)) = search.next_candidate() {
+            n += 1;
+            search.record(if key == CONFIRM { None } else { Some(if n == 1 { 1.0 } else { 2.0 }) });
+        }
+        assert_eq!(search.best(), (Tuning::SOFTWARE, 1.0));
     }
 
     #[test]

@@ -433,7 +433,8 @@ fn tune_searches_the_keys_given() {
     // (The MLP has nothing to pool: folds 3, 5 and 7 compile to the kernels of 1, skipped.)
     let out = run(&[&args[..], &["--keys", "folds,gemm_tile"]].concat());
     let lines = bench_lines(&out);
-    let keys: Vec<&str> = lines.iter().filter_map(|l| l["key"].as_str()).collect();
+    // (Checks of a candidate that measured faster, "confirm", may come between.)
+    let keys: Vec<&str> = lines.iter().filter_map(|l| l["key"].as_str()).filter(|k| *k != "confirm").collect();
     assert_eq!(keys, ["start", "folds", "gemm_tile"], "{lines:?}");
     assert_error(&run(&[&args[..], &["--keys", "folds,gemm_tiles"]].concat()), &["gemm_tiles", "the keys are"]);
 }
@@ -462,8 +463,15 @@ fn tune_prints_measurements_then_the_best() {
         "serial_sum",
         "update_tensors",
         "loop_counters",
+        // A candidate measured faster is checked against the best again.
+        "confirm",
     ];
     assert!(keys.iter().all(|k| mlp_keys.contains(k)), "{keys:?}");
+    // Checks come in threes: the best, the candidate, the best.
+    for (i, _) in keys.iter().enumerate().filter(|(i, k)| **k != "confirm" && keys.get(i + 1) == Some(&"confirm")) {
+        assert_eq!(keys[i + 1..i + 4], ["confirm"; 3], "{keys:?}");
+        assert_eq!(lines[i + 2]["tuning"], lines[i]["tuning"], "the candidate again: {lines:?}");
+    }
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("--tuning {best}")), "how to use it: {stderr}");
     // What tune printed is accepted back.

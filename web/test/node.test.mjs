@@ -346,7 +346,12 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.equal(tn.info, tn.best);
   // folds 0, 3, 5 and 7; the MLP has nothing to pool, so 3, 5 and 7 compile to the kernels
   // of the start.
-  assert.deepEqual(web.tuneKeys, ['start', 'folds', 'folds (skipped)', 'folds (skipped)', 'folds (skipped)', 'gemm_tile']);
+  // (A candidate that measures faster is checked against the best: "confirm" x3.)
+  const keys = web.tuneKeys;
+  keys.forEach((k, i) => {
+    if (k !== 'confirm' && keys[i + 1] === 'confirm') assert.deepEqual(keys.slice(i + 1, i + 4), ['confirm', 'confirm', 'confirm'], keys.join());
+  });
+  assert.deepEqual(keys.filter((k) => k !== 'confirm'), ['start', 'folds', 'folds (skipped)', 'folds (skipped)', 'folds (skipped)', 'gemm_tile']);
   // Kernel shapes per adapter: reported, and a tuned trainer trains the same.
   assert.match(web.adapter.tuning, /split_threads=\d+/);
   assert.match(web.tunedInfo, /gemm_wg=4,.*conv_ob=2,.*conv_pixel=1,.*update_tensors=0,reduce_lanes=64/);

@@ -222,7 +222,9 @@ pub struct BenchArgs {
 Each key in turn (gemm_wg, gemm_groups, gemm_tile, gemm_cols, conv_lanes, conv_ob, grad_weight_ob, conv_strip, conv_pixel, conv_tile, tile_px, \
 grad_weight_tile, tile_kib, grad_input_col, sum_split, serial_sum, split_threads, split_lanes, min_split_depth, update_tensors, reduce_lanes, folds, loop_counters) \
 tries its candidate values with the others at their best so far; a value is kept when it is faster by \
---margin. Candidates that compile to kernels already measured are skipped. Measurement lines are \
+--margin twice: a candidate that measures faster is measured again between two new measurements of the best \
+(key \"confirm\"), and each of its two must beat the best's next one (so a machine whose speed drifts does not \
+pick values). Candidates that compile to kernels already measured are skipped. Measurement lines are \
 bench's, with \"tuning\" and \"key\" added; the last line is {\"best\": \"key=value,...\", \"steps_per_s\": …, \
 \"start\": …, \"start_steps_per_s\": …, \"speedup\": …, …}.")]
 pub struct TuneArgs {
@@ -244,7 +246,8 @@ pub struct TuneArgs {
     /// Untimed warm-up steps per candidate.
     #[arg(long, value_name = "W", default_value_t = 1)]
     pub warmup: u64,
-    /// Keep a value only when it is faster than the best so far by this fraction.
+    /// Keep a value only when it is faster than the best so far by this fraction (in its
+    /// measurement and again in a check against the best measured anew).
     #[arg(long, value_name = "F", default_value_t = 0.03)]
     pub margin: f64,
     /// Search only these keys, in this order (comma-separated; default: every key).
