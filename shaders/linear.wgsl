@@ -38,6 +38,9 @@ override WG: u32 = 8u;
 // and gemm_tn(_sum) (`gemm_cols`: each A value loaded then serves twice the multiply-adds;
 // the other entry points are built with 1).
 override BX: u32 = 1u;
+// 4x4 blocks per invocation stacked along C's rows: 1, or 2 in gemm_nt (`gemm_rows`: each B
+// value loaded then serves twice the multiply-adds; the other entry points are built with 1).
+override BY: u32 = 1u;
 
 // Writes the 4x4 block at (r0, c0) of model g, applying the epilogue; columns past N and
 // rows past M are dropped.
@@ -90,7 +93,7 @@ fn a_rows(g: u32, r0: u32, k4: u32) -> vec4<u32> {
 fn gemm_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
     let g = gid.z;
     let c0 = gid.x * 4u * BX;
-    let r0 = gid.y * 4u;
+    let r0 = gid.y * 4u * BY;
     if (c0 >= p.n || r0 >= p.m) {
         return;
     }
@@ -99,6 +102,8 @@ fn gemm_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
     // (Constant indices only: a private array indexed in a loop may live in local memory
     // unless the driver unrolls the loop.)
     let ar = a_rows(g, r0, k4);
+    // The second block's rows (BY = 2).
+    let ar2 = a_rows(g, r0 + 4u, k4);
     let a0 = ar.x;
     let a1 = ar.y;
     let a2 = ar.z;
@@ -114,6 +119,8 @@ fn gemm_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
     let cc3 = (g * p.n + min(c0 + 7u, p.n - 1u)) * k4;
     var acc: array<vec4<f32>, 4>;
     var acc2: array<vec4<f32>, 4>;
+    var acc3: array<vec4<f32>, 4>;
+    var acc4: array<vec4<f32>, 4>;
     for (var kk = 0u; kk < k4; kk++) {
         let b0 = b4[bb0 + kk];
         let b1 = b4[bb1 + kk];
@@ -127,20 +134,46 @@ fn gemm_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc[1] += vec4<f32>(dot(v1, b0), dot(v1, b1), dot(v1, b2), dot(v1, b3));
         acc[2] += vec4<f32>(dot(v2, b0), dot(v2, b1), dot(v2, b2), dot(v2, b3));
         acc[3] += vec4<f32>(dot(v3, b0), dot(v3, b1), dot(v3, b2), dot(v3, b3));
+        var e0 = vec4<f32>();
+        var e1 = vec4<f32>();
+        var e2 = vec4<f32>();
+        var e3 = vec4<f32>();
         if (BX > 1u) {
-            let e0 = b4[cc0 + kk];
-            let e1 = b4[cc1 + kk];
-            let e2 = b4[cc2 + kk];
-            let e3 = b4[cc3 + kk];
+            e0 = b4[cc0 + kk];
+            e1 = b4[cc1 + kk];
+            e2 = b4[cc2 + kk];
+            e3 = b4[cc3 + kk];
             acc2[0] += vec4<f32>(dot(v0, e0), dot(v0, e1), dot(v0, e2), dot(v0, e3));
             acc2[1] += vec4<f32>(dot(v1, e0), dot(v1, e1), dot(v1, e2), dot(v1, e3));
             acc2[2] += vec4<f32>(dot(v2, e0), dot(v2, e1), dot(v2, e2), dot(v2, e3));
             acc2[3] += vec4<f32>(dot(v3, e0), dot(v3, e1), dot(v3, e2), dot(v3, e3));
         }
+        if (BY > 1u) {
+            let u0 = a4[ar2.x + kk];
+            let u1 = a4[ar2.y + kk];
+            let u2 = a4[ar2.z + kk];
+            let u3 = a4[ar2.w + kk];
+            acc3[0] += vec4<f32>(dot(u0, b0), dot(u0, b1), dot(u0, b2), dot(u0, b3));
+            acc3[1] += vec4<f32>(dot(u1, b0), dot(u1, b1), dot(u1, b2), dot(u1, b3));
+            acc3[2] += vec4<f32>(dot(u2, b0), dot(u2, b1), dot(u2, b2), dot(u2, b3));
+            acc3[3] += vec4<f32>(dot(u3, b0), dot(u3, b1), dot(u3, b2), dot(u3, b3));
+            if (BX > 1u) {
+                acc4[0] += vec4<f32>(dot(u0, e0), dot(u0, e1), dot(u0, e2), dot(u0, e3));
+                acc4[1] += vec4<f32>(dot(u1, e0), dot(u1, e1), dot(u1, e2), dot(u1, e3));
+                acc4[2] += vec4<f32>(dot(u2, e0), dot(u2, e1), dot(u2, e2), dot(u2, e3));
+                acc4[3] += vec4<f32>(dot(u3, e0), dot(u3, e1), dot(u3, e2), dot(u3, e3));
+            }
+        }
     }
     store_block(g, r0, c0, acc);
     if (BX > 1u && c0 + 4u < p.n) {
         store_block(g, r0, c0 + 4u, acc2);
+    }
+    if (BY > 1u && r0 + 4u < p.m) {
+        store_block(g, r0 + 4u, c0, acc3);
+        if (BX > 1u && c0 + 4u < p.n) {
+            store_block(g, r0 + 4u, c0 + 4u, acc4);
+        }
     }
 }
 

@@ -44,6 +44,10 @@ pub struct Tuning {
     /// computes side by side along the output's columns (`BX`): 1, or 2 (each loaded A value
     /// then serves twice the multiply-adds; twice the accumulators).
     pub gemm_cols: u32,
+    /// 4x4 blocks per invocation of the linear forward's register GEMM (`gemm_nt`), stacked
+    /// along the rows: 2 (software: each loaded B value serves twice the multiply-adds; with
+    /// `gemm_cols=2` a 2x2 square of blocks) or 1.
+    pub gemm_rows: u32,
     /// Widest workgroup of the convolution kernels (`WGX` in `shaders/conv.wgsl`; narrower
     /// where the output is short): a power of two from 8 to 256.
     pub conv_lanes: u32,
@@ -129,11 +133,12 @@ pub struct Tuning {
 }
 
 /// Keys of the text format, in order.
-const KEYS: [&str; 23] = [
+const KEYS: [&str; 24] = [
     "gemm_wg",
     "gemm_groups",
     "gemm_tile",
     "gemm_cols",
+    "gemm_rows",
     "conv_lanes",
     "conv_ob",
     "grad_weight_ob",
@@ -164,6 +169,7 @@ impl Tuning {
         gemm_tile: 0,
         // Measured at G=64: LeNet's GEMMs ~200 -> ~165 ms per step (loads per multiply-add).
         gemm_cols: 2,
+        gemm_rows: 2,
         conv_lanes: 64,
         conv_ob: 8,
         grad_weight_ob: 8,
@@ -211,6 +217,7 @@ impl Tuning {
         gemm_tile: 1,
         // (2 not yet timed on a GPU; the tiles serve the large products anyway.)
         gemm_cols: 1,
+        gemm_rows: 1,
         conv_lanes: 64,
         conv_ob: 8,
         grad_weight_ob: 4,
@@ -301,6 +308,7 @@ impl Tuning {
         check("gemm_groups", self.gemm_groups <= 1 << 20, "0 to 1,048,576")?;
         check("gemm_tile", self.gemm_tile <= 1, "0 (register-blocked kernels) or 1 (workgroup-memory tiles)")?;
         check("gemm_cols", matches!(self.gemm_cols, 1 | 2), "1 or 2")?;
+        check("gemm_rows", matches!(self.gemm_rows, 1 | 2), "1 or 2")?;
         check(
             "conv_lanes",
             self.conv_lanes.is_power_of_two() && (8..=256).contains(&self.conv_lanes),
@@ -393,6 +401,7 @@ impl Tuning {
             "gemm_groups" => &[0, 64, 256, 1024],
             "gemm_tile" => &[0, 1],
             "gemm_cols" => &[1, 2],
+            "gemm_rows" => &[1, 2],
             "conv_lanes" => &[32, 64, 128, 256],
             "conv_ob" => &[2, 4, 8],
             "grad_weight_ob" => &[4, 8],
@@ -453,6 +462,7 @@ impl Tuning {
             "gemm_groups" => &mut self.gemm_groups,
             "gemm_tile" => &mut self.gemm_tile,
             "gemm_cols" => &mut self.gemm_cols,
+            "gemm_rows" => &mut self.gemm_rows,
             "conv_lanes" => &mut self.conv_lanes,
             "conv_ob" => &mut self.conv_ob,
             "grad_weight_ob" => &mut self.grad_weight_ob,

@@ -459,6 +459,7 @@ fn tune_prints_measurements_then_the_best() {
         "gemm_groups",
         "gemm_tile",
         "gemm_cols",
+        "gemm_rows",
         "folds",
         "serial_sum",
         "update_tensors",

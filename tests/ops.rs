@@ -116,18 +116,22 @@ fn matmul_vec4_sizes_all_layouts() {
 /// Every GEMM workgroup side a tuning may choose (4, 8, 16: tiles of 16 to 64) computes the
 /// same products, fast paths and general kernel, with ragged edges. With `gemm_cols=2` the
 /// vec4 kernels take two 4x4 blocks side by side: the last pair's second block partly past
-/// the edge (70 columns) and wholly past it (4 columns).
+/// the edge (70 columns) and wholly past it (4 columns); with `gemm_rows=2` the linear
+/// forward's (`gemm_nt`) two blocks stacked (a square of four with both): the second block
+/// partly past the last row (37 and 5 rows) and wholly past it (3 rows).
 #[test]
 fn matmul_under_every_gemm_tuning() {
     let gpu = gpu_or_skip!();
-    for (wg, cols) in [(4, 1), (16, 1), (4, 2), (8, 2), (16, 2)] {
-        let tuned =
-            gpu.with_tuning(modelbatch::Tuning { gemm_wg: wg, gemm_cols: cols, gemm_tile: 0, ..gpu.tuning() }).unwrap();
+    let shapes = [(4, 1, 1), (16, 1, 1), (4, 2, 1), (8, 2, 1), (16, 2, 1), (4, 1, 2), (8, 2, 2), (16, 2, 2)];
+    for (wg, cols, rows) in shapes {
+        let t = modelbatch::Tuning { gemm_wg: wg, gemm_cols: cols, gemm_rows: rows, gemm_tile: 0, ..gpu.tuning() };
+        let tuned = gpu.with_tuning(t).unwrap();
         for (ta, tb) in COMBOS {
             check_matmul(&tuned, 3, 37, 12, 70, ta, tb, true);
             check_matmul(&tuned, 2, 8, 8, 4, ta, tb, true);
         }
         check_matmul(&tuned, 2, 17, 5, 3, false, false, true);
+        check_matmul(&tuned, 2, 3, 12, 8, false, true, true);
         check_linear(&tuned, 3, &[5], 8, 12, true);
     }
 }

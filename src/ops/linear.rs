@@ -89,9 +89,12 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     // 4x4 blocks per invocation along the columns (the adapter's `gemm_cols`), where the
     // kernel takes more than one.
     let bx = if matches!(entry, "gemm_nt" | "gemm_nn4" | "gemm_tn" | "gemm_tn_sum") { t.gemm_cols } else { 1 };
-    let kernel = ctx.kernel(&LINEAR, entry, storage, &[("WG", wg as f64), ("BX", f64::from(bx))]);
+    // And stacked along the rows (`gemm_rows`), in gemm_nt.
+    let by = if entry == "gemm_nt" { t.gemm_rows } else { 1 };
+    let kernel =
+        ctx.kernel(&LINEAR, entry, storage, &[("WG", wg as f64), ("BX", f64::from(bx)), ("BY", f64::from(by))]);
     let tile = (4 * wg) as usize;
-    let groups = [n.div_ceil(tile * bx as usize) as u32, m.div_ceil(tile) as u32, mm.g as u32];
+    let groups = [n.div_ceil(tile * bx as usize) as u32, m.div_ceil(tile * by as usize) as u32, mm.g as u32];
     if groups[0] > 65_535 || groups[1] > 65_535 {
         return Err(Error::Usage(format!("matmul: a {m}x{n} output needs more than 65,535 workgroups per dimension")));
     }
