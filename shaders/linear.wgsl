@@ -38,8 +38,9 @@ override WG: u32 = 8u;
 // and gemm_tn(_sum) (`gemm_cols`: each A value loaded then serves twice the multiply-adds;
 // the other entry points are built with 1).
 override BX: u32 = 1u;
-// 4x4 blocks per invocation stacked along C's rows: 1, or 2 in gemm_nt (`gemm_rows`: each B
-// value loaded then serves twice the multiply-adds; the other entry points are built with 1).
+// 4x4 blocks per invocation stacked along C's rows: 1, or 2 in gemm_nt and gemm_nn4
+// (`gemm_rows`: each B value loaded then serves twice the multiply-adds; the other entry
+// points are built with 1).
 override BY: u32 = 1u;
 
 // Writes the 4x4 block at (r0, c0) of model g, applying the epilogue; columns past N and
@@ -210,7 +211,7 @@ fn gemm_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn gemm_nn4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let g = gid.z;
     let c0 = gid.x * 4u * BX;
-    let r0 = gid.y * 4u;
+    let r0 = gid.y * 4u * BY;
     if (c0 >= p.n || r0 >= p.m) {
         return;
     }
@@ -221,28 +222,54 @@ fn gemm_nn4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let a1 = ar.y;
     let a2 = ar.z;
     let a3 = ar.w;
+    // The second block's rows (BY = 2).
+    let ar2 = a_rows(g, r0 + 4u, k4);
     var bi = g * p.k * n4 + gid.x * BX;
     // The second block's columns (BX = 2), clamped past the edge.
     let b2 = min(gid.x * BX + 1u, n4 - 1u) - gid.x * BX;
     var acc: array<vec4<f32>, 4>;
     var acc2: array<vec4<f32>, 4>;
+    var acc3: array<vec4<f32>, 4>;
+    var acc4: array<vec4<f32>, 4>;
     for (var kk = 0u; kk < k4; kk++) {
         let v0 = a4[a0 + kk];
         let v1 = a4[a1 + kk];
         let v2 = a4[a2 + kk];
         let v3 = a4[a3 + kk];
+        var u0 = vec4<f32>();
+        var u1 = vec4<f32>();
+        var u2 = vec4<f32>();
+        var u3 = vec4<f32>();
+        if (BY > 1u) {
+            u0 = a4[ar2.x + kk];
+            u1 = a4[ar2.y + kk];
+            u2 = a4[ar2.z + kk];
+            u3 = a4[ar2.w + kk];
+        }
         for (var d = 0u; d < 4u; d++) {
             let bv = b4[bi];
             acc[0] += v0[d] * bv;
             acc[1] += v1[d] * bv;
             acc[2] += v2[d] * bv;
             acc[3] += v3[d] * bv;
+            if (BY > 1u) {
+                acc3[0] += u0[d] * bv;
+                acc3[1] += u1[d] * bv;
+                acc3[2] += u2[d] * bv;
+                acc3[3] += u3[d] * bv;
+            }
             if (BX > 1u) {
                 let bw = b4[bi + b2];
                 acc2[0] += v0[d] * bw;
                 acc2[1] += v1[d] * bw;
                 acc2[2] += v2[d] * bw;
                 acc2[3] += v3[d] * bw;
+                if (BY > 1u) {
+                    acc4[0] += u0[d] * bw;
+                    acc4[1] += u1[d] * bw;
+                    acc4[2] += u2[d] * bw;
+                    acc4[3] += u3[d] * bw;
+                }
             }
             bi += n4;
         }
@@ -250,6 +277,12 @@ fn gemm_nn4(@builtin(global_invocation_id) gid: vec3<u32>) {
     store_block(g, r0, c0, acc);
     if (BX > 1u && c0 + 4u < p.n) {
         store_block(g, r0, c0 + 4u, acc2);
+    }
+    if (BY > 1u && r0 + 4u < p.m) {
+        store_block(g, r0 + 4u, c0, acc3);
+        if (BX > 1u && c0 + 4u < p.n) {
+            store_block(g, r0 + 4u, c0 + 4u, acc4);
+        }
     }
 }
 

@@ -117,8 +117,9 @@ fn matmul_vec4_sizes_all_layouts() {
 /// same products, fast paths and general kernel, with ragged edges. With `gemm_cols=2` the
 /// vec4 kernels take two 4x4 blocks side by side: the last pair's second block partly past
 /// the edge (70 columns) and wholly past it (4 columns); with `gemm_rows=2` the linear
-/// forward's (`gemm_nt`) two blocks stacked (a square of four with both): the second block
-/// partly past the last row (37 and 5 rows) and wholly past it (3 rows).
+/// forward's and input gradient's (`gemm_nt`, `gemm_nn4`) two blocks stacked (a square of
+/// four with both): the second block partly past the last row (37 and 5 rows) and wholly
+/// past it (3 rows).
 #[test]
 fn matmul_under_every_gemm_tuning() {
     let gpu = gpu_or_skip!();
@@ -131,7 +132,10 @@ fn matmul_under_every_gemm_tuning() {
             check_matmul(&tuned, 2, 8, 8, 4, ta, tb, true);
         }
         check_matmul(&tuned, 2, 17, 5, 3, false, false, true);
-        check_matmul(&tuned, 2, 3, 12, 8, false, true, true);
+        for tb in [false, true] {
+            check_matmul(&tuned, 2, 3, 12, 8, false, tb, true);
+            check_matmul(&tuned, 2, 37, 12, 8, false, tb, true);
+        }
         check_linear(&tuned, 3, &[5], 8, 12, true);
     }
 }
@@ -174,7 +178,7 @@ fn small_products_take_smaller_gemm_workgroups() {
         modelbatch::Plan::new(&tuned, &graph, &[c], &[]).unwrap()
     };
     let grids = |groups: u32, g: usize, rows: usize| {
-        let text = format!("gemm_wg=16,gemm_groups={groups},gemm_cols=1");
+        let text = format!("gemm_wg=16,gemm_groups={groups},gemm_cols=1,gemm_rows=1");
         plan(&text, g, rows).signature().iter().map(|d| d.2).collect::<Vec<_>>()
     };
     // 37 x 40 outputs: one 64x64 workgroup per model at gemm_wg=16, 2x2 of 32x32 at 8, 3x3
