@@ -45,8 +45,8 @@ pub struct Tuning {
     /// then serves twice the multiply-adds; twice the accumulators).
     pub gemm_cols: u32,
     /// 4x4 blocks per invocation of the linear forward's and input gradient's register GEMMs
-    /// (`gemm_nt`, `gemm_nn4`), stacked along the rows: 2 (software: each loaded B value serves twice the multiply-adds; with
-    /// `gemm_cols=2` a 2x2 square of blocks) or 1.
+    /// (`gemm_nt`, `gemm_nn4`, `BY`), stacked along the rows: 2 (software: each loaded B value
+    /// serves twice the multiply-adds; with `gemm_cols=2` a 2x2 square of blocks) or 1.
     pub gemm_rows: u32,
     /// Widest workgroup of the convolution kernels (`WGX` in `shaders/conv.wgsl`; narrower
     /// where the output is short): a power of two from 8 to 256.
