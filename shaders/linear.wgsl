@@ -38,9 +38,9 @@ override WG: u32 = 8u;
 // and gemm_tn(_sum) (`gemm_cols`: each A value loaded then serves twice the multiply-adds;
 // the other entry points are built with 1).
 override BX: u32 = 1u;
-// 4x4 blocks per invocation stacked along C's rows: 1, or 2 in gemm_nt and gemm_nn4
-// (`gemm_rows`: each B value loaded then serves twice the multiply-adds; the other entry
-// points are built with 1).
+// 4x4 blocks per invocation stacked along C's rows: 1, or 2 in gemm_nt, gemm_nn4 and
+// gemm_tn(_sum) (`gemm_rows`: each B value loaded then serves twice the multiply-adds; the
+// other entry points are built with 1).
 override BY: u32 = 1u;
 
 // Writes the 4x4 block at (r0, c0) of model g, applying the epilogue; columns past N and
@@ -315,7 +315,7 @@ fn block_step(r: ptr<function, Block>, av: vec4<f32>, bv: vec4<f32>, sums: bool)
     }
 }
 
-// Stores a block and A's sums (a `_sum` entry point; the others never reach a_sums).
+// Stores a block and A's sums (gemm_sum; the other entry points never reach a_sums).
 fn store_with_sums(gid: vec3<u32>, r: Block) {
     store_block(gid.z, gid.y * 4u, gid.x * 4u * BX, r.acc);
     store_sums(gid.z, gid.y * 4u, gid.x * 4u * BX, r.a_sum);
@@ -323,56 +323,97 @@ fn store_with_sums(gid: vec3<u32>, r: Block) {
 
 // Whether the blocks of this invocation lie past C's edge.
 fn outside(gid: vec3<u32>) -> bool {
-    return gid.x * 4u * BX >= p.n || gid.y * 4u >= p.m;
+    return gid.x * 4u * BX >= p.n || gid.y * 4u * BY >= p.m;
 }
 
-// The block of gemm_tn(_sum) at columns gid.x * 4 * BX (and with BX = 2 the next one's
-// sums in `right`, past the edge clamped for loading).
-fn tn_block(gid: vec3<u32>, sums: bool, right: ptr<function, array<vec4<f32>, 4>>) -> Block {
+// The blocks of a gemm_tn(_sum) invocation: rows gid.y * 4 * BY .. + 3 and columns
+// gid.x * 4 * BX .. + 3 in `top` (with A's row sums), with BX = 2 the next four columns in
+// `right`, with BY = 2 the next four rows in `low` (sums too) and `low_right`.
+struct Tn {
+    top: Block,
+    right: array<vec4<f32>, 4>,
+    low: Block,
+    low_right: array<vec4<f32>, 4>,
+}
+
+// One depth step of a block without sums.
+fn quad_step(acc: ptr<function, array<vec4<f32>, 4>>, av: vec4<f32>, bv: vec4<f32>) {
+    (*acc)[0] += av.x * bv;
+    (*acc)[1] += av.y * bv;
+    (*acc)[2] += av.z * bv;
+    (*acc)[3] += av.w * bv;
+}
+
+// Rows and columns of the second blocks past the edge are clamped for loading (dropped at
+// the store).
+fn tn_blocks(gid: vec3<u32>, sums: bool) -> Tn {
     let g = gid.z;
     let m4 = p.m / 4u;
     let n4 = p.n / 4u;
-    let abase = g * p.k * m4 + gid.y;
+    let abase = g * p.k * m4 + gid.y * BY;
     let bbase = g * p.k * n4 + gid.x * BX;
+    let a2 = min(gid.y * BY + 1u, m4 - 1u) - gid.y * BY;
     let b2 = min(gid.x * BX + 1u, n4 - 1u) - gid.x * BX;
-    var r: Block;
+    var top: Block;
+    var right: array<vec4<f32>, 4>;
+    var low: Block;
+    var low_right: array<vec4<f32>, 4>;
     for (var kk = 0u; kk < p.k; kk++) {
         let av = a4[abase + kk * m4];
-        block_step(&r, av, b4[bbase + kk * n4], sums);
+        let bv = b4[bbase + kk * n4];
+        block_step(&top, av, bv, sums);
+        var bv2 = vec4<f32>();
         if (BX > 1u) {
-            let bv = b4[bbase + kk * n4 + b2];
-            (*right)[0] += av.x * bv;
-            (*right)[1] += av.y * bv;
-            (*right)[2] += av.z * bv;
-            (*right)[3] += av.w * bv;
+            bv2 = b4[bbase + kk * n4 + b2];
+            quad_step(&right, av, bv2);
+        }
+        if (BY > 1u) {
+            let av2 = a4[abase + kk * m4 + a2];
+            block_step(&low, av2, bv, sums);
+            if (BX > 1u) {
+                quad_step(&low_right, av2, bv2);
+            }
         }
     }
-    return r;
+    return Tn(top, right, low, low_right);
 }
 
-// With BX = 2, stores the second block of gemm_tn(_sum) where it lies inside C.
-fn store_right(gid: vec3<u32>, right: array<vec4<f32>, 4>) {
-    let c0 = gid.x * 4u * BX + 4u;
-    if (BX > 1u && c0 < p.n) {
-        store_block(gid.z, gid.y * 4u, c0, right);
+// Stores the blocks of tn_blocks that lie inside C.
+fn store_tn(gid: vec3<u32>, t: Tn) {
+    let g = gid.z;
+    let r0 = gid.y * 4u * BY;
+    let c0 = gid.x * 4u * BX;
+    store_block(g, r0, c0, t.top.acc);
+    if (BX > 1u && c0 + 4u < p.n) {
+        store_block(g, r0, c0 + 4u, t.right);
+    }
+    if (BY > 1u && r0 + 4u < p.m) {
+        store_block(g, r0 + 4u, c0, t.low.acc);
+        if (BX > 1u && c0 + 4u < p.n) {
+            store_block(g, r0 + 4u, c0 + 4u, t.low_right);
+        }
     }
 }
 
 @compute @workgroup_size(WG, WG, 1)
 fn gemm_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (!outside(gid)) {
-        var right: array<vec4<f32>, 4>;
-        store_block(gid.z, gid.y * 4u, gid.x * 4u * BX, tn_block(gid, false, &right).acc);
-        store_right(gid, right);
+        store_tn(gid, tn_blocks(gid, false));
     }
 }
 
+// (Only this entry point reaches a_sums: gemm_tn's layout does not bind it.)
 @compute @workgroup_size(WG, WG, 1)
 fn gemm_tn_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (!outside(gid)) {
-        var right: array<vec4<f32>, 4>;
-        store_with_sums(gid, tn_block(gid, true, &right));
-        store_right(gid, right);
+        let t = tn_blocks(gid, true);
+        store_tn(gid, t);
+        let r0 = gid.y * 4u * BY;
+        let c0 = gid.x * 4u * BX;
+        store_sums(gid.z, r0, c0, t.top.a_sum);
+        if (BY > 1u && r0 + 4u < p.m) {
+            store_sums(gid.z, r0 + 4u, c0, t.low.a_sum);
+        }
     }
 }
 

@@ -44,9 +44,10 @@ pub struct Tuning {
     /// computes side by side along the output's columns (`BX`): 1, or 2 (each loaded A value
     /// then serves twice the multiply-adds; twice the accumulators).
     pub gemm_cols: u32,
-    /// 4x4 blocks per invocation of the linear forward's and input gradient's register GEMMs
-    /// (`gemm_nt`, `gemm_nn4`, `BY`), stacked along the rows: 2 (software: each loaded B value
-    /// serves twice the multiply-adds; with `gemm_cols=2` a 2x2 square of blocks) or 1.
+    /// 4x4 blocks per invocation of the register GEMMs of a linear layer's forward, input
+    /// gradient and weight gradient (`gemm_nt`, `gemm_nn4`, `gemm_tn(_sum)`, `BY`), stacked
+    /// along the rows: 2 (software: each loaded B value serves twice the multiply-adds; with
+    /// `gemm_cols=2` a 2x2 square of blocks) or 1.
     pub gemm_rows: u32,
     /// Widest workgroup of the convolution kernels (`WGX` in `shaders/conv.wgsl`; narrower
     /// where the output is short): a power of two from 8 to 256.

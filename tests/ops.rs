@@ -117,9 +117,10 @@ fn matmul_vec4_sizes_all_layouts() {
 /// same products, fast paths and general kernel, with ragged edges. With `gemm_cols=2` the
 /// vec4 kernels take two 4x4 blocks side by side: the last pair's second block partly past
 /// the edge (70 columns) and wholly past it (4 columns); with `gemm_rows=2` the linear
-/// forward's and input gradient's (`gemm_nt`, `gemm_nn4`) two blocks stacked (a square of
-/// four with both): the second block partly past the last row (37 and 5 rows) and wholly
-/// past it (3 rows).
+/// forward's, input gradient's and weight gradient's (`gemm_nt`, `gemm_nn4`, `gemm_tn(_sum)`)
+/// two blocks stacked (a square of four with both): the second block partly past the last
+/// row (37 and 5 rows) and wholly past it (3 rows; 12 and 28 for the weight gradient, whose
+/// rows come in fours).
 #[test]
 fn matmul_under_every_gemm_tuning() {
     let gpu = gpu_or_skip!();
@@ -137,6 +138,12 @@ fn matmul_under_every_gemm_tuning() {
             check_matmul(&tuned, 2, 37, 12, 8, false, tb, true);
         }
         check_linear(&tuned, 3, &[5], 8, 12, true);
+        // The weight gradient's blocks (gemm_tn_sum: A = dy [rows, out]) with the second row
+        // block inside and, on the last rows, past the edge; gemm_tn on its own (A^T B).
+        let labels = check_linear(&tuned, 2, &[3, 2], 20, 28, true);
+        assert!(labels.contains(&"gemm_tn_sum"), "{labels:?}");
+        let labels = check_matmul(&tuned, 2, 20, 6, 12, true, false, false);
+        assert!(labels.contains(&"gemm_tn"), "{labels:?}");
     }
 }
 

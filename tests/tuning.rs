@@ -66,7 +66,7 @@ fn shapes_that_keep_the_splits_train_bit_for_bit_alike() {
         format!("split_lanes={}", 1 - t.split_lanes),
         // Two GEMM blocks per invocation or one.
         format!("gemm_tile=0,gemm_cols={}", 3 - t.gemm_cols),
-        // Two stacked in the linear forward's or one.
+        // Two stacked (rows) or one.
         format!("gemm_tile=0,gemm_rows={}", 3 - t.gemm_rows),
     ] {
         let text = text.as_str();
