@@ -297,6 +297,18 @@ fn hyper_parameter_list_of_wrong_length() {
 }
 
 #[test]
+fn nothing_to_train() {
+    let t = Temp::new("no-steps");
+    let data = tiny_mnist(&t);
+    let out_dir = t.join("out");
+    for (flag, needles) in [("--steps", &["--steps", "at least 1", "modelbatch eval"][..]), ("--epochs", &["--epochs"])]
+    {
+        assert_error(&run(&["train", flag, "0", "--models", "2", "--data", p(&data), "--out", p(&out_dir)]), needles);
+        assert!(!out_dir.exists(), "{flag} 0: {} was created", out_dir.display());
+    }
+}
+
+#[test]
 fn bad_log_spec() {
     let t = Temp::new("hyper-log");
     let data = tiny_mnist(&t);

@@ -31,6 +31,14 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             return Err(CliError::new(format!("{flag} must be at least 1")));
         }
     }
+    // Nothing trained would leave no loss to report: evaluating weights is `eval`'s job.
+    for (flag, v) in [("--steps", a.steps), ("--epochs", a.epochs)] {
+        if v == Some(0) {
+            return Err(CliError::new(format!(
+                "{flag} must be at least 1 (to evaluate saved weights without training, use `modelbatch eval --weights DIR`)"
+            )));
+        }
+    }
     let hyper = hyper::from_args(a, g)?;
     let normalize = parse_normalize("--normalize", &a.normalize)?;
     let schedule = Schedule::parse(&a.schedule).context("--schedule")?;
