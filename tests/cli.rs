@@ -296,6 +296,29 @@ fn hyper_parameter_list_of_wrong_length() {
     train_fails(&t, &data, &["--momentum", "0.9,0.9,0.9"], &["--momentum", "3 values", "2 models"]);
 }
 
+/// `--normalize MEAN,STD`: malformed pairs are usage errors; a negative mean is a value (not
+/// a flag) and changes what eval computes, the default written out changes nothing.
+#[test]
+fn normalize_flag() {
+    let t = Temp::new("normalize");
+    let data = tiny_mnist(&t);
+    train_fails(&t, &data, &["--normalize", "0.5"], &["--normalize", "MEAN,STD"]);
+    train_fails(&t, &data, &["--normalize", "0.1,0"], &["--normalize", "STD > 0"]);
+    let _gpu = gpu_or_skip!();
+    let w = t.join("w");
+    write_weights(&w, 2);
+    let losses = |extra: &[&str]| {
+        let mut args = vec!["eval", "--weights", p(&w), "--data", p(&data), "--json"];
+        args.extend_from_slice(extra);
+        let ev: Value = serde_json::from_str(assert_ok(&run(&args)).trim()).unwrap();
+        ev["models"].as_array().unwrap().iter().map(|m| m["loss"].as_f64().unwrap()).collect::<Vec<_>>()
+    };
+    let default = losses(&[]);
+    assert_eq!(losses(&["--normalize", "0.1307,0.3081"]), default);
+    let shifted = losses(&["--normalize", "-0.5,2"]);
+    assert!(shifted.iter().zip(&default).all(|(a, b)| a != b), "{shifted:?} vs {default:?}");
+}
+
 #[test]
 fn nothing_to_train() {
     let t = Temp::new("no-steps");
@@ -315,6 +338,9 @@ fn bad_log_spec() {
     train_fails(&t, &data, &["--lr", "log:0:0.1"], &["--lr", "log:0:0.1"]);
     train_fails(&t, &data, &["--lr", "log:0.1"], &["--lr", "log:0.1"]);
     train_fails(&t, &data, &["--weight-decay", "lin:a:1"], &["--weight-decay", "lin:a:1"]);
+    // A negative value reaches the check (not taken for a flag).
+    train_fails(&t, &data, &["--lr", "-0.1"], &["--lr", "-0.1", ">= 0"]);
+    train_fails(&t, &data, &["--momentum", "0.5,-0.5"], &["--momentum", "-0.5", "model 1"]);
     train_fails(&t, &data, &["--optimizer", "adam", "--betas", "0.9"], &["--betas"]);
     train_fails(&t, &data, &["--optimizer", "adam", "--momentum", "0.9"], &["--momentum", "sgd"]);
 }

@@ -109,22 +109,22 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = OptKind::Sgd)]
     pub optimizer: OptKind,
     /// Learning rate [default: 0.01 for sgd, 0.001 for adam and adamw]
-    #[arg(long, value_name = PER_MODEL)]
+    #[arg(long, value_name = PER_MODEL, allow_hyphen_values = true)]
     pub lr: Option<String>,
     /// SGD momentum [default: 0]
-    #[arg(long, value_name = PER_MODEL)]
+    #[arg(long, value_name = PER_MODEL, allow_hyphen_values = true)]
     pub momentum: Option<String>,
     /// SGD dampening [default: 0]
-    #[arg(long, value_name = PER_MODEL)]
+    #[arg(long, value_name = PER_MODEL, allow_hyphen_values = true)]
     pub dampening: Option<String>,
     /// Weight decay [default: 0 for sgd and adam, 0.01 for adamw]
-    #[arg(long, value_name = PER_MODEL)]
+    #[arg(long, value_name = PER_MODEL, allow_hyphen_values = true)]
     pub weight_decay: Option<String>,
     /// Adam/AdamW moment decay rates [default: 0.9,0.999]
-    #[arg(long, value_name = "B1,B2")]
+    #[arg(long, value_name = "B1,B2", allow_hyphen_values = true)]
     pub betas: Option<String>,
     /// Adam/AdamW denominator term [default: 1e-8]
-    #[arg(long, value_name = PER_MODEL)]
+    #[arg(long, value_name = PER_MODEL, allow_hyphen_values = true)]
     pub eps: Option<String>,
     /// SGD with Nesterov momentum (needs --momentum > 0 and zero dampening).
     #[arg(long)]
@@ -137,7 +137,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "S", default_value_t = 0)]
     pub seed: u64,
     /// Pixel normalisation applied to pixel/255: (x - MEAN) / STD.
-    #[arg(long, value_name = "MEAN,STD", default_value = DEFAULT_NORMALIZE)]
+    #[arg(long, value_name = "MEAN,STD", default_value = DEFAULT_NORMALIZE, allow_hyphen_values = true)]
     pub normalize: String,
     /// Learning-rate schedule for every model: constant, step:SIZE:GAMMA or
     /// cosine:T_MAX[:ETA_MIN], optionally after warmup:STEPS, (e.g. warmup:100,cosine:900).
@@ -177,7 +177,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: bool,
     /// Pixel normalisation applied to pixel/255: (x - MEAN) / STD.
-    #[arg(long, value_name = "MEAN,STD", default_value = DEFAULT_NORMALIZE)]
+    #[arg(long, value_name = "MEAN,STD", default_value = DEFAULT_NORMALIZE, allow_hyphen_values = true)]
     pub normalize: String,
     /// Images per model per evaluation pass [default: 500, or fewer where the adapter's
     /// per-binding limit needs it]
