@@ -19,9 +19,8 @@ use modelbatch::{Gpu, Sgd};
 
 type Kernels = Vec<(&'static str, String, [u32; 3])>;
 
-fn trainer<'a>(gpu: &'a Gpu, model: &'a BatchModel, n: usize) -> modelbatch::Result<Trainer<'a>> {
-    let spec = ModelSpec::lenet();
-    let data = synthetic_dataset(&spec, 4 * n, 1);
+fn trainer<'a>(gpu: &'a Gpu, spec: &ModelSpec, model: &'a BatchModel, n: usize) -> modelbatch::Result<Trainer<'a>> {
+    let data = synthetic_dataset(spec, 4 * n, 1);
     let config = TrainConfig { batch_size: n, ..TrainConfig::default() };
     let mut trainer = Trainer::new(gpu, model, &data, Optimizer::Sgd(Sgd::new(0.01).momentum(0.9)), config)?;
     trainer.train(1, |_| {})?;
@@ -40,11 +39,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let g = num(8)?;
     let n = num(128)?;
     let repeats = num(1)?.max(1);
-    let other = std::env::args().nth(4);
+    let other = args.next();
     let gpu = Gpu::new_blocking()?;
     let spec = ModelSpec::lenet();
     let model = BatchModel::new(&gpu, &spec, g, 0)?;
-    let trainer_a = trainer(&gpu, &model, n)?;
+    let trainer_a = trainer(&gpu, &spec, &model, n)?;
     let plan = trainer_a.plan();
     let how = if gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
         "GPU timestamps"
@@ -55,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(text) = other {
         let gpu_b = gpu.with_tuning(gpu.tuning().apply(&text)?)?;
         let model_b = BatchModel::new(&gpu_b, &spec, g, 0)?;
-        let trainer_b = trainer(&gpu_b, &model_b, n)?;
+        let trainer_b = trainer(&gpu_b, &spec, &model_b, n)?;
         return compare(plan, trainer_b.plan(), repeats, &format!("G={g} N={n} on {name} ({how})"), &text);
     }
     let mut times = plan.profile()?;
@@ -94,9 +93,8 @@ fn compare(
     // Dispatch i of A and of B correspond where both plans have the same dispatch labels.
     let aligned = ka.len() == kb.len() && ka.iter().zip(&kb).all(|(x, y)| x.0 == y.0);
     let same: Vec<bool> = (0..ka.len()).map(|i| aligned && ka[i].1 == kb[i].1 && ka[i].2 == kb[i].2).collect();
-    let reference = |times: &[(&str, f64)], shared: &[bool]| -> f64 {
-        times.iter().zip(shared).filter(|(_, s)| **s).map(|(t, _)| t.1).sum::<f64>()
-    };
+    let reference =
+        |times: &[(&str, f64)]| -> f64 { times.iter().zip(&same).filter(|(_, s)| **s).map(|(t, _)| t.1).sum::<f64>() };
     let (mut sa, mut sb) = (vec![Vec::new(); ka.len()], vec![Vec::new(); kb.len()]);
     let (mut tot_a, mut tot_b, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
@@ -109,8 +107,8 @@ fn compare(
         tot_b.push(total_b);
         ratio.push(total_b / total_a);
         // Without shared dispatches (or not aligned), shares of the whole step.
-        let (ra, rb) = match reference(&ta, &same) {
-            r if r > 0.0 => (r, reference(&tb, &same)),
+        let (ra, rb) = match reference(&ta) {
+            r if r > 0.0 => (r, reference(&tb)),
             _ => (total_a, total_b),
         };
         for (i, t) in ta.iter().enumerate() {

@@ -86,11 +86,10 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     }
     let storage = [Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite, Binding::ReadWrite];
     let storage = &storage[..4 + usize::from(mm.a_sums.is_some())];
-    // 4x4 blocks per invocation along the columns (the adapter's `gemm_cols`), where the
-    // kernel takes more than one.
-    let bx = if matches!(entry, "gemm_nt" | "gemm_nn4" | "gemm_tn" | "gemm_tn_sum") { t.gemm_cols } else { 1 };
-    // And stacked along the rows (`gemm_rows`), in the same kernels.
-    let by = if matches!(entry, "gemm_nt" | "gemm_nn4" | "gemm_tn" | "gemm_tn_sum") { t.gemm_rows } else { 1 };
+    // 4x4 blocks per invocation along the columns and stacked along the rows (the adapter's
+    // `gemm_cols`, `gemm_rows`), where the kernel takes more than one.
+    let blocks = matches!(entry, "gemm_nt" | "gemm_nn4" | "gemm_tn" | "gemm_tn_sum");
+    let (bx, by) = if blocks { (t.gemm_cols, t.gemm_rows) } else { (1, 1) };
     let kernel =
         ctx.kernel(&LINEAR, entry, storage, &[("WG", wg as f64), ("BX", f64::from(bx)), ("BY", f64::from(by))]);
     let tile = (4 * wg) as usize;
