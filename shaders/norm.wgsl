@@ -32,10 +32,10 @@ struct Params {
     item_stride: u32, // reductions: elements between the starts of consecutive items
     c_step: u32,      // reductions: channel advance per segment
     items: u32,       // reductions: items per model
-    flags: u32,       // bit 0: affine (weight, and bias where used)
+    flags: u32,       // bit 0: affine (weight, and bias where used); bit 1: sums_stats' shift only
     eps: f32,
     momentum: f32,    // running update; negative: cumulative average
-    count: f32,       // reductions: values per item
+    count: f32,       // reductions: values per item; sums kernels: values per channel in all
     unbias: f32,      // running update: n / (n - 1)
     numel: u32,       // elementwise: G * N * C * hw
     e_hw: u32,        // elementwise: WG written in the radices (hw, cpg, groups, N, G)
@@ -375,6 +375,52 @@ fn norm_running_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     out[o] = run_mean_in[t];
     out[o + p.c] = 1.0 / sqrt(v + p.eps);
     out[o + 2u * p.c] = v;
+}
+
+// ---- a batch summed in parts (micro-batches) ---------------------------------------------
+
+// Batch-norm statistics from sums over the parts of a batch, one invocation per (model,
+// channel): x holds sum(x), dy sum(d) and stats sum(d * d) for the deviations d = x - m1
+// from the first pass's mean m1 = sum(x) / count; the result is what norm_stats computes.
+// Flag bit 1: only (m1, 1, 0), the shift the deviations are summed with.
+@compute @workgroup_size(WG)
+fn norm_sums_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = gid.x + gid.y * nwg.x * WG;
+    if (t >= p.g * p.c) {
+        return;
+    }
+    let gm = t / p.c;
+    let o = gm * 3u * p.c + (t - gm * p.c);
+    let m1 = x[t] / p.count;
+    if ((p.flags & 2u) != 0u) {
+        out[o] = m1;
+        out[o + p.c] = 1.0;
+        out[o + 2u * p.c] = 0.0;
+        return;
+    }
+    let sd = dy[t];
+    let v = max((stats[t] - sd * sd / p.count) / p.count, 0.0);
+    out[o] = m1 + sd / p.count;
+    out[o + p.c] = 1.0 / sqrt(v + p.eps);
+    out[o + 2u * p.c] = v;
+}
+
+// norm_grad_apply's scratch from the whole batch's sums, one invocation per (model,
+// channel): x holds sum(dy), dy sum(dy * x_hat) (dy at norm_apply's output), with the
+// statistics and weight: (mean, invstd, mean(dxh), mean(dxh * x_hat)) for dxh = dy * weight.
+@compute @workgroup_size(WG)
+fn norm_grad_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = gid.x + gid.y * nwg.x * WG;
+    if (t >= p.g * p.c) {
+        return;
+    }
+    let gm = t / p.c;
+    let so = gm * 3u * p.c + (t - gm * p.c);
+    var wc = 1.0;
+    if (affine()) {
+        wc = weight[t];
+    }
+    scratch_out[t] = vec4<f32>(stats[so], stats[so + p.c], wc * x[t] / p.count, wc * dy[t] / p.count);
 }
 
 // PyTorch's training-mode update, in place, one workgroup per model:

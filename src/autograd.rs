@@ -116,7 +116,7 @@ pub fn grad(
                 contributions.push((x[0], graph.adaptive_avgpool2d_grad(dy, &xs)?));
             }
             // Statistics are differentiated through by the NormApply that uses them.
-            Op::NormStats { .. } | Op::RunningStats { .. } => {}
+            Op::NormStats { .. } | Op::RunningStats { .. } | Op::SumsStats { .. } => {}
             Op::NormApply { kind, affine } => {
                 let (xt, stats) = (x[0], x[1]);
                 // Batch statistics of this very input make the gradient the full one;
@@ -124,7 +124,15 @@ pub fn grad(
                 let fixed = !matches!(graph.node(stats).op, Op::NormStats { .. } if graph.node(stats).inputs[0] == xt);
                 let weight = if *affine { Some(x[2]) } else { None };
                 if graph.node(xt).requires_grad {
-                    contributions.push((xt, graph.norm_grad(dy, xt, stats, weight, *kind, fixed)?));
+                    let d = match graph.node(stats).op {
+                        // Statistics of a batch summed in parts carry the batch's gradient sums.
+                        Op::SumsStats { count, shift: false, .. } => {
+                            let s = graph.node(stats).inputs.clone();
+                            graph.norm_grad_sums(dy, xt, stats, s[3], s[4], weight, count)?
+                        }
+                        _ => graph.norm_grad(dy, xt, stats, weight, *kind, fixed)?,
+                    };
+                    contributions.push((xt, d));
                 }
                 if *affine {
                     if graph.node(x[2]).requires_grad {
@@ -188,6 +196,7 @@ pub fn grad(
             | Op::AdaptiveAvgPool2dGrad
             | Op::NormGrad { .. }
             | Op::NormWeightGrad { .. }
+            | Op::NormGradSums { .. }
             | Op::CrossEntropyGrad { .. }
             | Op::TopK { .. }) => {
                 return Err(Error::Usage(format!("grad: op {} is not differentiable", op.name())));

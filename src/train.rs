@@ -152,6 +152,22 @@ pub(crate) fn data_graph(
     norm: Normalize,
     head: Head,
 ) -> Result<DataGraph> {
+    data_graph_with(spec, g, prefix, samples, size, norm, head, &mut |_| Ok(Vec::new()))
+}
+
+/// [`data_graph`], the BatchNorm2d layers normalising with the statistics `bn_stats` adds
+/// to the graph (see [`ModelSpec::build_with`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn data_graph_with(
+    spec: &ModelSpec,
+    g: usize,
+    prefix: &str,
+    samples: usize,
+    size: usize,
+    norm: Normalize,
+    head: Head,
+    bn_stats: &mut dyn FnMut(&mut Graph) -> Result<Vec<TensorId>>,
+) -> Result<DataGraph> {
     let px: usize = spec.input.iter().product();
     let mut graph = Graph::new(g);
     let images = graph.dataset(&format!("{prefix}.images"), samples * px)?;
@@ -159,7 +175,8 @@ pub(crate) fn data_graph(
     let indices = graph.input("indices", &[size], DType::U32)?;
     let x = graph.gather_images(images, indices, &spec.input, norm.mean, norm.std)?;
     let y = graph.gather_labels(labels, indices)?;
-    let built = spec.build(&mut graph, x, head.mode)?;
+    let stats = bn_stats(&mut graph)?;
+    let built = spec.build_with(&mut graph, x, head.mode, &stats)?;
     let loss = graph.cross_entropy(built.output, y, head.reduction)?;
     let top = graph.topk_accuracy(built.output, y, head.ks, true)?;
     Ok(DataGraph { graph, images, labels, indices, built, loss, top })
@@ -568,9 +585,16 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Passes per step: 1, or the number of micro-batches when one model's batch does not
-    /// fit the adapter's binding limit in one pass.
+    /// Micro-batches per step: 1, or the number of parts a batch that does not fit the
+    /// adapter's binding limit in one pass is split into.
     pub fn micro_batches(&self) -> usize {
+        self.micro.as_ref().map_or(1, |m| m.micro_batches)
+    }
+
+    /// Passes over the batch per step: the micro-batches, times the phases a model with
+    /// BatchNorm2d needs for them (two per BatchNorm2d layer, then one more than there are
+    /// layers; see the `micro` module).
+    pub fn passes(&self) -> usize {
         self.micro.as_ref().map_or(1, |m| m.passes.len())
     }
 

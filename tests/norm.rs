@@ -563,3 +563,148 @@ fn variance_is_accurate_for_a_large_mean() {
         assert_near(&format!("{kind:?}: y"), &plan.read_blocking(y).unwrap(), &want, 1e-6);
     }
 }
+
+/// The samples `[a, b)` of every model of `v` (`[G, N, ...]` with `per` values per sample).
+fn samples(v: &[f32], s: Shape, per: usize, (a, b): (usize, usize)) -> Vec<f32> {
+    (0..s.g).flat_map(|g| v[(g * s.n + a) * per..(g * s.n + b) * per].to_vec()).collect()
+}
+
+/// Batch norm over a batch summed in parts (micro-batches; see `Graph::sums_stats`): the
+/// passes over the parts give the whole batch's statistics, output and exact gradient.
+/// Part plans share the sums (state tensors) by name.
+fn parts_check(gpu: &Gpu, s: Shape, v: &Values, parts: &[(usize, usize)]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let per = s.c * s.hw();
+    let count = s.n * s.hw();
+    let names = ["xsum", "dsum", "dsq", "gsum", "gdot"];
+    // Pass 0: sum(x); 1: deviations; 2: sum(dy), sum(dy * x_hat); 3: y and dx.
+    let mut first: Option<Plan> = None;
+    let (mut stats, mut y, mut dx) = (vec![0.0; s.g * 3 * s.c], Vec::new(), Vec::new());
+    for pass in 0..4 {
+        for &(a, b) in parts {
+            let mut graph = Graph::new(s.g);
+            // A parameter (it needs a gradient), one per part: shared tensors keep one shape.
+            let x = graph.param(&format!("x{a}"), &[b - a, s.c, s.h, s.w]).unwrap();
+            let r = graph.input("r", &[b - a, s.c, s.h, s.w], DType::F32).unwrap();
+            let sums: Vec<TensorId> = names.iter().map(|n| graph.state(n, &[s.c]).unwrap()).collect();
+            let affine = v
+                .affine
+                .as_ref()
+                .map(|_| (graph.param("weight", &[s.c]).unwrap(), graph.param("bias", &[s.c]).unwrap()));
+            let acc = |dst, src| Update::Accumulate { dst, src };
+            let mut keep = Vec::new();
+            let mut updates = Vec::new();
+            match pass {
+                0 => updates.push(acc(sums[0], graph.sum(x, &[1, 3, 4]).unwrap())),
+                1 => {
+                    let shift = graph.sums_stats(&sums[..1], EPS, count).unwrap();
+                    let d = graph.norm_apply(x, shift, NormKind::Batch, None).unwrap();
+                    updates.push(acc(sums[1], graph.sum(d, &[1, 3, 4]).unwrap()));
+                    updates.push(acc(sums[2], graph.norm_weight_grad(d, x, shift, NormKind::Batch).unwrap()));
+                }
+                2 => {
+                    // dy = r: the gradient of sum(r * y) at the output.
+                    let st = graph.sums_stats(&sums, EPS, count).unwrap();
+                    updates.push(acc(sums[3], graph.sum(r, &[1, 3, 4]).unwrap()));
+                    updates.push(acc(sums[4], graph.norm_weight_grad(r, x, st, NormKind::Batch).unwrap()));
+                }
+                _ => {
+                    let st = graph.sums_stats(&sums, EPS, count).unwrap();
+                    let out = graph.norm_apply(x, st, NormKind::Batch, affine).unwrap();
+                    let d = autograd::grad(&mut graph, out, Some(r), &[x]).unwrap()[0].expect("dx");
+                    keep.extend([st, out, d]);
+                }
+            }
+            let plan = match &first {
+                None => Plan::new(gpu, &graph, &keep, &updates).unwrap(),
+                Some(p) => Plan::sharing(gpu, &graph, &keep, &updates, p).unwrap(),
+            };
+            plan.write(x, &samples(&v.x, s, per, (a, b))).unwrap();
+            plan.write(r, &samples(&v.r, s, per, (a, b))).unwrap();
+            if let (Some((w, bias)), Some((wv, bv))) = (affine, &v.affine) {
+                plan.write(w, wv).unwrap();
+                plan.write(bias, bv).unwrap();
+            }
+            plan.run().unwrap();
+            if pass == 3 {
+                stats = plan.read_blocking(keep[0]).unwrap();
+                y.push(plan.read_blocking(keep[1]).unwrap());
+                dx.push(plan.read_blocking(keep[2]).unwrap());
+            }
+            first.get_or_insert(plan);
+        }
+    }
+    // Back to [G, N, ...] order.
+    let whole = |parts_out: &[Vec<f32>]| -> Vec<f32> {
+        let mut out = vec![0.0; s.numel()];
+        for (&(a, b), p) in parts.iter().zip(parts_out) {
+            for g in 0..s.g {
+                let n = (b - a) * per;
+                out[(g * s.n + a) * per..(g * s.n + b) * per].copy_from_slice(&p[g * n..(g + 1) * n]);
+            }
+        }
+        out
+    };
+    (stats, whole(&y), whole(&dx))
+}
+
+#[test]
+fn batch_statistics_and_gradients_summed_in_parts_equal_the_whole_batchs() {
+    let gpu = gpu_or_skip!();
+    let s = S6;
+    for affine in [true, false] {
+        let v = values(s, Mode::Train, affine, 70 + affine as u64);
+        let want = reference(s, NormKind::Batch, &v);
+        for parts in [&[(0, 5)][..], &[(0, 2), (2, 5)], &[(0, 1), (1, 3), (3, 4), (4, 5)]] {
+            let what = format!("affine={affine}, parts {parts:?}");
+            let (stats, y, dx) = parts_check(gpu, s, &v, parts);
+            assert_near(&format!("{what}: stats"), &stats, &want.stats, 1e-5);
+            assert_near(&format!("{what}: y"), &y, &want.y, 1e-5);
+            assert_near(&format!("{what}: dx"), &dx, &want.dx, 1e-5);
+        }
+    }
+    // The statistics from given sums: the deviations' sum corrects the first pass's mean (in
+    // the mean and, as sum(d)^2 / count, in the squared deviations).
+    let (g, c, count) = (2, 3, 40);
+    let mut graph = Graph::new(g);
+    let sums: Vec<TensorId> = ["a", "b", "c", "d", "e"].iter().map(|n| graph.state(n, &[c]).unwrap()).collect();
+    let full = graph.sums_stats(&sums, EPS, count).unwrap();
+    let shift = graph.sums_stats(&sums[..1], EPS, count).unwrap();
+    let plan = Plan::new(gpu, &graph, &[full, shift], &[]).unwrap();
+    let (xsum, dsum, dsq) = (randn(63, g * c), randn(64, g * c), randn(65, g * c).iter().map(|v| 30.0 + v).collect());
+    for (&t, v) in sums.iter().zip([&xsum, &dsum, &dsq]) {
+        plan.write(t, v).unwrap();
+    }
+    plan.run().unwrap();
+    let (mut want_full, mut want_shift) = (vec![0.0; g * 3 * c], vec![0.0; g * 3 * c]);
+    let n = count as f64;
+    for m in 0..g {
+        for k in 0..c {
+            let (i, o) = (m * c + k, m * 3 * c + k);
+            let (sx, sd, sq) = (xsum[i] as f64, dsum[i] as f64, dsq[i] as f64);
+            let var = (sq - sd * sd / n) / n;
+            want_full[o] = sx / n + sd / n;
+            want_full[o + c] = 1.0 / (var + EPS as f64).sqrt();
+            want_full[o + 2 * c] = var;
+            want_shift[o] = sx / n;
+            want_shift[o + c] = 1.0;
+        }
+    }
+    assert_near("stats from sums", &plan.read_blocking(full).unwrap(), &want_full, 1e-6);
+    assert_near("shift from sums", &plan.read_blocking(shift).unwrap(), &want_shift, 1e-6);
+
+    // A large mean (1000 + noise of amplitude 0.05), as in `variance_is_accurate_for_a_large_mean`:
+    // the deviations' sum corrects the first pass's mean.
+    let s = Shape { g: 2, n: 20, c: 3, h: 15, w: 15 };
+    let x: Vec<f32> = randn(61, s.numel()).iter().map(|v| 1000.0 + 0.05 * v).collect();
+    let v = Values { x, affine: None, running: None, r: randn(62, s.numel()) };
+    let (mean, var) = stats_ref(s, NormKind::Batch, &v.x);
+    let (stats, _, _) = parts_check(gpu, s, &v, &[(0, 7), (7, 14), (14, 20)]);
+    for g in 0..s.g {
+        for k in 0..s.c {
+            let (gm, gv) = (stats[g * 3 * s.c + k] as f64, stats[g * 3 * s.c + 2 * s.c + k] as f64);
+            let (wm, wv) = (mean[g * s.c + k], var[g * s.c + k]);
+            assert!((gm - wm).abs() <= 1e-6 * wm, "mean {gm} vs {wm}");
+            assert!((gv - wv).abs() <= 1e-3 * wv, "variance {gv} vs {wv}");
+        }
+    }
+}

@@ -103,6 +103,53 @@ fn a_graph_split_in_chunks_computes_every_model() {
     relu_add_in_chunks(gpu, 1024);
 }
 
+/// `relu(x) + relu(relu(x) * 2)`-like chain with two temporaries, `n` values per model.
+fn chain(g: usize, n: usize) -> (Graph, modelbatch::TensorId, modelbatch::TensorId) {
+    let mut graph = Graph::new(g);
+    let x = graph.input("x", &[n], DType::F32).unwrap();
+    let y = graph.relu(x).unwrap();
+    let z = graph.add(y, x).unwrap();
+    let w = graph.relu(z).unwrap();
+    let out = graph.add(w, y).unwrap();
+    (graph, x, out)
+}
+
+#[test]
+fn plans_run_in_turn_share_their_temporaries() {
+    let gpu = gpu_or_skip!();
+    let g = 3;
+    let (big, bx, bout) = chain(g, 1000);
+    let (small, sx, sout) = chain(g, 600);
+    let a = Plan::new(gpu, &big, &[bout], &[]).unwrap();
+    let b = Plan::sharing_temporaries(gpu, &small, &[sout], &[], &a).unwrap();
+    assert!(a.stats().temporary_bytes > 0 && a.stats().borrowed_bytes == 0);
+    // Every temporary of the smaller plan fits one of the larger plan's.
+    assert!(b.stats().borrowed_bytes > 0 && b.stats().borrowed_bytes <= a.stats().temporary_bytes);
+    assert_eq!(b.stats().temporary_bytes, b.stats().borrowed_bytes);
+    // Without sharing the smaller plan owns its temporaries.
+    let c = Plan::sharing(gpu, &small, &[sout], &[], &a).unwrap();
+    assert_eq!(c.stats().borrowed_bytes, 0);
+    let want = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|&x| {
+                let y = x.max(0.0);
+                (y + x).max(0.0) + y
+            })
+            .collect()
+    };
+    // Alternating runs: each plan writes its temporaries before reading them, and the kept
+    // outputs are its own.
+    for round in 0..3 {
+        let (vb, vs) = (common::randn(10 + round, g * 1000), common::randn(20 + round, g * 600));
+        a.write(bx, &vb).unwrap();
+        b.write(sx, &vs).unwrap();
+        a.run().unwrap();
+        b.run().unwrap();
+        assert_eq!(b.read_blocking(sout).unwrap(), want(&vs), "round {round}: the borrowing plan");
+        assert_eq!(a.read_blocking(bout).unwrap(), want(&vb), "round {round}: the lending plan");
+    }
+}
+
 #[test]
 fn one_model_beyond_the_binding_limit_asks_for_a_smaller_batch() {
     let gpu = gpu_or_skip!();
@@ -138,7 +185,8 @@ fn spec_without_batchnorm() -> ModelSpec {
     common::small_convnet(5, false)
 }
 
-fn train_micro(gpu: &Gpu, spec: &ModelSpec, data: &Dataset) -> (Vec<StepMetrics>, Vec<Vec<f32>>, usize) {
+/// Four steps of 3 models at batch 14: (metrics, state, micro-batches, passes per step).
+fn train_micro(gpu: &Gpu, spec: &ModelSpec, data: &Dataset) -> (Vec<StepMetrics>, Vec<Vec<f32>>, usize, usize) {
     let g = 3;
     let model = BatchModel::new(gpu, spec, g, 4).unwrap();
     let opt = Optimizer::Sgd(Sgd::new(PerModel::log_space(0.02, 0.2, g)).momentum(0.9));
@@ -147,20 +195,20 @@ fn train_micro(gpu: &Gpu, spec: &ModelSpec, data: &Dataset) -> (Vec<StepMetrics>
     let mut metrics = Vec::new();
     t.train(4, |m| metrics.extend_from_slice(m)).unwrap();
     t.finish(|m| metrics.extend_from_slice(m)).unwrap();
-    (metrics, pollster::block_on(model.state_dicts_batched()).unwrap(), t.micro_batches())
+    (metrics, pollster::block_on(model.state_dicts_batched()).unwrap(), t.micro_batches(), t.passes())
 }
 
 #[test]
 fn a_batch_beyond_the_binding_limit_trains_in_micro_batches_like_one_pass() {
     let gpu = gpu_or_skip!();
     let data = synthetic(40, 7);
-    let (want, want_state, passes) = train_micro(gpu, &spec_without_batchnorm(), &data);
-    assert_eq!(passes, 1);
+    let (want, want_state, micro, passes) = train_micro(gpu, &spec_without_batchnorm(), &data);
+    assert_eq!((micro, passes), (1, 1));
     // The conv output is 2,880 bytes per sample: a 16 KiB binding holds 5 samples of one
     // model, so a batch of 14 runs as micro-batches of 5, 5 and 4 (and one model per chunk).
     let small = gpu.restricted(16 << 10, 1 << 30);
-    let (got, got_state, passes) = train_micro(&small, &spec_without_batchnorm(), &data);
-    assert_eq!(passes, 3);
+    let (got, got_state, micro, passes) = train_micro(&small, &spec_without_batchnorm(), &data);
+    assert_eq!((micro, passes), (3, 3));
     assert_eq!(got.len(), want.len());
     for (a, b) in got.iter().zip(&want) {
         close(&format!("loss at step {}", a.step), &a.loss, &b.loss);
@@ -169,10 +217,51 @@ fn a_batch_beyond_the_binding_limit_trains_in_micro_batches_like_one_pass() {
     for (i, (a, b)) in got_state.iter().zip(&want_state).enumerate() {
         close(&format!("state tensor {i}"), a, b);
     }
-    // With BatchNorm the batch statistics would change: a clear error instead.
-    let model = BatchModel::new(&small, &spec(), 3, 4).unwrap();
-    let opt = Optimizer::Sgd(Sgd::new(0.1));
-    let config = TrainConfig { batch_size: 14, ..TrainConfig::default() };
-    let e = Trainer::new(&small, &model, &data, opt, config).err().expect("BatchNorm cannot split").to_string();
-    assert!(e.contains("BatchNorm") && e.contains("smaller batch"), "{e}");
+}
+
+/// Two BatchNorm2d layers (the second without affine parameters, with a cumulative
+/// average), parameters before, between and after them, and dropout.
+fn spec_with_two_batchnorms() -> ModelSpec {
+    ModelSpec::from_json(
+        r#"{"input": [1, 12, 12], "layers": [
+            {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+            {"type": "batchnorm2d"},
+            {"type": "relu"},
+            {"type": "maxpool2d", "kernel_size": 2},
+            {"type": "conv2d", "out_channels": 5, "kernel_size": 3},
+            {"type": "batchnorm2d", "affine": false, "momentum": null},
+            {"type": "relu"},
+            {"type": "flatten"},
+            {"type": "dropout", "p": 0.2},
+            {"type": "linear", "out_features": 10}
+        ]}"#,
+    )
+    .unwrap()
+}
+
+#[test]
+fn batchnorm_models_train_in_micro_batches_with_the_whole_batch_statistics() {
+    let gpu = gpu_or_skip!();
+    let data = synthetic(40, 7);
+    for (what, spec, layers) in [("one BatchNorm2d", spec(), 1), ("two BatchNorm2d", spec_with_two_batchnorms(), 2)] {
+        let (want, want_state, micro, passes) = train_micro(gpu, &spec, &data);
+        assert_eq!((micro, passes), (1, 1), "{what}");
+        // The first conv's output is 2,880 (5 channels) or 2,304 bytes (4) per sample: a 16
+        // KiB binding holds 5 or 7 samples of one model, so a batch of 14 runs in parts.
+        let small = gpu.restricted(16 << 10, 1 << 30);
+        let (got, got_state, micro, passes) = train_micro(&small, &spec, &data);
+        // Two forward phases per layer, then one backward phase per segment.
+        assert!(micro > 1, "{what}: {micro} micro-batches");
+        assert_eq!(passes, micro * (3 * layers + 1), "{what}: passes");
+        assert_eq!(got.len(), want.len());
+        for (a, b) in got.iter().zip(&want) {
+            close(&format!("{what}: loss at step {}", a.step), &a.loss, &b.loss);
+            assert_eq!(a.correct, b.correct, "{what}: correct at step {}", a.step);
+        }
+        // Parameters, and the running estimates updated once per step from the whole batch.
+        let names: Vec<String> = spec.state_entries().unwrap().into_iter().map(|e| e.name).collect();
+        for ((name, a), b) in names.iter().zip(&got_state).zip(&want_state) {
+            close(&format!("{what}: {name}"), a, b);
+        }
+    }
 }

@@ -359,6 +359,57 @@ impl Graph {
         Ok(self.push(Op::NormGrad { kind, affine: weight.is_some(), fixed }, inputs, shape, DType::F32))
     }
 
+    /// Batch-norm statistics `[G, 3, C]` of a batch summed in parts ([`Op::SumsStats`]):
+    /// `sums` is `[xsum]` for the shift only, or `[xsum, dsum, dsq, gsum, gdot]`, each
+    /// `[G, C]`; `count` values per channel over the whole batch.
+    pub fn sums_stats(&mut self, sums: &[TensorId], eps: f32, count: usize) -> Result<TensorId> {
+        let Some(&first) = sums.first() else {
+            return Err(Error::Shape("sums_stats: needs the sums".into()));
+        };
+        let s = self.shape(first).to_vec();
+        if s.len() != 2 || s[0] != self.models() || ![1, 5].contains(&sums.len()) || count == 0 {
+            return Err(Error::Shape(format!(
+                "sums_stats: expected 1 or 5 sums of shape [G, C] and a count, got {} of shape {}",
+                sums.len(),
+                shape_str(&s)
+            )));
+        }
+        for &t in &sums[1..] {
+            self.same_shape("sums_stats", first, t)?;
+        }
+        let op = Op::SumsStats { eps, count, shift: sums.len() == 1 };
+        Ok(self.push(op, sums.to_vec(), vec![s[0], 3, s[1]], DType::F32))
+    }
+
+    /// Gradient of [`Graph::norm_apply`] (batch kind) with respect to x on statistics
+    /// from [`Graph::sums_stats`], given the whole batch's `sum(dy)` and `sum(dy * x_hat)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_grad_sums(
+        &mut self,
+        dy: TensorId,
+        x: TensorId,
+        stats: TensorId,
+        gsum: TensorId,
+        gdot: TensorId,
+        weight: Option<TensorId>,
+        count: usize,
+    ) -> Result<TensorId> {
+        let c = self.stat_count("norm_grad_sums", x, NormKind::Batch)?;
+        for t in [gsum, gdot] {
+            if self.shape(t) != [self.models(), c] {
+                return Err(Error::Shape(format!(
+                    "norm_grad_sums: sums have shape {}, expected {}",
+                    shape_str(self.shape(t)),
+                    shape_str(&[self.models(), c])
+                )));
+            }
+        }
+        let mut inputs = vec![dy, x, stats, gsum, gdot];
+        inputs.extend(weight);
+        let shape = self.shape(x).to_vec();
+        Ok(self.push(Op::NormGradSums { count, affine: weight.is_some() }, inputs, shape, DType::F32))
+    }
+
     /// Gradient of the per-channel weight of [`Graph::norm_apply`]: `sum(dy * x_hat)` → `[G, C]`.
     pub fn norm_weight_grad(&mut self, dy: TensorId, x: TensorId, stats: TensorId, kind: NormKind) -> Result<TensorId> {
         let shape = vec![self.models(), self.shape(x)[2]];

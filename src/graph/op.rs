@@ -290,6 +290,30 @@ pub enum Op {
         /// Statistics do not depend on x.
         fixed: bool,
     },
+    /// `[xsum, (dsum, dsq, gsum, gdot)]`, each `[G, C]`: batch-norm statistics `[G, 3, C]`
+    /// of a batch summed in parts (micro-batches), `count` values per channel in all. With
+    /// `shift`, only `(xsum / count, 1, 0)`, the mean that the deviations `d = x - xsum /
+    /// count` are taken from; otherwise, with `dsum` and `dsq` the sums of `d` and `d * d`,
+    /// what [`Op::NormStats`] computes in one pass. `gsum` and `gdot` are the whole batch's
+    /// `sum(dy)` and `sum(dy * x_hat)` at the output of the [`Op::NormApply`] that uses these
+    /// statistics: its gradient takes them from here (see [`Op::NormGradSums`]).
+    SumsStats {
+        /// Added to the variance.
+        eps: f32,
+        /// Values per channel over the whole batch (samples times positions).
+        count: usize,
+        /// Only the first pass's mean, invstd 1.
+        shift: bool,
+    },
+    /// `[dy, x, stats, gsum, gdot, (weight)]`: batch norm's exact gradient with respect to x
+    /// when the batch is summed in parts: `invstd * w * (dy - gsum / count - x_hat * gdot /
+    /// count)`, `gsum` and `gdot` being the whole batch's sums (`[G, C]` each).
+    NormGradSums {
+        /// Values per channel over the whole batch.
+        count: usize,
+        /// A weight operand follows.
+        affine: bool,
+    },
     /// `[dy, x, stats]`: gradient of the per-channel weight, `sum(dy * x_hat)` → `[G, C]`.
     NormWeightGrad {
         /// Batch or group statistics.
@@ -369,6 +393,8 @@ impl Op {
             Op::NormApply { .. } => "norm_apply",
             Op::NormGrad { .. } => "norm_grad",
             Op::NormWeightGrad { .. } => "norm_weight_grad",
+            Op::SumsStats { .. } => "sums_stats",
+            Op::NormGradSums { .. } => "norm_grad_sums",
             Op::Add => "add",
             Op::Reshape => "reshape",
             Op::Sum { .. } => "sum",

@@ -68,6 +68,8 @@ pub struct Built {
     /// Elements per sample of each dropout layer's input (a micro-batch starting at sample
     /// s has element offset `s * elems`).
     pub dropout_sample_elems: Vec<usize>,
+    /// Each BatchNorm2d layer's `(input, statistics, output)`, in order.
+    pub(crate) batch_norms: Vec<(TensorId, TensorId, TensorId)>,
 }
 
 impl Built {
@@ -170,6 +172,27 @@ impl ModelSpec {
     /// Parameters and buffers get their state-dict names, so plans built from this graph
     /// share them with a [`crate::nn::BatchModel`] by name.
     pub fn build(&self, graph: &mut Graph, x: TensorId, mode: Mode) -> Result<Built> {
+        self.build_with(graph, x, mode, &[])
+    }
+
+    /// Each BatchNorm2d layer's input shape `[C, H, W]`, in order.
+    pub(crate) fn batch_norm_inputs(&self) -> Result<Vec<Vec<usize>>> {
+        let shapes = self.shapes()?;
+        let mut prev = self.input.clone();
+        let mut out = Vec::new();
+        for (l, shape) in self.layers.iter().zip(shapes) {
+            if matches!(l.layer, Layer::BatchNorm2d { .. }) {
+                out.push(prev.clone());
+            }
+            prev = shape;
+        }
+        Ok(out)
+    }
+
+    /// [`ModelSpec::build`], the BatchNorm2d layers normalising with `stats` (one `[G, 3, C]`
+    /// tensor per layer, in order; none: their own statistics) and updating no running
+    /// estimates.
+    pub(crate) fn build_with(&self, graph: &mut Graph, x: TensorId, mode: Mode, stats: &[TensorId]) -> Result<Built> {
         let entries = self.state_entries()?;
         let mut state = Vec::new();
         let mut updates = Vec::new();
@@ -184,6 +207,7 @@ impl ModelSpec {
             state.push((e.clone(), t));
             Ok(Some(t))
         };
+        let mut batch_norms = Vec::new();
         let mut h = x;
         let mut fused_relu = false;
         for (i, l) in self.layers.iter().enumerate() {
@@ -229,7 +253,9 @@ impl ModelSpec {
                     let mean = find(graph, &p("running_mean"))?;
                     let var = find(graph, &p("running_var"))?;
                     let count = find(graph, &p("num_batches_tracked"))?;
+                    let given = stats.get(batch_norms.len()).copied();
                     let stats = match (mode, mean, var, count) {
+                        _ if given.is_some() => given.expect("tested"),
                         (Mode::Eval, Some(mean), Some(var), Some(_)) => graph.running_stats(mean, var, *eps)?,
                         (_, mean, var, count) => {
                             let stats = graph.norm_stats(h, NormKind::Batch, *eps)?;
@@ -239,7 +265,9 @@ impl ModelSpec {
                             stats
                         }
                     };
-                    graph.norm_apply(h, stats, NormKind::Batch, w.zip(b))?
+                    let y = graph.norm_apply(h, stats, NormKind::Batch, w.zip(b))?;
+                    batch_norms.push((h, stats, y));
+                    y
                 }
                 Layer::GroupNorm { num_groups, eps, .. } => {
                     let w = find(graph, &p("weight"))?;
@@ -287,6 +315,6 @@ impl ModelSpec {
                 Layer::Flatten => graph.flatten(h)?,
             };
         }
-        Ok(Built { output: h, state, updates, dropout_seeds, dropout_sample_elems })
+        Ok(Built { output: h, state, updates, dropout_seeds, dropout_sample_elems, batch_norms })
     }
 }

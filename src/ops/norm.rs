@@ -49,6 +49,8 @@ struct Params {
     c_step: usize,
     items: usize,
     affine: bool,
+    /// `norm_sums_stats`: the shift only.
+    shift: bool,
     eps: f32,
     momentum: f32,
     unbias: f32,
@@ -79,7 +81,7 @@ fn words(op: &str, x: Image, l: Layout, p: &Params) -> Result<Vec<u32>> {
         p.item_stride,
         p.c_step,
         p.items,
-        usize::from(p.affine),
+        usize::from(p.affine) | usize::from(p.shift) << 1,
     ]
     .map(|v| v as u32);
     let mut w = u.to_vec();
@@ -175,6 +177,29 @@ pub(crate) fn lower_running_stats(
     Ok(vec![ctx.dispatch(kernel, "running_stats", &w, &[mean, var, d, d, stats], grid_1d(g * c, WG))])
 }
 
+/// `stats [G, 3, C]` of a batch summed in parts: `xsum [G, C]` and, unless only the shift
+/// is wanted, the deviations' sums `(dsum, dsq)`; `count` values per channel in all.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn lower_sums_stats(
+    ctx: &Lower,
+    g: usize,
+    c: usize,
+    count: usize,
+    eps: f32,
+    xsum: &wgpu::Buffer,
+    deviations: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
+    stats: &wgpu::Buffer,
+) -> Result<Vec<Dispatch>> {
+    let x = Image { g, n: 1, c, h: 1, w: 1 };
+    let l = layout("sums_stats", x, NormKind::Batch)?;
+    let p = Params { eps, n_seg: count, shift: deviations.is_none(), ..Default::default() };
+    let w = words("sums_stats", x, l, &p)?;
+    let kernel = ctx.kernel(&NORM, "norm_sums_stats", &STANDARD, &[]);
+    let d = ctx.dummy;
+    let (dsum, dsq) = deviations.unwrap_or((d, d));
+    Ok(vec![ctx.dispatch(kernel, "sums_stats", &w, &[xsum, dsum, dsq, d, stats], grid_1d(g * c, WG))])
+}
+
 /// `out = (x - mean) * invstd (* w + b)`.
 pub(crate) fn lower_apply(
     ctx: &Lower,
@@ -226,6 +251,39 @@ pub(crate) fn lower_grad(
     let apply = ctx.kernel(&NORM, "norm_grad_apply", &STANDARD, &[]);
     Ok(vec![
         ctx.dispatch(reduce, "norm_grad_reduce", &w, &[xb, dy, stats, wb, &scratch], grid_groups(x.g * l.s)),
+        ctx.dispatch(apply, "norm_grad", &w, &[xb, dy, &scratch, wb, dx], elementwise_grid(x)),
+    ])
+}
+
+/// `dx` of batch norm's `norm_apply` on statistics of a batch summed in parts, given that
+/// batch's `(sum(dy), sum(dy * x_hat))` per channel: the scratch of [`lower_grad`]'s second
+/// dispatch from those sums (one invocation per channel), then that dispatch.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn lower_grad_sums(
+    ctx: &Lower,
+    x: Image,
+    count: usize,
+    dy: &wgpu::Buffer,
+    xb: &wgpu::Buffer,
+    stats: &wgpu::Buffer,
+    (gsum, gdot): (&wgpu::Buffer, &wgpu::Buffer),
+    weight: Option<&wgpu::Buffer>,
+    dx: &wgpu::Buffer,
+) -> Result<Vec<Dispatch>> {
+    let l = layout("norm_grad_sums", x, NormKind::Batch)?;
+    let hw = (x.h * x.w).max(1);
+    if count % hw != 0 {
+        return Err(Error::Shape(format!("norm_grad_sums: {count} values per channel is not a multiple of {hw}")));
+    }
+    // `count` is read as n_seg * hw.
+    let p = Params { affine: weight.is_some(), n_seg: count / hw, ..Default::default() };
+    let w = words("norm_grad_sums", x, l, &p)?;
+    let wb = weight.unwrap_or(ctx.dummy);
+    let scratch = ctx.scratch((x.g * x.c * 16).max(16) as u64);
+    let sums = ctx.kernel(&NORM, "norm_grad_sums", &STANDARD, &[]);
+    let apply = ctx.kernel(&NORM, "norm_grad_apply", &STANDARD, &[]);
+    Ok(vec![
+        ctx.dispatch(sums, "norm_grad_sums", &w, &[gsum, gdot, stats, wb, &scratch], grid_1d(x.g * x.c, WG)),
         ctx.dispatch(apply, "norm_grad", &w, &[xb, dy, &scratch, wb, dx], elementwise_grid(x)),
     ])
 }

@@ -44,12 +44,20 @@ pub(super) fn lower_updates<'b>(
                 out.push(ops::optim::lower_accumulate(ctx, graph.node(dst).numel(), buf(dst), None));
             }
             Update::BatchNormRunning { stats, mean, var, count, momentum } => {
-                let x = ops::Image::of(graph.shape(graph.node(stats).inputs[0]));
+                // Values per channel: the normalised input's, or those the sums were taken over.
+                let n = match graph.node(stats).op {
+                    Op::SumsStats { count, .. } => count,
+                    _ => {
+                        let x = ops::Image::of(graph.shape(graph.node(stats).inputs[0]));
+                        x.n * x.h * x.w
+                    }
+                };
+                let s = graph.shape(stats);
                 out.extend(ops::norm::lower_running_update(
                     ctx,
-                    x.g,
-                    x.c,
-                    x.n * x.h * x.w,
+                    s[0],
+                    s[2],
+                    n,
                     momentum,
                     buf(stats),
                     buf(mean),
@@ -299,6 +307,16 @@ pub(super) fn lower_node<'b>(
         Op::NormGrad { kind, affine, fixed } => {
             let w = if *affine { Some(buf(x[3])) } else { None };
             ops::norm::lower_grad(ctx, img(x[1]), *kind, *fixed, buf(x[0]), buf(x[1]), buf(x[2]), w, buf(out))
+        }
+        Op::SumsStats { eps, count, shift } => {
+            let s = shape(x[0]);
+            let (dsum, dsq) = if *shift { (None, None) } else { (Some(buf(x[1])), Some(buf(x[2]))) };
+            ops::norm::lower_sums_stats(ctx, s[0], s[1], *count, *eps, buf(x[0]), dsum.zip(dsq), buf(out))
+        }
+        Op::NormGradSums { count, affine } => {
+            let w = if *affine { Some(buf(x[5])) } else { None };
+            let (dy, xb, stats, gsum, gdot) = (buf(x[0]), buf(x[1]), buf(x[2]), buf(x[3]), buf(x[4]));
+            ops::norm::lower_grad_sums(ctx, img(x[1]), *count, dy, xb, stats, (gsum, gdot), w, buf(out))
         }
         Op::NormWeightGrad { kind } => {
             ops::norm::lower_weight_grad(ctx, img(x[1]), *kind, buf(x[0]), buf(x[1]), buf(x[2]), buf(out))

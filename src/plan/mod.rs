@@ -134,6 +134,11 @@ pub struct PlanStats {
     /// gradients' split-K partial sums: one buffer per distinct size, at most 64 MiB each),
     /// not counted in `bytes` nor in [`Plan::estimate`].
     pub scratch_bytes: u64,
+    /// Bytes of the temporaries' buffers, which [`Plan::sharing_temporaries`] lends.
+    pub temporary_bytes: u64,
+    /// Of `temporary_bytes`, the bytes borrowed from another plan (its buffers, possibly
+    /// larger than needed here, counted at their size).
+    pub borrowed_bytes: u64,
 }
 
 struct TensorMeta {
@@ -160,23 +165,48 @@ pub struct Plan {
     staging_created: AtomicU64,
     submits: AtomicU64,
     scratch_bytes: u64,
+    /// Buffers of temporaries, which [`Plan::sharing_temporaries`] lends to later plans.
+    temporaries: Vec<wgpu::Buffer>,
+    /// Bytes of those borrowed from another plan.
+    borrowed_bytes: u64,
 }
 
 impl Plan {
     /// Compiles `graph` for `gpu`. Tensors in `keep` stay readable after a run; `updates`
     /// run after the graph, in order. Only nodes that `keep` or `updates` depend on run.
     pub fn new(gpu: &Gpu, graph: &Graph, keep: &[TensorId], updates: &[Update]) -> Result<Plan> {
-        Plan::build(gpu, graph, keep, updates, None)
+        Plan::build(gpu, graph, keep, updates, None, false)
     }
 
     /// Like [`Plan::new`], but parameters and state tensors whose name and shape match one of
     /// `other`'s use `other`'s buffers: an evaluation plan sees the training plan's weights
     /// without copies.
     pub fn sharing(gpu: &Gpu, graph: &Graph, keep: &[TensorId], updates: &[Update], other: &Plan) -> Result<Plan> {
-        Plan::build(gpu, graph, keep, updates, Some(other))
+        Plan::build(gpu, graph, keep, updates, Some(other), false)
     }
 
-    fn build(gpu: &Gpu, graph: &Graph, keep: &[TensorId], updates: &[Update], share: Option<&Plan>) -> Result<Plan> {
+    /// Like [`Plan::sharing`], and the temporaries (computed tensors nobody keeps) take
+    /// `other`'s temporary buffers where one is large enough: for plans that run one after
+    /// the other on one queue and keep nothing between runs (micro-batch passes), which
+    /// otherwise would each hold a whole step's temporaries.
+    pub fn sharing_temporaries(
+        gpu: &Gpu,
+        graph: &Graph,
+        keep: &[TensorId],
+        updates: &[Update],
+        other: &Plan,
+    ) -> Result<Plan> {
+        Plan::build(gpu, graph, keep, updates, Some(other), true)
+    }
+
+    fn build(
+        gpu: &Gpu,
+        graph: &Graph,
+        keep: &[TensorId],
+        updates: &[Update],
+        share: Option<&Plan>,
+        temporaries: bool,
+    ) -> Result<Plan> {
         let nodes = graph.nodes();
         check_ids(graph, keep, updates)?;
         check_updates(graph, updates)?;
@@ -227,13 +257,28 @@ impl Plan {
                 mapped_at_creation: false,
             })
         };
+        // Another plan's temporaries, smallest first: each serves at most one slot here.
+        let mut pool: Vec<wgpu::Buffer> = match share {
+            Some(other) if temporaries => other.temporaries.clone(),
+            _ => Vec::new(),
+        };
+        pool.sort_by_key(|b| b.size());
+        let is_temp = |i: usize| layout.kind[i] == SlotKind::Temp && staged[i].is_none();
         let mut buffers = Vec::with_capacity(sizes.len());
+        let mut borrowed_bytes = 0;
         for (i, &size) in sizes.iter().enumerate() {
-            match shared.remove(&i) {
-                Some(b) => buffers.push(b),
-                None => buffers.push(new_buffer(format!("modelbatch tensor buffer {i}"), size)),
+            let borrowed = if is_temp(i) { pool.iter().position(|b| b.size() >= size) } else { None };
+            match (shared.remove(&i), borrowed) {
+                (Some(b), _) => buffers.push(b),
+                (None, Some(k)) => {
+                    borrowed_bytes += pool[k].size();
+                    buffers.push(pool.remove(k));
+                }
+                (None, None) => buffers.push(new_buffer(format!("modelbatch tensor buffer {i}"), size)),
             }
         }
+        let temporaries: Vec<wgpu::Buffer> =
+            buffers.iter().enumerate().filter(|&(i, _)| is_temp(i)).map(|(_, b)| b.clone()).collect();
         let stage: Vec<Option<wgpu::Buffer>> = staged
             .iter()
             .enumerate()
@@ -375,6 +420,8 @@ impl Plan {
             staging_created: AtomicU64::new(0),
             submits: AtomicU64::new(0),
             scratch_bytes,
+            temporaries,
+            borrowed_bytes,
         })
     }
 
@@ -411,6 +458,8 @@ impl Plan {
             submits: self.submits.load(Ordering::Relaxed),
             staging_buffers: self.staging_created.load(Ordering::Relaxed) as usize,
             scratch_bytes: self.scratch_bytes,
+            temporary_bytes: self.temporaries.iter().map(|b| b.size()).sum(),
+            borrowed_bytes: self.borrowed_bytes,
         }
     }
 
@@ -1008,8 +1057,10 @@ fn check_updates(graph: &Graph, updates: &[Update]) -> Result<()> {
                 }
             }
             Update::BatchNormRunning { stats, mean, var, count, momentum } => {
-                let ok = matches!(graph.node(stats).op, Op::NormStats { kind: NormKind::Batch, .. })
-                    && [mean, var, count].iter().all(|t| matches!(graph.node(*t).op, Op::State { .. }))
+                let ok = matches!(
+                    graph.node(stats).op,
+                    Op::NormStats { kind: NormKind::Batch, .. } | Op::SumsStats { shift: false, .. }
+                ) && [mean, var, count].iter().all(|t| matches!(graph.node(*t).op, Op::State { .. }))
                     && graph.shape(mean) == [graph.shape(stats)[0], graph.shape(stats)[2]]
                     && graph.shape(var) == graph.shape(mean)
                     && graph.shape(count) == [graph.shape(stats)[0], 1]

@@ -5,19 +5,102 @@
 //! apply plan then takes the mean, guards, updates with the accumulated gradients and clears
 //! the accumulators. The gradient is the whole batch's (the per-sample losses are summed and
 //! scaled by 1/N), dropout masks are the whole batch's (seed rows carry the micro-batch's
-//! element offset), so the results equal the one-pass step up to summation order. BatchNorm
-//! in training mode normalises with the statistics of the batch it sees, so a model with
-//! BatchNorm cannot split its batch: that is an error naming the batch size that fits.
+//! element offset), so the results equal the one-pass step up to summation order.
+//!
+//! BatchNorm in training mode normalises with the statistics of the whole batch, and its
+//! gradient needs the whole batch's sums of `dy` and `dy * x_hat`: every micro-batch depends
+//! on all the others. Such a model's step runs the micro-batches in phases, each phase over
+//! every micro-batch, recomputing what it needs (layer by layer, nothing of one micro-batch
+//! has to stay resident for the next):
+//! - per BatchNorm2d layer j, in order, two forward phases up to its input: the sum of x per
+//!   channel (the mean), then the sums of the deviations `d = x - mean` and `d * d` (the
+//!   variance, as `norm_stats` takes it in two passes). Layers before j normalise with the
+//!   whole batch's statistics, which the phases before have summed.
+//! - backward phases, from the last BatchNorm2d down to the input: phase q runs the whole
+//!   forward and the backward down to BatchNorm2d layer q-1's output, summing there `dy`
+//!   and `dy * x_hat` (the gradient through layer q-1 needs them) and accumulating the
+//!   gradients of the parameters between layers q-1 and q, which are final: every
+//!   BatchNorm2d after them has its sums already. The loss and correct counts come from
+//!   the first backward phase.
+//!
+//! The apply plan then also updates the running estimates once from the whole batch's
+//! statistics. With L BatchNorm2d layers a step costs 2L partial forward passes and L+1
+//! full ones with partial backward passes over the batch: exact (the one-pass results up to
+//! summation order) rather than fast.
 
-use super::{data_graph, DataGraph, Dataset, Head, Normalize};
+use super::{DataGraph, Dataset, Head, Normalize};
 use crate::autograd;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::graph::{Graph, Op, Reduction, TensorId};
-use crate::nn::{BatchModel, Layer, Mode};
+use crate::graph::{Graph, NormKind, Op, Reduction, TensorId};
+use crate::nn::{BatchModel, Layer, Mode, ModelSpec};
 use crate::plan::{Plan, Update};
 
-/// One micro-batch plan (one per distinct micro-batch size).
+/// What a micro-batch pass computes (BatchNorm models; see the module's documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Everything: gradients, loss and correct counts (a model without BatchNorm2d).
+    Whole,
+    /// The sum of BatchNorm2d layer j's input per channel.
+    Mean(usize),
+    /// The sums of layer j's deviations from that mean and of their squares.
+    Deviations(usize),
+    /// Forward, and backward down to layer q-1's output (q = 0: to the input).
+    Backward(usize),
+}
+
+/// A BatchNorm2d layer's whole-batch sums (state tensors `[G, C]`) in one graph.
+struct BnSums {
+    xsum: TensorId,
+    dsum: TensorId,
+    dsq: TensorId,
+    gsum: TensorId,
+    gdot: TensorId,
+    eps: f32,
+    /// Values per channel over the whole batch.
+    count: usize,
+}
+
+/// The sums of every BatchNorm2d layer of `spec` for a whole batch of `nb` samples.
+fn bn_sums(graph: &mut Graph, spec: &ModelSpec, nb: usize) -> Result<Vec<BnSums>> {
+    let layers = spec.layers.iter().filter_map(|l| match l.layer {
+        Layer::BatchNorm2d { eps, .. } => Some((&l.name, eps)),
+        _ => None,
+    });
+    let mut out = Vec::new();
+    for ((name, eps), shape) in layers.zip(spec.batch_norm_inputs()?) {
+        let c = [shape[0]];
+        let mut state = |s: &str| graph.state(&format!("accum.{name}.{s}"), &c);
+        let (xsum, dsum, dsq, gsum, gdot) =
+            (state("xsum")?, state("dsum")?, state("dsq")?, state("gsum")?, state("gdot")?);
+        out.push(BnSums { xsum, dsum, dsq, gsum, gdot, eps, count: nb * shape[1..].iter().product::<usize>() });
+    }
+    Ok(out)
+}
+
+/// The phases of a step for `spec`, in order.
+fn phases(spec: &ModelSpec) -> Vec<Phase> {
+    let l = spec.layers.iter().filter(|l| matches!(l.layer, Layer::BatchNorm2d { .. })).count();
+    if l == 0 {
+        return vec![Phase::Whole];
+    }
+    let forward = (0..l).flat_map(|j| [Phase::Mean(j), Phase::Deviations(j)]);
+    forward.chain((0..=l).rev().map(Phase::Backward)).collect()
+}
+
+/// The backward phase whose gradient of parameter `name` is final: the number of
+/// BatchNorm2d layers up to and including the parameter's layer.
+fn segment(spec: &ModelSpec, name: &str) -> Result<usize> {
+    let layer = name.rsplit_once('.').map_or(name, |(l, _)| l);
+    let at = spec
+        .layers
+        .iter()
+        .position(|l| l.name == layer)
+        .ok_or_else(|| Error::Usage(format!("parameter {name:?} belongs to no layer of the model")))?;
+    Ok(spec.layers[..=at].iter().filter(|l| matches!(l.layer, Layer::BatchNorm2d { .. })).count())
+}
+
+/// One micro-batch plan (one per phase and distinct micro-batch size).
 pub(super) struct MicroPlan {
     pub plan: Plan,
     pub indices: TensorId,
@@ -30,6 +113,8 @@ pub(super) struct MicroPlan {
 pub(super) struct Micro {
     pub plans: Vec<MicroPlan>,
     pub passes: Vec<(usize, usize)>,
+    /// Micro-batches per phase.
+    pub micro_batches: usize,
 }
 
 /// Parameters of the model by name and per-model shape, in the order `params` lists them.
@@ -55,27 +140,88 @@ struct MicroGraph {
     correct_shape: Vec<usize>,
 }
 
-/// Forward and backward over `size` samples per model, accumulating into `accum.*`.
-fn micro_graph(model: &BatchModel, data: &Dataset, nb: usize, size: usize, norm: Normalize) -> Result<MicroGraph> {
+/// Phase `phase` over `size` samples per model of a batch of `nb`, accumulating into
+/// `accum.*`. Every phase's graph holds every accumulator, so that all plans share them.
+fn micro_graph(
+    model: &BatchModel,
+    data: &Dataset,
+    nb: usize,
+    size: usize,
+    norm: Normalize,
+    phase: Phase,
+) -> Result<MicroGraph> {
+    let spec = model.spec();
     let head = Head { mode: Mode::Train, reduction: Reduction::Sum, ks: &[1] };
+    let mut sums = Vec::new();
+    let mut bn_stats = |graph: &mut Graph| -> Result<Vec<TensorId>> {
+        if phase == Phase::Whole {
+            return Ok(Vec::new());
+        }
+        sums = bn_sums(graph, spec, nb)?;
+        sums.iter().map(|b| graph.sums_stats(&[b.xsum, b.dsum, b.dsq, b.gsum, b.gdot], b.eps, b.count)).collect()
+    };
     let DataGraph { mut graph, images, labels, indices, built, loss, top: correct } =
-        data_graph(model.spec(), model.models(), "train", data.n, size, norm, head)?;
-    // d(mean loss of the whole batch) / d(this micro-batch's summed loss) = 1 / N.
-    let seed = graph.fill(&[], 1.0 / nb as f32)?;
+        super::data_graph_with(spec, model.models(), "train", data.n, size, norm, head, &mut bn_stats)?;
     let params = built.params();
-    let grads = autograd::grad(&mut graph, loss, Some(seed), &params)?;
     let names = param_names(&graph, &params);
-    let mut updates = Vec::new();
-    for ((name, shape), d) in names.iter().zip(grads) {
-        let d = d.ok_or_else(|| Error::Usage("a parameter does not affect the loss".into()))?;
-        let acc = graph.state(&format!("accum.{name}"), shape)?;
-        updates.push(Update::Accumulate { dst: acc, src: d });
+    let mut accums = Vec::new();
+    for (name, shape) in &names {
+        accums.push(graph.state(&format!("accum.{name}"), shape)?);
     }
     let correct_shape = graph.shape(correct)[1..].to_vec();
     let loss_acc = graph.state("accum.loss", &[])?;
     let correct_acc = graph.state("accum.correct", &correct_shape)?;
-    updates.push(Update::Accumulate { dst: loss_acc, src: loss });
-    updates.push(Update::Accumulate { dst: correct_acc, src: correct });
+    let mut updates = Vec::new();
+    let acc = |dst, src| Update::Accumulate { dst, src };
+    match phase {
+        Phase::Mean(j) => {
+            let x = built.batch_norms[j].0;
+            let s = graph.sum(x, &[1, 3, 4])?;
+            updates.push(acc(sums[j].xsum, s));
+        }
+        Phase::Deviations(j) => {
+            let (x, b) = (built.batch_norms[j].0, &sums[j]);
+            let shift = graph.sums_stats(&[b.xsum], b.eps, b.count)?;
+            let d = graph.norm_apply(x, shift, NormKind::Batch, None)?;
+            let dsum = graph.sum(d, &[1, 3, 4])?;
+            let dsq = graph.norm_weight_grad(d, x, shift, NormKind::Batch)?;
+            updates.extend([acc(b.dsum, dsum), acc(b.dsq, dsq)]);
+        }
+        Phase::Whole | Phase::Backward(_) => {
+            // d(mean loss of the whole batch) / d(this micro-batch's summed loss) = 1 / N.
+            let seed = graph.fill(&[], 1.0 / nb as f32)?;
+            let mut wrt = params.clone();
+            // The BatchNorm2d layer whose output's gradient sums this phase takes.
+            let below = match phase {
+                Phase::Backward(q) if q > 0 => Some(q - 1),
+                _ => None,
+            };
+            wrt.extend(below.map(|j| built.batch_norms[j].2));
+            let grads = autograd::grad(&mut graph, loss, Some(seed), &wrt)?;
+            for (((name, _), &a), d) in names.iter().zip(&accums).zip(&grads) {
+                let d = d.ok_or_else(|| Error::Usage("a parameter does not affect the loss".into()))?;
+                let final_here = match phase {
+                    Phase::Backward(q) => segment(spec, name)? == q,
+                    _ => true,
+                };
+                if final_here {
+                    updates.push(acc(a, d));
+                }
+            }
+            if let Some(j) = below {
+                let (x, stats, _) = built.batch_norms[j];
+                let dy =
+                    grads[params.len()].ok_or_else(|| Error::Usage("a BatchNorm2d does not affect the loss".into()))?;
+                let b = &sums[j];
+                let gsum = graph.sum(dy, &[1, 3, 4])?;
+                let gdot = graph.norm_weight_grad(dy, x, stats, NormKind::Batch)?;
+                updates.extend([acc(b.gsum, gsum), acc(b.gdot, gdot)]);
+            }
+            if matches!(phase, Phase::Whole) || phase == Phase::Backward(sums.len()) {
+                updates.extend([acc(loss_acc, loss), acc(correct_acc, correct)]);
+            }
+        }
+    }
     Ok(MicroGraph {
         graph,
         images,
@@ -107,72 +253,98 @@ pub(super) fn plan(
     nb: usize,
     norm: Normalize,
 ) -> Result<(Micro, Apply)> {
-    if model.spec().layers.iter().any(|l| matches!(l.layer, Layer::BatchNorm2d { .. })) {
-        return Err(Error::Usage(format!(
-            "a batch of {nb} samples per model passes this adapter's binding limit, and a model with BatchNorm cannot \
-             split its batch (the batch statistics would change): use a smaller batch"
-        )));
-    }
-    // The fewest micro-batches whose size fits (graphs only: nothing is allocated).
+    let phases = phases(model.spec());
+    // The fewest micro-batches whose size fits (graphs only: nothing is allocated); the last
+    // phase's graph (the whole forward and backward) is the largest.
+    let last_phase = *phases.last().expect("at least one phase");
     let mut found = None;
     for k in 2..=nb {
         let size = nb.div_ceil(k);
         if k > 2 && size == nb.div_ceil(k - 1) {
             continue;
         }
-        let m = micro_graph(model, data, nb, size, norm)?;
+        let m = micro_graph(model, data, nb, size, norm, last_phase)?;
         if crate::plan::one_model_fits(gpu, &m.graph, &[], &m.updates) {
-            found = Some((size, m));
+            found = Some(size);
             break;
         }
     }
-    let Some((mb, first)) = found else {
+    let Some(mb) = found else {
         return Err(Error::Usage(
             "a single sample per model passes this adapter's binding limit: this model does not fit the adapter".into(),
         ));
     };
     let last = nb - (nb.div_ceil(mb) - 1) * mb;
-    let plan = model.plan(gpu, &first.graph, &[], &first.updates)?;
-    plan.write_bytes(first.images, &data.images)?;
-    plan.write_bytes(first.labels, &data.labels)?;
-    let mut plans = vec![MicroPlan {
-        plan,
-        indices: first.indices,
-        dropout_seeds: first.dropout_seeds,
-        dropout_elems: first.dropout_elems,
-        size: mb,
-    }];
-    if last != mb {
-        let m = micro_graph(model, data, nb, last, norm)?;
-        let plan = Plan::sharing(gpu, &m.graph, &[], &m.updates, &plans[0].plan)?;
-        plans.push(MicroPlan {
-            plan,
-            indices: m.indices,
-            dropout_seeds: m.dropout_seeds,
-            dropout_elems: m.dropout_elems,
-            size: last,
-        });
+    let sizes: Vec<usize> = if last == mb { vec![mb] } else { vec![mb, last] };
+    let mut plans: Vec<MicroPlan> = Vec::new();
+    // Each phase's first plan; the last phase's (the largest) is made first so that the
+    // others can borrow its temporaries.
+    let mut at = vec![0; phases.len()];
+    let mut first = None;
+    for (p, &phase) in phases.iter().enumerate().rev() {
+        at[p] = plans.len();
+        for &size in &sizes {
+            let m = micro_graph(model, data, nb, size, norm, phase)?;
+            let plan = match plans.first() {
+                None => {
+                    let plan = model.plan(gpu, &m.graph, &[], &m.updates)?;
+                    plan.write_bytes(m.images, &data.images)?;
+                    plan.write_bytes(m.labels, &data.labels)?;
+                    plan
+                }
+                // Passes run one after another: they share the largest plan's temporaries.
+                Some(p) => Plan::sharing_temporaries(gpu, &m.graph, &[], &m.updates, &p.plan)?,
+            };
+            plans.push(MicroPlan {
+                plan,
+                indices: m.indices,
+                dropout_seeds: m.dropout_seeds,
+                dropout_elems: m.dropout_elems,
+                size,
+            });
+            first.get_or_insert((m.params, m.correct_shape));
+        }
     }
-    let passes = (0..nb.div_ceil(mb)).map(|i| (usize::from(i * mb + mb > nb), i * mb)).collect();
+    let micro_batches = nb.div_ceil(mb);
+    let passes =
+        at.iter().flat_map(|&a| (0..micro_batches).map(move |i| (a + usize::from(i * mb + mb > nb), i * mb))).collect();
+    let (params, correct_shape) = first.expect("at least one phase");
 
     // The apply step: parameters and accumulators under the micro plans' names.
     let mut graph = Graph::new(model.models());
-    let mut params = Vec::new();
+    let mut pairs = Vec::new();
     let mut clear = Vec::new();
-    for (name, shape) in &first.params {
+    // BatchNorm2d: the running estimates from the whole batch's statistics, once per step.
+    let sums = if phases[0] == Phase::Whole { Vec::new() } else { bn_sums(&mut graph, model.spec(), nb)? };
+    let layers = model.spec().layers.iter().filter_map(|l| match l.layer {
+        Layer::BatchNorm2d { momentum, track_running_stats, .. } => Some((&l.name, momentum, track_running_stats)),
+        _ => None,
+    });
+    for (b, (name, momentum, track)) in sums.iter().zip(layers) {
+        if track {
+            let stats = graph.sums_stats(&[b.xsum, b.dsum, b.dsq, b.gsum, b.gdot], b.eps, b.count)?;
+            let c = graph.shape(b.xsum)[1];
+            let mean = graph.state(&format!("{name}.running_mean"), &[c])?;
+            let var = graph.state(&format!("{name}.running_var"), &[c])?;
+            let count = graph.state(&format!("{name}.num_batches_tracked"), &[1])?;
+            clear.push(Update::BatchNormRunning { stats, mean, var, count, momentum });
+        }
+        clear.extend([b.xsum, b.dsum, b.dsq, b.gsum, b.gdot].map(|dst| Update::Zero { dst }));
+    }
+    for (name, shape) in &params {
         let p = graph.param(name, shape)?;
         let acc = graph.state(&format!("accum.{name}"), shape)?;
-        params.push((p, acc));
+        pairs.push((p, acc));
         clear.push(Update::Zero { dst: acc });
     }
     let loss_acc = graph.state("accum.loss", &[])?;
-    let correct_acc = graph.state("accum.correct", &first.correct_shape)?;
+    let correct_acc = graph.state("accum.correct", &correct_shape)?;
     let g = model.models();
     let loss = graph.broadcast(loss_acc, &[g], &[], 1.0 / nb as f32)?;
     let mut shape = vec![g];
-    shape.extend_from_slice(&first.correct_shape);
+    shape.extend_from_slice(&correct_shape);
     let correct = graph.broadcast(correct_acc, &shape, &[], 1.0)?;
     clear.push(Update::Zero { dst: loss_acc });
     clear.push(Update::Zero { dst: correct_acc });
-    Ok((Micro { plans, passes }, Apply { graph, params, loss, correct, clear }))
+    Ok((Micro { plans, passes, micro_batches }, Apply { graph, params: pairs, loss, correct, clear }))
 }

@@ -120,10 +120,15 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     );
     println!("optimizer: {}", describe(&hyper, &a.schedule));
     let first = &trainer.shards()[0];
-    let (chunks, micro) = (first.plan().stats().chunks, first.micro_batches());
+    let (chunks, micro, passes) = (first.plan().stats().chunks, first.micro_batches(), first.passes());
     if chunks > 1 || micro > 1 {
+        let phased = if passes > micro {
+            format!(" in {passes} passes (BatchNorm statistics of the whole batch)")
+        } else {
+            String::new()
+        };
         println!(
-            "split to fit the adapter's {} MiB bindings: {chunks} chunk(s) of models per pass, {micro} micro-batch(es) per step",
+            "split to fit the adapter's {} MiB bindings: {chunks} chunk(s) of models per pass, {micro} micro-batch(es) per step{phased}",
             gpu.limits().max_storage_buffer_binding_size >> 20
         );
     }
