@@ -179,6 +179,35 @@ fn evaluation_takes_fewer_samples_per_pass_when_one_model_does_not_fit() {
     close("evaluation loss", &a, &b);
 }
 
+#[test]
+fn evaluation_with_batch_statistics_does_not_shrink_its_batch() {
+    let gpu = gpu_or_skip!();
+    let data = synthetic(40, 5);
+    let spec = ModelSpec::from_json(
+        r#"{"input": [1, 12, 12], "layers": [
+            {"type": "conv2d", "out_channels": 5, "kernel_size": 3, "padding": 1},
+            {"type": "batchnorm2d", "track_running_stats": false},
+            {"type": "maxpool2d", "kernel_size": 2},
+            {"type": "flatten"},
+            {"type": "linear", "out_features": 10}
+        ]}"#,
+    )
+    .unwrap();
+    let model = BatchModel::new(gpu, &spec, 3, 1).unwrap();
+    // 2,880 bytes per sample: a 16 KiB binding takes 5 samples of one model.
+    let small = gpu.restricted(16 << 10, 1 << 30);
+    let Err(e) = pollster::block_on(evaluate(&small, &model, &data, 40, Normalize::default())) else {
+        panic!("a batch of 40 must not shrink");
+    };
+    assert!(e.to_string().contains("batches of at most 5"), "{e}");
+    // Batches that fit give what the unrestricted adapter gives.
+    let want = pollster::block_on(evaluate(gpu, &model, &data, 5, Normalize::default())).unwrap();
+    let got = pollster::block_on(evaluate(&small, &model, &data, 5, Normalize::default())).unwrap();
+    assert_eq!(got.top1, want.top1);
+    let (a, b): (Vec<f32>, Vec<f32>) = got.loss.iter().zip(&want.loss).map(|(&x, &y)| (x as f32, y as f32)).unzip();
+    close("evaluation loss", &a, &b);
+}
+
 /// The BatchNorm-free variant of `spec()` (dropout kept): batch statistics would change
 /// with micro-batches, nothing else does.
 fn spec_without_batchnorm() -> ModelSpec {

@@ -54,14 +54,29 @@ impl Evaluator {
         };
         // Plans split the models into chunks that fit the adapter's bindings; when even one
         // model's batch does not fit, evaluate fewer samples per pass (the results are the
-        // same: evaluation has no batch statistics).
-        let mut batch = batch.min(data.n);
+        // same: evaluation uses running estimates, not batch statistics).
+        let wanted = batch.min(data.n);
+        let mut batch = wanted;
         while batch > 1 {
             let d = make(batch)?;
             if crate::plan::one_model_fits(gpu, &d.graph, &[d.loss, d.top], &[]) {
                 break;
             }
             batch = batch.div_ceil(2);
+        }
+        // Except where a BatchNorm2d has no running estimates: in evaluation it normalises
+        // with each batch's statistics, which a smaller batch would change.
+        let batch_statistics = model
+            .spec()
+            .layers
+            .iter()
+            .any(|l| matches!(l.layer, crate::nn::Layer::BatchNorm2d { track_running_stats: false, .. }));
+        if batch < wanted && batch_statistics {
+            return Err(Error::Usage(format!(
+                "evaluation: the model's BatchNorm2d without running estimates normalises with each evaluation \
+                 batch's statistics, and {wanted} samples per model pass this adapter's binding limit: evaluate in \
+                 batches of at most {batch}"
+            )));
         }
         let full = data.n / batch;
         let rest = data.n % batch;
