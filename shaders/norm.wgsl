@@ -368,12 +368,20 @@ fn norm_running_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     if (t >= p.g * p.c) {
         return;
     }
-    let gm = t / p.c;
-    let c = t - gm * p.c;
     let v = run_var_in[t];
-    let o = gm * 3u * p.c + c;
-    out[o] = run_mean_in[t];
-    out[o + p.c] = 1.0 / sqrt(v + p.eps);
+    store_stats(t, run_mean_in[t], 1.0 / sqrt(v + p.eps), v);
+}
+
+// Offset of channel t = (model, channel) of [G, C] in the statistics [G, 3, C].
+fn stats_offset(t: u32) -> u32 {
+    return t + t / p.c * 2u * p.c;
+}
+
+// Writes channel t's statistics.
+fn store_stats(t: u32, mean: f32, invstd: f32, v: f32) {
+    let o = stats_offset(t);
+    out[o] = mean;
+    out[o + p.c] = invstd;
     out[o + 2u * p.c] = v;
 }
 
@@ -389,20 +397,14 @@ fn norm_sums_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     if (t >= p.g * p.c) {
         return;
     }
-    let gm = t / p.c;
-    let o = gm * 3u * p.c + (t - gm * p.c);
     let m1 = x[t] / p.count;
     if ((p.flags & 2u) != 0u) {
-        out[o] = m1;
-        out[o + p.c] = 1.0;
-        out[o + 2u * p.c] = 0.0;
+        store_stats(t, m1, 1.0, 0.0);
         return;
     }
     let sd = dy[t];
     let v = max((stats[t] - sd * sd / p.count) / p.count, 0.0);
-    out[o] = m1 + sd / p.count;
-    out[o + p.c] = 1.0 / sqrt(v + p.eps);
-    out[o + 2u * p.c] = v;
+    store_stats(t, m1 + sd / p.count, 1.0 / sqrt(v + p.eps), v);
 }
 
 // norm_grad_apply's scratch from the whole batch's sums, one invocation per (model,
@@ -414,8 +416,7 @@ fn norm_grad_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     if (t >= p.g * p.c) {
         return;
     }
-    let gm = t / p.c;
-    let so = gm * 3u * p.c + (t - gm * p.c);
+    let so = stats_offset(t);
     var wc = 1.0;
     if (affine()) {
         wc = weight[t];
