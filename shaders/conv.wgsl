@@ -644,57 +644,96 @@ fn direct_at(lid: vec3<u32>, wid: vec3<u32>) -> DirectAt {
     return at;
 }
 
+// With FIX_ROWS = kh > 0 (a dispatch of one input channel whose kernel rows all land inside
+// the input for every output row: LeNet's conv1), direct_sums writes its row loop out, so
+// that every weight's address in direct_w is a constant: lavapipe loads a workgroup-memory
+// value lane by lane unless its address is built from constants only.
+override FIX_ROWS: u32 = 0u;
+
+// Adds the terms of kernel row ky of the input row starting at `row` (input channel c of
+// the dispatch, its weights from sk in direct_w) to the strip's sums.
+fn direct_row_sums(at: DirectAt, row: u32, sk: u32, acc: ptr<function, array<vec4<f32>, MAX_OB>>,
+                   acc2: ptr<function, array<vec4<f32>, MAX_OB>>, acc3: ptr<function, array<vec4<f32>, MAX_OB>>) {
+    let ob4 = (OB + 3u) / 4u;
+    let w = direct_row(row, at.col0);
+    // (xv, xv2, xv3) hold the inputs of tap kx for the strip's columns, (xn, xn2) the
+    // window's columns after them; all slide by one column per tap. (No private
+    // array: lavapipe indexes those through memory unless every index is a constant.)
+    var xv = w.v0;
+    var xv2 = w.v1;
+    var xv3 = vec4<f32>();
+    var xn = w.v2;
+    var xn2 = w.v3;
+    if (SW == 12u) {
+        xv3 = w.v2;
+        xn = w.v3;
+        xn2 = w.v4;
+    }
+    for (var kx = 0u; kx < KW; kx++) {
+        let w1 = direct_w[sk + kx * ob4];
+        var w2 = vec4<f32>();
+        if (OB > 4u) {
+            w2 = direct_w[sk + kx * ob4 + 1u];
+        }
+        for (var j = 0u; j < OB; j++) {
+            let wv = select(w2[j & 3u], w1[j & 3u], j < 4u);
+            (*acc)[j] += xv * wv;
+            (*acc2)[j] += xv2 * wv;
+            if (SW == 12u) {
+                (*acc3)[j] += xv3 * wv;
+            }
+        }
+        if (kx + 1u < KW) {
+            xv = vec4<f32>(xv.yzw, xv2.x);
+            if (SW == 12u) {
+                xv2 = vec4<f32>(xv2.yzw, xv3.x);
+                xv3 = vec4<f32>(xv3.yzw, xn.x);
+            } else {
+                xv2 = vec4<f32>(xv2.yzw, xn.x);
+            }
+            xn = vec4<f32>(xn.yzw, xn2.x);
+            xn2 = vec4<f32>(xn2.yzw, 0.0);
+        }
+    }
+}
+
 // Adds the dispatch's input channels' terms to the strip's sums: columns 0-3 in acc, 4-7 in
 // acc2, 8-11 in acc3 (SW = 12), per output channel.
 fn direct_sums(at: DirectAt, acc: ptr<function, array<vec4<f32>, MAX_OB>>,
                acc2: ptr<function, array<vec4<f32>, MAX_OB>>, acc3: ptr<function, array<vec4<f32>, MAX_OB>>) {
+    let ob4 = (OB + 3u) / 4u;
+    if (FIX_ROWS > 0u) {
+        // Rows written out (constants after inlining); at most 7 (MAX_KW - 1 is enough for
+        // the layers this serves, the host checks).
+        let row = at.xb + at.oy * q.iw;
+        direct_row_sums(at, row, 0u, acc, acc2, acc3);
+        if (FIX_ROWS > 1u) {
+            direct_row_sums(at, row + q.iw, KW * ob4, acc, acc2, acc3);
+        }
+        if (FIX_ROWS > 2u) {
+            direct_row_sums(at, row + 2u * q.iw, 2u * KW * ob4, acc, acc2, acc3);
+        }
+        if (FIX_ROWS > 3u) {
+            direct_row_sums(at, row + 3u * q.iw, 3u * KW * ob4, acc, acc2, acc3);
+        }
+        if (FIX_ROWS > 4u) {
+            direct_row_sums(at, row + 4u * q.iw, 4u * KW * ob4, acc, acc2, acc3);
+        }
+        if (FIX_ROWS > 5u) {
+            direct_row_sums(at, row + 5u * q.iw, 5u * KW * ob4, acc, acc2, acc3);
+        }
+        if (FIX_ROWS > 6u) {
+            direct_row_sums(at, row + 6u * q.iw, 6u * KW * ob4, acc, acc2, acc3);
+        }
+        return;
+    }
     let ihw = q.ih * q.iw;
     // Kernel rows that land inside the input (uniform over the workgroup).
     let rows = direct_rows(at.oy);
-    let ob4 = (OB + 3u) / 4u;
     for (var c = 0u; c < q.cn; c++) {
         for (var ky = rows.x; ky < rows.y; ky++) {
-            let w = direct_row(at.xb + c * ihw + (at.oy + ky - q.p0) * q.iw, at.col0);
-            let sk = (c * q.kh + ky) * KW * ob4;
-            // (xv, xv2, xv3) hold the inputs of tap kx for the strip's columns, (xn, xn2) the
-            // window's columns after them; all slide by one column per tap. (No private
-            // array: lavapipe indexes those through memory unless every index is a constant.)
-            var xv = w.v0;
-            var xv2 = w.v1;
-            var xv3 = vec4<f32>();
-            var xn = w.v2;
-            var xn2 = w.v3;
-            if (SW == 12u) {
-                xv3 = w.v2;
-                xn = w.v3;
-                xn2 = w.v4;
-            }
-            for (var kx = 0u; kx < KW; kx++) {
-                let w1 = direct_w[sk + kx * ob4];
-                var w2 = vec4<f32>();
-                if (OB > 4u) {
-                    w2 = direct_w[sk + kx * ob4 + 1u];
-                }
-                for (var j = 0u; j < OB; j++) {
-                    let wv = select(w2[j & 3u], w1[j & 3u], j < 4u);
-                    (*acc)[j] += xv * wv;
-                    (*acc2)[j] += xv2 * wv;
-                    if (SW == 12u) {
-                        (*acc3)[j] += xv3 * wv;
-                    }
-                }
-                if (kx + 1u < KW) {
-                    xv = vec4<f32>(xv.yzw, xv2.x);
-                    if (SW == 12u) {
-                        xv2 = vec4<f32>(xv2.yzw, xv3.x);
-                        xv3 = vec4<f32>(xv3.yzw, xn.x);
-                    } else {
-                        xv2 = vec4<f32>(xv2.yzw, xn.x);
-                    }
-                    xn = vec4<f32>(xn.yzw, xn2.x);
-                    xn2 = vec4<f32>(xn2.yzw, 0.0);
-                }
-            }
+            let row = at.xb + c * ihw + (at.oy + ky - q.p0) * q.iw;
+            direct_row_sums(at, row, (c * q.kh + ky) * KW * ob4, acc, acc2, acc3);
         }
     }
 }

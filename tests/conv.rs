@@ -514,6 +514,28 @@ fn direct_vec4_row_alignments() {
     assert!(forward.1.contains("XA=1,XSKIP=25)"), "{forward:?}");
 }
 
+/// One input channel whose kernel rows all land inside the input (LeNet's conv1): the direct
+/// forward kernel writes its row loop out (`FIX_ROWS`, constant weight addresses), for
+/// kernel heights 1 to 7, strips of 8 and 12, 3 to 9 output channels; with rows padded the
+/// loop stays.
+#[test]
+fn direct_rows_written_out() {
+    let gpu = gpu_or_skip!();
+    let sw = gpu.with_tuning(Tuning::SOFTWARE).unwrap();
+    let forward = |spec: Spec| -> String {
+        let kernels = Case::new(&sw, spec, 1).plan.dispatch_kernels();
+        kernels.iter().find(|k| k.0 == "conv2d").unwrap().1.clone()
+    };
+    for (hw, k, o) in [([9, 16], [3, 3], 5), ([12, 24], [5, 5], 6), ([10, 13], [7, 4], 9), ([4, 8], [1, 2], 3)] {
+        check(&sw, Spec::new(2, 3, 1, o, hw, k));
+        let f = forward(Spec::new(2, 3, 1, o, hw, k));
+        assert!(f.starts_with("conv::conv2d_direct") && f.contains(&format!("FIX_ROWS={})", k[0])), "{f}");
+    }
+    check(&sw, Spec::new(2, 3, 1, 4, [9, 16], [3, 3]).padding([1, 0]));
+    let f = forward(Spec::new(2, 3, 1, 4, [9, 16], [3, 3]).padding([1, 0]));
+    assert!(f.starts_with("conv::conv2d_direct") && !f.contains("FIX_ROWS"), "{f}");
+}
+
 /// The direct kernels take 12-column strips (three vec4) where they cover a row in less work
 /// than 8-column ones (widths 9-12, 23-24, 33-36 here): exact and ragged last strips, padding
 /// on both sides, channel blocks of 3 and 4 with a clamped last block, groups, one model,

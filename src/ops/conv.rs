@@ -584,6 +584,9 @@ impl Corr {
         if entry.starts_with("conv2d_direct") {
             consts.push(("XA", f64::from(self.aligned())));
             consts.push(("XSKIP", f64::from(self.skipped_vec4())));
+            if self.fixed_rows() > 0 {
+                consts.push(("FIX_ROWS", f64::from(self.fixed_rows())));
+            }
         }
         ctx.kernel(&CONV, entry, storage, &consts)
     }
@@ -592,6 +595,21 @@ impl Corr {
     /// multiple of 4 columns (`XA`: one vec4 load per 4 columns, no shifts).
     fn aligned(&self) -> bool {
         self.iw % 4 == 0 && self.padding[1] % 4 == 0 && self.sw() % 4 == 0
+    }
+
+    /// `conv2d_direct`'s `FIX_ROWS`: the kernel height where one input channel is summed
+    /// (one dispatch) and every kernel row of every output row lands inside the input, so
+    /// that the kernel writes its row loop out and every weight address is a constant; 0
+    /// otherwise. (LeNet's conv1 forward on lavapipe, G=64: 120 -> 106 ms, three
+    /// alternating pairs of `profile_step 64 128 3`.)
+    fn fixed_rows(&self) -> u32 {
+        let kh = self.kernel[0];
+        let inside = self.padding[0] == 0 && self.oh + kh - 1 <= self.ih;
+        if self.cig == 1 && inside && kh < DIRECT_MAX_KW {
+            kh as u32
+        } else {
+            0
+        }
     }
 
     /// With [`Corr::aligned`], the window vec4s (bit k: columns `col0 + 4k ..`) that lie
