@@ -166,7 +166,7 @@ pub(crate) fn data_graph_with(
     size: usize,
     norm: Normalize,
     head: Head,
-    bn_stats: &mut dyn FnMut(&mut Graph) -> Result<Vec<TensorId>>,
+    bn_stats: &mut dyn FnMut(&mut Graph) -> Result<Vec<Option<TensorId>>>,
 ) -> Result<DataGraph> {
     let px: usize = spec.input.iter().product();
     let mut graph = Graph::new(g);

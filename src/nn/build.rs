@@ -189,10 +189,16 @@ impl ModelSpec {
         Ok(out)
     }
 
-    /// [`ModelSpec::build`], the BatchNorm2d layers normalising with `stats` (one `[G, 3, C]`
-    /// tensor per layer, in order; none: their own statistics) and updating no running
-    /// estimates.
-    pub(crate) fn build_with(&self, graph: &mut Graph, x: TensorId, mode: Mode, stats: &[TensorId]) -> Result<Built> {
+    /// [`ModelSpec::build`], the BatchNorm2d layers given statistics in `stats` (one entry
+    /// per layer, in order; `Some([G, 3, C])`: normalise with it and update no running
+    /// estimates) normalising with those.
+    pub(crate) fn build_with(
+        &self,
+        graph: &mut Graph,
+        x: TensorId,
+        mode: Mode,
+        stats: &[Option<TensorId>],
+    ) -> Result<Built> {
         let entries = self.state_entries()?;
         let mut state = Vec::new();
         let mut updates = Vec::new();
@@ -253,7 +259,7 @@ impl ModelSpec {
                     let mean = find(graph, &p("running_mean"))?;
                     let var = find(graph, &p("running_var"))?;
                     let count = find(graph, &p("num_batches_tracked"))?;
-                    let given = stats.get(batch_norms.len()).copied();
+                    let given = stats.get(batch_norms.len()).copied().flatten();
                     let stats = match (mode, mean, var, count) {
                         _ if given.is_some() => given.expect("tested"),
                         (Mode::Eval, Some(mean), Some(var), Some(_)) => graph.running_stats(mean, var, *eps)?,

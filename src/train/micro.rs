@@ -50,7 +50,7 @@ enum Phase {
 }
 
 /// A BatchNorm2d layer's whole-batch sums (state tensors `[G, C]`) in one graph.
-struct BnSums {
+pub(super) struct BnSums {
     xsum: TensorId,
     dsum: TensorId,
     dsq: TensorId,
@@ -63,19 +63,60 @@ struct BnSums {
 
 /// The sums of every BatchNorm2d layer of `spec` for a whole batch of `nb` samples.
 fn bn_sums(graph: &mut Graph, spec: &ModelSpec, nb: usize) -> Result<Vec<BnSums>> {
+    Ok(bn_sums_where(graph, spec, nb, |_| true)?.into_iter().flatten().collect())
+}
+
+/// The sums of the BatchNorm2d layers of `spec` whose `track_running_stats` `pick` takes
+/// (`None` for the others, one entry per layer), for a whole batch of `nb` samples.
+pub(super) fn bn_sums_where(
+    graph: &mut Graph,
+    spec: &ModelSpec,
+    nb: usize,
+    pick: fn(bool) -> bool,
+) -> Result<Vec<Option<BnSums>>> {
     let layers = spec.layers.iter().filter_map(|l| match l.layer {
-        Layer::BatchNorm2d { eps, .. } => Some((&l.name, eps)),
+        Layer::BatchNorm2d { eps, track_running_stats, .. } => Some((&l.name, eps, track_running_stats)),
         _ => None,
     });
     let mut out = Vec::new();
-    for ((name, eps), shape) in layers.zip(spec.batch_norm_inputs()?) {
+    for ((name, eps, track), shape) in layers.zip(spec.batch_norm_inputs()?) {
+        if !pick(track) {
+            out.push(None);
+            continue;
+        }
         let c = [shape[0]];
         let mut state = |s: &str| graph.state(&format!("accum.{name}.{s}"), &c);
         let (xsum, dsum, dsq, gsum, gdot) =
             (state("xsum")?, state("dsum")?, state("dsq")?, state("gsum")?, state("gdot")?);
-        out.push(BnSums { xsum, dsum, dsq, gsum, gdot, eps, count: nb * shape[1..].iter().product::<usize>() });
+        out.push(Some(BnSums { xsum, dsum, dsq, gsum, gdot, eps, count: nb * shape[1..].iter().product::<usize>() }));
     }
     Ok(out)
+}
+
+impl BnSums {
+    /// The whole batch's statistics from these sums.
+    pub(super) fn stats(&self, graph: &mut Graph) -> Result<TensorId> {
+        graph.sums_stats(&[self.xsum, self.dsum, self.dsq, self.gsum, self.gdot], self.eps, self.count)
+    }
+
+    /// The sums' states, in order.
+    pub(super) fn states(&self) -> [TensorId; 5] {
+        [self.xsum, self.dsum, self.dsq, self.gsum, self.gdot]
+    }
+
+    /// Updates that add the sums of the first pass (`deviations` false: sum(x)) or the
+    /// second (sum(d), sum(d * d) from the first pass's mean) over `x`, this layer's input.
+    pub(super) fn forward_pass(&self, graph: &mut Graph, x: TensorId, deviations: bool) -> Result<Vec<Update>> {
+        let acc = |dst, src| Update::Accumulate { dst, src };
+        if !deviations {
+            return Ok(vec![acc(self.xsum, graph.sum(x, &[1, 3, 4])?)]);
+        }
+        let shift = graph.sums_stats(&[self.xsum], self.eps, self.count)?;
+        let d = graph.norm_apply(x, shift, NormKind::Batch, None)?;
+        let dsum = graph.sum(d, &[1, 3, 4])?;
+        let dsq = graph.norm_weight_grad(d, x, shift, NormKind::Batch)?;
+        Ok(vec![acc(self.dsum, dsum), acc(self.dsq, dsq)])
+    }
 }
 
 /// The phases of a step for `spec`, in order.
@@ -153,12 +194,12 @@ fn micro_graph(
     let spec = model.spec();
     let head = Head { mode: Mode::Train, reduction: Reduction::Sum, ks: &[1] };
     let mut sums = Vec::new();
-    let mut bn_stats = |graph: &mut Graph| -> Result<Vec<TensorId>> {
+    let mut bn_stats = |graph: &mut Graph| -> Result<Vec<Option<TensorId>>> {
         if phase == Phase::Whole {
             return Ok(Vec::new());
         }
         sums = bn_sums(graph, spec, nb)?;
-        sums.iter().map(|b| graph.sums_stats(&[b.xsum, b.dsum, b.dsq, b.gsum, b.gdot], b.eps, b.count)).collect()
+        sums.iter().map(|b| b.stats(graph).map(Some)).collect()
     };
     let DataGraph { mut graph, images, labels, indices, built, loss, top: correct } =
         super::data_graph_with(spec, model.models(), "train", data.n, size, norm, head, &mut bn_stats)?;
@@ -174,19 +215,8 @@ fn micro_graph(
     let mut updates = Vec::new();
     let acc = |dst, src| Update::Accumulate { dst, src };
     match phase {
-        Phase::Mean(j) => {
-            let x = built.batch_norms[j].0;
-            let s = graph.sum(x, &[1, 3, 4])?;
-            updates.push(acc(sums[j].xsum, s));
-        }
-        Phase::Deviations(j) => {
-            let (x, b) = (built.batch_norms[j].0, &sums[j]);
-            let shift = graph.sums_stats(&[b.xsum], b.eps, b.count)?;
-            let d = graph.norm_apply(x, shift, NormKind::Batch, None)?;
-            let dsum = graph.sum(d, &[1, 3, 4])?;
-            let dsq = graph.norm_weight_grad(d, x, shift, NormKind::Batch)?;
-            updates.extend([acc(b.dsum, dsum), acc(b.dsq, dsq)]);
-        }
+        Phase::Mean(j) => updates.extend(sums[j].forward_pass(&mut graph, built.batch_norms[j].0, false)?),
+        Phase::Deviations(j) => updates.extend(sums[j].forward_pass(&mut graph, built.batch_norms[j].0, true)?),
         Phase::Whole | Phase::Backward(_) => {
             // d(mean loss of the whole batch) / d(this micro-batch's summed loss) = 1 / N.
             let seed = graph.fill(&[], 1.0 / nb as f32)?;
@@ -322,14 +352,14 @@ pub(super) fn plan(
     });
     for (b, (name, momentum, track)) in sums.iter().zip(layers) {
         if track {
-            let stats = graph.sums_stats(&[b.xsum, b.dsum, b.dsq, b.gsum, b.gdot], b.eps, b.count)?;
+            let stats = b.stats(&mut graph)?;
             let c = graph.shape(b.xsum)[1];
             let mean = graph.state(&format!("{name}.running_mean"), &[c])?;
             let var = graph.state(&format!("{name}.running_var"), &[c])?;
             let count = graph.state(&format!("{name}.num_batches_tracked"), &[1])?;
             clear.push(Update::BatchNormRunning { stats, mean, var, count, momentum });
         }
-        clear.extend([b.xsum, b.dsum, b.dsq, b.gsum, b.gdot].map(|dst| Update::Zero { dst }));
+        clear.extend(b.states().map(|dst| Update::Zero { dst }));
     }
     for (name, shape) in &params {
         let p = graph.param(name, shape)?;
