@@ -11,7 +11,9 @@ use crate::graph::Reduction;
 use crate::nn::{BatchModel, Mode, ModelSpec, Rng};
 use crate::optim::Sgd;
 use crate::plan::{MemoryEstimate, Plan};
-use crate::train::{data_graph, DataGraph, Dataset, Head, Normalize, OptState, Optimizer, Order, TrainConfig, Trainer};
+use crate::train::{
+    data_graph, own_statistics, DataGraph, Dataset, Head, Normalize, OptState, Optimizer, Order, TrainConfig, Trainer,
+};
 use crate::tuning::{Search, Tuning};
 
 /// One measurement: a training step of G models on N images each.
@@ -288,7 +290,7 @@ pub fn tune(gpu: &Gpu, t: &Tune, mut progress: impl FnMut(&str), mut line: impl 
 pub fn step_estimate(gpu: &Gpu, spec: &ModelSpec, g: usize, n: usize, samples: usize) -> Result<MemoryEstimate> {
     let head = Head { mode: Mode::Train, reduction: Reduction::Mean, ks: &[1] };
     let DataGraph { mut graph, built, loss, top: correct, .. } =
-        data_graph(spec, g, "train", samples, n, Normalize { mean: 0.0, std: 1.0 }, head)?;
+        data_graph(spec, g, "train", samples, n, Normalize { mean: 0.0, std: 1.0 }, head, &mut own_statistics)?;
     let params = built.params();
     let grads = crate::autograd::grad(&mut graph, loss, None, &params)?;
     let pairs: Vec<_> = params.iter().zip(grads).filter_map(|(&p, d)| d.map(|d| (p, d))).collect();

@@ -141,24 +141,18 @@ pub(crate) struct DataGraph {
     pub top: TensorId,
 }
 
-/// G models of `spec` on `size` samples each, gathered and normalised from a resident
-/// dataset of `samples` samples, then `head`.
-pub(crate) fn data_graph(
-    spec: &ModelSpec,
-    g: usize,
-    prefix: &str,
-    samples: usize,
-    size: usize,
-    norm: Normalize,
-    head: Head,
-) -> Result<DataGraph> {
-    data_graph_with(spec, g, prefix, samples, size, norm, head, &mut |_| Ok(Vec::new()))
+/// No BatchNorm2d statistics given: for [`data_graph`]'s `bn_stats` where every layer
+/// computes its own.
+pub(crate) fn own_statistics(_: &mut Graph) -> Result<Vec<Option<TensorId>>> {
+    Ok(Vec::new())
 }
 
-/// [`data_graph`], the BatchNorm2d layers normalising with the statistics `bn_stats` adds
-/// to the graph (see [`ModelSpec::build_with`]).
+/// G models of `spec` on `size` samples each, gathered and normalised from a resident
+/// dataset of `samples` samples, then `head`; the BatchNorm2d layers normalise with the
+/// statistics `bn_stats` adds to the graph, where it gives them (see
+/// [`ModelSpec::build_with`]; [`own_statistics`]: none).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn data_graph_with(
+pub(crate) fn data_graph(
     spec: &ModelSpec,
     g: usize,
     prefix: &str,
@@ -398,7 +392,7 @@ impl<'a> Trainer<'a> {
         }
         let head = Head { mode: Mode::Train, reduction: Reduction::Mean, ks: &[1] };
         let DataGraph { mut graph, images, labels, indices, built, loss, top: correct } =
-            data_graph(model.spec(), g, "train", data.n, nb, config.normalize, head)?;
+            data_graph(model.spec(), g, "train", data.n, nb, config.normalize, head, &mut own_statistics)?;
         let params = built.params();
         let grads = autograd::grad(&mut graph, loss, None, &params)?;
         let pairs: Vec<(TensorId, TensorId)> = params

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{data_graph, data_graph_with, micro, DataGraph, Dataset, Evaluation, Head, Normalize};
+use super::{data_graph, micro, own_statistics, DataGraph, Dataset, Evaluation, Head, Normalize};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::graph::{Graph, Reduction, TensorId};
@@ -72,7 +72,7 @@ impl Evaluator {
         // Build the evaluation graph for `size` samples per model.
         let make = |size: usize| {
             let head = Head { mode: Mode::Eval, reduction: Reduction::Sum, ks: &ks };
-            data_graph(model.spec(), g, "eval", data.n, size, norm, head)
+            data_graph(model.spec(), g, "eval", data.n, size, norm, head, &mut own_statistics)
         };
         // Plans split the models into chunks that fit the adapter's bindings; when even one
         // model's batch does not fit, evaluate fewer samples per pass (the results are the
@@ -111,7 +111,7 @@ impl Evaluator {
                     sums.iter().map(|s| s.as_ref().map(|s| s.stats(graph)).transpose()).collect()
                 };
                 let DataGraph { mut graph, images, labels, indices, built, loss, top } =
-                    data_graph_with(spec, g, "eval", data.n, size.max(1), norm, head, &mut bn)?;
+                    data_graph(spec, g, "eval", data.n, size.max(1), norm, head, &mut bn)?;
                 let (indices, keep, updates) = match phase {
                     Phase::Clear => {
                         let zero = sums.iter().flatten().flat_map(|s| s.states()).map(|dst| Update::Zero { dst });

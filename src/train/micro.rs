@@ -202,7 +202,7 @@ fn micro_graph(
         sums.iter().map(|b| b.stats(graph).map(Some)).collect()
     };
     let DataGraph { mut graph, images, labels, indices, built, loss, top: correct } =
-        super::data_graph_with(spec, model.models(), "train", data.n, size, norm, head, &mut bn_stats)?;
+        super::data_graph(spec, model.models(), "train", data.n, size, norm, head, &mut bn_stats)?;
     let params = built.params();
     let names = param_names(&graph, &params);
     let mut accums = Vec::new();
