@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use modelbatch::data::{DataError, Mnist, MnistSplit};
-use modelbatch::nn::ModelSpec;
+use modelbatch::nn::{Layer, ModelSpec};
 
 use crate::cli::{CliError, Context, Result, Split};
 
@@ -125,8 +125,16 @@ fn fmt_set(s: &BTreeSet<usize>) -> String {
 /// The largest evaluation batch up to `want` whose biggest activation for one model
 /// (`batch × the largest per-sample layer output`) fits the adapter's per-binding limit;
 /// plans split the G models into chunks that fit (and the library would also shrink the
-/// batch itself), this keeps the evaluation passes few and large.
+/// batch itself), this keeps the evaluation passes few and large. `want` itself where a
+/// BatchNorm2d has no running estimates: it normalises with each evaluation batch's
+/// statistics, so the batch is part of what is evaluated (the library splits it into
+/// passes that fit without changing them).
 pub fn fit_eval_batch(gpu: &modelbatch::Gpu, spec: &ModelSpec, want: usize) -> Result<usize> {
+    let batch_statistics =
+        spec.layers.iter().any(|l| matches!(l.layer, Layer::BatchNorm2d { track_running_stats: false, .. }));
+    if batch_statistics {
+        return Ok(want.max(1));
+    }
     let limits = gpu.limits();
     let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
     let per_sample = spec
