@@ -175,6 +175,13 @@ impl ModelSpec {
         self.build_with(graph, x, mode, &[])
     }
 
+    /// Whether evaluation normalises with batch statistics: a BatchNorm2d layer without
+    /// running estimates (`track_running_stats: false`) uses each evaluation batch's, as in
+    /// PyTorch, so the evaluation batch is part of what is evaluated.
+    pub fn evaluates_with_batch_statistics(&self) -> bool {
+        self.layers.iter().any(|l| matches!(l.layer, Layer::BatchNorm2d { track_running_stats: false, .. }))
+    }
+
     /// Each BatchNorm2d layer's input shape `[C, H, W]`, in order.
     pub(crate) fn batch_norm_inputs(&self) -> Result<Vec<Vec<usize>>> {
         let shapes = self.shapes()?;
@@ -260,10 +267,10 @@ impl ModelSpec {
                     let var = find(graph, &p("running_var"))?;
                     let count = find(graph, &p("num_batches_tracked"))?;
                     let given = stats.get(batch_norms.len()).copied().flatten();
-                    let stats = match (mode, mean, var, count) {
-                        _ if given.is_some() => given.expect("tested"),
-                        (Mode::Eval, Some(mean), Some(var), Some(_)) => graph.running_stats(mean, var, *eps)?,
-                        (_, mean, var, count) => {
+                    let stats = match (given, mode, mean, var, count) {
+                        (Some(given), ..) => given,
+                        (None, Mode::Eval, Some(mean), Some(var), Some(_)) => graph.running_stats(mean, var, *eps)?,
+                        (None, _, mean, var, count) => {
                             let stats = graph.norm_stats(h, NormKind::Batch, *eps)?;
                             if let (Mode::Train, Some(mean), Some(var), Some(count)) = (mode, mean, var, count) {
                                 updates.push(Update::BatchNormRunning { stats, mean, var, count, momentum: *momentum });

@@ -169,12 +169,24 @@ pub(crate) fn lower_running_stats(
     var: &wgpu::Buffer,
     stats: &wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
-    let x = Image { g, n: 1, c, h: 1, w: 1 };
-    let l = layout("running_stats", x, NormKind::Batch)?;
-    let w = words("running_stats", x, l, &Params { eps, ..Default::default() })?;
-    let kernel = ctx.kernel(&NORM, "norm_running_stats", &STANDARD, &[]);
     let d = ctx.dummy;
-    Ok(vec![ctx.dispatch(kernel, "running_stats", &w, &[mean, var, d, d, stats], grid_1d(g * c, WG))])
+    let p = Params { eps, ..Default::default() };
+    Ok(vec![channel_dispatch(ctx, "running_stats", "norm_running_stats", g, c, &p, &[mean, var, d, d, stats])?])
+}
+
+/// `entry` with one invocation per (model, channel) of `[G, C]`, operands `ops` (bindings 1-5).
+fn channel_dispatch(
+    ctx: &Lower,
+    op: &'static str,
+    entry: &'static str,
+    g: usize,
+    c: usize,
+    p: &Params,
+    ops: &[&wgpu::Buffer; 5],
+) -> Result<Dispatch> {
+    let x = Image { g, n: 1, c, h: 1, w: 1 };
+    let w = words(op, x, layout(op, x, NormKind::Batch)?, p)?;
+    Ok(ctx.dispatch(ctx.kernel(&NORM, entry, &STANDARD, &[]), op, &w, ops, grid_1d(g * c, WG)))
 }
 
 /// `stats [G, 3, C]` of a batch summed in parts: `xsum [G, C]` and, unless only the shift
@@ -190,14 +202,10 @@ pub(crate) fn lower_sums_stats(
     deviations: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
     stats: &wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
-    let x = Image { g, n: 1, c, h: 1, w: 1 };
-    let l = layout("sums_stats", x, NormKind::Batch)?;
     let p = Params { eps, n_seg: count, shift: deviations.is_none(), ..Default::default() };
-    let w = words("sums_stats", x, l, &p)?;
-    let kernel = ctx.kernel(&NORM, "norm_sums_stats", &STANDARD, &[]);
     let d = ctx.dummy;
     let (dsum, dsq) = deviations.unwrap_or((d, d));
-    Ok(vec![ctx.dispatch(kernel, "sums_stats", &w, &[xsum, dsum, dsq, d, stats], grid_1d(g * c, WG))])
+    Ok(vec![channel_dispatch(ctx, "sums_stats", "norm_sums_stats", g, c, &p, &[xsum, dsum, dsq, d, stats])?])
 }
 
 /// `out = (x - mean) * invstd (* w + b)`.

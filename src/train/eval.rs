@@ -86,16 +86,11 @@ impl Evaluator {
             }
             batch = batch.div_ceil(2);
         }
-        // A BatchNorm2d without running estimates normalises with each evaluation batch's
-        // statistics: such a batch that does not fit one pass runs in phases (see below).
-        let batch_statistics = model
-            .spec()
-            .layers
-            .iter()
-            .any(|l| matches!(l.layer, crate::nn::Layer::BatchNorm2d { track_running_stats: false, .. }));
         let mut parts: Vec<Part> = Vec::new();
         let mut runs = Vec::new();
-        if batch < wanted && batch_statistics {
+        // A BatchNorm2d without running estimates normalises with each evaluation batch's
+        // statistics: such a batch that does not fit one pass runs in phases.
+        if batch < wanted && model.spec().evaluates_with_batch_statistics() {
             // Every evaluation batch of `wanted` (and the remainder) in passes of `batch`.
             let spec = model.spec();
             // Plans by (evaluation batch, pass size, phase).
@@ -138,19 +133,19 @@ impl Evaluator {
                 made.insert((whole, size, phase), parts.len() - 1);
                 Ok(parts.len() - 1)
             };
-            let layers: Vec<usize> = spec
-                .layers
-                .iter()
-                .filter(|l| matches!(l.layer, crate::nn::Layer::BatchNorm2d { .. }))
-                .enumerate()
-                .filter(|(_, l)| matches!(l.layer, crate::nn::Layer::BatchNorm2d { track_running_stats: false, .. }))
-                .map(|(j, _)| j)
-                .collect();
-            let mut phases: Vec<Phase> =
-                layers.iter().flat_map(|&j| [Phase::Sums(j, false), Phase::Sums(j, true)]).collect();
-            phases.push(Phase::Output);
             plan_for(&mut parts, wanted, batch, Phase::Output)?;
             let clear = plan_for(&mut parts, wanted, 0, Phase::Clear)?;
+            // Two phases per BatchNorm2d without running estimates (the layers the sums are for).
+            let layers = spec.layers.iter().filter_map(|l| match l.layer {
+                crate::nn::Layer::BatchNorm2d { track_running_stats, .. } => Some(track_running_stats),
+                _ => None,
+            });
+            let mut phases: Vec<Phase> = layers
+                .enumerate()
+                .filter(|&(_, track)| !track)
+                .flat_map(|(j, _)| [Phase::Sums(j, false), Phase::Sums(j, true)])
+                .collect();
+            phases.push(Phase::Output);
             let (full, rest) = (data.n / wanted, data.n % wanted);
             for (whole, count, start) in [(wanted, full, 0), (rest, usize::from(rest > 0), full * wanted)] {
                 if count == 0 {

@@ -59,6 +59,10 @@ pub(super) struct BnSums {
     eps: f32,
     /// Values per channel over the whole batch.
     count: usize,
+    /// The layer's name, running-estimate factor and whether it tracks running estimates.
+    name: String,
+    momentum: Option<f32>,
+    track: bool,
 }
 
 /// The sums of every BatchNorm2d layer of `spec` for a whole batch of `nb` samples.
@@ -75,11 +79,11 @@ pub(super) fn bn_sums_where(
     pick: fn(bool) -> bool,
 ) -> Result<Vec<Option<BnSums>>> {
     let layers = spec.layers.iter().filter_map(|l| match l.layer {
-        Layer::BatchNorm2d { eps, track_running_stats, .. } => Some((&l.name, eps, track_running_stats)),
+        Layer::BatchNorm2d { eps, momentum, track_running_stats: track, .. } => Some((&l.name, eps, momentum, track)),
         _ => None,
     });
     let mut out = Vec::new();
-    for ((name, eps, track), shape) in layers.zip(spec.batch_norm_inputs()?) {
+    for ((name, eps, momentum, track), shape) in layers.zip(spec.batch_norm_inputs()?) {
         if !pick(track) {
             out.push(None);
             continue;
@@ -88,7 +92,8 @@ pub(super) fn bn_sums_where(
         let mut state = |s: &str| graph.state(&format!("accum.{name}.{s}"), &c);
         let (xsum, dsum, dsq, gsum, gdot) =
             (state("xsum")?, state("dsum")?, state("dsq")?, state("gsum")?, state("gdot")?);
-        out.push(Some(BnSums { xsum, dsum, dsq, gsum, gdot, eps, count: nb * shape[1..].iter().product::<usize>() }));
+        let count = nb * shape[1..].iter().product::<usize>();
+        out.push(Some(BnSums { xsum, dsum, dsq, gsum, gdot, eps, count, name: name.clone(), momentum, track }));
     }
     Ok(out)
 }
@@ -346,18 +351,15 @@ pub(super) fn plan(
     let mut clear = Vec::new();
     // BatchNorm2d: the running estimates from the whole batch's statistics, once per step.
     let sums = if phases[0] == Phase::Whole { Vec::new() } else { bn_sums(&mut graph, model.spec(), nb)? };
-    let layers = model.spec().layers.iter().filter_map(|l| match l.layer {
-        Layer::BatchNorm2d { momentum, track_running_stats, .. } => Some((&l.name, momentum, track_running_stats)),
-        _ => None,
-    });
-    for (b, (name, momentum, track)) in sums.iter().zip(layers) {
-        if track {
+    for b in &sums {
+        if b.track {
             let stats = b.stats(&mut graph)?;
             let c = graph.shape(b.xsum)[1];
+            let name = &b.name;
             let mean = graph.state(&format!("{name}.running_mean"), &[c])?;
             let var = graph.state(&format!("{name}.running_var"), &[c])?;
             let count = graph.state(&format!("{name}.num_batches_tracked"), &[1])?;
-            clear.push(Update::BatchNormRunning { stats, mean, var, count, momentum });
+            clear.push(Update::BatchNormRunning { stats, mean, var, count, momentum: b.momentum });
         }
         clear.extend(b.states().map(|dst| Update::Zero { dst }));
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use modelbatch::data::{DataError, Mnist, MnistSplit};
-use modelbatch::nn::{Layer, ModelSpec};
+use modelbatch::nn::ModelSpec;
 
 use crate::cli::{CliError, Context, Result, Split};
 
@@ -130,9 +130,7 @@ fn fmt_set(s: &BTreeSet<usize>) -> String {
 /// statistics, so the batch is part of what is evaluated (the library splits it into
 /// passes that fit without changing them).
 pub fn fit_eval_batch(gpu: &modelbatch::Gpu, spec: &ModelSpec, want: usize) -> Result<usize> {
-    let batch_statistics =
-        spec.layers.iter().any(|l| matches!(l.layer, Layer::BatchNorm2d { track_running_stats: false, .. }));
-    if batch_statistics {
+    if spec.evaluates_with_batch_statistics() {
         return Ok(want.max(1));
     }
     let limits = gpu.limits();
