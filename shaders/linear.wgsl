@@ -9,6 +9,8 @@
 //   gemm_nn4 the same with A read as vec4 along K too;                  needs K % 4 == 0 too
 //   gemm_tn  A [K,M], B [K,N]: both K-major (backward to the weight);   needs M % 4 == 0, N % 4 == 0
 //   gemm     any layout through strides, scalar loads (odd sizes).
+// (gemm_tile and gemm_split at the end: workgroup-memory tiles, and the depth split over
+// a workgroup's invocations, for GPUs.)
 // gemm_tn_sum and gemm_sum also write the sums of A's rows over the depth to `a_sums` [G, M]
 // (a linear layer's bias gradient beside its weight gradient dy^T x: dy summed over the
 // samples), from the A values they load anyway.
@@ -417,10 +419,9 @@ fn gemm_tn_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-fn any_block(gid: vec3<u32>, sums: bool) -> Block {
-    let g = gid.z;
-    let c0 = gid.x * 4u;
-    let r0 = gid.y * 4u;
+// The 4x4 block of model g's C at (r0, c0) over depths k0, k0 + dk, k0 + 2 dk, ... (any
+// layout, through the strides; rows and columns past the edge clamped for loading).
+fn any_block(g: u32, r0: u32, c0: u32, k0: u32, dk: u32, sums: bool) -> Block {
     var aoff: array<u32, 4>;
     var boff: array<u32, 4>;
     let abase = g * p.m * p.k;
@@ -430,7 +431,7 @@ fn any_block(gid: vec3<u32>, sums: bool) -> Block {
         boff[i] = bbase + min(c0 + i, p.n - 1u) * p.b_sn;
     }
     var r: Block;
-    for (var kk = 0u; kk < p.k; kk++) {
+    for (var kk = k0; kk < p.k; kk += dk) {
         let bv = vec4<f32>(
             b[boff[0] + kk * p.b_sk],
             b[boff[1] + kk * p.b_sk],
@@ -446,14 +447,75 @@ fn any_block(gid: vec3<u32>, sums: bool) -> Block {
 @compute @workgroup_size(WG, WG, 1)
 fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (!outside(gid)) {
-        store_block(gid.z, gid.y * 4u, gid.x * 4u, any_block(gid, false).acc);
+        store_block(gid.z, gid.y * 4u, gid.x * 4u, any_block(gid.z, gid.y * 4u, gid.x * 4u, 0u, 1u, false).acc);
     }
 }
 
 @compute @workgroup_size(WG, WG, 1)
 fn gemm_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (!outside(gid)) {
-        store_with_sums(gid, any_block(gid, true));
+        store_with_sums(gid, any_block(gid.z, gid.y * 4u, gid.x * 4u, 0u, 1u, true));
+    }
+}
+
+// gemm_split, gemm_split_sum (the `gemm_split` tuning, for GPUs): any layout, like gemm and
+// gemm_sum, for products with too few 4x4 blocks to keep a GPU busy (a few models: each
+// invocation of the other kernels walks the whole depth, one dependent load after another).
+// A workgroup of 4 x 4 x SK invocations computes a 16x16 tile of C: invocation (x, y, s)
+// the partial block (y, x) over depths s, s + SK, s + 2 SK, ...; the SK partial blocks are
+// then added in workgroup memory, pairwise (slices [h, 2h) into [0, h) for h = SK / 2, ...,
+// 1: a fixed order), and slice 0 stores. Models walk the workgroups' z.
+override SK: u32 = 2u;
+// One Block (5 vec4) per invocation of the slices written in a round: at most 8 x 16.
+const PART_V4: u32 = 640u;
+var<workgroup> part: array<vec4<f32>, PART_V4>;
+
+fn split_block(wid: vec3<u32>, lid: vec3<u32>, sums: bool) -> Block {
+    let r0 = (wid.y * 4u + lid.y) * 4u;
+    let c0 = (wid.x * 4u + lid.x) * 4u;
+    var r = any_block(wid.z, r0, c0, lid.z, SK, sums);
+    let at = (lid.y * 4u + lid.x) * 5u;
+    for (var h = SK / 2u; h > 0u; h /= 2u) {
+        workgroupBarrier();
+        if (lid.z >= h && lid.z < 2u * h) {
+            let o = (lid.z - h) * 80u + at;
+            part[o] = r.acc[0];
+            part[o + 1u] = r.acc[1];
+            part[o + 2u] = r.acc[2];
+            part[o + 3u] = r.acc[3];
+            part[o + 4u] = r.a_sum;
+        }
+        workgroupBarrier();
+        if (lid.z < h) {
+            let o = lid.z * 80u + at;
+            r.acc[0] += part[o];
+            r.acc[1] += part[o + 1u];
+            r.acc[2] += part[o + 2u];
+            r.acc[3] += part[o + 3u];
+            r.a_sum += part[o + 4u];
+        }
+    }
+    return r;
+}
+
+@compute @workgroup_size(4, 4, SK)
+fn gemm_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = split_block(wid, lid, false);
+    let r0 = (wid.y * 4u + lid.y) * 4u;
+    let c0 = (wid.x * 4u + lid.x) * 4u;
+    if (lid.z == 0u && r0 < p.m && c0 < p.n) {
+        store_block(wid.z, r0, c0, r.acc);
+    }
+}
+
+@compute @workgroup_size(4, 4, SK)
+fn gemm_split_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = split_block(wid, lid, true);
+    let r0 = (wid.y * 4u + lid.y) * 4u;
+    let c0 = (wid.x * 4u + lid.x) * 4u;
+    if (lid.z == 0u && r0 < p.m && c0 < p.n) {
+        store_block(wid.z, r0, c0, r.acc);
+        store_sums(wid.z, r0, c0, r.a_sum);
     }
 }
 

@@ -49,6 +49,14 @@ pub struct Tuning {
     /// along the rows: 2 (software: each loaded B value serves twice the multiply-adds; with
     /// `gemm_cols=2` a 2x2 square of blocks) or 1.
     pub gemm_rows: u32,
+    /// Invocations a GEMM aims for by splitting its depth: a product with fewer 4x4 output
+    /// blocks (all models) than this takes `gemm_split`, workgroups of 4 x 4 x S invocations,
+    /// each walking every S-th depth of one block, the S partial blocks added in workgroup
+    /// memory (S a power of two up to 16, the fewest that reach this many invocations, each
+    /// slice at least 8 depths); 0: never. The other kernels walk the whole depth per
+    /// invocation, one dependent load after another, which leaves a GPU idle on a few
+    /// models' small products (LeNet's GEMMs took 17-38 us each on an H100 at G=1).
+    pub gemm_split: u32,
     /// Widest workgroup of the convolution kernels (`WGX` in `shaders/conv.wgsl`; narrower
     /// where the output is short): a power of two from 8 to 256.
     pub conv_lanes: u32,
@@ -134,12 +142,13 @@ pub struct Tuning {
 }
 
 /// Keys of the text format, in order.
-const KEYS: [&str; 24] = [
+const KEYS: [&str; 25] = [
     "gemm_wg",
     "gemm_groups",
     "gemm_tile",
     "gemm_cols",
     "gemm_rows",
+    "gemm_split",
     "conv_lanes",
     "conv_ob",
     "grad_weight_ob",
@@ -171,6 +180,8 @@ impl Tuning {
         // Measured at G=64: LeNet's GEMMs ~200 -> ~165 ms per step (loads per multiply-add).
         gemm_cols: 2,
         gemm_rows: 2,
+        // lavapipe's two threads have enough workgroups at any G.
+        gemm_split: 0,
         conv_lanes: 64,
         conv_ob: 8,
         grad_weight_ob: 8,
@@ -219,6 +230,9 @@ impl Tuning {
         // (2 not yet timed on a GPU; the tiles serve the large products anyway.)
         gemm_cols: 1,
         gemm_rows: 1,
+        // Not yet timed on a GPU: at G=1 every LeNet product splits (8 or 16 slices), at
+        // G=64 only the last layer's (forward and weight gradient).
+        gemm_split: 1 << 15,
         conv_lanes: 64,
         conv_ob: 8,
         grad_weight_ob: 4,
@@ -310,6 +324,7 @@ impl Tuning {
         check("gemm_tile", self.gemm_tile <= 1, "0 (register-blocked kernels) or 1 (workgroup-memory tiles)")?;
         check("gemm_cols", matches!(self.gemm_cols, 1 | 2), "1 or 2")?;
         check("gemm_rows", matches!(self.gemm_rows, 1 | 2), "1 or 2")?;
+        check("gemm_split", self.gemm_split <= 1 << 24, "0 to 16,777,216")?;
         check(
             "conv_lanes",
             self.conv_lanes.is_power_of_two() && (8..=256).contains(&self.conv_lanes),
@@ -403,6 +418,7 @@ impl Tuning {
             "gemm_tile" => &[0, 1],
             "gemm_cols" => &[1, 2],
             "gemm_rows" => &[1, 2],
+            "gemm_split" => &[0, 1 << 13, 1 << 15, 1 << 17],
             "conv_lanes" => &[32, 64, 128, 256],
             "conv_ob" => &[2, 4, 8],
             "grad_weight_ob" => &[4, 8],
@@ -464,6 +480,7 @@ impl Tuning {
             "gemm_tile" => &mut self.gemm_tile,
             "gemm_cols" => &mut self.gemm_cols,
             "gemm_rows" => &mut self.gemm_rows,
+            "gemm_split" => &mut self.gemm_split,
             "conv_lanes" => &mut self.conv_lanes,
             "conv_ob" => &mut self.conv_ob,
             "grad_weight_ob" => &mut self.grad_weight_ob,

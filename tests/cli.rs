@@ -498,6 +498,7 @@ fn tune_prints_measurements_then_the_best() {
         "gemm_tile",
         "gemm_cols",
         "gemm_rows",
+        "gemm_split",
         "folds",
         "serial_sum",
         "update_tensors",

@@ -100,8 +100,8 @@ fn run_mlp(gpu: &modelbatch::Gpu, fused: bool, shared: bool) -> (Vec<Vec<u32>>, 
     let x = graph.param("x", &[2, 7, 19]).unwrap();
     let w1 = graph.param("w1", &[13, 19]).unwrap();
     let b1 = graph.param("b1", &[13]).unwrap();
-    let w2 = graph.param("w2", &[6, 13]).unwrap();
-    let b2 = graph.param("b2", &[6]).unwrap();
+    let w2 = graph.param("w2", &[16, 13]).unwrap();
+    let b2 = graph.param("b2", &[16]).unwrap();
     let h = if fused {
         graph.linear_relu(x, w1, Some(b1)).unwrap()
     } else {
@@ -113,7 +113,7 @@ fn run_mlp(gpu: &modelbatch::Gpu, fused: bool, shared: bool) -> (Vec<Vec<u32>>, 
         let other = graph.linear(h, w2, None).unwrap();
         y = graph.add(y, other).unwrap();
     }
-    let r = graph.input("r", &[2, 7, 6], DType::F32).unwrap();
+    let r = graph.input("r", &[2, 7, 16], DType::F32).unwrap();
     let params = [x, w1, b1, w2, b2];
     let grads = autograd::grad(&mut graph, y, Some(r), &params).unwrap();
     let keep: Vec<_> = [y].into_iter().chain(grads.iter().map(|d| d.unwrap())).collect();
@@ -124,7 +124,7 @@ fn run_mlp(gpu: &modelbatch::Gpu, fused: bool, shared: bool) -> (Vec<Vec<u32>>, 
         let v: Vec<f32> = common::randn(20 + i as u64, n).iter().map(|v| (v * 4.0).round() / 4.0).collect();
         plan.write(p, &v).unwrap();
     }
-    plan.write(r, &common::randn(30, g * 2 * 7 * 6)).unwrap();
+    plan.write(r, &common::randn(30, g * 2 * 7 * 16)).unwrap();
     plan.run().unwrap();
     let out = keep.iter().map(|&t| plan.read_blocking(t).unwrap().iter().map(|v| v.to_bits()).collect()).collect();
     (out, plan.stats().dispatches, plan.dispatch_labels())
@@ -133,12 +133,17 @@ fn run_mlp(gpu: &modelbatch::Gpu, fused: bool, shared: bool) -> (Vec<Vec<u32>>, 
 #[test]
 fn relu_gradient_joins_the_gemm_that_feeds_it() {
     let gpu = gpu_or_skip!();
-    for shared in [false, true] {
+    // The register or tiled kernels, and `gemm_split`: the input gradient with relu's
+    // derivative (16 deep, over the second layer's outputs) in 2 slices.
+    let split = gpu.with_tuning(gpu.tuning().apply("gemm_split=16777216").unwrap()).unwrap();
+    for (gpu, shared) in [(gpu, false), (gpu, true), (&split, false)] {
         let (plain, n_plain, _) = run_mlp(gpu, false, shared);
         let (fused, n_fused, labels) = run_mlp(gpu, true, shared);
         for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
             assert_eq!(a, b, "shared {shared}: output {i} differs");
         }
+        let split_ran = labels.contains(&"gemm_split");
+        assert_eq!(split_ran, gpu.tuning().gemm_split > 0, "{labels:?}");
         let relu_grads = labels.iter().filter(|l| **l == "relu_grad").count();
         if shared {
             assert_eq!(relu_grads, 1, "a summed gradient keeps the separate op: {labels:?}");

@@ -24,6 +24,9 @@ fn r64(v: &[f32]) -> Vec<f64> {
 /// models.
 fn gemm_entry(gpu: &modelbatch::Gpu, g: usize, ta: bool, tb: bool, m: usize, n: usize, k: usize) -> &'static str {
     let t = gpu.tuning();
+    if depth_slices(t.gemm_split, g * m.div_ceil(4) * n.div_ceil(4), k) > 1 {
+        return "gemm_split";
+    }
     let side = 4 * t.gemm_wg as usize;
     if t.gemm_tile != 0 && n.div_ceil(side) * m.div_ceil(side) * g >= t.gemm_groups as usize {
         return "gemm_tile";
@@ -35,6 +38,17 @@ fn gemm_entry(gpu: &modelbatch::Gpu, g: usize, ta: bool, tb: bool, m: usize, n: 
         (true, false) if m % 4 == 0 && n % 4 == 0 => "gemm_tn",
         _ => "gemm",
     }
+}
+
+/// The depth slices of `gemm_split` for a product of `blocks` 4x4 output blocks over depth
+/// `k`, as `src/ops/linear.rs` documents them: the fewest powers of two, up to 16, that give
+/// `target` invocations, each slice at least 8 deep.
+fn depth_slices(target: u32, blocks: usize, k: usize) -> usize {
+    let mut slices = 1;
+    while slices < 16 && blocks * slices < target as usize && k >= 16 * slices {
+        slices *= 2;
+    }
+    slices
 }
 
 /// Forward, backward (A, B, bias) and finite differences of one batched product; returns
@@ -94,9 +108,9 @@ fn matmul_odd_sizes_all_layouts() {
     }
 }
 
-/// The register-blocked kernels (`gemm_tile=0`), each layout's.
+/// The register-blocked kernels (`gemm_tile=0`, `gemm_split=0`), each layout's.
 fn register_kernels(gpu: &modelbatch::Gpu) -> modelbatch::Gpu {
-    gpu.with_tuning(gpu.tuning().apply("gemm_tile=0").unwrap()).unwrap()
+    gpu.with_tuning(gpu.tuning().apply("gemm_tile=0,gemm_split=0").unwrap()).unwrap()
 }
 
 #[test]
@@ -126,7 +140,14 @@ fn matmul_under_every_gemm_tuning() {
     let gpu = gpu_or_skip!();
     let shapes = [(4, 1, 1), (16, 1, 1), (4, 2, 1), (8, 2, 1), (16, 2, 1), (4, 1, 2), (8, 2, 2), (16, 2, 2)];
     for (wg, cols, rows) in shapes {
-        let t = modelbatch::Tuning { gemm_wg: wg, gemm_cols: cols, gemm_rows: rows, gemm_tile: 0, ..gpu.tuning() };
+        let t = modelbatch::Tuning {
+            gemm_wg: wg,
+            gemm_cols: cols,
+            gemm_rows: rows,
+            gemm_tile: 0,
+            gemm_split: 0,
+            ..gpu.tuning()
+        };
         let tuned = gpu.with_tuning(t).unwrap();
         for (ta, tb) in COMBOS {
             check_matmul(&tuned, 3, 37, 12, 70, ta, tb, true);
@@ -155,7 +176,7 @@ fn matmul_under_every_gemm_tuning() {
 fn matmul_through_workgroup_memory_tiles() {
     let gpu = gpu_or_skip!();
     for wg in [4, 8, 16] {
-        let text = format!("gemm_tile=1,gemm_wg={wg},gemm_groups=0");
+        let text = format!("gemm_tile=1,gemm_wg={wg},gemm_groups=0,gemm_split=0");
         let tuned = gpu.with_tuning(gpu.tuning().apply(&text).unwrap()).unwrap();
         let only_tiles = |labels: &[&str]| labels.iter().all(|l| !l.starts_with("gemm") || l.starts_with("gemm_tile"));
         for (ta, tb) in COMBOS {
@@ -168,6 +189,53 @@ fn matmul_through_workgroup_memory_tiles() {
         assert!(only_tiles(&labels) && labels.contains(&"gemm_tile_sum") && !labels.contains(&"sum"), "{labels:?}");
         check_linear(&tuned, 2, &[40], 7, 33, true);
     }
+}
+
+/// `gemm_split` (the depth split over a workgroup's slices, for products too small to fill a
+/// GPU): every layout with ragged edges, 2 to 16 slices, depths that slices share unevenly,
+/// the bias epilogue, and a linear layer's weight gradient with its A sums (the bias
+/// gradient), forward and backward, against the CPU references. The slices follow the rule
+/// (the fewest that reach `gemm_split` invocations, at most 16, each at least 8 deep), shown by
+/// the workgroup counts: one 16x16 tile of C per workgroup.
+#[test]
+fn matmul_split_over_depth_slices() {
+    let gpu = gpu_or_skip!();
+    let tuned = gpu.with_tuning(gpu.tuning().apply("gemm_split=16777216").unwrap()).unwrap();
+    let mut slices = std::collections::BTreeSet::new();
+    for (ta, tb) in COMBOS {
+        // Depths 20, 50, 100 and 300: 2, 4, 8 and 16 slices.
+        for (m, k, n) in [(37usize, 20, 70usize), (5, 50, 3), (33, 100, 36), (9, 300, 12)] {
+            slices.insert(depth_slices(tuned.tuning().gemm_split, 2 * m.div_ceil(4) * n.div_ceil(4), k));
+            check_matmul(&tuned, 2, m, k, n, ta, tb, true);
+        }
+    }
+    assert_eq!(slices.into_iter().collect::<Vec<_>>(), [2, 4, 8, 16]);
+    // Weight gradients over 35 and 130 rows (2 and 16 slices) with the bias gradient's sums.
+    for (lead, inp, out) in [(&[5, 7][..], 20, 12), (&[130][..], 33, 9)] {
+        let labels = check_linear(&tuned, 3, lead, inp, out, true);
+        assert!(labels.contains(&"gemm_split_sum") && !labels.contains(&"sum"), "{labels:?}");
+    }
+    // One workgroup per 16x16 tile of C and model, with the fewest slices that reach the
+    // target; a product that fills it keeps the other kernels, as does one too shallow to
+    // split.
+    let kernels = |text: &str, rows: usize, depth: usize| {
+        let tuned = gpu.with_tuning(gpu.tuning().apply(text).unwrap()).unwrap();
+        let mut graph = modelbatch::Graph::new(3);
+        let a = graph.param("a", &[rows, depth]).unwrap();
+        let b = graph.param("b", &[depth, 40]).unwrap();
+        let c = graph.matmul(a, b, None, false, false).unwrap();
+        let plan = modelbatch::Plan::new(&tuned, &graph, &[c], &[]).unwrap();
+        plan.dispatch_kernels()
+    };
+    // 37 x 40: 10 x 10 blocks per model, 300 over 3 models.
+    for (target, depth, want) in [(301, 64, 2), (1201, 64, 8), (1201, 63, 4), (4801, 300, 16), (1 << 24, 16, 2)] {
+        let ran = kernels(&format!("gemm_split={target}"), 37, depth);
+        let (label, name, groups) = &ran[0];
+        assert_eq!((ran.len(), *label, *groups), (1, "gemm_split", [3, 3, 3]), "{target} {depth}: {ran:?}");
+        assert!(name.contains(&format!("SK={want}")), "{target} {depth}: {want} slices: {name}");
+    }
+    assert_eq!(kernels("gemm_split=300,gemm_tile=0", 37, 64)[0].0, "gemm_nn4");
+    assert_eq!(kernels("gemm_split=16777216,gemm_tile=0", 37, 15)[0].0, "gemm_nn");
 }
 
 /// `gemm_groups`: a product with fewer workgroups than that halves their side (16 to 8 to 4)
@@ -185,7 +253,7 @@ fn small_products_take_smaller_gemm_workgroups() {
         modelbatch::Plan::new(&tuned, &graph, &[c], &[]).unwrap()
     };
     let grids = |groups: u32, g: usize, rows: usize| {
-        let text = format!("gemm_wg=16,gemm_groups={groups},gemm_cols=1,gemm_rows=1");
+        let text = format!("gemm_wg=16,gemm_groups={groups},gemm_cols=1,gemm_rows=1,gemm_split=0");
         plan(&text, g, rows).signature().iter().map(|d| d.2).collect::<Vec<_>>()
     };
     // 37 x 40 outputs: one 64x64 workgroup per model at gemm_wg=16, 2x2 of 32x32 at 8, 3x3
@@ -196,7 +264,7 @@ fn small_products_take_smaller_gemm_workgroups() {
     // Enough models: the side stays.
     assert_eq!(grids(10, 10, 37), vec![[1, 1, 10]]);
     // Tiles for the 10 models' product (10 workgroups of 16x16 lanes), not for the 3 models'.
-    let entry = |g: usize| plan("gemm_wg=16,gemm_groups=10,gemm_tile=1", g, 37).dispatch_labels();
+    let entry = |g: usize| plan("gemm_wg=16,gemm_groups=10,gemm_tile=1,gemm_split=0", g, 37).dispatch_labels();
     assert_eq!((entry(10), entry(3)), (vec!["gemm_tile"], vec!["gemm_nn4"]));
     let tuned = gpu.with_tuning(gpu.tuning().apply("gemm_wg=16,gemm_groups=1048576").unwrap()).unwrap();
     for (ta, tb) in COMBOS {
@@ -904,18 +972,20 @@ fn relu_over_a_grid_folded_into_two_dimensions() {
 
 /// `matmul_relu_grad` (relu's derivative in the GEMM's epilogue) equals the product followed
 /// by the elementwise relu gradient, bit for bit, for every layout on odd and vec4 sizes, with
-/// the register-blocked kernels and the workgroup-memory tiles.
+/// the register-blocked kernels, the workgroup-memory tiles and the depth split (40 deep: 4
+/// slices).
 #[test]
 fn matmul_relu_grad_equals_the_two_ops() {
     let gpu = gpu_or_skip!();
-    let tiles = gpu.with_tuning(gpu.tuning().apply("gemm_tile=1,gemm_groups=0").unwrap()).unwrap();
-    for gpu in [&register_kernels(gpu), &tiles] {
+    let tiles = gpu.with_tuning(gpu.tuning().apply("gemm_tile=1,gemm_groups=0,gemm_split=0").unwrap()).unwrap();
+    let split = gpu.with_tuning(gpu.tuning().apply("gemm_split=16777216").unwrap()).unwrap();
+    for gpu in [&register_kernels(gpu), &tiles, &split] {
         relu_grad_products(gpu);
     }
 }
 
 fn relu_grad_products(gpu: &modelbatch::Gpu) {
-    for (m, k, n) in [(5, 7, 3), (36, 12, 40), (37, 8, 35)] {
+    for (m, k, n) in [(5, 7, 3), (36, 12, 40), (37, 8, 35), (9, 40, 13)] {
         for (ta, tb) in COMBOS {
             let g = 2;
             let mut graph = Graph::new(g);

@@ -47,8 +47,9 @@ fn tuned(gpu: &Gpu, text: &str) -> Gpu {
 
 #[test]
 fn shapes_that_keep_the_splits_train_bit_for_bit_alike() {
-    // The direct weight gradient (the tiled one splits its depth otherwise).
-    let gpu = &tuned(gpu_or_skip!(), "grad_weight_tile=0");
+    // The direct weight gradient (the tiled one splits its depth otherwise), and GEMMs that
+    // walk their whole depth (`gemm_split` adds slices).
+    let gpu = &tuned(gpu_or_skip!(), "grad_weight_tile=0,gemm_split=0");
     let (m0, w0, s0) = run(gpu);
     // Workgroup sizes, the forward's channel blocks, strips, one position per invocation or
     // tiles, splits sharing workgroups: no sum changes its order. (With conv_ob=7 the
@@ -120,7 +121,11 @@ fn every_tuning_trains_alike_to_rounding() {
     // The built-in values of both kinds of adapter, whichever this one is.
     let builtin = [Tuning::GPU.to_string(), Tuning::SOFTWARE.to_string()];
     let other = builtin.iter().find(|t| **t != gpu.tuning().to_string()).cloned();
+    // GEMMs with their depth split over 2 to 16 slices where this adapter splits none, or
+    // none where it does.
+    let split = format!("gemm_split={}", if gpu.tuning().gemm_split == 0 { 1 << 24 } else { 0 });
     for text in other.as_deref().into_iter().chain([
+        split.as_str(),
         "gemm_wg=4,conv_lanes=8,conv_ob=1,grad_weight_ob=1,conv_strip=8,split_threads=1,min_split_depth=4096",
         "gemm_wg=16,conv_lanes=256,conv_ob=8,grad_weight_ob=3,conv_strip=12,split_threads=1048576,min_split_depth=1,reduce_lanes=32",
         "folds=0",

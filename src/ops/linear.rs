@@ -1,7 +1,9 @@
 //! Batched GEMM (`shaders/linear.wgsl`): linear forward with fused bias and relu, and both
 //! backward products (the input gradient with relu's derivative where it follows one),
 //! each with the register-blocked kernel that fits its layout, or, with the `gemm_tile`
-//! tuning (GPUs), with `gemm_tile`: operands staged in workgroup memory, any layout.
+//! tuning (GPUs), with `gemm_tile`: operands staged in workgroup memory, any layout; a
+//! product with too few output blocks to fill a GPU (`gemm_split`) splits its depth over the
+//! invocations of each workgroup instead (`gemm_split`).
 
 use super::{Dispatch, Lower, LINEAR};
 use crate::error::{Error, Result};
@@ -45,6 +47,29 @@ fn tile_fits(k: usize) -> bool {
     k.div_ceil(TILE_DEPTH) * (2 * 4 + TILE_DEPTH + 2) + 16 <= 65_535
 }
 
+/// Fewest depths one slice of `gemm_split` walks.
+const MIN_SLICE_DEPTH: usize = 8;
+
+/// Most slices of `gemm_split` (its workgroups are 4 x 4 x slices; workgroup memory holds
+/// the partial blocks of half of them).
+const MAX_SLICES: usize = 16;
+
+/// Depth slices of `gemm_split` for a product of `blocks` 4x4 output blocks (all models)
+/// over depth `k` with the tuning's `gemm_split` = `target` invocations: the fewest powers
+/// of two that reach `target` invocations, at most [`MAX_SLICES`] (and `max_z`, the device's
+/// workgroup depth), each slice at least [`MIN_SLICE_DEPTH`] deep; 1 (no split) with
+/// `target` 0 or where the blocks alone reach it.
+pub(crate) fn depth_slices(target: u32, blocks: usize, k: usize, max_z: u32) -> u32 {
+    let mut slices = 1;
+    while slices < MAX_SLICES.min(max_z as usize)
+        && blocks * slices < target as usize
+        && k >= 2 * slices * MIN_SLICE_DEPTH
+    {
+        slices *= 2;
+    }
+    slices as u32
+}
+
 pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     let (m, n, k) = (mm.m, mm.n, mm.k);
     // Strides of A as (row m, depth k) and of B as (depth k, column n), in elements.
@@ -56,7 +81,11 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     // Tiles where the product fills `gemm_groups` workgroups at the tuning's side: a smaller
     // one (few models) takes the register kernels on smaller workgroups below.
     let tiles = t.gemm_tile != 0 && tile_fits(k) && grid(t.gemm_wg) >= t.gemm_groups as usize;
+    let limits = ctx.gpu.limits();
+    let max_z = limits.max_compute_workgroup_size_z.min(limits.max_compute_invocations_per_workgroup / 16);
+    let slices = depth_slices(t.gemm_split, m.div_ceil(4) * n.div_ceil(4) * mm.g, k, max_z);
     let entry = match (mm.trans_a, mm.trans_b, mm.a_sums.is_some()) {
+        (_, _, sums) if slices > 1 => ["gemm_split", "gemm_split_sum"][usize::from(sums)],
         (_, _, sums) if tiles => ["gemm_tile", "gemm_tile_sum"][usize::from(sums)],
         (false, true, false) if k % 4 == 0 => "gemm_nt",
         (false, false, false) if n % 4 == 0 && k % 4 == 0 => "gemm_nn4",
@@ -90,10 +119,16 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     // `gemm_cols`, `gemm_rows`), where the kernel takes more than one.
     let blocks = matches!(entry, "gemm_nt" | "gemm_nn4" | "gemm_tn" | "gemm_tn_sum");
     let (bx, by) = if blocks { (t.gemm_cols, t.gemm_rows) } else { (1, 1) };
-    let kernel =
-        ctx.kernel(&LINEAR, entry, storage, &[("WG", wg as f64), ("BX", f64::from(bx)), ("BY", f64::from(by))]);
-    let tile = (4 * wg) as usize;
-    let groups = [n.div_ceil(tile * bx as usize) as u32, m.div_ceil(tile * by as usize) as u32, mm.g as u32];
+    let (kernel, groups) = if slices > 1 {
+        // 16x16 tiles of C, one per workgroup of 4 x 4 x slices invocations.
+        let kernel = ctx.kernel(&LINEAR, entry, storage, &[("SK", f64::from(slices))]);
+        (kernel, [n.div_ceil(16) as u32, m.div_ceil(16) as u32, mm.g as u32])
+    } else {
+        let constants = [("WG", wg as f64), ("BX", f64::from(bx)), ("BY", f64::from(by))];
+        let tile = (4 * wg) as usize;
+        let groups = [n.div_ceil(tile * bx as usize) as u32, m.div_ceil(tile * by as usize) as u32, mm.g as u32];
+        (ctx.kernel(&LINEAR, entry, storage, &constants), groups)
+    };
     if groups[0] > 65_535 || groups[1] > 65_535 {
         return Err(Error::Usage(format!("matmul: a {m}x{n} output needs more than 65,535 workgroups per dimension")));
     }

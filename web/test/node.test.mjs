@@ -141,8 +141,9 @@ await fresh.setDataset(train);
 out.recreated = Array.from(await fresh.step(2));
 fresh.free();
 // Other kernel shapes, those meant for GPUs included (per-position convolutions, several
-// tensors per optimizer dispatch: generated WGSL that Tint must accept): the same training.
-const tuned = await Trainer.create({ ...options, tuning: 'conv_ob=2,gemm_wg=4,conv_pixel=1,update_tensors=0,reduce_lanes=64' });
+// tensors per optimizer dispatch, the GEMMs' depth split over workgroup slices: generated
+// WGSL that Tint must accept): the same training.
+const tuned = await Trainer.create({ ...options, tuning: 'conv_ob=2,gemm_wg=4,gemm_split=16777216,conv_pixel=1,update_tensors=0,reduce_lanes=64' });
 out.tunedInfo = tuned.adapterInfo().tuning;
 await tuned.setDataset(train);
 out.tuned = Array.from(await tuned.step(2));
@@ -150,9 +151,9 @@ tuned.free();
 // The whole GPU set (tiled convolutions and weight gradient, the input gradient's products,
 // two-pass sums) with every fold (folds=7: the tiles pool, the products compute pooled dy):
 // Tint compiles the tiles' workgroup memory and barriers, and they train the same. (A
-// smaller split_threads and gemm_groups let this small batch take the input gradient's
-// products and the GEMM tiles.)
-const tiled = await Trainer.create({ ...options, tuning: 'gpu,split_threads=4096,gemm_groups=0,folds=7' });
+// smaller split_threads and gemm_groups, and no depth split, let this small batch take the
+// input gradient's products and the GEMM tiles.)
+const tiled = await Trainer.create({ ...options, tuning: 'gpu,split_threads=4096,gemm_groups=0,gemm_split=0,folds=7' });
 out.tiledInfo = tiled.adapterInfo().tuning;
 await tiled.setDataset(train);
 out.tiled = Array.from(await tiled.step(2));
@@ -354,9 +355,9 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.deepEqual(keys.filter((k) => k !== 'confirm'), ['start', 'folds', 'folds (skipped)', 'folds (skipped)', 'folds (skipped)', 'gemm_tile']);
   // Kernel shapes per adapter: reported, and a tuned trainer trains the same.
   assert.match(web.adapter.tuning, /split_threads=\d+/);
-  assert.match(web.tunedInfo, /gemm_wg=4,.*conv_ob=2,.*conv_pixel=1,.*update_tensors=0,reduce_lanes=64/);
+  assert.match(web.tunedInfo, /gemm_wg=4,.*gemm_split=16777216,.*conv_ob=2,.*conv_pixel=1,.*update_tensors=0,reduce_lanes=64/);
   web.tuned.forEach((x, m) => assert.ok(close(x, web.recreated[m], 1e-5, 1e-6), `tuned model ${m}: ${x} vs ${web.recreated[m]}`));
-  assert.match(web.tiledInfo, /gemm_groups=0,gemm_tile=1,.*conv_tile=256,tile_px=4,grad_weight_tile=256,tile_kib=10,grad_input_col=64,sum_split=512,serial_sum=0,split_threads=4096,.*folds=7/);
+  assert.match(web.tiledInfo, /gemm_groups=0,gemm_tile=1,.*gemm_split=0,.*conv_tile=256,tile_px=4,grad_weight_tile=256,tile_kib=10,grad_input_col=64,sum_split=512,serial_sum=0,split_threads=4096,.*folds=7/);
   web.tiled.forEach((x, m) => assert.ok(close(x, web.recreated[m], 1e-5, 1e-6), `tiled model ${m}: ${x} vs ${web.recreated[m]}`));
 });
 

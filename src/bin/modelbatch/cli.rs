@@ -219,7 +219,7 @@ pub struct BenchArgs {
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
-Each key in turn (gemm_wg, gemm_groups, gemm_tile, gemm_cols, gemm_rows, conv_lanes, conv_ob, grad_weight_ob, conv_strip, conv_pixel, conv_tile, tile_px, \
+Each key in turn (gemm_wg, gemm_groups, gemm_tile, gemm_cols, gemm_rows, gemm_split, conv_lanes, conv_ob, grad_weight_ob, conv_strip, conv_pixel, conv_tile, tile_px, \
 grad_weight_tile, tile_kib, grad_input_col, sum_split, serial_sum, split_threads, split_lanes, min_split_depth, update_tensors, reduce_lanes, folds, loop_counters) \
 tries its candidate values with the others at their best so far; a value is kept when it is faster by \
 --margin twice: a candidate that measures faster is measured again between two new measurements of the best \
