@@ -162,7 +162,20 @@ fn schedules_follow_their_formulas() {
     let w = Schedule::parse("warmup:4,step:2:0.1").unwrap();
     assert_eq!((w.lr(1.0, 0), w.lr(1.0, 3)), (0.25, 1.0));
     assert!((w.lr(1.0, 4) - 1.0).abs() < 1e-7 && (w.lr(1.0, 6) - 0.1).abs() < 1e-7);
-    assert!(Schedule::parse("cosine:0").is_err() && Schedule::parse("linear").is_err());
+    // Each error names the part that is wrong.
+    for (text, says) in [
+        ("cosine:0", "cosine T_MAX must be a whole number of steps, at least 1 (got \"0\")"),
+        ("cosine:10:nan", "cosine ETA_MIN must be a finite number (got \"nan\")"),
+        ("step:0:0.5", "step SIZE must be"),
+        ("step:5:inf", "step GAMMA must be a finite number"),
+        ("warmup:x,constant", "warmup STEPS must be"),
+        // (The part after the warm-up named by itself.)
+        ("warmup:5,cosine:-1", "\"cosine:-1\": cosine T_MAX must be"),
+        ("linear", "expected constant, step:SIZE:GAMMA or cosine:T_MAX[:ETA_MIN]"),
+    ] {
+        let err = Schedule::parse(text).unwrap_err().to_string();
+        assert!(err.contains(says) && (err.contains(&format!("{text:?}")) || text.starts_with("warmup:5")), "{err}");
+    }
 }
 
 #[test]

@@ -56,28 +56,37 @@ impl Schedule {
     /// Parses `constant`, `step:SIZE:GAMMA`, `cosine:T_MAX[:ETA_MIN]`, each optionally after
     /// a `warmup:STEPS,` prefix (`warmup:100,cosine:1000`).
     pub fn parse(text: &str) -> Result<Schedule> {
-        let bad = || {
-            Error::Usage(format!(
-                "schedule {text:?}: expected constant, step:SIZE:GAMMA or cosine:T_MAX[:ETA_MIN], optionally after warmup:STEPS,"
-            ))
+        let expected = "expected constant, step:SIZE:GAMMA or cosine:T_MAX[:ETA_MIN], optionally after warmup:STEPS,";
+        let bad = |why: String| Error::Usage(format!("schedule {text:?}: {why}"));
+        // A count of steps (at least 1) or a finite number, named for the message.
+        let steps = |name: &str, v: &str| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|&s| s > 0)
+                .ok_or_else(|| bad(format!("{name} must be a whole number of steps, at least 1 (got {v:?})")))
+        };
+        let number = |name: &str, v: &str| {
+            v.parse::<f32>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| bad(format!("{name} must be a finite number (got {v:?})")))
         };
         if let Some(rest) = text.strip_prefix("warmup:") {
             let (n, then) = rest.split_once(',').unwrap_or((rest, "constant"));
-            let steps: u64 = n.parse().ok().filter(|&s| s > 0).ok_or_else(bad)?;
+            let steps = steps("warmup STEPS", n)?;
             return Ok(Schedule::Warmup { steps, then: Box::new(Schedule::parse(then)?) });
         }
         let parts: Vec<&str> = text.split(':').collect();
         match parts.as_slice() {
             ["constant"] => Ok(Schedule::Constant),
-            ["step", size, gamma] => Ok(Schedule::Step {
-                step_size: size.parse().ok().filter(|&s: &u64| s > 0).ok_or_else(bad)?,
-                gamma: gamma.parse().map_err(|_| bad())?,
-            }),
-            ["cosine", t] | ["cosine", t, _] => Ok(Schedule::Cosine {
-                t_max: t.parse().ok().filter(|&s: &u64| s > 0).ok_or_else(bad)?,
-                eta_min: parts.get(2).map_or(Ok(0.0), |e| e.parse()).map_err(|_| bad())?,
-            }),
-            _ => Err(bad()),
+            ["step", size, gamma] => {
+                Ok(Schedule::Step { step_size: steps("step SIZE", size)?, gamma: number("step GAMMA", gamma)? })
+            }
+            ["cosine", t] => Ok(Schedule::Cosine { t_max: steps("cosine T_MAX", t)?, eta_min: 0.0 }),
+            ["cosine", t, eta] => {
+                Ok(Schedule::Cosine { t_max: steps("cosine T_MAX", t)?, eta_min: number("cosine ETA_MIN", eta)? })
+            }
+            _ => Err(bad(expected.into())),
         }
     }
 }
