@@ -713,7 +713,11 @@ fn init_from_a_saved_run_reproduces() {
     assert!(first.1 == second.1, "weights differ between runs from the same --init");
     let fresh = train_snapshot(&[&base[..], &["--no-shuffle"]].concat(), &t.join("c"));
     assert_ne!(first.0, fresh.0, "--init was ignored");
-    assert_eq!(t.listing(), ["a", "b", "c", "mnist"]);
+    // Sharded over two devices, each loads its model from the one directory: the same run.
+    let sharded = train_snapshot(&[&resumed[..], &["--devices", "2"]].concat(), &t.join("d"));
+    assert_eq!(first.0, sharded.0, "metrics.csv differs with --devices 2");
+    assert!(first.1 == sharded.1, "weights differ with --devices 2");
+    assert_eq!(t.listing(), ["a", "b", "c", "d", "mnist"]);
 }
 
 #[test]

@@ -92,6 +92,17 @@ fn a_batch_sharded_over_two_devices_trains_like_one_device() {
         let joined: Vec<f32> = parts.iter().flat_map(|p| p[i].iter().copied()).collect();
         assert_eq!(w, &joined, "state tensor {i} after save/load");
     }
+    // And as shards again (`modelbatch train --init DIR --devices 2`): each loads its slice
+    // of the one directory; a file past the batch's last model is the last shard's error.
+    let fresh = BatchModel::sharded(&gpus, &spec(), G, 77).unwrap();
+    for (m, part) in fresh.iter().zip(&parts) {
+        m.load_dir(&dir).unwrap();
+        assert_eq!(&pollster::block_on(m.state_dicts_batched()).unwrap(), part, "shard from {}", m.first());
+    }
+    std::fs::copy(dir.join("model-0.safetensors"), dir.join(format!("model-{G}.safetensors"))).unwrap();
+    fresh[0].load_dir(&dir).unwrap();
+    let e = fresh[1].load_dir(&dir).unwrap_err().to_string();
+    assert!(e.contains(&format!("model-{G}.safetensors")) && e.contains(&format!("{G} models")), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 
     // Checkpoint after 4 sharded steps, resume into fresh shards, finish: the same 7 steps.

@@ -21,6 +21,9 @@ pub struct BatchModel {
     spec: ModelSpec,
     g: usize,
     first: usize,
+    /// Models in the whole batch where known (`new`, `sharded`; not `new_slice`): the last
+    /// slice's `load_dir` refuses a directory with more models.
+    total: Option<usize>,
     entries: Vec<StateEntry>,
     tensors: Vec<TensorId>,
     store: Plan,
@@ -29,7 +32,9 @@ pub struct BatchModel {
 impl BatchModel {
     /// `g` models of `spec`, model m initialised PyTorch-style from the stream `seed + m`.
     pub fn new(gpu: &Gpu, spec: &ModelSpec, g: usize, seed: u64) -> Result<BatchModel> {
-        BatchModel::new_slice(gpu, spec, 0..g, seed)
+        let mut model = BatchModel::new_slice(gpu, spec, 0..g, seed)?;
+        model.total = Some(g);
+        Ok(model)
     }
 
     /// Models `models` of a larger batch (a shard): local model m is global model
@@ -51,7 +56,7 @@ impl BatchModel {
             })
             .collect::<Result<Vec<_>>>()?;
         let store = Plan::new(gpu, &graph, &[], &[])?;
-        let model = BatchModel { spec: spec.clone(), g, first, entries, tensors, store };
+        let model = BatchModel { spec: spec.clone(), g, first, total: None, entries, tensors, store };
         for m in 0..g {
             model.load_model_values(m, &spec.init_model(seed, first + m)?)?;
         }
@@ -86,7 +91,9 @@ impl BatchModel {
             .map(|(i, gpu)| {
                 let len = g / gpus.len() + usize::from(i < g % gpus.len());
                 start += len;
-                BatchModel::new_slice(gpu, spec, start - len..start, seed)
+                let mut model = BatchModel::new_slice(gpu, spec, start - len..start, seed)?;
+                model.total = Some(g);
+                Ok(model)
             })
             .collect()
     }
@@ -210,7 +217,8 @@ impl BatchModel {
 
     /// Loads `dir/model-{m}.safetensors` for every model (global indices, as
     /// [`BatchModel::save_dir`] writes them); checks the files first, so on any error nothing
-    /// is loaded.
+    /// is loaded. A whole batch, or the last shard of [`BatchModel::sharded`], also refuses a
+    /// directory that holds a model past the batch's last (the next index's file).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load_dir(&self, dir: &Path) -> Result<()> {
         let mut all = Vec::with_capacity(self.g);
@@ -219,15 +227,16 @@ impl BatchModel {
             let bytes = std::fs::read(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
             all.push(decode_state(&bytes, &path.display().to_string(), &self.entries, None)?);
         }
-        let extra = dir.join(format!("model-{}.safetensors", self.g));
-        if self.first == 0 && extra.exists() {
-            return Err(Error::Io(format!(
-                "{}: found {} but the batch has {} models (model-0 … model-{})",
-                dir.display(),
-                extra.display(),
-                self.g,
-                self.g - 1
-            )));
+        if let Some(total) = self.total.filter(|&t| t == self.first + self.g) {
+            let extra = dir.join(format!("model-{total}.safetensors"));
+            if extra.exists() {
+                return Err(Error::Io(format!(
+                    "{}: found {} but the batch has {total} models (model-0 … model-{})",
+                    dir.display(),
+                    extra.display(),
+                    total - 1
+                )));
+            }
         }
         for (m, values) in all.iter().enumerate() {
             self.load_model_values(m, values)?;
