@@ -645,6 +645,15 @@ fn train_writes_weights_metrics_and_summary_then_eval_reads_them() {
         assert_eq!(e["top5_count"], models[m]["top5_count"]);
         assert!(e["loss"].as_f64().unwrap().is_finite());
     }
+    // --samples: the first images only (the counts of a part are at most the whole's).
+    let first3 = |args: &[&str]| -> Value { serde_json::from_str(assert_ok(&run(args)).trim()).unwrap() };
+    let part = first3(&[&args[..], &["--samples", "3"]].concat());
+    assert_eq!(part["samples"], 3);
+    for (e, whole) in part["models"].as_array().unwrap().iter().zip(evm) {
+        assert!(e["top5_count"].as_u64().unwrap() <= 3.min(whole["top5_count"].as_u64().unwrap()), "{e}");
+    }
+    assert_eq!(first3(&[&args[..], &["--samples", "100000"]].concat())["samples"], TEST_N);
+    assert_error(&run(&[&args[..], &["--samples", "0"]].concat()), &["--samples", "at least 1"]);
     // Without --models the files are counted; --split train reads the other files.
     let args = ["eval", "--weights", p(&out_dir), "--data", p(&data), "--split", "train"];
     let table = assert_ok(&run(&args));

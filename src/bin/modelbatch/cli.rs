@@ -172,6 +172,9 @@ pub struct EvalArgs {
     /// Which split to evaluate on.
     #[arg(long, value_enum, default_value_t = Split::Test)]
     pub split: Split,
+    /// Evaluate on the first N images of the split only [default: all of them].
+    #[arg(long, value_name = "N")]
+    pub samples: Option<usize>,
     /// Print {"samples": n, "models": [{"model": i, "top1_count": …, "top5_count": …,
     /// "top1": …, "top5": …, "loss": …}, …]} instead of a table.
     #[arg(long)]

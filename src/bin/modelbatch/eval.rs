@@ -27,8 +27,13 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         Split::Test => "test",
         Split::Train => "train",
     };
-    let data = Dataset::from_mnist(&split, name);
+    let mut data = Dataset::from_mnist(&split, name);
     drop(split);
+    match a.samples {
+        Some(0) => return Err(CliError::new("--samples: must be at least 1")),
+        Some(n) => data = data.head(n),
+        None => {}
+    }
     let want: usize = spec.input.iter().product();
     if data.sample.iter().product::<usize>() != want {
         return Err(CliError::new(format!(
