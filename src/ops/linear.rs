@@ -136,3 +136,26 @@ pub(crate) fn lower(ctx: &Lower, mm: &MatMul) -> Result<Dispatch> {
     let buffers = [mm.a, mm.b, third, mm.out, mm.a_sums.unwrap_or(ctx.dummy)];
     Ok(ctx.dispatch(kernel, entry, &words, &buffers[..storage.len()], groups))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::depth_slices;
+
+    #[test]
+    fn slices_are_the_fewest_powers_of_two_that_reach_the_target() {
+        // Off, or the blocks alone reach the target.
+        assert_eq!(depth_slices(0, 1, 1000, 64), 1);
+        assert_eq!(depth_slices(100, 100, 1000, 64), 1);
+        // 60 blocks: 2 slices reach 100 invocations, 4 reach 200.
+        assert_eq!(depth_slices(100, 60, 1000, 64), 2);
+        assert_eq!(depth_slices(200, 60, 1000, 64), 4);
+        // At most 16, and the device's workgroup depth.
+        assert_eq!(depth_slices(1 << 24, 1, 1000, 64), 16);
+        assert_eq!(depth_slices(1 << 24, 1, 1000, 4), 4);
+        // Each slice at least 8 deep: depth 15 stays whole, 16 takes 2, 127 takes 8.
+        assert_eq!(depth_slices(1 << 24, 1, 15, 64), 1);
+        assert_eq!(depth_slices(1 << 24, 1, 16, 64), 2);
+        assert_eq!(depth_slices(1 << 24, 1, 127, 64), 8);
+        assert_eq!(depth_slices(1 << 24, 1, 128, 64), 16);
+    }
+}
