@@ -419,9 +419,9 @@ fn gemm_tn_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// The 4x4 block of model g's C at (r0, c0) over depths k0, k0 + dk, k0 + 2 dk, ... (any
-// layout, through the strides; rows and columns past the edge clamped for loading).
-fn any_block(g: u32, r0: u32, c0: u32, k0: u32, dk: u32, sums: bool) -> Block {
+// The 4x4 block of model g's C at (r0, c0) over depths [k0, k1) (any layout, through the
+// strides; rows and columns past the edge clamped for loading).
+fn any_block(g: u32, r0: u32, c0: u32, k0: u32, k1: u32, sums: bool) -> Block {
     var aoff: array<u32, 4>;
     var boff: array<u32, 4>;
     let abase = g * p.m * p.k;
@@ -431,7 +431,7 @@ fn any_block(g: u32, r0: u32, c0: u32, k0: u32, dk: u32, sums: bool) -> Block {
         boff[i] = bbase + min(c0 + i, p.n - 1u) * p.b_sn;
     }
     var r: Block;
-    for (var kk = k0; kk < p.k; kk += dk) {
+    for (var kk = k0; kk < k1; kk++) {
         let bv = vec4<f32>(
             b[boff[0] + kk * p.b_sk],
             b[boff[1] + kk * p.b_sk],
@@ -447,14 +447,14 @@ fn any_block(g: u32, r0: u32, c0: u32, k0: u32, dk: u32, sums: bool) -> Block {
 @compute @workgroup_size(WG, WG, 1)
 fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (!outside(gid)) {
-        store_block(gid.z, gid.y * 4u, gid.x * 4u, any_block(gid.z, gid.y * 4u, gid.x * 4u, 0u, 1u, false).acc);
+        store_block(gid.z, gid.y * 4u, gid.x * 4u, any_block(gid.z, gid.y * 4u, gid.x * 4u, 0u, p.k, false).acc);
     }
 }
 
 @compute @workgroup_size(WG, WG, 1)
 fn gemm_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (!outside(gid)) {
-        store_with_sums(gid, any_block(gid.z, gid.y * 4u, gid.x * 4u, 0u, 1u, true));
+        store_with_sums(gid, any_block(gid.z, gid.y * 4u, gid.x * 4u, 0u, p.k, true));
     }
 }
 
@@ -462,7 +462,8 @@ fn gemm_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
 // gemm_sum, for products with too few 4x4 blocks to keep a GPU busy (a few models: each
 // invocation of the other kernels walks the whole depth, one dependent load after another).
 // A workgroup of 4 x 4 x SK invocations computes a 16x16 tile of C: invocation (x, y, s)
-// the partial block (y, x) over depths s, s + SK, s + 2 SK, ...; the SK partial blocks are
+// the partial block (y, x) over the s-th of SK consecutive runs of depths (each walked in
+// order, as the other kernels walk the whole depth); the SK partial blocks are
 // then added in workgroup memory, pairwise (slices [h, 2h) into [0, h) for h = SK / 2, ...,
 // 1: a fixed order), and slice 0 stores. Models walk the workgroups' z.
 override SK: u32 = 2u;
@@ -473,7 +474,9 @@ var<workgroup> part: array<vec4<f32>, PART_V4>;
 fn split_block(wid: vec3<u32>, lid: vec3<u32>, sums: bool) -> Block {
     let r0 = (wid.y * 4u + lid.y) * 4u;
     let c0 = (wid.x * 4u + lid.x) * 4u;
-    var r = any_block(wid.z, r0, c0, lid.z, SK, sums);
+    let run = (p.k + SK - 1u) / SK;
+    let k0 = min(lid.z * run, p.k);
+    var r = any_block(wid.z, r0, c0, k0, min(k0 + run, p.k), sums);
     let at = (lid.y * 4u + lid.x) * 5u;
     for (var h = SK / 2u; h > 0u; h /= 2u) {
         workgroupBarrier();

@@ -50,12 +50,13 @@ pub struct Tuning {
     /// `gemm_cols=2` a 2x2 square of blocks) or 1.
     pub gemm_rows: u32,
     /// Invocations a GEMM aims for by splitting its depth: a product with fewer 4x4 output
-    /// blocks (all models) than this takes `gemm_split`, workgroups of 4 x 4 x S invocations,
-    /// each walking every S-th depth of one block, the S partial blocks added in workgroup
-    /// memory (S a power of two up to 16, the fewest that reach this many invocations, each
-    /// slice at least 8 depths); 0: never. The other kernels walk the whole depth per
-    /// invocation, one dependent load after another, which leaves a GPU idle on a few
-    /// models' small products (LeNet's GEMMs took 17-38 us each on an H100 at G=1).
+    /// blocks (all models) than this takes `gemm_split`, workgroups of 4 x 4 x S
+    /// invocations, each walking one of S consecutive runs of one block's depths, the S
+    /// partial blocks added in workgroup memory (S a power of two up to 16, the fewest that
+    /// reach this many invocations, each slice at least 8 depths); 0: never. The other
+    /// kernels walk the whole depth per invocation, one dependent load after another, which
+    /// leaves a GPU idle on a few models' small products (LeNet's GEMMs took 17-38 us each
+    /// on an H100 at G=1).
     pub gemm_split: u32,
     /// Widest workgroup of the convolution kernels (`WGX` in `shaders/conv.wgsl`; narrower
     /// where the output is short): a power of two from 8 to 256.
