@@ -61,7 +61,7 @@ const MAX_SLICES: usize = 16;
 /// `target` 0 or where the blocks alone reach it.
 pub(crate) fn depth_slices(target: u32, blocks: usize, k: usize, max_z: u32) -> u32 {
     let mut slices = 1;
-    while slices < MAX_SLICES.min(max_z as usize)
+    while 2 * slices <= MAX_SLICES.min(max_z as usize)
         && blocks * slices < target as usize
         && k >= 2 * slices * MIN_SLICE_DEPTH
     {
@@ -152,6 +152,8 @@ mod tests {
         // At most 16, and the device's workgroup depth.
         assert_eq!(depth_slices(1 << 24, 1, 1000, 64), 16);
         assert_eq!(depth_slices(1 << 24, 1, 1000, 4), 4);
+        assert_eq!(depth_slices(1 << 24, 1, 1000, 6), 4);
+        assert_eq!(depth_slices(1 << 24, 1, 1000, 1), 1);
         // Each slice at least 8 deep: depth 15 stays whole, 16 takes 2, 127 takes 8.
         assert_eq!(depth_slices(1 << 24, 1, 15, 64), 1);
         assert_eq!(depth_slices(1 << 24, 1, 16, 64), 2);
