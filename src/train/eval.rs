@@ -118,16 +118,9 @@ impl Evaluator {
                     }
                     Phase::Output => (Some(indices), vec![loss, top], vec![]),
                 };
-                let plan = match parts.first() {
-                    // The largest pass's plan, made first, lends the others its temporaries.
-                    Some(first) => Plan::sharing_temporaries(gpu, &graph, &keep, &updates, &first.plan)?,
-                    None => {
-                        let plan = model.plan(gpu, &graph, &keep, &updates)?;
-                        plan.write_bytes(images, &data.images)?;
-                        plan.write_bytes(labels, &data.labels)?;
-                        plan
-                    }
-                };
+                // The largest pass's plan, made first, lends the others its temporaries.
+                let first = parts.first().map(|p| &p.plan);
+                let plan = micro::pass_plan(gpu, model, data, first, &graph, (images, labels), &keep, &updates)?;
                 let out = (phase == Phase::Output).then_some((loss, top));
                 parts.push(Part { plan, indices, out, size });
                 made.insert((whole, size, phase), parts.len() - 1);
@@ -136,13 +129,9 @@ impl Evaluator {
             plan_for(&mut parts, wanted, batch, Phase::Output)?;
             let clear = plan_for(&mut parts, wanted, 0, Phase::Clear)?;
             // Two phases per BatchNorm2d without running estimates (the layers the sums are for).
-            let layers = spec.layers.iter().filter_map(|l| match l.layer {
-                crate::nn::Layer::BatchNorm2d { track_running_stats, .. } => Some(track_running_stats),
-                _ => None,
-            });
-            let mut phases: Vec<Phase> = layers
+            let mut phases: Vec<Phase> = micro::batch_norms(spec)
                 .enumerate()
-                .filter(|&(_, track)| !track)
+                .filter(|&(_, (_, _, _, track))| !track)
                 .flat_map(|(j, _)| [Phase::Sums(j, false), Phase::Sums(j, true)])
                 .collect();
             phases.push(Phase::Output);

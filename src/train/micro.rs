@@ -65,6 +65,17 @@ pub(super) struct BnSums {
     track: bool,
 }
 
+/// Each BatchNorm2d layer of `spec`, in order: its name, eps, running-estimate factor and
+/// whether it tracks running estimates.
+pub(super) fn batch_norms(spec: &ModelSpec) -> impl Iterator<Item = (&String, f32, Option<f32>, bool)> {
+    spec.layers.iter().filter_map(|l| match l.layer {
+        Layer::BatchNorm2d { eps, momentum, track_running_stats, .. } => {
+            Some((&l.name, eps, momentum, track_running_stats))
+        }
+        _ => None,
+    })
+}
+
 /// The sums of every BatchNorm2d layer of `spec` for a whole batch of `nb` samples.
 fn bn_sums(graph: &mut Graph, spec: &ModelSpec, nb: usize) -> Result<Vec<BnSums>> {
     Ok(bn_sums_where(graph, spec, nb, |_| true)?.into_iter().flatten().collect())
@@ -78,12 +89,8 @@ pub(super) fn bn_sums_where(
     nb: usize,
     pick: fn(bool) -> bool,
 ) -> Result<Vec<Option<BnSums>>> {
-    let layers = spec.layers.iter().filter_map(|l| match l.layer {
-        Layer::BatchNorm2d { eps, momentum, track_running_stats: track, .. } => Some((&l.name, eps, momentum, track)),
-        _ => None,
-    });
     let mut out = Vec::new();
-    for ((name, eps, momentum, track), shape) in layers.zip(spec.batch_norm_inputs()?) {
+    for ((name, eps, momentum, track), shape) in batch_norms(spec).zip(spec.batch_norm_inputs()?) {
         if !pick(track) {
             out.push(None);
             continue;
@@ -101,7 +108,7 @@ pub(super) fn bn_sums_where(
 impl BnSums {
     /// The whole batch's statistics from these sums.
     pub(super) fn stats(&self, graph: &mut Graph) -> Result<TensorId> {
-        graph.sums_stats(&[self.xsum, self.dsum, self.dsq, self.gsum, self.gdot], self.eps, self.count)
+        graph.sums_stats(&self.states(), self.eps, self.count)
     }
 
     /// The sums' states, in order.
@@ -124,9 +131,33 @@ impl BnSums {
     }
 }
 
+/// The plan of one of several passes that run one after another on one queue: the first
+/// (`first` none) is `model`'s, with `data` uploaded into the graph's `(images, labels)`;
+/// the others read the dataset and weights from `first` and borrow its temporaries'
+/// buffers (so the first should be the largest).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pass_plan(
+    gpu: &Gpu,
+    model: &BatchModel,
+    data: &Dataset,
+    first: Option<&Plan>,
+    graph: &Graph,
+    (images, labels): (TensorId, TensorId),
+    keep: &[TensorId],
+    updates: &[Update],
+) -> Result<Plan> {
+    let Some(first) = first else {
+        let plan = model.plan(gpu, graph, keep, updates)?;
+        plan.write_bytes(images, &data.images)?;
+        plan.write_bytes(labels, &data.labels)?;
+        return Ok(plan);
+    };
+    Plan::sharing_temporaries(gpu, graph, keep, updates, first)
+}
+
 /// The phases of a step for `spec`, in order.
 fn phases(spec: &ModelSpec) -> Vec<Phase> {
-    let l = spec.layers.iter().filter(|l| matches!(l.layer, Layer::BatchNorm2d { .. })).count();
+    let l = batch_norms(spec).count();
     if l == 0 {
         return vec![Phase::Whole];
     }
@@ -320,16 +351,8 @@ pub(super) fn plan(
         at[p] = plans.len();
         for &size in &sizes {
             let m = micro_graph(model, data, nb, size, norm, phase)?;
-            let plan = match plans.first() {
-                None => {
-                    let plan = model.plan(gpu, &m.graph, &[], &m.updates)?;
-                    plan.write_bytes(m.images, &data.images)?;
-                    plan.write_bytes(m.labels, &data.labels)?;
-                    plan
-                }
-                // Passes run one after another: they share the largest plan's temporaries.
-                Some(p) => Plan::sharing_temporaries(gpu, &m.graph, &[], &m.updates, &p.plan)?,
-            };
+            let largest = plans.first().map(|p| &p.plan);
+            let plan = pass_plan(gpu, model, data, largest, &m.graph, (m.images, m.labels), &[], &m.updates)?;
             plans.push(MicroPlan {
                 plan,
                 indices: m.indices,
