@@ -23,6 +23,8 @@ use crate::nn::{BatchModel, Built, Mode, ModelSpec, Rng};
 use crate::optim::{Adam, AdamState, Sgd, SgdState};
 use crate::plan::{Plan, Readback, Update};
 
+#[cfg(not(target_arch = "wasm32"))]
+pub use checkpoint::checkpoint_step;
 pub use eval::{evaluate, Evaluator};
 pub use predict::Predictor;
 pub use schedule::Schedule;

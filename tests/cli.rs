@@ -729,6 +729,94 @@ fn init_from_a_saved_run_reproduces() {
     assert_eq!(t.listing(), ["a", "b", "c", "d", "mnist"]);
 }
 
+/// `&str` views of owned arguments.
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Entry names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn checkpoint_errors() {
+    let t = Temp::new("checkpoint-errors");
+    let data = tiny_mnist(&t);
+    train_fails(&t, &data, &["--checkpoint-every", "5"], &["--checkpoint-every", "--checkpoint DIR"]);
+    let ck = t.join("ck");
+    for bad in ["0", "5x", "-1m", "0s"] {
+        train_fails(&t, &data, &["--checkpoint", p(&ck), "--checkpoint-every", bad], &["--checkpoint-every", bad]);
+    }
+    write(&ck, b"not a folder");
+    train_fails(&t, &data, &["--checkpoint", p(&ck)], &["--checkpoint", "not a folder"]);
+    std::fs::remove_file(&ck).unwrap();
+    // A save whose run.json is not one of ours.
+    std::fs::create_dir_all(ck.join("step-00000002/shard-0")).unwrap();
+    write(&ck.join("step-00000002/run.json"), b"{\"format\": \"something else\"}");
+    train_fails(&t, &data, &["--checkpoint", p(&ck)], &["step-00000002", "run.json", "not a modelbatch"]);
+}
+
+#[test]
+fn checkpoint_resumes_as_the_uninterrupted_run() {
+    let _gpu = gpu_or_skip!();
+    let t = Temp::new("checkpoint");
+    let data = tiny_mnist(&t);
+    let base = [
+        "train",
+        "--models",
+        "2",
+        "--batch-size",
+        "8",
+        "--momentum",
+        "0.9",
+        "--metrics-every",
+        "2",
+        "--data",
+        p(&data),
+    ];
+    let straight = train_snapshot(&[&base[..], &["--lr", "log:0.01:0.1", "--steps", "5"]].concat(), &t.join("a"));
+    for devices in ["1", "2"] {
+        let ck = t.join(&format!("ck{devices}"));
+        let with = |lr: &str, steps: &str| -> Vec<String> {
+            let mut a: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+            for f in
+                ["--lr", lr, "--steps", steps, "--devices", devices, "--checkpoint", p(&ck), "--checkpoint-every", "2"]
+            {
+                a.push(f.to_string());
+            }
+            a
+        };
+        // 3 steps (saves after steps 2 and 3; the older goes), then the same command for
+        // 5 steps continues from step 3, with the uninterrupted run's metrics and weights.
+        let out = assert_ok(&run(&args(&with("log:0.01:0.1", "3"))));
+        assert!(out.contains("saved") && out.contains("step-00000003"), "{out}");
+        assert_eq!(names(&ck), ["step-00000003"]);
+        let shards: Vec<String> =
+            names(&ck.join("step-00000003")).into_iter().filter(|n| n.starts_with("shard-")).collect();
+        assert_eq!(shards.len(), devices.parse::<usize>().unwrap(), "{shards:?}");
+        // An interrupted save's leftovers go; other files stay.
+        std::fs::create_dir_all(ck.join(".step-00000004.tmp-1/shard-0")).unwrap();
+        write(&ck.join("notes.txt"), b"mine");
+        let resumed = train_snapshot(&args(&with("log:0.01:0.1", "5")), &t.join("b"));
+        assert_eq!(resumed.0, straight.0, "metrics.csv of the resumed run ({devices} devices)");
+        assert!(resumed.1 == straight.1, "weights of the resumed run ({devices} devices)");
+        let summary: Value = serde_json::from_str(&std::fs::read_to_string(t.join("b/summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["resumed_from_step"], 3);
+        assert_eq!(names(&ck), ["notes.txt", "step-00000005"]);
+        // Once more: nothing is left to train; the same results are written again.
+        let again = train_snapshot(&args(&with("log:0.01:0.1", "5")), &t.join("c"));
+        assert!(again == resumed, "a finished run run again");
+        // Another run's settings, or fewer steps than saved: errors, the save untouched.
+        assert_error(&run(&args(&with("0.2", "5"))), &["--lr", "another run", "step-00000005"]);
+        assert_error(&run(&args(&with("log:0.01:0.1", "4"))), &["step 5", "4 steps"]);
+        assert_eq!(names(&ck), ["notes.txt", "step-00000005"]);
+    }
+}
+
 #[test]
 fn trains_on_the_embedded_mnist() {
     let _gpu = gpu_or_skip!();

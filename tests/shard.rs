@@ -118,6 +118,18 @@ fn a_batch_sharded_over_two_devices_trains_like_one_device() {
     st.train(3, |m| tail.extend_from_slice(m)).unwrap();
     st.finish(|m| tail.extend_from_slice(m)).unwrap();
     assert_eq!(tail, got[4..].to_vec(), "resumed shards continue exactly");
+    // The shards were saved in one step; shards of different steps, or more shards than
+    // devices, are refused before any shard changes.
+    let meta = dir.join("shard-1/trainer.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    std::fs::write(&meta, text.replace("\"step\": 4", "\"step\": 5")).unwrap();
+    let e = st.resume(&dir).unwrap_err().to_string();
+    assert!(e.contains("different steps [4, 5]"), "{e}");
+    assert_eq!(st.step(), 7, "a refused resume changes nothing");
+    std::fs::write(&meta, text).unwrap();
+    std::fs::create_dir(dir.join("shard-2")).unwrap();
+    let e = st.resume(&dir).unwrap_err().to_string();
+    assert!(e.contains("shard-2") && e.contains("more shards than the 2 devices"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -59,7 +59,14 @@ fn resume_matches(gpu: &Gpu, name: &str, optimizer: fn(usize) -> Optimizer) {
     let mut t1 = Trainer::new(gpu, &first, &data, optimizer(g), config()).unwrap();
     let head = run(&mut t1, 7);
     t1.save_checkpoint(&dir).unwrap();
-    t1.save_checkpoint(&dir).unwrap(); // replacing an existing checkpoint works too
+    // Replacing an existing checkpoint works too, with the caller's own files beside.
+    t1.save_checkpoint_with(&dir, &[("notes.txt", b"mine")]).unwrap();
+    assert_eq!(std::fs::read(dir.join("notes.txt")).unwrap(), b"mine");
+    assert_eq!(modelbatch::train::checkpoint_step(&dir).unwrap(), 7);
+    for taken in ["model.safetensors", "trainer.json", "a/b", "", ".hidden", "shard-0"] {
+        let e = t1.save_checkpoint_with(&dir, &[(taken, b"x")]).unwrap_err().to_string();
+        assert!(e.contains("extra file name"), "{taken:?}: {e}");
+    }
     let second = BatchModel::new(gpu, &spec(), g, 1234).unwrap();
     let mut t2 = Trainer::new(gpu, &second, &data, optimizer(g), config()).unwrap();
     t2.resume(&dir).unwrap();

@@ -29,10 +29,86 @@ fn optimizer_states(t: &Trainer) -> Vec<(String, crate::graph::TensorId)> {
         .collect()
 }
 
+/// A checkpoint's files: path inside the checkpoint directory (`/`-separated) and bytes.
+pub(crate) type Files = Vec<(String, Vec<u8>)>;
+
+/// Adds a caller's `extra` files beside `files`: plain names, none of the checkpoint's own.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn add_extra(files: &mut Files, extra: &[(&str, &[u8])]) -> Result<()> {
+    for (name, bytes) in extra {
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && !name.contains(['/', '\\'])
+            && !name.starts_with("shard-")
+            && ![MODEL, OPTIMIZER, TRAINER].contains(name);
+        if !plain || files.iter().any(|(n, _)| n == name) {
+            return Err(Error::Usage(format!(
+                "checkpoint: extra file name {name:?} is taken or not a plain file name"
+            )));
+        }
+        files.push((name.to_string(), bytes.to_vec()));
+    }
+    Ok(())
+}
+
+/// Writes `files` as the directory `dir`, atomically: into a temporary sibling directory
+/// (each file flushed), which then takes `dir`'s place (an existing `dir` is moved aside
+/// first and removed after), so `dir` never holds a partial set.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn write_dir_atomic(dir: &Path, files: &Files) -> Result<()> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+    let name = dir.file_name().ok_or_else(|| io(dir, "not a directory path"))?.to_string_lossy().to_string();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let write = || -> Result<()> {
+        std::fs::create_dir(&tmp).map_err(|e| io(&tmp, e))?;
+        for (file, bytes) in files {
+            let path = tmp.join(file);
+            if let Some(sub) = path.parent().filter(|p| *p != tmp) {
+                std::fs::create_dir_all(sub).map_err(|e| io(sub, e))?;
+            }
+            write_atomic(&path, bytes)?;
+        }
+        if dir.exists() {
+            std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
+        Ok(())
+    };
+    let result = write();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if old.exists() && !dir.exists() {
+            let _ = std::fs::rename(&old, dir);
+        }
+    }
+    result?;
+    let _ = std::fs::remove_dir_all(&old);
+    if let Ok(d) = std::fs::File::open(parent) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The step a checkpoint written by [`Trainer::save_checkpoint`] was taken after (read from
+/// its `trainer.json`, nothing else checked).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn checkpoint_step(dir: &Path) -> Result<u64> {
+    let path = dir.join(TRAINER);
+    let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    let meta: Value = serde_json::from_slice(&text).map_err(|e| io(&path, format!("invalid JSON: {e}")))?;
+    if meta["format"] != "modelbatch-checkpoint-1" {
+        return Err(io(&path, "not a modelbatch checkpoint (format)"));
+    }
+    meta["step"].as_u64().ok_or_else(|| io(&path, "missing step"))
+}
+
 impl Trainer<'_> {
-    /// Writes a checkpoint to `dir` (replacing any previous one there, atomically).
+    /// The checkpoint's own files: the models, the optimizer's tensors and `trainer.json`.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn save_checkpoint(&mut self, dir: &Path) -> Result<()> {
+    pub(crate) fn checkpoint_files(&mut self) -> Result<Files> {
         // Nothing is written from a lost device: the previous checkpoint stays as it was.
         self.plan.check_lost()?;
         let model = pollster::block_on(self.model.to_safetensors_batched())?;
@@ -63,34 +139,25 @@ impl Trainer<'_> {
             "batch_size": self.config.batch_size,
             "seed": self.config.seed,
         });
+        let meta = serde_json::to_string_pretty(&meta).unwrap_or_default().into_bytes();
+        Ok(vec![(MODEL.into(), model), (OPTIMIZER.into(), optimizer), (TRAINER.into(), meta)])
+    }
 
-        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-        let name = dir.file_name().ok_or_else(|| io(dir, "not a directory path"))?.to_string_lossy().to_string();
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let write = || -> Result<()> {
-            std::fs::create_dir(&tmp).map_err(|e| io(&tmp, e))?;
-            write_atomic(&tmp.join(MODEL), &model)?;
-            write_atomic(&tmp.join(OPTIMIZER), &optimizer)?;
-            write_atomic(&tmp.join(TRAINER), serde_json::to_string_pretty(&meta).unwrap_or_default().as_bytes())?;
-            if dir.exists() {
-                std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
-            }
-            std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
-            Ok(())
-        };
-        let result = write();
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-            if old.exists() && !dir.exists() {
-                let _ = std::fs::rename(&old, dir);
-            }
-        }
-        result?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
+    /// Writes a checkpoint to `dir` (replacing any previous one there, atomically).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save_checkpoint(&mut self, dir: &Path) -> Result<()> {
+        self.save_checkpoint_with(dir, &[])
+    }
+
+    /// [`Trainer::save_checkpoint`] with the caller's own `extra` files (name, bytes: e.g.
+    /// its settings and the metrics so far) written into `dir` in the same atomic step.
+    /// [`Trainer::resume`] ignores them. Names must be plain file names other than the
+    /// checkpoint's own (`model.safetensors`, `optimizer.safetensors`, `trainer.json`).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save_checkpoint_with(&mut self, dir: &Path, extra: &[(&str, &[u8])]) -> Result<()> {
+        let mut files = self.checkpoint_files()?;
+        add_extra(&mut files, extra)?;
+        write_dir_atomic(dir, &files)
     }
 
     /// Restores models, optimizer state and step counter from a checkpoint written by

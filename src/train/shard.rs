@@ -157,19 +157,43 @@ impl<'a> ShardedTrainer<'a> {
         out
     }
 
-    /// Writes a checkpoint of every shard to `dir/shard-{i}` (each atomically).
+    /// Writes a checkpoint of every shard to `dir/shard-{i}`, all of them in one atomic
+    /// step (replacing any previous checkpoint in `dir`).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn save_checkpoint(&mut self, dir: &std::path::Path) -> Result<()> {
+        self.save_checkpoint_with(dir, &[])
+    }
+
+    /// [`ShardedTrainer::save_checkpoint`] with the caller's own `extra` files in `dir` (see
+    /// [`Trainer::save_checkpoint_with`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save_checkpoint_with(&mut self, dir: &std::path::Path, extra: &[(&str, &[u8])]) -> Result<()> {
+        let mut files = Vec::new();
         for (i, t) in self.shards.iter_mut().enumerate() {
-            t.save_checkpoint(&dir.join(format!("shard-{i}")))?;
+            files.extend(t.checkpoint_files()?.into_iter().map(|(n, b)| (format!("shard-{i}/{n}"), b)));
         }
-        Ok(())
+        super::checkpoint::add_extra(&mut files, extra)?;
+        super::checkpoint::write_dir_atomic(dir, &files)
     }
 
     /// Resumes every shard from `dir/shard-{i}` (as [`ShardedTrainer::save_checkpoint`]
-    /// writes them); the shards must split the batch as they did.
+    /// writes them); the shards must split the batch as they did. The shards' steps and
+    /// count are checked before any shard is changed.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn resume(&mut self, dir: &std::path::Path) -> Result<()> {
+        let n = self.shards.len();
+        let extra = dir.join(format!("shard-{n}"));
+        if extra.exists() {
+            return Err(Error::Io(format!(
+                "{}: the checkpoint has more shards than the {n} devices of this run",
+                extra.display()
+            )));
+        }
+        let steps =
+            (0..n).map(|i| super::checkpoint_step(&dir.join(format!("shard-{i}")))).collect::<Result<Vec<u64>>>()?;
+        if steps.iter().any(|&s| s != steps[0]) {
+            return Err(Error::Io(format!("{}: its shards are at different steps {steps:?}", dir.display())));
+        }
         for (i, t) in self.shards.iter_mut().enumerate() {
             t.resume(&dir.join(format!("shard-{i}")))?;
         }

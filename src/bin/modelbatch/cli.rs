@@ -153,6 +153,17 @@ pub struct TrainArgs {
     /// an existing DIR is replaced only once the new one is complete).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Save the run to DIR every --checkpoint-every and after the last step (models,
+    /// optimizer state, settings and metrics so far, in a new DIR/step-S written atomically;
+    /// older saves are removed after). When DIR holds a save of the same run (the same flags,
+    /// except --steps/--epochs, --metrics-every, --test-samples, --out and these two), the
+    /// run continues from it, with the results of an uninterrupted run.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: Option<PathBuf>,
+    /// How often to save (with --checkpoint): every K steps, or every TIME of training (90s,
+    /// 10m, 2h) [default: 5m]
+    #[arg(long, value_name = "K|TIME", allow_hyphen_values = true)]
+    pub checkpoint_every: Option<String>,
 }
 
 #[derive(Args, Debug)]

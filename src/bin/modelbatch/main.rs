@@ -4,6 +4,7 @@
 //! ```text
 //! modelbatch info
 //! modelbatch train --models 64 --lr log:0.001:0.1 --momentum 0.9 --epochs 1 --out runs/sweep
+//! modelbatch train --models 64 --epochs 20 --checkpoint runs/ck   # run again to continue
 //! modelbatch eval --models 64 --weights runs/sweep --json
 //! modelbatch bench --models 1,8,64 --batch-size 128 --steps 10
 //! modelbatch tune --models 64 && modelbatch --tuning conv_lanes=128 bench --models 64
@@ -14,6 +15,8 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 mod bench;
+#[cfg(not(target_arch = "wasm32"))]
+mod checkpoint;
 #[cfg(not(target_arch = "wasm32"))]
 mod cli;
 #[cfg(not(target_arch = "wasm32"))]

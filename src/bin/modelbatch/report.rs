@@ -10,6 +10,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// metrics readbacks (at most one a second, and the last one).
 pub struct Progress {
     bar: Option<ProgressBar>,
+    /// The step this run started from (a resumed run's first step) and the last one.
+    first: u64,
     total: u64,
     samples_per_step: u64,
     start: Instant,
@@ -17,7 +19,7 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(total: u64, samples_per_step: u64) -> Progress {
+    pub fn new(first: u64, total: u64, samples_per_step: u64) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
@@ -26,9 +28,10 @@ impl Progress {
                     .progress_chars("=> "),
             );
             bar.set_message("warming up");
+            bar.set_position(first);
             bar
         });
-        Progress { bar, total, samples_per_step, start: Instant::now(), last_line: None }
+        Progress { bar, first, total, samples_per_step, start: Instant::now(), last_line: None }
     }
 
     /// `submitted` steps handed to the GPU so far.
@@ -42,8 +45,9 @@ impl Progress {
     /// loss of the live models at that step.
     pub fn metrics(&mut self, done: u64, loss: f64) {
         let secs = self.start.elapsed().as_secs_f64().max(1e-9);
-        let rate = done as f64 * self.samples_per_step as f64 / secs;
-        let eta = if done == 0 { None } else { Some(secs * (self.total - done.min(self.total)) as f64 / done as f64) };
+        let ran = done.saturating_sub(self.first);
+        let rate = ran as f64 * self.samples_per_step as f64 / secs;
+        let eta = if ran == 0 { None } else { Some(secs * (self.total - done.min(self.total)) as f64 / ran as f64) };
         let eta = eta.map_or("?".to_string(), fmt_secs);
         match &self.bar {
             Some(bar) => bar.set_message(format!("mean loss {}  {} samples/s  ETA {eta}", fmt_loss(loss), group(rate))),

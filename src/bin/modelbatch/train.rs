@@ -12,6 +12,7 @@ use modelbatch::train::{Dataset, Evaluation, Order, Schedule, ShardedTrainer, St
 use modelbatch::Gpu;
 use serde_json::{json, Value};
 
+use crate::checkpoint::{parse_every, Checkpoints, Saved, CSV_HEADER};
 use crate::cli::{parse_normalize, CliError, Context, Result, TrainArgs};
 use crate::hyper::{self, tidy, Hyper};
 use crate::inputs;
@@ -42,6 +43,11 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let hyper = hyper::from_args(a, g)?;
     let normalize = parse_normalize("--normalize", &a.normalize)?;
     let schedule = Schedule::parse(&a.schedule).context("--schedule")?;
+    let every = match (&a.checkpoint, &a.checkpoint_every) {
+        (None, Some(_)) => return Err(CliError::new("--checkpoint-every: give --checkpoint DIR too")),
+        (None, None) => None,
+        (Some(_), every) => Some(parse_every(every.as_deref().unwrap_or("5m"))?),
+    };
     // Fail on an unwritable output location at once; from here on, any failure removes
     // the staging directory again (and the parents it created).
     let staging = a.out.as_deref().map(|d| Staging::prepare("--out", d)).transpose()?;
@@ -68,7 +74,15 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             a.batch_size, train.n
         )));
     }
-    let mut metrics = Metrics::new(g, staging.as_ref())?;
+    let (mut checkpoints, saved) = match (&a.checkpoint, every) {
+        (Some(dir), Some(every)) => {
+            let settings = settings(a, &hyper, normalize, &data_dir, train.n)?;
+            let (c, saved) = Checkpoints::open(dir, every, settings)?;
+            (Some(c), saved)
+        }
+        _ => (None, None),
+    };
+    let mut metrics = Metrics::new(g, staging.as_ref(), checkpoints.is_some())?;
 
     if a.devices > g {
         return Err(CliError::new(format!("--devices {}: more devices than the {g} models", a.devices)));
@@ -77,7 +91,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let gpu = &gpus[0];
     let adapter = gpu.report();
     let models = BatchModel::sharded(&gpus, &spec, g, a.seed)?;
-    if let Some(dir) = &a.init {
+    if let (Some(dir), None) = (&a.init, &saved) {
         for model in &models {
             model.load_dir(dir)?;
         }
@@ -98,6 +112,21 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let mut trainer = ShardedTrainer::new(&gpus, &models, &train, hyper.optimizer.clone(), config)?;
     let spe = trainer.shards()[0].steps_per_epoch();
     let total = a.steps.unwrap_or_else(|| a.epochs.unwrap_or(1).saturating_mul(spe));
+    let start = match &saved {
+        Some(saved) => {
+            if saved.step > total {
+                return Err(CliError::new(format!(
+                    "--checkpoint: {} is at step {}, past this run's {total} steps (give more --steps or --epochs)",
+                    saved.path.display(),
+                    saved.step
+                )));
+            }
+            trainer.resume(&saved.path)?;
+            metrics.restore(saved)?;
+            saved.step
+        }
+        None => 0,
+    };
     let params: usize = models[0].entries().iter().filter(|e| e.kind == TensorKind::Param).map(|e| e.numel()).sum();
 
     for (i, (gpu, model)) in gpus.iter().zip(&models).enumerate() {
@@ -133,26 +162,46 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         );
     }
 
+    if let Some(saved) = &saved {
+        println!("resuming from {} (step {} of {total})", saved.path.display(), saved.step);
+    }
+
     let samples_per_step = (g * a.batch_size) as u64;
-    let mut progress = Progress::new(total, samples_per_step);
+    let mut progress = Progress::new(start, total, samples_per_step);
     let t0 = Instant::now();
     let mut deaths = Vec::new();
-    for s in 0..total {
+    for s in start..total {
         trainer.train(1, |ms| metrics.record(ms, &mut progress))?;
         progress.submitted(s + 1);
         deaths.extend(trainer.take_newly_dead());
         report_deaths(&mut deaths, &metrics.first_bad, &progress);
+        if let Some(c) = &mut checkpoints {
+            if s + 1 < total && c.due(s + 1) {
+                trainer.finish(|ms| metrics.record(ms, &mut progress))?;
+                deaths.extend(trainer.take_newly_dead());
+                report_deaths(&mut deaths, &metrics.first_bad, &progress);
+                let path = metrics.save(c, &mut trainer)?;
+                progress.println(&format!("saved {}", path.display()));
+            }
+        }
     }
     trainer.finish(|ms| metrics.record(ms, &mut progress))?;
     deaths.extend(trainer.take_newly_dead());
     report_deaths(&mut deaths, &metrics.first_bad, &progress);
     progress.finish();
     metrics.check()?;
+    if let Some(c) = &mut checkpoints {
+        if c.last_step() != Some(total) {
+            let path = metrics.save(c, &mut trainer)?;
+            println!("saved {}", path.display());
+        }
+    }
     let train_secs = t0.elapsed().as_secs_f64();
+    let steps_run = total - start;
     println!(
-        "trained {total} steps in {}: {} samples/s",
+        "trained {steps_run} steps in {}: {} samples/s",
         fmt_secs(train_secs),
-        group(total as f64 * samples_per_step as f64 / train_secs.max(1e-9))
+        group(steps_run as f64 * samples_per_step as f64 / train_secs.max(1e-9))
     );
 
     println!("test set: {} images", test.n);
@@ -188,8 +237,10 @@ pub fn run(a: &TrainArgs) -> Result<()> {
                 "device_type": adapter.device_type,
                 "driver": adapter.driver,
             },
+            "resumed_from_step": saved.as_ref().map(|s| s.step),
+            "checkpoint": a.checkpoint.as_ref().map(|p| p.display().to_string()),
             "train_time_s": train_secs,
-            "samples_per_s": total as f64 * samples_per_step as f64 / train_secs.max(1e-9),
+            "samples_per_s": steps_run as f64 * samples_per_step as f64 / train_secs.max(1e-9),
             "wall_time_s": started.elapsed().as_secs_f64(),
             "models": (0..g).map(|m| model_summary(m, &hyper, &metrics, &dead, &ev)).collect::<Vec<_>>(),
         });
@@ -320,22 +371,49 @@ struct Metrics {
     last_loss: Vec<f32>,
     first_bad: Vec<Option<(u64, f32)>>,
     csv: Option<(BufWriter<File>, std::path::PathBuf)>,
+    /// With --checkpoint: the metrics.csv rows delivered since the last save.
+    unsaved: Option<Vec<u8>>,
     error: Option<CliError>,
 }
 
 impl Metrics {
-    fn new(g: usize, staging: Option<&Staging>) -> Result<Metrics> {
+    fn new(g: usize, staging: Option<&Staging>, checkpointing: bool) -> Result<Metrics> {
         let csv = match staging {
             Some(s) => {
                 let path = s.path().join("metrics.csv");
                 let f = File::create(&path).context(path.display())?;
                 let mut w = BufWriter::new(f);
-                writeln!(w, "step,model,loss,correct").context(path.display())?;
+                w.write_all(CSV_HEADER.as_bytes()).context(path.display())?;
                 Some((w, path))
             }
             None => None,
         };
-        Ok(Metrics { g, last_loss: vec![f32::NAN; g], first_bad: vec![None; g], csv, error: None })
+        let unsaved = checkpointing.then(Vec::new);
+        Ok(Metrics { g, last_loss: vec![f32::NAN; g], first_bad: vec![None; g], csv, unsaved, error: None })
+    }
+
+    /// Takes up a saved run's metrics: its rows go to metrics.csv first.
+    fn restore(&mut self, saved: &Saved) -> Result<()> {
+        if saved.last_loss.len() != self.g || saved.first_bad.len() != self.g {
+            return Err(CliError::new(format!("{}: metrics of another number of models", saved.path.display())));
+        }
+        self.last_loss.clone_from(&saved.last_loss);
+        self.first_bad.clone_from(&saved.first_bad);
+        if let Some((w, path)) = &mut self.csv {
+            w.write_all(&saved.csv[CSV_HEADER.len()..]).context(path.display())?;
+        }
+        Ok(())
+    }
+
+    /// Saves the run (every metric delivered) with the rows not yet saved.
+    fn save(&mut self, c: &mut Checkpoints, trainer: &mut ShardedTrainer) -> Result<std::path::PathBuf> {
+        self.check()?;
+        let rows = self.unsaved.as_deref().unwrap_or_default();
+        let path = c.save(trainer, rows, &self.last_loss, &self.first_bad)?;
+        if let Some(rows) = &mut self.unsaved {
+            rows.clear();
+        }
+        Ok(path)
     }
 
     /// Records a batch of steps and shows the progress (completed steps, mean loss of the
@@ -354,6 +432,9 @@ impl Metrics {
                             self.error = Some(CliError::new(format!("{}: {e}", path.display())));
                         }
                     }
+                }
+                if let Some(rows) = &mut self.unsaved {
+                    let _ = writeln!(rows, "{},{m},{loss},{correct}", s.step);
                 }
             }
         }
@@ -392,4 +473,45 @@ fn open_devices(n: usize) -> Result<Vec<Gpu>> {
     }
     println!("--devices {n}: {} adapter(s) found; opening {n} devices on the best one", all.len());
     (0..n).map(|_| Ok(Gpu::new_blocking()?)).collect()
+}
+
+/// The flags that decide what a run computes, by flag (a checkpoint of other settings is
+/// another run's): the model, the batch and its split over devices, the data, the start,
+/// the optimizer with every model's values, the data order, seed, normalisation, schedule.
+fn settings(
+    a: &TrainArgs,
+    h: &Hyper,
+    normalize: modelbatch::train::Normalize,
+    data_dir: &std::path::Path,
+    train_n: usize,
+) -> Result<Value> {
+    let model = if a.model == "lenet" {
+        json!("lenet")
+    } else {
+        let text = std::fs::read_to_string(&a.model).context(format!("--model {}", a.model))?;
+        serde_json::from_str::<Value>(&text).context(format!("--model {}", a.model))?
+    };
+    let full = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+    let mut s = serde_json::Map::new();
+    s.insert("--model".into(), model);
+    s.insert("--models".into(), json!(a.models));
+    s.insert("--devices".into(), json!(a.devices));
+    s.insert("--data".into(), json!({ "folder": full(data_dir), "train_images": train_n }));
+    s.insert("--init".into(), json!(a.init.as_deref().map(full)));
+    s.insert("--batch-size".into(), json!(a.batch_size));
+    s.insert("--optimizer".into(), json!(h.kind.name()));
+    for c in &h.columns {
+        let flag = match c.name {
+            "beta1" => "--betas (B1)".to_string(),
+            "beta2" => "--betas (B2)".to_string(),
+            name => format!("--{}", name.replace('_', "-")),
+        };
+        s.insert(flag, json!(c.values.iter().map(|&v| tidy(v)).collect::<Vec<_>>()));
+    }
+    s.insert("--nesterov".into(), json!(h.nesterov));
+    s.insert("--no-shuffle".into(), json!(a.no_shuffle));
+    s.insert("--seed".into(), json!(a.seed));
+    s.insert("--normalize".into(), json!([tidy(normalize.mean), tidy(normalize.std)]));
+    s.insert("--schedule".into(), json!(a.schedule));
+    Ok(Value::Object(s))
 }
