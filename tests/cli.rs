@@ -817,6 +817,71 @@ fn checkpoint_resumes_as_the_uninterrupted_run() {
     }
 }
 
+/// Ctrl-C during the steps: the run stops after the current step, saves itself, removes
+/// the --out staging directory and exits with 130; the same command continues it.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_the_run_and_the_same_command_continues() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let _gpu = gpu_or_skip!();
+    let t = Temp::new("ctrl-c");
+    let data = tiny_mnist(&t);
+    let ck = t.join("ck");
+    let base = ["train", "--models", "2", "--batch-size", "8", "--momentum", "0.9", "--metrics-every", "1"];
+    let base: Vec<&str> =
+        [&base[..], &["--data", p(&data), "--checkpoint", p(&ck), "--checkpoint-every", "1h"]].concat();
+    let mut child = Command::new(BIN)
+        .args([&base[..], &["--steps", "1000000", "--out", p(&t.join("out"))]].concat())
+        .env("MODELBATCH_CACHE_DIR", "")
+        .env_remove("MODELBATCH_TUNING")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    // The first progress line says the steps are running.
+    while !line.starts_with("step ") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "modelbatch ended before its first step");
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let mut rest = String::new();
+    let reader = std::thread::spawn(move || {
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        rest
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("modelbatch did not stop within 120 s of Ctrl-C");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let rest = reader.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    let last = rest.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: interrupted after step ") && last.contains("run the same command"), "{rest}");
+    let saved = names(&ck);
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let at: u64 = saved[0].strip_prefix("step-").unwrap().parse().unwrap();
+    assert!(last.contains(&format!("after step {at} of 1000000")), "{last} vs {saved:?}");
+    assert_eq!(t.listing(), ["ck", "mnist"], "the --out staging directory was left behind");
+    // The same command with two more steps continues: the straight run's results.
+    let steps = (at + 2).to_string();
+    let resumed = train_snapshot(&[&base[..], &["--steps", &steps]].concat(), &t.join("a"));
+    let straight_args: Vec<&str> = base[..base.len() - 4].iter().copied().chain(["--steps", &steps]).collect();
+    let straight = train_snapshot(&straight_args, &t.join("b"));
+    assert_eq!(resumed.0, straight.0, "metrics.csv after Ctrl-C at step {at} and resuming");
+    assert!(resumed.1 == straight.1, "weights after Ctrl-C at step {at} and resuming");
+}
+
 #[test]
 fn trains_on_the_embedded_mnist() {
     let _gpu = gpu_or_skip!();

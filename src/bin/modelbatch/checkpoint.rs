@@ -178,6 +178,11 @@ impl Checkpoints {
         self.last_step
     }
 
+    /// The newest save (made or found).
+    pub fn last_path(&self) -> Option<PathBuf> {
+        self.last.clone()
+    }
+
     /// Saves the run after its current step: the trainers (whose metrics must all have been
     /// delivered), the metrics rows `new_rows` delivered since the previous save, each
     /// model's last and first non-finite loss. Then removes the older saves.

@@ -274,21 +274,34 @@ pub struct TuneArgs {
     pub save: bool,
 }
 
-/// A failure to report: one line, naming the file or flag at fault.
+/// A failure to report: one line, naming the file or flag at fault (or saying where
+/// Ctrl-C stopped the program).
 #[derive(Debug)]
-pub struct CliError(String);
+pub struct CliError {
+    msg: String,
+    interrupted: bool,
+}
 
 pub type Result<T> = std::result::Result<T, CliError>;
 
 impl CliError {
     pub fn new(msg: impl fmt::Display) -> CliError {
-        CliError(one_line(&msg.to_string()))
+        CliError { msg: one_line(&msg.to_string()), interrupted: false }
+    }
+
+    /// The program stopped at Ctrl-C (exit status 130, not 1).
+    pub fn interrupted(msg: impl fmt::Display) -> CliError {
+        CliError { interrupted: true, ..CliError::new(msg) }
+    }
+
+    pub fn is_interrupt(&self) -> bool {
+        self.interrupted
     }
 }
 
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.msg)
     }
 }
 

@@ -26,6 +26,8 @@ mod hyper;
 #[cfg(not(target_arch = "wasm32"))]
 mod inputs;
 #[cfg(not(target_arch = "wasm32"))]
+mod interrupt;
+#[cfg(not(target_arch = "wasm32"))]
 mod output;
 #[cfg(not(target_arch = "wasm32"))]
 mod report;
@@ -51,6 +53,7 @@ fn main() {
         std::process::exit(1);
     }));
     let args = cli::Cli::parse();
+    interrupt::install();
     if let Some(text) = &args.tuning {
         // Checked here (against the adapter when a device opens); every device the command
         // opens, shards included, reads it from the environment.
@@ -70,7 +73,7 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
-        std::process::exit(1);
+        std::process::exit(if e.is_interrupt() { interrupt::EXIT } else { 1 });
     }
 }
 

@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 use crate::checkpoint::{parse_every, Checkpoints, Saved, CSV_HEADER};
 use crate::cli::{parse_normalize, CliError, Context, Result, TrainArgs};
 use crate::hyper::{self, tidy, Hyper};
-use crate::inputs;
 use crate::output::{write_file, Staging};
 use crate::report::{fmt_loss, fmt_secs, group, table, Progress};
+use crate::{inputs, interrupt};
 
 pub fn run(a: &TrainArgs) -> Result<()> {
     let started = Instant::now();
@@ -170,6 +170,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let mut progress = Progress::new(start, total, samples_per_step);
     let t0 = Instant::now();
     let mut deaths = Vec::new();
+    let mut stopped = None;
+    interrupt::graceful(true);
     for s in start..total {
         trainer.train(1, |ms| metrics.record(ms, &mut progress))?;
         progress.submitted(s + 1);
@@ -184,12 +186,34 @@ pub fn run(a: &TrainArgs) -> Result<()> {
                 progress.println(&format!("saved {}", path.display()));
             }
         }
+        if interrupt::requested() {
+            stopped = Some(s + 1);
+            break;
+        }
     }
+    interrupt::graceful(false);
     trainer.finish(|ms| metrics.record(ms, &mut progress))?;
     deaths.extend(trainer.take_newly_dead());
     report_deaths(&mut deaths, &metrics.first_bad, &progress);
     progress.finish();
     metrics.check()?;
+    if let Some(at) = stopped {
+        // Ctrl-C: save where the run stands (the staging directory goes with `staging`).
+        let saved = match &mut checkpoints {
+            Some(c) if c.last_step() != Some(at) => Some(metrics.save(c, &mut trainer)?),
+            Some(c) => c.last_path(),
+            None => None,
+        };
+        return Err(CliError::interrupted(match saved {
+            Some(p) => format!(
+                "interrupted after step {at} of {total}: saved {}; run the same command to continue",
+                p.display()
+            ),
+            None => format!(
+                "interrupted after step {at} of {total}; nothing saved (--checkpoint DIR makes a run resumable)"
+            ),
+        }));
+    }
     if let Some(c) = &mut checkpoints {
         if c.last_step() != Some(total) {
             let path = metrics.save(c, &mut trainer)?;
