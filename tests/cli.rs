@@ -846,7 +846,8 @@ fn ctrl_c_saves_the_run_and_the_same_command_continues() {
         line.clear();
         assert!(stderr.read_line(&mut line).unwrap() > 0, "modelbatch ended before its first step");
     }
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    // The shell's own `kill` (no procps needed).
+    let kill = Command::new("sh").args(["-c", &format!("kill -INT {}", child.id())]).status().unwrap();
     assert!(kill.success());
     let mut rest = String::new();
     let reader = std::thread::spawn(move || {
