@@ -21,6 +21,6 @@ pub mod wasm;
 pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use graph::{Conv2dGeom, CustomOp, DType, Graph, NormKind, Pool2dGeom, Reduction, TensorId, Unary};
-pub use optim::{Adam, PerModel, Sgd};
+pub use optim::{Adam, HyperParam, PerModel, Sgd};
 pub use plan::{Plan, PlanStats, Update};
 pub use tuning::Tuning;

@@ -8,6 +8,7 @@
 mod checkpoint;
 mod eval;
 mod micro;
+mod population;
 mod predict;
 mod schedule;
 mod shard;

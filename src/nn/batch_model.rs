@@ -139,6 +139,14 @@ impl BatchModel {
         Ok(out)
     }
 
+    /// Makes model `dst` a copy of model `src` (every parameter and buffer), on the GPU
+    /// without a readback.
+    pub fn copy_model(&self, dst: usize, src: usize) -> Result<()> {
+        self.check_model(dst)?;
+        self.check_model(src)?;
+        self.store.copy_model(&self.tensors, dst, src)
+    }
+
     /// Replaces model `m`'s state (values in entry order, each of the entry's size).
     pub fn load_state_dict(&self, m: usize, values: &[Vec<f32>]) -> Result<()> {
         self.check_model(m)?;

@@ -1,7 +1,7 @@
 //! Adam and AdamW: PyTorch's `torch.optim.Adam` / `AdamW` update rules (bias correction
 //! included), each hyper-parameter per model, run as in-place kernels inside the plan.
 
-use super::PerModel;
+use super::{HyperParam, PerModel};
 use crate::error::{Error, Result};
 use crate::graph::{DType, Graph, TensorId};
 use crate::ops::optim::ADAM_HYPER_WIDTH;
@@ -172,6 +172,61 @@ impl AdamState {
     /// Sets model g's learning rate (schedules); written by the next [`AdamState::upload`].
     pub fn set_lr(&mut self, g: usize, lr: f32) {
         self.rows[g][0] = lr;
+    }
+
+    fn column(h: HyperParam) -> Result<usize> {
+        match h {
+            HyperParam::Lr => Ok(0),
+            HyperParam::Beta1 => Ok(1),
+            HyperParam::Beta2 => Ok(2),
+            HyperParam::Eps => Ok(3),
+            HyperParam::WeightDecay => Ok(4),
+            _ => Err(Error::Usage(format!("adam has no hyper-parameter {}", h.name()))),
+        }
+    }
+
+    /// Model g's value of `h` (for the learning rate: the one the next step uses).
+    pub fn hyper(&self, g: usize, h: HyperParam) -> Result<f32> {
+        Ok(self.rows[g][Self::column(h)?])
+    }
+
+    /// Sets model g's `h`, checked as [`Adam::rows`] checks it (betas in [0, 1), the others
+    /// finite and >= 0); written by the next [`AdamState::upload`].
+    pub fn set_hyper(&mut self, g: usize, h: HyperParam, v: f32) -> Result<()> {
+        let c = Self::column(h)?;
+        let ok = match h {
+            HyperParam::Beta1 | HyperParam::Beta2 => (0.0..1.0).contains(&v),
+            _ => v.is_finite() && v >= 0.0,
+        };
+        if !ok {
+            let want = if c == 1 || c == 2 { "in [0, 1)" } else { "finite and >= 0" };
+            return Err(Error::Usage(format!("adam model {g}: {} {v} must be {want}", h.name())));
+        }
+        self.rows[g][c] = v;
+        Ok(())
+    }
+
+    /// Model `dst` takes model `src`'s hyper-parameters and step count (its bias
+    /// corrections follow the copied moments).
+    pub fn copy_hyper(&mut self, dst: usize, src: usize) {
+        for c in 0..5 {
+            self.rows[dst][c] = self.rows[src][c];
+        }
+        self.steps[dst] = self.steps[src];
+    }
+
+    /// The hyper-parameter rows (bias corrections not filled in; checkpoints).
+    pub fn rows(&self) -> &[[f32; ADAM_HYPER_WIDTH]] {
+        &self.rows
+    }
+
+    /// Restores the hyper-parameter rows (checkpoints); written by the next upload.
+    pub fn set_rows(&mut self, rows: Vec<[f32; ADAM_HYPER_WIDTH]>) -> Result<()> {
+        if rows.len() != self.rows.len() {
+            return Err(Error::Usage(format!("{} adam rows for {} models", rows.len(), self.rows.len())));
+        }
+        self.rows = rows;
+        Ok(())
     }
 
     /// Restores the per-model step counters (checkpoints); written by the next upload.

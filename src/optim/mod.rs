@@ -8,6 +8,62 @@ pub use sgd::{Sgd, SgdState};
 
 use crate::error::{Error, Result};
 
+/// One per-model hyper-parameter of an optimizer, to read or change during training
+/// ([`Trainer::set_hyper`](crate::train::Trainer::set_hyper): population-based training's
+/// "explore").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HyperParam {
+    /// Learning rate (SGD, Adam): the base rate that a schedule scales.
+    Lr,
+    /// SGD momentum.
+    Momentum,
+    /// SGD dampening.
+    Dampening,
+    /// Weight decay (SGD and Adam: L2; AdamW: decoupled).
+    WeightDecay,
+    /// Adam's first-moment decay rate.
+    Beta1,
+    /// Adam's second-moment decay rate.
+    Beta2,
+    /// Adam's denominator term.
+    Eps,
+}
+
+impl HyperParam {
+    /// Every hyper-parameter.
+    pub const ALL: [HyperParam; 7] = [
+        HyperParam::Lr,
+        HyperParam::Momentum,
+        HyperParam::Dampening,
+        HyperParam::WeightDecay,
+        HyperParam::Beta1,
+        HyperParam::Beta2,
+        HyperParam::Eps,
+    ];
+
+    /// PyTorch's name for it (`lr`, `momentum`, `dampening`, `weight_decay`, `beta1`,
+    /// `beta2`, `eps`).
+    pub fn name(self) -> &'static str {
+        match self {
+            HyperParam::Lr => "lr",
+            HyperParam::Momentum => "momentum",
+            HyperParam::Dampening => "dampening",
+            HyperParam::WeightDecay => "weight_decay",
+            HyperParam::Beta1 => "beta1",
+            HyperParam::Beta2 => "beta2",
+            HyperParam::Eps => "eps",
+        }
+    }
+
+    /// The hyper-parameter called `name` (as [`HyperParam::name`] gives it).
+    pub fn from_name(name: &str) -> Result<HyperParam> {
+        HyperParam::ALL.into_iter().find(|h| h.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = HyperParam::ALL.iter().map(|h| h.name()).collect();
+            Error::Usage(format!("unknown hyper-parameter {name:?} (one of {})", names.join(", ")))
+        })
+    }
+}
+
 /// A hyper-parameter: one value for all models, or one value per model.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PerModel {

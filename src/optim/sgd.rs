@@ -1,7 +1,7 @@
 //! SGD with momentum, dampening, Nesterov and weight decay: PyTorch's `torch.optim.SGD`
 //! update rule, each hyper-parameter per model, run as in-place kernels inside the plan.
 
-use super::PerModel;
+use super::{HyperParam, PerModel};
 use crate::error::{Error, Result};
 use crate::graph::{DType, Graph, TensorId};
 use crate::ops::optim::SGD_HYPER_WIDTH;
@@ -172,5 +172,63 @@ impl SgdState {
     /// Sets model g's learning rate (schedules); takes effect at the next [`SgdState::upload`].
     pub fn set_lr(&mut self, g: usize, lr: f32) {
         self.rows[g][0] = lr;
+    }
+
+    fn column(h: HyperParam) -> Result<usize> {
+        match h {
+            HyperParam::Lr => Ok(0),
+            HyperParam::Momentum => Ok(1),
+            HyperParam::Dampening => Ok(2),
+            HyperParam::WeightDecay => Ok(3),
+            _ => Err(Error::Usage(format!("sgd has no hyper-parameter {}", h.name()))),
+        }
+    }
+
+    /// Model g's value of `h` (for the learning rate: the one the next step uses).
+    pub fn hyper(&self, g: usize, h: HyperParam) -> Result<f32> {
+        Ok(self.rows[g][Self::column(h)?])
+    }
+
+    /// Sets model g's `h`, checked as [`Sgd::rows`] checks it (Nesterov momentum needs a
+    /// momentum > 0 and no dampening); takes effect at the next [`SgdState::upload`].
+    pub fn set_hyper(&mut self, g: usize, h: HyperParam, v: f32) -> Result<()> {
+        let c = Self::column(h)?;
+        let mut row = self.rows[g];
+        row[c] = v;
+        if !v.is_finite() || v < 0.0 {
+            return Err(Error::Usage(format!("sgd model {g}: {} {v} must be finite and >= 0", h.name())));
+        }
+        if row[4] != 0.0 && (row[1] <= 0.0 || row[2] != 0.0) {
+            return Err(Error::Usage(format!(
+                "sgd model {g}: Nesterov momentum requires a momentum > 0 and zero dampening (momentum {}, dampening {})",
+                row[1], row[2]
+            )));
+        }
+        self.rows[g] = row;
+        Ok(())
+    }
+
+    /// Model `dst` takes model `src`'s hyper-parameters (Nesterov included).
+    pub fn copy_hyper(&mut self, dst: usize, src: usize) {
+        // lr, momentum, dampening, weight_decay, nesterov (the started flag is global).
+        for c in 0..5 {
+            self.rows[dst][c] = self.rows[src][c];
+        }
+    }
+
+    /// The hyper-parameter rows as the next upload writes them (checkpoints).
+    pub fn rows(&self) -> &[[f32; SGD_HYPER_WIDTH]] {
+        &self.rows
+    }
+
+    /// Restores the hyper-parameter rows (checkpoints); written by the next upload.
+    pub fn set_rows(&mut self, rows: Vec<[f32; SGD_HYPER_WIDTH]>) -> Result<()> {
+        if rows.len() != self.rows.len() {
+            return Err(Error::Usage(format!("{} sgd rows for {} models", rows.len(), self.rows.len())));
+        }
+        self.rows = rows;
+        let started = self.started;
+        self.set_started(started);
+        Ok(())
     }
 }

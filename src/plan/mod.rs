@@ -163,6 +163,8 @@ pub struct Plan {
     names: HashMap<String, TensorId>,
     staging: Mutex<HashMap<usize, wgpu::Buffer>>,
     staging_created: AtomicU64,
+    /// [`Plan::copy_model`]'s buffer between a model's slices (made at its first use).
+    copy_scratch: Mutex<Option<wgpu::Buffer>>,
     submits: AtomicU64,
     scratch_bytes: u64,
     /// Buffers of temporaries, which [`Plan::sharing_temporaries`] lends to later plans.
@@ -418,6 +420,7 @@ impl Plan {
             names,
             staging: Mutex::new(HashMap::new()),
             staging_created: AtomicU64::new(0),
+            copy_scratch: Mutex::new(None),
             submits: AtomicU64::new(0),
             scratch_bytes,
             temporaries,
@@ -555,6 +558,63 @@ impl Plan {
         }
         self.queue.write_buffer(b, (g * per * 4) as u64, bytemuck::cast_slice(data));
         Ok(())
+    }
+
+    /// Copies model `src`'s slice of each `[G, ...]` tensor in `tensors` (parameters, states
+    /// or inputs, f32 or u32) over model `dst`'s, on the GPU: one submit, ordered after the
+    /// runs submitted before it. The slices pass through a scratch buffer (a WebGPU copy
+    /// never reads and writes one buffer), made at the first call and kept while it is large
+    /// enough.
+    pub fn copy_model(&self, tensors: &[TensorId], dst: usize, src: usize) -> Result<()> {
+        let mut parts = Vec::with_capacity(tensors.len());
+        let mut total = 0u64;
+        for &t in tensors {
+            let meta = self
+                .meta
+                .get(t.index())
+                .ok_or_else(|| Error::Usage(format!("tensor {} is not in this plan", t.index())))?;
+            let g = meta.shape[0];
+            if dst >= g || src >= g {
+                return Err(Error::Usage(format!(
+                    "copying model {src} over model {dst} of {} (G={g}): no such model",
+                    leaf_name(&meta.op)
+                )));
+            }
+            if !matches!(meta.op, Op::Param { .. } | Op::State { .. } | Op::Input { .. }) {
+                return Err(Error::Usage(format!(
+                    "copy_model: tensor {} ({}) is not a parameter, state or input",
+                    t.index(),
+                    meta.op.name()
+                )));
+            }
+            let per = (meta.shape[1..].iter().product::<usize>() * 4) as u64;
+            parts.push((self.buffer(t)?, per, total));
+            total += per;
+        }
+        if dst == src || total == 0 {
+            return Ok(());
+        }
+        let mut cached = self.copy_scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.as_ref().is_none_or(|b| b.size() < total) {
+            *cached = Some(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("modelbatch model copy"),
+                size: total,
+                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        let Some(scratch) = cached.as_ref() else { return Ok(()) };
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("modelbatch model copy") });
+        for &(b, per, at) in &parts {
+            encoder.copy_buffer_to_buffer(b, src as u64 * per, scratch, at, per);
+        }
+        for &(b, per, at) in &parts {
+            encoder.copy_buffer_to_buffer(scratch, at, b, dst as u64 * per, per);
+        }
+        self.queue.submit([encoder.finish()]);
+        self.check_error()
     }
 
     /// Runs the graph and the updates: one compute pass, one submit. Returns the first GPU

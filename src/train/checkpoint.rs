@@ -20,15 +20,6 @@ fn io(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Io(format!("{}: {e}", path.display()))
 }
 
-/// Optimizer tensors of the plan (moments, momentum buffers, freeze flags) by name.
-fn optimizer_states(t: &Trainer) -> Vec<(String, crate::graph::TensorId)> {
-    t.plan
-        .states()
-        .into_iter()
-        .filter(|(n, _)| n.starts_with("sgd.") || n.starts_with("adam.") || n.starts_with("optim."))
-        .collect()
-}
-
 /// A checkpoint's files: path inside the checkpoint directory (`/`-separated) and bytes.
 pub(crate) type Files = Vec<(String, Vec<u8>)>;
 
@@ -106,6 +97,26 @@ pub fn checkpoint_step(dir: &Path) -> Result<u64> {
 }
 
 impl Trainer<'_> {
+    /// The optimizer's hyper-parameter rows (each as wide as its optimizer's).
+    fn hyper_rows(&self) -> Vec<Vec<f32>> {
+        match &self.opt {
+            OptState::Sgd(s) => s.rows().iter().map(|r| r.to_vec()).collect(),
+            OptState::Adam(a) => a.rows().iter().map(|r| r.to_vec()).collect(),
+        }
+    }
+
+    fn set_hyper_rows(&mut self, rows: &[Vec<f32>]) -> Result<()> {
+        fn fixed<const W: usize>(rows: &[Vec<f32>]) -> Result<Vec<[f32; W]>> {
+            rows.iter()
+                .map(|r| r.as_slice().try_into().map_err(|_| Error::Usage("bad hyper-parameter rows".into())))
+                .collect()
+        }
+        match &mut self.opt {
+            OptState::Sgd(s) => s.set_rows(fixed(rows)?),
+            OptState::Adam(a) => a.set_rows(fixed(rows)?),
+        }
+    }
+
     /// The checkpoint's own files: the models, the optimizer's tensors and `trainer.json`.
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn checkpoint_files(&mut self) -> Result<Files> {
@@ -113,7 +124,7 @@ impl Trainer<'_> {
         self.plan.check_lost()?;
         let model = pollster::block_on(self.model.to_safetensors_batched())?;
         let mut tensors = Vec::new();
-        for (name, t) in optimizer_states(self) {
+        for (name, t) in self.optimizer_tensors() {
             let values = pollster::block_on(self.plan.read(t))?;
             tensors.push((name, self.plan.shape(t).to_vec(), values));
         }
@@ -138,6 +149,9 @@ impl Trainer<'_> {
             "dead": self.dead,
             "batch_size": self.config.batch_size,
             "seed": self.config.seed,
+            // Hyper-parameters as they are now (set_hyper and copy_model change them).
+            "base_lr_bits": self.base_lr.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "hyper_rows_bits": self.hyper_rows().iter().map(|r| r.iter().map(|v| v.to_bits()).collect()).collect::<Vec<Vec<u32>>>(),
         });
         let meta = serde_json::to_string_pretty(&meta).unwrap_or_default().into_bytes();
         Ok(vec![(MODEL.into(), model), (OPTIMIZER.into(), optimizer), (TRAINER.into(), meta)])
@@ -193,7 +207,7 @@ impl Trainer<'_> {
         let opt_bytes = read(OPTIMIZER)?;
         let st = SafeTensors::deserialize(&opt_bytes).map_err(|e| io(&path(OPTIMIZER), e))?;
         let mut states = Vec::new();
-        for (name, t) in optimizer_states(self) {
+        for (name, t) in self.optimizer_tensors() {
             let v = st.tensor(&name).map_err(|_| io(&path(OPTIMIZER), format!("missing tensor {name}")))?;
             if v.dtype() != Dtype::F32 || v.shape() != self.plan.shape(t) {
                 return Err(io(
@@ -205,6 +219,26 @@ impl Trainer<'_> {
         }
         // Validate the model file fully before touching anything.
         crate::io::decode_state(&model_bytes, &path(MODEL).display().to_string(), self.model.entries(), Some(g))?;
+        // Checkpoints written before hyper-parameters were kept restore none.
+        let hyper = match (meta.get("base_lr_bits"), meta.get("hyper_rows_bits")) {
+            (Some(lr), Some(rows)) => {
+                let lr: Vec<u32> = serde_json::from_value(lr.clone()).map_err(|_| bad("bad base_lr_bits"))?;
+                let rows: Vec<Vec<u32>> =
+                    serde_json::from_value(rows.clone()).map_err(|_| bad("bad hyper_rows_bits"))?;
+                let width = self.hyper_rows().first().map_or(0, Vec::len);
+                if lr.len() != g || rows.len() != g || rows.iter().any(|r| r.len() != width) {
+                    return Err(bad("bad hyper-parameter rows"));
+                }
+                let rows: Vec<Vec<f32>> =
+                    rows.into_iter().map(|r| r.into_iter().map(f32::from_bits).collect()).collect();
+                Some((lr.into_iter().map(f32::from_bits).collect::<Vec<f32>>(), rows))
+            }
+            _ => None,
+        };
+        if let Some((lr, rows)) = hyper {
+            self.set_hyper_rows(&rows)?;
+            self.base_lr = lr;
+        }
         match &mut self.opt {
             OptState::Sgd(s) => {
                 s.set_started(meta["counters"]["started"].as_bool().ok_or_else(|| bad("missing counters"))?)

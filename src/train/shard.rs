@@ -16,7 +16,7 @@ use crate::nn::BatchModel;
 /// [`BatchModel::sharded`]). Metrics, evaluations and freeze flags come back in global model
 /// order, as from one trainer.
 pub struct ShardedTrainer<'a> {
-    shards: Vec<Trainer<'a>>,
+    pub(super) shards: Vec<Trainer<'a>>,
     /// Metrics delivered by each shard and not yet merged with the other shards'.
     pending: Vec<VecDeque<StepMetrics>>,
 }
