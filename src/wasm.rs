@@ -23,7 +23,7 @@ use wasm_bindgen_futures::future_to_promise;
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterReport, Gpu, NO_WEBGPU_HINT};
 use crate::nn::{BatchModel, ModelSpec};
-use crate::optim::{Adam, PerModel, Sgd};
+use crate::optim::{Adam, HyperParam, PerModel, Sgd};
 use crate::train::{
     Dataset, Evaluation, Evaluator, Normalize, Optimizer, Order, Predictor, StepMetrics, TrainConfig, Trainer as Engine,
 };
@@ -752,7 +752,8 @@ struct Shared {
     classes: usize,
     eval_batch: Option<usize>,
     report: AdapterReport,
-    lr: Vec<f32>,
+    /// Each model's base learning rate (setHyper and copyModel change it).
+    lr: RefCell<Vec<f32>>,
     step: Cell<u64>,
     destroyed: Cell<bool>,
     dead: RefCell<Vec<bool>>,
@@ -931,7 +932,7 @@ impl Trainer {
             classes,
             eval_batch: o.eval_batch,
             report,
-            lr,
+            lr: RefCell::new(lr),
             step: Cell::new(0),
             destroyed: Cell::new(false),
             dead: RefCell::new(vec![false; o.g]),
@@ -961,7 +962,7 @@ impl Trainer {
     /// Each model's learning rate.
     #[wasm_bindgen(js_name = learningRates)]
     pub fn learning_rates(&self) -> Float32Array {
-        f32_array(&self.shared.lr)
+        f32_array(&self.shared.lr.borrow())
     }
 
     /// 1 for each model frozen because its loss became NaN or infinite, else 0.
@@ -991,9 +992,21 @@ impl Trainer {
         self.run(move |s| async move {
             let data = data?;
             let mut st = s.state.lock().await;
+            // Hyper-parameters changed by setHyper or copyModel carry over to the new engine.
+            let changed: Vec<(usize, HyperParam, f32)> = match &st.engine {
+                Some(old) => (0..s.g)
+                    .flat_map(|m| {
+                        HyperParam::ALL.into_iter().filter_map(move |h| old.hyper(m, h).ok().map(|v| (m, h, v)))
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
             st.engine = None;
-            let engine = Engine::new(s.gpu(), s.model(), &data, st.optimizer.clone(), st.config.clone())
+            let mut engine = Engine::new(s.gpu(), s.model(), &data, st.optimizer.clone(), st.config.clone())
                 .map_err(|e| s.fail(e))?;
+            for (m, h, v) in changed {
+                engine.set_hyper(m, h, v).map_err(|e| s.fail(e))?;
+            }
             s.gpu().take_error().map_err(|e| s.fail(e))?;
             st.engine = Some(engine);
             s.step.set(0);
@@ -1108,6 +1121,60 @@ impl Trainer {
             let classes = p.classes();
             let dead = s.dead.borrow().clone();
             Ok(prediction_object(&probs, s.g, classes, &dead))
+        })
+    }
+
+    /// Population-based training's "exploit": model `dst` becomes a clone of model `src`
+    /// (weights, BatchNorm estimates, optimizer state, hyper-parameters, divergence flag),
+    /// copied on the GPU. Needs a dataset (`setDataset`): the optimizer state lives with it.
+    #[wasm_bindgen(js_name = copyModel, unchecked_return_type = "Promise<void>")]
+    pub fn copy_model(&self, dst: usize, src: usize) -> Promise {
+        let ok = self.check_model(dst).and_then(|_| self.check_model(src));
+        self.run(move |s| async move {
+            ok?;
+            let mut st = s.state.lock().await;
+            let engine = st.engine.as_mut().ok_or_else(|| usage("no dataset: call setDataset before copyModel"))?;
+            engine.copy_model(dst, src).map_err(|e| s.fail(e))?;
+            s.gpu().take_error().map_err(|e| s.fail(e))?;
+            let lr = s.lr.borrow()[src];
+            s.lr.borrow_mut()[dst] = lr;
+            *s.dead.borrow_mut() = engine.dead().to_vec();
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Model `m`'s hyper-parameter `name` (`lr`: the base rate before a schedule; also
+    /// `momentum`, `dampening`, `weight_decay` for SGD, `beta1`, `beta2`, `eps`,
+    /// `weight_decay` for Adam/AdamW). Needs a dataset (`setDataset`).
+    #[wasm_bindgen(unchecked_return_type = "Promise<number>")]
+    pub fn hyper(&self, m: usize, name: String) -> Promise {
+        let ok = self.check_model(m);
+        self.run(move |s| async move {
+            ok?;
+            let h = HyperParam::from_name(&name).map_err(js_err)?;
+            let st = s.state.lock().await;
+            let engine = st.engine.as_ref().ok_or_else(|| usage("no dataset: call setDataset before hyper"))?;
+            Ok(JsValue::from(engine.hyper(m, h).map_err(js_err)?))
+        })
+    }
+
+    /// Population-based training's "explore": sets model `m`'s hyper-parameter `name` (as
+    /// `hyper` names them) from the next step on, checked as the optimizer checks it. Needs a
+    /// dataset (`setDataset`); the value carries over to a later dataset.
+    #[wasm_bindgen(js_name = setHyper, unchecked_return_type = "Promise<void>")]
+    pub fn set_hyper(&self, m: usize, name: String, value: f32) -> Promise {
+        let ok = self.check_model(m);
+        self.run(move |s| async move {
+            ok?;
+            let h = HyperParam::from_name(&name).map_err(js_err)?;
+            let mut st = s.state.lock().await;
+            let engine = st.engine.as_mut().ok_or_else(|| usage("no dataset: call setDataset before setHyper"))?;
+            engine.set_hyper(m, h, value).map_err(js_err)?;
+            s.gpu().take_error().map_err(|e| s.fail(e))?;
+            if h == HyperParam::Lr {
+                s.lr.borrow_mut()[m] = value;
+            }
+            Ok(JsValue::UNDEFINED)
         })
     }
 

@@ -139,6 +139,27 @@ out.deviceLost = trainer.deviceLost ?? null;
 const fresh = await Trainer.create(options);
 await fresh.setDataset(train);
 out.recreated = Array.from(await fresh.step(2));
+// Population-based training: model 1 becomes a clone of model 0; model 2's lr changes and
+// keeps its value over a new dataset.
+await fresh.copyModel(1, 0);
+const cloned = await fresh.predict(image);
+out.pbt = {
+  lr: [await fresh.hyper(0, 'lr'), await fresh.hyper(1, 'lr')],
+  probs: [Array.from(cloned.probs.subarray(0, cloned.classes)), Array.from(cloned.probs.subarray(cloned.classes, 2 * cloned.classes))],
+};
+await fresh.setHyper(2, 'lr', 0.5);
+out.pbt.lr2 = await fresh.hyper(2, 'lr');
+out.pbt.rates = Array.from(fresh.learningRates());
+await fresh.setDataset(train);
+out.pbt.lr2After = await fresh.hyper(2, 'lr');
+out.pbt.beta2 = await fresh.hyper(3, 'beta2');
+await expectReject('badHyperName', () => fresh.setHyper(0, 'lr2', 0.1));
+await expectReject('badHyperValue', () => fresh.setHyper(0, 'beta1', 1.5));
+await expectReject('badCopy', () => fresh.copyModel(0, 99));
+await expectReject('copyNoDataset', async () => {
+  const t = await Trainer.create({ ...options, models: 2, lr: 0.1 });
+  try { await t.copyModel(1, 0); } finally { t.free(); }
+});
 fresh.free();
 // Other kernel shapes, those meant for GPUs included (per-position convolutions, several
 // tensors per optimizer dispatch, the GEMMs' depth split over workgroup slices: generated
@@ -226,7 +247,8 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
     assert.ok(existsSync(join(project, 'node_modules', 'modelbatch', f)), `package holds ${f}`);
   }
   const dts = readFileSync(join(project, 'node_modules', 'modelbatch', 'modelbatch.d.ts'), 'utf8');
-  for (const s of ['step(n: number): Promise<Float32Array>', 'interface TrainerOptions', 'Promise<Prediction>']) {
+  for (const s of ['step(n: number): Promise<Float32Array>', 'interface TrainerOptions', 'Promise<Prediction>',
+    'copyModel(dst: number, src: number): Promise<void>', 'setHyper(m: number, name: string, value: number): Promise<void>']) {
     assert.ok(dts.includes(s), `.d.ts declares ${s}`);
   }
 
@@ -327,6 +349,10 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.match(e.badTuning, /tuning conv_ob: must be 1 to 8/);
   assert.match(e.badTuneSetting, /unknown tune setting "speed"/);
   assert.match(e.badTuneKey, /unknown tuning key "gemm_tiles"/);
+  assert.match(e.badHyperName, /unknown hyper-parameter "lr2" \(one of lr, momentum/);
+  assert.match(e.badHyperValue, /beta1 1.5 must be in \[0, 1\)/);
+  assert.match(e.badCopy, /model 99 does not exist/);
+  assert.match(e.copyNoDataset, /call setDataset before copyModel/);
   for (const [name, msg] of Object.entries(e)) {
     assert.ok(msg && msg.startsWith('modelbatch: '), `${name}: ${msg}`);
     assert.ok(!/panicked|unreachable|RuntimeError/.test(msg), `${name} is not a panic: ${msg}`);
@@ -335,6 +361,14 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.match(e.afterLoss, /device (was )?(lost|destroyed)/i);
   assert.match(web.deviceLost ?? '', /lost/i);
   assert.equal(web.recreated.length, G);
+  // Population-based training through the package.
+  assert.equal(web.pbt.lr[1], web.pbt.lr[0], 'the clone has its source\'s lr');
+  assert.deepEqual(web.pbt.probs[1], web.pbt.probs[0], 'the clone predicts as its source');
+  assert.equal(web.pbt.lr2, 0.5);
+  assert.equal(web.pbt.rates[2], 0.5);
+  assert.equal(web.pbt.rates[1], web.pbt.rates[0]);
+  assert.equal(web.pbt.lr2After, 0.5, 'setHyper carries over a new dataset');
+  assert.ok(Math.abs(web.pbt.beta2 - 0.999) < 1e-6, `beta2 ${web.pbt.beta2}`);
   assert.ok(web.recreated.every(Number.isFinite));
   // tune: every candidate reported, the start first, the best one of those measured.
   const tn = web.tune;
