@@ -765,8 +765,17 @@ fn checkpoint_resumes_as_the_uninterrupted_run() {
     let _gpu = gpu_or_skip!();
     let t = Temp::new("checkpoint");
     let data = tiny_mnist(&t);
+    // A spec file: `eval` of a save takes the spec saved with it.
+    let spec = t.join("mlp.json");
+    write(
+        &spec,
+        br#"{"input": [1, 28, 28], "layers": [{"type": "flatten"}, {"type": "linear", "out_features": 16},
+            {"type": "relu"}, {"type": "linear", "out_features": 10}]}"#,
+    );
     let base = [
         "train",
+        "--model",
+        p(&spec),
         "--models",
         "2",
         "--batch-size",
@@ -807,6 +816,17 @@ fn checkpoint_resumes_as_the_uninterrupted_run() {
         let summary: Value = serde_json::from_str(&std::fs::read_to_string(t.join("b/summary.json")).unwrap()).unwrap();
         assert_eq!(summary["resumed_from_step"], 3);
         assert_eq!(names(&ck), ["notes.txt", "step-00000005"]);
+        // `eval` reads the newest save (or a save named), with the spec saved with it.
+        let eval_out =
+            assert_ok(&run(&["eval", "--weights", p(&t.join("b")), "--model", p(&spec), "--data", p(&data), "--json"]));
+        for w in [ck.clone(), ck.join("step-00000005")] {
+            let from_save = assert_ok(&run(&["eval", "--weights", p(&w), "--data", p(&data), "--json"]));
+            assert_eq!(from_save, eval_out, "eval of the save {} ({devices} devices)", w.display());
+        }
+        assert_error(
+            &run(&["eval", "--weights", p(&ck), "--models", "3", "--data", p(&data)]),
+            &["--models 3", "holds 2 models"],
+        );
         // Once more: nothing is left to train; the same results are written again.
         let again = train_snapshot(&args(&with("log:0.01:0.1", "5")), &t.join("c"));
         assert!(again == resumed, "a finished run run again");

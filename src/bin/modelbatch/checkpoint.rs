@@ -227,6 +227,71 @@ impl Checkpoints {
     }
 }
 
+/// The models of a `train --checkpoint` save, for `eval --weights`.
+pub struct SavedModels {
+    /// The save's folder (`.../step-S`) and step.
+    pub path: PathBuf,
+    pub step: u64,
+    /// The `--model` it was trained with: `"lenet"` or a spec's JSON.
+    pub model: Value,
+    /// Each device's `model.safetensors` (models of every shard, batched) and model count.
+    pub shards: Vec<(PathBuf, usize)>,
+}
+
+impl SavedModels {
+    /// Models in the whole batch.
+    pub fn models(&self) -> usize {
+        self.shards.iter().map(|(_, g)| g).sum()
+    }
+}
+
+/// `dir` as a `train --checkpoint` save: `dir` itself (a `step-S` folder) or the newest save
+/// in it (the `--checkpoint` folder); `None` when it is neither (a folder of model files).
+pub fn saved_models(dir: &Path, flag: &str) -> Result<Option<SavedModels>> {
+    let save = if dir.join(RUN).is_file() {
+        dir.to_path_buf()
+    } else {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(None) };
+        let newest = entries
+            .flatten()
+            .filter_map(|e| step_of(&e.file_name().to_string_lossy()).map(|s| (s, e.path())))
+            .filter(|(_, p)| p.join(RUN).is_file())
+            .max_by_key(|(s, _)| *s);
+        match newest {
+            Some((_, p)) => p,
+            None => return Ok(None),
+        }
+    };
+    let shown = |p: &Path| format!("{flag} {}", p.display());
+    let text = std::fs::read(save.join(RUN)).context(shown(&save.join(RUN)))?;
+    let run: Value = serde_json::from_slice(&text)
+        .map_err(|e| CliError::new(format!("{}: invalid JSON: {e}", shown(&save.join(RUN)))))?;
+    if run["format"] != FORMAT {
+        return Err(CliError::new(format!("{}: not a modelbatch train checkpoint (format)", shown(&save.join(RUN)))));
+    }
+    let step = run["step"].as_u64().unwrap_or(0);
+    let mut shards = Vec::new();
+    for i in 0.. {
+        let shard = save.join(format!("shard-{i}"));
+        if !shard.is_dir() {
+            break;
+        }
+        let meta_path = shard.join("trainer.json");
+        let meta: Value = std::fs::read(&meta_path).context(shown(&meta_path)).and_then(|t| {
+            serde_json::from_slice(&t).map_err(|e| CliError::new(format!("{}: {e}", shown(&meta_path))))
+        })?;
+        let g = meta["models"]
+            .as_u64()
+            .filter(|&g| g > 0)
+            .ok_or_else(|| CliError::new(format!("{}: no model count", shown(&meta_path))))? as usize;
+        shards.push((shard.join("model.safetensors"), g));
+    }
+    if shards.is_empty() {
+        return Err(CliError::new(format!("{}: holds no shard-0 folder", shown(&save))));
+    }
+    Ok(Some(SavedModels { path: save, step, model: run["settings"]["--model"].clone(), shards }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

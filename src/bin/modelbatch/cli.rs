@@ -174,7 +174,9 @@ pub struct EvalArgs {
     /// Number of models (G) [default: the number of model-{i}.safetensors files in --weights]
     #[arg(long, value_name = "G")]
     pub models: Option<usize>,
-    /// Folder with model-0.safetensors … model-{G-1}.safetensors.
+    /// Folder with model-0.safetensors … model-{G-1}.safetensors, or a `train --checkpoint`
+    /// folder (its newest save; the model spec saved with it is the default --model) or one
+    /// of its step-S saves.
     #[arg(long, value_name = "DIR")]
     pub weights: PathBuf,
     /// Folder with the MNIST-format IDX files (raw or .gz) [default: the embedded MNIST]

@@ -1,11 +1,12 @@
 //! `modelbatch eval`: per-model top-1/top-5 (counts and fractions) and mean loss of saved
 //! models on a split, as a table or as JSON.
 
-use modelbatch::nn::BatchModel;
+use modelbatch::nn::{BatchModel, ModelSpec};
 use modelbatch::train::{evaluate, Dataset, Evaluation};
 use modelbatch::Gpu;
 
-use crate::cli::{parse_normalize, CliError, EvalArgs, Result, Split};
+use crate::checkpoint;
+use crate::cli::{parse_normalize, CliError, Context, EvalArgs, Result, Split};
 use crate::inputs;
 use crate::report::table;
 
@@ -14,13 +15,42 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         return Err(CliError::new("--batch-size must be at least 1"));
     }
     let normalize = parse_normalize("--normalize", &a.normalize)?;
-    let (spec, spec_name) = inputs::load_spec(&a.model)?;
-    let g = match a.models {
-        Some(0) => return Err(CliError::new("--models must be at least 1")),
-        Some(g) => g,
-        None => inputs::count_models(&a.weights, "--weights")?,
+    // `--weights` may be a `train --checkpoint` folder (or one of its saves).
+    let saved = checkpoint::saved_models(&a.weights, "--weights")?;
+    let (spec, spec_name) = match &saved {
+        // A spec saved with the run is the default (`--model` names another one).
+        Some(s) if a.model == "lenet" && s.model.is_object() => {
+            let spec = ModelSpec::from_value(&s.model).context(s.path.join("run.json").display())?;
+            (spec, format!("the model spec of {}", s.path.display()))
+        }
+        _ => inputs::load_spec(&a.model)?,
     };
-    inputs::check_weights(&a.weights, "--weights", &spec, g)?;
+    let g = match (a.models, &saved) {
+        (Some(0), _) => return Err(CliError::new("--models must be at least 1")),
+        (Some(g), Some(s)) if g != s.models() => {
+            return Err(CliError::new(format!(
+                "--models {g}: the checkpoint {} holds {} models",
+                s.path.display(),
+                s.models()
+            )))
+        }
+        (Some(g), _) => g,
+        (None, Some(s)) => s.models(),
+        (None, None) => inputs::count_models(&a.weights, "--weights")?,
+    };
+    // Every file is read and checked before the GPU is touched.
+    let entries = spec.state_entries()?;
+    let mut shard_states = Vec::new();
+    match &saved {
+        Some(s) => {
+            for (path, n) in &s.shards {
+                let bytes = std::fs::read(path).context(format!("--weights {}", path.display()))?;
+                let what = path.display().to_string();
+                shard_states.push(modelbatch::io::decode_state(&bytes, &what, &entries, Some(*n))?);
+            }
+        }
+        None => inputs::check_weights(&a.weights, "--weights", &spec, g)?,
+    }
     let dir = inputs::data_dir(&a.data);
     let split = inputs::load_split(&dir, a.split)?;
     let name = match a.split {
@@ -46,7 +76,23 @@ pub fn run(a: &EvalArgs) -> Result<()> {
 
     let gpu = Gpu::new_blocking()?;
     let model = BatchModel::new(&gpu, &spec, g, 0)?;
-    model.load_dir(&a.weights)?;
+    match &saved {
+        Some(s) => {
+            let mut first = 0;
+            for ((_, n), values) in s.shards.iter().zip(&shard_states) {
+                for m in 0..*n {
+                    let one: Vec<Vec<f32>> = values
+                        .iter()
+                        .zip(&entries)
+                        .map(|(v, e)| v[m * e.numel().max(1)..(m + 1) * e.numel().max(1)].to_vec())
+                        .collect();
+                    model.load_state_dict(first + m, &one)?;
+                }
+                first += n;
+            }
+        }
+        None => model.load_dir(&a.weights)?,
+    }
     let batch = match a.batch_size {
         Some(n) => n,
         None => inputs::fit_eval_batch(&gpu, &spec, 500)?,
@@ -57,12 +103,11 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     } else {
         let r = gpu.report();
         println!("adapter: {} ({}, {})", r.name, r.backend, r.device_type);
-        println!(
-            "{g} × {spec_name} from {} on the {name} split ({} images of {})",
-            a.weights.display(),
-            ev.samples,
-            dir.display()
-        );
+        let from = match &saved {
+            Some(s) => format!("{} (the save after step {})", s.path.display(), s.step),
+            None => a.weights.display().to_string(),
+        };
+        println!("{g} × {spec_name} from {from} on the {name} split ({} images of {})", ev.samples, dir.display());
         let header = ["model", "top-1", "top-1 %", "top-5", "top-5 %", "loss"].map(String::from);
         let rows: Vec<Vec<String>> = (0..g)
             .map(|m| {
