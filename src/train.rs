@@ -6,6 +6,7 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 mod checkpoint;
+mod ensemble;
 mod eval;
 mod micro;
 mod population;
@@ -26,6 +27,7 @@ use crate::plan::{Plan, Readback, Update};
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use checkpoint::checkpoint_step;
+pub use ensemble::{evaluate_ensemble, evaluate_ensemble_sharded, EnsembleEvaluation};
 pub use eval::{evaluate, Evaluator};
 pub use predict::Predictor;
 pub use schedule::Schedule;

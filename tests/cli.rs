@@ -904,6 +904,43 @@ fn ctrl_c_saves_the_run_and_the_same_command_continues() {
 }
 
 #[test]
+fn ensemble_scores_the_models_as_one() {
+    let _gpu = gpu_or_skip!();
+    let t = Temp::new("ensemble");
+    let data = tiny_mnist(&t);
+    let out = t.join("a");
+    let args = ["train", "--models", "3", "--steps", "3", "--batch-size", "8", "--lr", "lin:0.02:0.1", "--ensemble"];
+    let stdout = assert_ok(&run(&[&args[..], &["--data", p(&data), "--out", p(&out)]].concat()));
+    assert!(stdout.contains("ensemble of 3 models (mean probabilities): top-1 "), "{stdout}");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let e = &summary["ensemble"];
+    assert_eq!(e["members"], 3, "{e}");
+    assert_eq!(e["excluded"], serde_json::json!([]));
+    let count = e["top1_count"].as_u64().unwrap();
+    assert!(count <= TEST_N as u64 && e["top5_count"].as_u64().unwrap() >= count, "{e}");
+    // eval --ensemble of the saved models: the same ensemble.
+    let json = assert_ok(&run(&["eval", "--weights", p(&out), "--data", p(&data), "--json", "--ensemble"]));
+    let v: Value = serde_json::from_str(&json).unwrap();
+    for k in ["members", "top1_count", "top5_count", "top1"] {
+        assert_eq!(v["ensemble"][k], e[k], "{k}: {json} vs {e}");
+    }
+    assert!((v["ensemble"]["loss"].as_f64().unwrap() - e["loss"].as_f64().unwrap()).abs() < 1e-6);
+    let table = assert_ok(&run(&["eval", "--weights", p(&out), "--data", p(&data), "--ensemble"]));
+    assert!(table.contains(&format!("ensemble of 3 models (mean probabilities): top-1 {count}/{TEST_N}")), "{table}");
+    // One model is its own ensemble.
+    let one = t.join("one");
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::copy(out.join("model-1.safetensors"), one.join("model-0.safetensors")).unwrap();
+    let json = assert_ok(&run(&["eval", "--weights", p(&one), "--data", p(&data), "--json", "--ensemble"]));
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["ensemble"]["top1_count"], v["models"][0]["top1_count"], "{json}");
+    assert_eq!(v["ensemble"]["top5_count"], v["models"][0]["top5_count"], "{json}");
+    // Without --ensemble there is none.
+    let json = assert_ok(&run(&["eval", "--weights", p(&one), "--data", p(&data), "--json"]));
+    assert!(!json.contains("ensemble"), "{json}");
+}
+
+#[test]
 fn trains_on_the_embedded_mnist() {
     let _gpu = gpu_or_skip!();
     let out = run(&["train", "--models", "1", "--steps", "2", "--batch-size", "8", "--metrics-every", "1"]);

@@ -149,6 +149,10 @@ pub struct TrainArgs {
     /// Evaluate on the first N test images only [default: all of them].
     #[arg(long, value_name = "N")]
     pub test_samples: Option<usize>,
+    /// Also score the trained models as one ensemble on the test images: per image the mean
+    /// of their class probabilities (diverged models left out).
+    #[arg(long)]
+    pub ensemble: bool,
     /// Write model-{i}.safetensors, metrics.csv and summary.json to DIR (all or nothing:
     /// an existing DIR is replaced only once the new one is complete).
     #[arg(long, value_name = "DIR")]
@@ -192,6 +196,10 @@ pub struct EvalArgs {
     /// "top1": …, "top5": …, "loss": …}, …]} instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also score the models as one ensemble: per image the mean of their class
+    /// probabilities (models whose loss is NaN or infinite left out).
+    #[arg(long)]
+    pub ensemble: bool,
     /// Pixel normalisation applied to pixel/255: (x - MEAN) / STD.
     #[arg(long, value_name = "MEAN,STD", default_value = DEFAULT_NORMALIZE, allow_hyphen_values = true)]
     pub normalize: String,

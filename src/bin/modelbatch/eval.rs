@@ -2,13 +2,13 @@
 //! models on a split, as a table or as JSON.
 
 use modelbatch::nn::{BatchModel, ModelSpec};
-use modelbatch::train::{evaluate, Dataset, Evaluation};
+use modelbatch::train::{evaluate, Dataset, EnsembleEvaluation, Evaluation};
 use modelbatch::Gpu;
 
-use crate::checkpoint;
 use crate::cli::{parse_normalize, CliError, Context, EvalArgs, Result, Split};
 use crate::inputs;
 use crate::report::table;
+use crate::{checkpoint, ensemble};
 
 pub fn run(a: &EvalArgs) -> Result<()> {
     if a.batch_size == Some(0) {
@@ -98,8 +98,12 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         None => inputs::fit_eval_batch(&gpu, &spec, 500)?,
     };
     let ev = pollster::block_on(evaluate(&gpu, &model, &data, batch, normalize))?;
+    let ensemble = match a.ensemble {
+        true => Some(ensemble::of_finite(&gpu, &model, &data, batch, normalize, &ev.loss)?),
+        false => None,
+    };
     if a.json {
-        println!("{}", to_json(&ev));
+        println!("{}", to_json(&ev, ensemble.as_ref()));
     } else {
         let r = gpu.report();
         println!("adapter: {} ({}, {})", r.name, r.backend, r.device_type);
@@ -122,13 +126,17 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             })
             .collect();
         println!("{}", table(&header, &rows));
+        if let Some(e) = &ensemble {
+            println!("{}", ensemble::line(e, g));
+        }
     }
     Ok(())
 }
 
 /// `{"samples": n, "models": [{"model": i, "top1_count": c1, "top5_count": c5, "top1": f1,
-/// "top5": f5, "loss": l}, ...]}`, keys in this order (a non-finite loss is `null`).
-fn to_json(ev: &Evaluation) -> String {
+/// "top5": f5, "loss": l}, ...]}`, keys in this order (a non-finite loss is `null`), then
+/// with --ensemble `"ensemble": {"members": k, "excluded": [...], "top1_count": …, …}`.
+fn to_json(ev: &Evaluation, ensemble: Option<&EnsembleEvaluation>) -> String {
     let num = |v: f64| serde_json::to_string(&v).unwrap_or_else(|_| "null".into());
     let models: Vec<String> = (0..ev.top1.len())
         .map(|m| {
@@ -142,5 +150,9 @@ fn to_json(ev: &Evaluation) -> String {
             )
         })
         .collect();
-    format!("{{\"samples\": {}, \"models\": [{}]}}", ev.samples, models.join(", "))
+    let ensemble = match ensemble {
+        Some(e) => format!(", \"ensemble\": {}", ensemble::json(e, ev.top1.len())),
+        None => String::new(),
+    };
+    format!("{{\"samples\": {}, \"models\": [{}]{ensemble}}}", ev.samples, models.join(", "))
 }

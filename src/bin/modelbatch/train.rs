@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use modelbatch::data::Mnist;
 use modelbatch::nn::{BatchModel, ModelSpec, TensorKind};
-use modelbatch::train::{Dataset, Evaluation, Order, Schedule, ShardedTrainer, StepMetrics, TrainConfig};
+use modelbatch::train::{
+    evaluate_ensemble_sharded, Dataset, Evaluation, Order, Schedule, ShardedTrainer, StepMetrics, TrainConfig,
+};
 use modelbatch::Gpu;
 use serde_json::{json, Value};
 
@@ -17,7 +19,7 @@ use crate::cli::{parse_normalize, CliError, Context, Result, TrainArgs};
 use crate::hyper::{self, tidy, Hyper};
 use crate::output::{write_file, Staging};
 use crate::report::{fmt_loss, fmt_secs, group, table, Progress};
-use crate::{inputs, interrupt};
+use crate::{ensemble, inputs, interrupt};
 
 pub fn run(a: &TrainArgs) -> Result<()> {
     let started = Instant::now();
@@ -233,6 +235,23 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let dead = trainer.dead();
     drop(trainer);
     println!("{}", results_table(&hyper, &metrics.last_loss, &dead, &ev));
+    let ensemble = match a.ensemble {
+        true => {
+            let members: Vec<usize> = (0..g).filter(|&m| !dead[m] && ev.loss[m].is_finite()).collect();
+            if members.is_empty() {
+                println!("ensemble: every model diverged");
+                None
+            } else {
+                let parts: Vec<(&Gpu, &BatchModel)> = gpus.iter().zip(&models).collect();
+                let batch = TrainConfig::default().eval_batch;
+                let batch = inputs::fit_eval_batch(gpu, &spec, batch)?;
+                let e = pollster::block_on(evaluate_ensemble_sharded(&parts, &test, batch, normalize, &members))?;
+                println!("{}", ensemble::line(&e, g));
+                Some(e)
+            }
+        }
+        false => None,
+    };
 
     if let Some(staging) = staging {
         for model in &models {
@@ -267,6 +286,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             "samples_per_s": steps_run as f64 * samples_per_step as f64 / train_secs.max(1e-9),
             "wall_time_s": started.elapsed().as_secs_f64(),
             "models": (0..g).map(|m| model_summary(m, &hyper, &metrics, &dead, &ev)).collect::<Vec<_>>(),
+            "ensemble": ensemble.as_ref().map(|e| ensemble::json(e, g)),
         });
         let text = serde_json::to_string_pretty(&summary).context("summary.json")? + "\n";
         write_file(&staging.path().join("summary.json"), text.as_bytes())?;
