@@ -50,19 +50,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// Images `range` of `d` as a data set of their own.
-fn part(d: &Dataset, range: std::ops::Range<usize>, name: &str) -> Dataset {
-    let px: usize = d.sample.iter().product();
-    Dataset {
-        images: d.images[range.start * px..range.end * px].to_vec(),
-        labels: d.labels[range.clone()].to_vec(),
-        n: range.len(),
-        sample: d.sample.clone(),
-        classes: d.classes,
-        name: name.into(),
-    }
-}
-
 fn main() {
     if let Err(e) = run() {
         eprintln!("error: {e}");
@@ -78,7 +65,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("adapter: {} ({}, {})", r.name, r.backend, r.device_type);
     let mnist = Mnist::load(Mnist::default_dir())?;
     let all = Dataset::from_mnist(&mnist.train, "train");
-    let (train, valid) = (part(&all, 0..all.n - 5000, "train"), part(&all, all.n - 5000..all.n, "validation"));
+    let (train, valid) = (all.slice(0..all.n - 5000, "train"), all.slice(all.n - 5000..all.n, "validation"));
     let test = Dataset::from_mnist(&mnist.test, "test");
 
     // Learning rates spread over two decades, momentum 0.5..0.95: most start badly.

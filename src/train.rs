@@ -65,15 +65,22 @@ impl Dataset {
 
     /// The first `n` samples.
     pub fn head(&self, n: usize) -> Dataset {
-        let n = n.min(self.n);
+        self.slice(0..n, &self.name)
+    }
+
+    /// Samples `range` (clipped to the set) as a data set called `name` (e.g. a validation
+    /// split held out of the training set).
+    pub fn slice(&self, range: std::ops::Range<usize>, name: &str) -> Dataset {
+        let end = range.end.min(self.n);
+        let start = range.start.min(end);
         let px: usize = self.sample.iter().product();
         Dataset {
-            images: self.images[..n * px].to_vec(),
-            labels: self.labels[..n].to_vec(),
-            n,
+            images: self.images[start * px..end * px].to_vec(),
+            labels: self.labels[start..end].to_vec(),
+            n: end - start,
             sample: self.sample.clone(),
             classes: self.classes,
-            name: self.name.clone(),
+            name: name.into(),
         }
     }
 

@@ -941,6 +941,85 @@ fn ensemble_scores_the_models_as_one() {
 }
 
 #[test]
+fn pbt_errors() {
+    let t = Temp::new("pbt-errors");
+    let data = tiny_mnist(&t);
+    train_fails(&t, &data, &["--pbt-fraction", "0.2"], &["--pbt-fraction", "--pbt K"]);
+    train_fails(&t, &data, &["--pbt-valid", "5"], &["--pbt-valid", "--pbt K"]);
+    train_fails(&t, &data, &["--pbt", "0"], &["--pbt must be at least 1"]);
+    train_fails(&t, &data, &["--pbt", "2", "--models", "1"], &["--pbt needs at least 2 models"]);
+    train_fails(&t, &data, &["--pbt", "2", "--pbt-fraction", "0.7"], &["--pbt-fraction 0.7", "at most 0.5"]);
+    train_fails(&t, &data, &["--pbt", "2", "--pbt-valid", "0"], &["--pbt-valid must be at least 1"]);
+    train_fails(&t, &data, &["--pbt", "2", "--pbt-valid", "64"], &["--pbt-valid 64", "only 64 images"]);
+}
+
+#[test]
+fn pbt_copies_the_best_and_resumes_exactly() {
+    let _gpu = gpu_or_skip!();
+    let t = Temp::new("pbt");
+    let data = tiny_mnist(&t);
+    let base = [
+        "train",
+        "--models",
+        "4",
+        "--batch-size",
+        "8",
+        "--lr",
+        "lin:0.01:0.1",
+        "--momentum",
+        "0.5,0.6,0.7,0.8",
+        "--pbt",
+        "2",
+        "--pbt-valid",
+        "16",
+        "--data",
+        p(&data),
+    ];
+    let out = t.join("a");
+    let output = run(&[&base[..], &["--steps", "6", "--out", p(&out)]].concat());
+    let stdout = assert_ok(&output);
+    assert!(stdout.contains("population-based training: every 2 steps, the worst 25% copy the best on 16"), "{stdout}");
+    // Progress (stderr): one line per round.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("pbt at step 2: ") && stderr.contains("pbt at step 4: "), "{stderr}");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let pbt = &summary["pbt"];
+    assert_eq!(pbt["validation_images"], 16);
+    assert_eq!(pbt["explored"], serde_json::json!(["lr", "momentum"]));
+    let rounds = pbt["rounds"].as_array().unwrap();
+    assert_eq!(rounds.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 4], "{pbt}");
+    // The last round's copy: its learning rate and momentum are its source's, perturbed.
+    let copies = rounds[1]["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 1, "a quarter of 4 models");
+    let (dst, src) = (copies[0][0].as_u64().unwrap() as usize, copies[0][1].as_u64().unwrap() as usize);
+    assert_ne!(dst, src);
+    let hyper = |m: usize, k: &str| summary["models"][m]["hyper"][k].as_f64().unwrap();
+    let ratio = hyper(dst, "lr") / hyper(src, "lr");
+    assert!((ratio - 0.8).abs() < 1e-5 || (ratio - 1.25).abs() < 1e-5, "lr {ratio}");
+    let ratio = (1.0 - hyper(dst, "momentum")) / (1.0 - hyper(src, "momentum"));
+    assert!((ratio - 0.8).abs() < 1e-4 || (ratio - 1.25).abs() < 1e-4, "1 - momentum {ratio}");
+    // Interrupted after step 3 and resumed: the same rounds, metrics and weights.
+    let ck = t.join("ck");
+    let with_ck = [&base[..], &["--checkpoint", p(&ck), "--checkpoint-every", "100"]].concat();
+    assert_ok(&run(&[&with_ck[..], &["--steps", "3"]].concat()));
+    let b = t.join("b");
+    assert_ok(&run(&[&with_ck[..], &["--steps", "6", "--out", p(&b)]].concat()));
+    let resumed: Value = serde_json::from_str(&std::fs::read_to_string(b.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(resumed["resumed_from_step"], 3);
+    assert_eq!(resumed["pbt"], summary["pbt"], "the rounds of the resumed run");
+    assert_eq!(resumed["models"], summary["models"], "the models of the resumed run");
+    assert_eq!(
+        std::fs::read(b.join("metrics.csv")).unwrap(),
+        std::fs::read(out.join("metrics.csv")).unwrap(),
+        "metrics.csv of the resumed run"
+    );
+    for m in 0..4 {
+        let f = format!("model-{m}.safetensors");
+        assert!(std::fs::read(b.join(&f)).unwrap() == std::fs::read(out.join(&f)).unwrap(), "{f}");
+    }
+}
+
+#[test]
 fn trains_on_the_embedded_mnist() {
     let _gpu = gpu_or_skip!();
     let out = run(&["train", "--models", "1", "--steps", "2", "--batch-size", "8", "--metrics-every", "1"]);

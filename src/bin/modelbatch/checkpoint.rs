@@ -58,6 +58,8 @@ pub struct Saved {
     /// Each model's last loss (f32 bits) and first non-finite one (step, f32 bits).
     pub last_loss: Vec<f32>,
     pub first_bad: Vec<Option<(u64, f32)>>,
+    /// What else the command saved with the run (PBT's rounds).
+    pub extra: Value,
 }
 
 /// The saves of one run in `dir`.
@@ -162,6 +164,7 @@ impl Checkpoints {
             csv,
             last_loss: last_loss.into_iter().map(f32::from_bits).collect(),
             first_bad: first_bad.into_iter().map(|b| b.map(|(s, l)| (s, f32::from_bits(l)))).collect(),
+            extra: run["extra"].clone(),
         })
     }
 
@@ -185,13 +188,15 @@ impl Checkpoints {
 
     /// Saves the run after its current step: the trainers (whose metrics must all have been
     /// delivered), the metrics rows `new_rows` delivered since the previous save, each
-    /// model's last and first non-finite loss. Then removes the older saves.
+    /// model's last and first non-finite loss, and `extra` (the command's own state). Then
+    /// removes the older saves.
     pub fn save(
         &mut self,
         trainer: &mut ShardedTrainer,
         new_rows: &[u8],
         last_loss: &[f32],
         first_bad: &[Option<(u64, f32)>],
+        extra: Value,
     ) -> Result<PathBuf> {
         let step = trainer.step();
         let path = self.dir.join(format!("step-{step:08}"));
@@ -206,6 +211,7 @@ impl Checkpoints {
             "settings": self.settings,
             "last_loss_bits": last_loss.iter().map(|l| l.to_bits()).collect::<Vec<_>>(),
             "first_bad": first_bad.iter().map(|b| b.map(|(s, l)| (s, l.to_bits()))).collect::<Vec<_>>(),
+            "extra": extra,
         });
         let run = serde_json::to_string_pretty(&run).context(RUN)? + "\n";
         trainer

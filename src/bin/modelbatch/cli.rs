@@ -164,6 +164,21 @@ pub struct TrainArgs {
     /// run continues from it, with the results of an uninterrupted run.
     #[arg(long, value_name = "DIR")]
     pub checkpoint: Option<PathBuf>,
+    /// Population-based training: every K steps the models are scored on images held out of
+    /// the training set (--pbt-valid); each of the worst --pbt-fraction becomes a copy of one
+    /// of the best as many (weights, optimizer state, hyper-parameters), then each
+    /// hyper-parameter given as several values is scaled by 0.8 or 1.25 (the learning rate if
+    /// none is; for momentum and the betas, their distance to 1).
+    #[arg(long, value_name = "K")]
+    pub pbt: Option<u64>,
+    /// Fraction of the models replaced each PBT round (and of the best they copy) [default:
+    /// 0.25]
+    #[arg(long, value_name = "F")]
+    pub pbt_fraction: Option<f64>,
+    /// Training images held out to score the models for PBT (the last N of the set)
+    /// [default: a tenth of the set, at most 5000]
+    #[arg(long, value_name = "N")]
+    pub pbt_valid: Option<usize>,
     /// How often to save (with --checkpoint): every K steps, or every TIME of training (90s,
     /// 10m, 2h) [default: 5m]
     #[arg(long, value_name = "K|TIME", allow_hyphen_values = true)]

@@ -5,6 +5,7 @@
 //! modelbatch info
 //! modelbatch train --models 64 --lr log:0.001:0.1 --momentum 0.9 --epochs 1 --out runs/sweep
 //! modelbatch train --models 64 --epochs 20 --checkpoint runs/ck   # run again to continue
+//! modelbatch train --models 32 --lr log:0.001:0.3 --pbt 200 --ensemble
 //! modelbatch eval --models 64 --weights runs/sweep --json
 //! modelbatch bench --models 1,8,64 --batch-size 128 --steps 10
 //! modelbatch tune --models 64 && modelbatch --tuning conv_lanes=128 bench --models 64
@@ -31,6 +32,8 @@ mod inputs;
 mod interrupt;
 #[cfg(not(target_arch = "wasm32"))]
 mod output;
+#[cfg(not(target_arch = "wasm32"))]
+mod pbt;
 #[cfg(not(target_arch = "wasm32"))]
 mod report;
 #[cfg(not(target_arch = "wasm32"))]

@@ -11,15 +11,16 @@ use modelbatch::nn::{BatchModel, ModelSpec, TensorKind};
 use modelbatch::train::{
     evaluate_ensemble_sharded, Dataset, Evaluation, Order, Schedule, ShardedTrainer, StepMetrics, TrainConfig,
 };
-use modelbatch::Gpu;
+use modelbatch::{Gpu, HyperParam};
 use serde_json::{json, Value};
 
 use crate::checkpoint::{parse_every, Checkpoints, Saved, CSV_HEADER};
 use crate::cli::{parse_normalize, CliError, Context, Result, TrainArgs};
 use crate::hyper::{self, tidy, Hyper};
 use crate::output::{write_file, Staging};
+use crate::pbt::Pbt;
 use crate::report::{fmt_loss, fmt_secs, group, table, Progress};
-use crate::{ensemble, inputs, interrupt};
+use crate::{ensemble, inputs, interrupt, pbt};
 
 pub fn run(a: &TrainArgs) -> Result<()> {
     let started = Instant::now();
@@ -43,6 +44,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         }
     }
     let hyper = hyper::from_args(a, g)?;
+    let pbt_flags = pbt::flags(a)?;
     let normalize = parse_normalize("--normalize", &a.normalize)?;
     let schedule = Schedule::parse(&a.schedule).context("--schedule")?;
     let every = match (&a.checkpoint, &a.checkpoint_every) {
@@ -59,7 +61,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     }
     let data_dir = inputs::data_dir(&a.data);
     let mnist = Mnist::load(&data_dir)?;
-    let train = Dataset::from_mnist(&mnist.train, "train");
+    let mut train = Dataset::from_mnist(&mnist.train, "train");
     let mut test = Dataset::from_mnist(&mnist.test, "test");
     if let Some(n) = a.test_samples {
         if n == 0 {
@@ -70,6 +72,15 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     drop(mnist);
     check_fits(&spec, &spec_name, &train, &data_dir.display().to_string())?;
     check_fits(&spec, &spec_name, &test, &data_dir.display().to_string())?;
+    let all_train = train.n;
+    let mut pbt = match pbt_flags {
+        Some(flags) => {
+            let (p, rest) = Pbt::new(flags, train, &hyper, a.seed)?;
+            train = rest;
+            Some(p)
+        }
+        None => None,
+    };
     if !a.no_shuffle && a.batch_size > train.n {
         return Err(CliError::new(format!(
             "--batch-size {}: larger than the {} training images (shuffled batches are drawn without replacement)",
@@ -78,7 +89,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     }
     let (mut checkpoints, saved) = match (&a.checkpoint, every) {
         (Some(dir), Some(every)) => {
-            let settings = settings(a, &hyper, normalize, &data_dir, train.n)?;
+            let pbt_setting = pbt.as_ref().map(|p| json!([p.every, p.fraction, p.valid.n]));
+            let settings = settings(a, &hyper, normalize, &data_dir, all_train, pbt_setting)?;
             let (c, saved) = Checkpoints::open(dir, every, settings)?;
             (Some(c), saved)
         }
@@ -125,6 +137,9 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             }
             trainer.resume(&saved.path)?;
             metrics.restore(saved)?;
+            if let Some(p) = &mut pbt {
+                p.restore(&saved.extra["pbt_rounds"])?;
+            }
             saved.step
         }
         None => 0,
@@ -150,6 +165,14 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         if a.no_shuffle { "file order" } else { "shuffled per model" }
     );
     println!("optimizer: {}", describe(&hyper, &a.schedule));
+    if let Some(p) = &pbt {
+        println!(
+            "population-based training: every {} steps, the worst {}% copy the best on {} held-out training images",
+            p.every,
+            tidy(100.0 * p.fraction as f32),
+            p.valid.n
+        );
+    }
     let first = &trainer.shards()[0];
     let (chunks, micro, passes) = (first.plan().stats().chunks, first.micro_batches(), first.passes());
     if chunks > 1 || micro > 1 {
@@ -179,12 +202,21 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         progress.submitted(s + 1);
         deaths.extend(trainer.take_newly_dead());
         report_deaths(&mut deaths, &metrics.first_bad, &progress);
+        if let Some(p) = &mut pbt {
+            if s + 1 < total && p.due(s + 1) {
+                // Divergence flags current before the models are ranked.
+                trainer.finish(|ms| metrics.record(ms, &mut progress))?;
+                deaths.extend(trainer.take_newly_dead());
+                report_deaths(&mut deaths, &metrics.first_bad, &progress);
+                progress.println(&p.round(&mut trainer, s + 1)?);
+            }
+        }
         if let Some(c) = &mut checkpoints {
             if s + 1 < total && c.due(s + 1) {
                 trainer.finish(|ms| metrics.record(ms, &mut progress))?;
                 deaths.extend(trainer.take_newly_dead());
                 report_deaths(&mut deaths, &metrics.first_bad, &progress);
-                let path = metrics.save(c, &mut trainer)?;
+                let path = metrics.save(c, &mut trainer, pbt_state(&pbt))?;
                 progress.println(&format!("saved {}", path.display()));
             }
         }
@@ -202,7 +234,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     if let Some(at) = stopped {
         // Ctrl-C: save where the run stands (the staging directory goes with `staging`).
         let saved = match &mut checkpoints {
-            Some(c) if c.last_step() != Some(at) => Some(metrics.save(c, &mut trainer)?),
+            Some(c) if c.last_step() != Some(at) => Some(metrics.save(c, &mut trainer, pbt_state(&pbt))?),
             Some(c) => c.last_path(),
             None => None,
         };
@@ -218,7 +250,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     }
     if let Some(c) = &mut checkpoints {
         if c.last_step() != Some(total) {
-            let path = metrics.save(c, &mut trainer)?;
+            let path = metrics.save(c, &mut trainer, pbt_state(&pbt))?;
             println!("saved {}", path.display());
         }
     }
@@ -233,6 +265,14 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     println!("test set: {} images", test.n);
     let ev = pollster::block_on(trainer.evaluate(&test))?;
     let dead = trainer.dead();
+    // Every model's values as they end (PBT and set_hyper change them).
+    let mut hyper = hyper;
+    for c in &mut hyper.columns {
+        let h = HyperParam::from_name(c.name)?;
+        for (m, v) in c.values.iter_mut().enumerate() {
+            *v = trainer.hyper(m, h)?;
+        }
+    }
     drop(trainer);
     println!("{}", results_table(&hyper, &metrics.last_loss, &dead, &ev));
     let ensemble = match a.ensemble {
@@ -287,6 +327,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             "wall_time_s": started.elapsed().as_secs_f64(),
             "models": (0..g).map(|m| model_summary(m, &hyper, &metrics, &dead, &ev)).collect::<Vec<_>>(),
             "ensemble": ensemble.as_ref().map(|e| ensemble::json(e, g)),
+            "pbt": pbt.as_ref().map(Pbt::summary),
         });
         let text = serde_json::to_string_pretty(&summary).context("summary.json")? + "\n";
         write_file(&staging.path().join("summary.json"), text.as_bytes())?;
@@ -365,7 +406,7 @@ fn results_table(h: &Hyper, last_loss: &[f32], dead: &[bool], ev: &Evaluation) -
         .enumerate()
         .map(|(rank, &m)| {
             let mut r = vec![(rank + 1).to_string(), m.to_string()];
-            r.extend(varying.iter().map(|c| format!("{}", tidy(c.values[m]))));
+            r.extend(varying.iter().map(|c| significant(c.values[m], 4)));
             r.push(fmt_loss(last_loss[m] as f64));
             r.push(format!("{:.2}", 100.0 * ev.top1_frac(m)));
             r.push(format!("{:.2}", 100.0 * ev.top5_frac(m)));
@@ -450,10 +491,10 @@ impl Metrics {
     }
 
     /// Saves the run (every metric delivered) with the rows not yet saved.
-    fn save(&mut self, c: &mut Checkpoints, trainer: &mut ShardedTrainer) -> Result<std::path::PathBuf> {
+    fn save(&mut self, c: &mut Checkpoints, trainer: &mut ShardedTrainer, extra: Value) -> Result<std::path::PathBuf> {
         self.check()?;
         let rows = self.unsaved.as_deref().unwrap_or_default();
-        let path = c.save(trainer, rows, &self.last_loss, &self.first_bad)?;
+        let path = c.save(trainer, rows, &self.last_loss, &self.first_bad, extra)?;
         if let Some(rows) = &mut self.unsaved {
             rows.clear();
         }
@@ -528,6 +569,7 @@ fn settings(
     normalize: modelbatch::train::Normalize,
     data_dir: &std::path::Path,
     train_n: usize,
+    pbt: Option<Value>,
 ) -> Result<Value> {
     let model = if a.model == "lenet" {
         json!("lenet")
@@ -557,5 +599,37 @@ fn settings(
     s.insert("--seed".into(), json!(a.seed));
     s.insert("--normalize".into(), json!([tidy(normalize.mean), tidy(normalize.std)]));
     s.insert("--schedule".into(), json!(a.schedule));
+    s.insert("--pbt".into(), json!(pbt));
     Ok(Value::Object(s))
+}
+
+/// The command's own state a save keeps: PBT's rounds.
+fn pbt_state(pbt: &Option<Pbt>) -> Value {
+    json!({ "pbt_rounds": pbt.as_ref().map(Pbt::rounds_json) })
+}
+
+/// `v` with `digits` significant digits, trailing zeros dropped (0.052437 → 0.05244).
+fn significant(v: f32, digits: i32) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let decimals = (digits - 1 - (v.abs() as f64).log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn significant_digits() {
+        for (v, want) in [(0.052437944, "0.05244"), (0.8000001, "0.8"), (0.01, "0.01"), (123.456, "123.5"), (0.0, "0")]
+        {
+            assert_eq!(super::significant(v, 4), want);
+        }
+        assert_eq!(super::significant(12345.0, 4), "12345");
+    }
 }
