@@ -13,14 +13,7 @@ use modelbatch::{Gpu, PerModel, Sgd};
 const G: usize = 4;
 
 fn spec() -> ModelSpec {
-    ModelSpec::from_json(
-        r#"{"input": [1, 12, 12], "layers": [
-            {"type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1},
-            {"type": "batchnorm2d"}, {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
-            {"type": "flatten"}, {"type": "linear", "out_features": 10}
-        ]}"#,
-    )
-    .unwrap()
+    common::bn_convnet()
 }
 
 /// A batch trained for a few steps (models differ: seeds and learning rates).

@@ -11,17 +11,10 @@ use modelbatch::{Adam, Gpu, HyperParam, PerModel, Sgd};
 
 const G: usize = 5;
 
-/// Conv, BatchNorm (running estimates to copy too), relu, pooling, linear; no dropout, so
-/// that a clone on the same samples computes what its source computes.
+/// BatchNorm's running estimates are copied too; no dropout, so that a clone on the same
+/// samples computes what its source computes.
 fn spec() -> ModelSpec {
-    ModelSpec::from_json(
-        r#"{"input": [1, 12, 12], "layers": [
-            {"type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1},
-            {"type": "batchnorm2d"}, {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
-            {"type": "flatten"}, {"type": "linear", "out_features": 10}
-        ]}"#,
-    )
-    .unwrap()
+    common::bn_convnet()
 }
 
 fn data() -> Dataset {

@@ -361,3 +361,17 @@ pub fn small_convnet(channels: usize, batchnorm: bool) -> modelbatch::nn::ModelS
     ))
     .unwrap()
 }
+
+/// conv (3x3, padding 1, 3 outputs), BatchNorm (running estimates), relu, 2x2 max pooling,
+/// flatten, linear to 10 classes, for 1x12x12 inputs: no dropout, so that two models with
+/// the same weights on the same samples compute the same.
+pub fn bn_convnet() -> modelbatch::nn::ModelSpec {
+    modelbatch::nn::ModelSpec::from_json(
+        r#"{"input": [1, 12, 12], "layers": [
+            {"type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1},
+            {"type": "batchnorm2d"}, {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
+            {"type": "flatten"}, {"type": "linear", "out_features": 10}
+        ]}"#,
+    )
+    .unwrap()
+}
