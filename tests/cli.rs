@@ -913,6 +913,13 @@ fn ensemble_scores_the_models_as_one() {
     let stdout = assert_ok(&run(&[&args[..], &["--data", p(&data), "--out", p(&out)]].concat()));
     assert!(stdout.contains("ensemble of 3 models (mean probabilities): top-1 "), "{stdout}");
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    // Across the models (a seed study's answer): mean, std, min and max of top-1.
+    let top1: Vec<f64> = (0..3).map(|m| summary["models"][m]["top1"].as_f64().unwrap()).collect();
+    let spread = &summary["top1_over_models"];
+    let mean = top1.iter().sum::<f64>() / 3.0;
+    assert!((spread["mean"].as_f64().unwrap() - mean).abs() < 1e-12, "{spread}");
+    assert_eq!(spread["max"].as_f64().unwrap(), top1.iter().cloned().fold(0.0, f64::max), "{spread}");
+    assert!(stdout.contains(&format!("top-1 over 3 models: mean {:.2}%", 100.0 * mean)), "{stdout}");
     let e = &summary["ensemble"];
     assert_eq!(e["members"], 3, "{e}");
     assert_eq!(e["excluded"], serde_json::json!([]));

@@ -7,7 +7,7 @@ use modelbatch::Gpu;
 
 use crate::cli::{parse_normalize, CliError, Context, EvalArgs, Result, Split};
 use crate::inputs;
-use crate::report::table;
+use crate::report::{table, Spread};
 use crate::{checkpoint, ensemble};
 
 pub fn run(a: &EvalArgs) -> Result<()> {
@@ -126,6 +126,10 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             })
             .collect();
         println!("{}", table(&header, &rows));
+        let live: Vec<f64> = (0..g).filter(|&m| ev.loss[m].is_finite()).map(|m| ev.top1_frac(m)).collect();
+        if let Some(s) = Spread::of(&live) {
+            println!("{}", s.line());
+        }
         if let Some(e) = &ensemble {
             println!("{}", ensemble::line(e, g));
         }

@@ -19,7 +19,7 @@ use crate::cli::{parse_normalize, CliError, Context, Result, TrainArgs};
 use crate::hyper::{self, tidy, Hyper};
 use crate::output::{write_file, Staging};
 use crate::pbt::Pbt;
-use crate::report::{fmt_loss, fmt_secs, group, table, Progress};
+use crate::report::{fmt_loss, fmt_secs, group, table, Progress, Spread};
 use crate::{ensemble, inputs, interrupt, pbt};
 
 pub fn run(a: &TrainArgs) -> Result<()> {
@@ -275,6 +275,11 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     }
     drop(trainer);
     println!("{}", results_table(&hyper, &metrics.last_loss, &dead, &ev));
+    // Across the models that did not diverge (a seed study's answer).
+    let spread = Spread::of(&(0..g).filter(|&m| !dead[m]).map(|m| ev.top1_frac(m)).collect::<Vec<_>>());
+    if let Some(s) = &spread {
+        println!("{}", s.line());
+    }
     let ensemble = match a.ensemble {
         true => {
             let members: Vec<usize> = (0..g).filter(|&m| !dead[m] && ev.loss[m].is_finite()).collect();
@@ -326,6 +331,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             "samples_per_s": steps_run as f64 * samples_per_step as f64 / train_secs.max(1e-9),
             "wall_time_s": started.elapsed().as_secs_f64(),
             "models": (0..g).map(|m| model_summary(m, &hyper, &metrics, &dead, &ev)).collect::<Vec<_>>(),
+            "top1_over_models": spread.as_ref().map(Spread::json),
             "ensemble": ensemble.as_ref().map(|e| ensemble::json(e, g)),
             "pbt": pbt.as_ref().map(Pbt::summary),
         });
