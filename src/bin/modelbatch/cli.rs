@@ -159,9 +159,10 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     /// Save the run to DIR every --checkpoint-every and after the last step (models,
     /// optimizer state, settings and metrics so far, in a new DIR/step-S written atomically;
-    /// older saves are removed after). When DIR holds a save of the same run (the same flags,
-    /// except --steps/--epochs, --metrics-every, --test-samples, --out and these two), the
-    /// run continues from it, with the results of an uninterrupted run.
+    /// older saves are removed after). When DIR holds a save of the same run (the same flags
+    /// but those that do not change the training: --steps/--epochs, --metrics-every,
+    /// --test-samples, --ensemble, --out and these two), the run continues from it, with the
+    /// results of an uninterrupted run.
     #[arg(long, value_name = "DIR")]
     pub checkpoint: Option<PathBuf>,
     /// Population-based training: every K steps the models are scored on images held out of
