@@ -114,6 +114,17 @@ export interface EvaluationResult {
   loss: Float32Array;
 }
 
+export interface EnsembleResult {
+  samples: number;
+  /** The models averaged. */
+  members: Uint32Array;
+  /** Top-1 and top-5 accuracy of the mean probabilities, in [0, 1]. */
+  top1: number;
+  top5: number;
+  /** Mean negative log of the ensemble's probability of the label. */
+  loss: number;
+}
+
 export interface Prediction {
   classes: number;
   /** Probabilities, model after model: `probs[m * classes + c]`. */
@@ -1175,6 +1186,38 @@ impl Trainer {
                 s.lr.borrow_mut()[m] = value;
             }
             Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// The models as one classifier on `dataset`: per image the mean of the members' class
+    /// probabilities (default: every model that has not diverged).
+    #[wasm_bindgen(js_name = evaluateEnsemble, unchecked_return_type = "Promise<EnsembleResult>")]
+    pub fn evaluate_ensemble(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "DatasetInput")] dataset: JsValue,
+        members: Option<Vec<u32>>,
+    ) -> Promise {
+        let data = parse_dataset(&dataset, self.shared.model().spec(), "eval");
+        self.run(move |s| async move {
+            let data = data?;
+            let members: Vec<usize> = match members {
+                Some(m) => m.into_iter().map(|m| m as usize).collect(),
+                None => (0..s.g).filter(|&m| !s.dead.borrow()[m]).collect(),
+            };
+            let st = s.state.lock().await;
+            let norm = st.config.normalize;
+            let e = crate::train::evaluate_ensemble(s.gpu(), s.model(), &data, s.eval_batch(), norm, &members)
+                .await
+                .map_err(|e| s.fail(e))?;
+            s.gpu().take_error().map_err(|e| s.fail(e))?;
+            let o = Object::new();
+            let members: Vec<u32> = e.members.iter().map(|&m| m as u32).collect();
+            let _ = Reflect::set(&o, &"samples".into(), &(e.samples as f64).into());
+            let _ = Reflect::set(&o, &"members".into(), &Uint32Array::from(members.as_slice()));
+            let _ = Reflect::set(&o, &"top1".into(), &e.top1_frac().into());
+            let _ = Reflect::set(&o, &"top5".into(), &e.top5_frac().into());
+            let _ = Reflect::set(&o, &"loss".into(), &e.loss.into());
+            Ok(o.into())
         })
     }
 

@@ -103,6 +103,11 @@ out.testLoss = Array.from(ev.loss);
 out.samples = ev.samples;
 const again = await trainer.evaluate();
 out.evaluateAgain = Array.from(again.top1);
+const ens = await trainer.evaluateEnsemble(test);
+const ens1 = await trainer.evaluateEnsemble(test, [2]);
+out.ensemble = { all: { samples: ens.samples, members: Array.from(ens.members), top1: ens.top1, top5: ens.top5, loss: ens.loss },
+  one: { members: Array.from(ens1.members), top1: ens1.top1, top5: ens1.top5, loss: ens1.loss } };
+await expectReject('badMember', () => trainer.evaluateEnsemble(test, [0, 9]));
 const image = test.images.subarray(0, 28 * 28);
 const p = await trainer.predict(image);
 out.predict = { classes: p.classes, probs: Array.from(p.probs), predicted: Array.from(p.predicted),
@@ -248,7 +253,7 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   }
   const dts = readFileSync(join(project, 'node_modules', 'modelbatch', 'modelbatch.d.ts'), 'utf8');
   for (const s of ['step(n: number): Promise<Float32Array>', 'interface TrainerOptions', 'Promise<Prediction>',
-    'copyModel(dst: number, src: number): Promise<void>', 'setHyper(m: number, name: string, value: number): Promise<void>']) {
+    'copyModel(dst: number, src: number): Promise<void>', 'Promise<EnsembleResult>', 'setHyper(m: number, name: string, value: number): Promise<void>']) {
     assert.ok(dts.includes(s), `.d.ts declares ${s}`);
   }
 
@@ -280,6 +285,13 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.deepEqual(web.last, web.loss.at(-1));
   assert.equal(web.samples, config.test);
   assert.deepEqual(web.evaluateAgain, web.top1);
+  // The ensemble of all models, and of model 2 alone (which scores as model 2).
+  assert.equal(web.ensemble.all.samples, config.test);
+  assert.deepEqual(web.ensemble.all.members, [...Array(G).keys()]);
+  assert.ok(web.ensemble.all.top1 >= 0 && web.ensemble.all.top1 <= web.ensemble.all.top5 && web.ensemble.all.top5 <= 1);
+  assert.deepEqual(web.ensemble.one.members, [2]);
+  assert.ok(Math.abs(web.ensemble.one.top1 - web.top1[2]) < 1e-6, `ensemble of model 2: ${web.ensemble.one.top1} vs ${web.top1[2]}`);
+  assert.ok(close(web.ensemble.one.loss, web.testLoss[2], 1e-4, 1e-5), `${web.ensemble.one.loss} vs ${web.testLoss[2]}`);
 
   // Losses fall for every model.
   const mean = (rows, m) => rows.reduce((s, r) => s + r[m], 0) / rows.length;
@@ -352,6 +364,7 @@ test('the npm package trains like the native engine (Node + Dawn)', { timeout: 9
   assert.match(e.badHyperName, /unknown hyper-parameter "lr2" \(one of lr, momentum/);
   assert.match(e.badHyperValue, /beta1 1.5 must be in \[0, 1\)/);
   assert.match(e.badCopy, /model 99 does not exist/);
+  assert.match(e.badMember, /ensemble member 9 does not exist/);
   assert.match(e.copyNoDataset, /call setDataset before copyModel/);
   for (const [name, msg] of Object.entries(e)) {
     assert.ok(msg && msg.startsWith('modelbatch: '), `${name}: ${msg}`);
