@@ -97,3 +97,29 @@ fn a_sharded_ensemble_scores_as_the_whole_batch() {
     let e = pollster::block_on(evaluate_ensemble_sharded(&swapped, &data, 8, norm, &[0])).unwrap_err().to_string();
     assert!(e.contains("consecutive slices"), "{e}");
 }
+
+#[test]
+fn ensemble_evaluation_leaves_training_untouched() {
+    let gpu = gpu_or_skip!();
+    let data = common::small_images(40, 2);
+    let norm = Normalize::default();
+    let run = |evaluate_between: bool| {
+        let model = BatchModel::new(gpu, &spec(), G, 5).unwrap();
+        let opt = Optimizer::Adam(modelbatch::Adam::new(PerModel::log_space(1e-3, 1e-2, G)));
+        let config = TrainConfig { batch_size: 8, metrics_every: 1, ..TrainConfig::default() };
+        let mut t = Trainer::new(gpu, &model, &data, opt, config).unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..3 {
+            t.train(2, |m| losses.extend(m.iter().map(|s| s.loss.clone()))).unwrap();
+            t.finish(|m| losses.extend(m.iter().map(|s| s.loss.clone()))).unwrap();
+            if evaluate_between {
+                pollster::block_on(evaluate_ensemble(gpu, &model, &data, 16, norm, &[0, 1, 2, 3])).unwrap();
+                let predictor = Predictor::new(gpu, &model, 1, norm).unwrap();
+                pollster::block_on(predictor.predict(&data.images[..144])).unwrap();
+            }
+        }
+        drop(t);
+        (losses, pollster::block_on(model.state_dicts_batched()).unwrap())
+    };
+    assert!(run(true) == run(false), "training with ensemble evaluations in between differs");
+}

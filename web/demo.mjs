@@ -218,6 +218,17 @@ function drawAccuracy() {
   ctx.fillStyle = '#1d2330';
   ctx.textAlign = 'left';
   ctx.fillText(`best: lr ${fmtLr(state.lr[best])}, ${(100 * last.top1[best]).toFixed(1)}%`, pad.l + 6, pad.t + 14);
+  if (last.ensemble !== null) {
+    // The ensemble: a dashed line across the sweep.
+    ctx.save();
+    ctx.strokeStyle = '#c0392b';
+    ctx.setLineDash([6, 4]);
+    ctx.beginPath(); ctx.moveTo(pad.l, Y(last.ensemble)); ctx.lineTo(w - pad.r, Y(last.ensemble)); ctx.stroke();
+    ctx.restore();
+    ctx.fillStyle = '#c0392b';
+    ctx.textAlign = 'right';
+    ctx.fillText(`ensemble of all: ${(100 * last.ensemble).toFixed(1)}%`, w - pad.r - 4, Y(last.ensemble) - 5);
+  }
 }
 
 let drawQueued = false;
@@ -265,6 +276,7 @@ async function createTrainer() {
   evalCost = 0;
   lastEvalAt = performance.now();
   $('stat-step').textContent = '0'; $('stat-epoch').textContent = '0.00'; $('stat-best').textContent = '–';
+  $('stat-ensemble').textContent = '–';
   $('stat-samples').textContent = '–'; $('stat-steps').textContent = '–'; $('stat-dead').textContent = '0';
   drawColourbar();
   redraw();
@@ -273,10 +285,13 @@ async function createTrainer() {
 async function evaluate() {
   const t0 = performance.now();
   const ev = await trainer.evaluate(state.evals.length === 0 ? data.test : undefined);
+  const top1 = Array.from(ev.top1);
+  // The models as one classifier: their probabilities averaged per image.
+  const ens = state.dead.some((d) => !d) ? await trainer.evaluateEnsemble(data.test) : null;
   evalCost = performance.now() - t0;
   lastEvalAt = performance.now();
-  const top1 = Array.from(ev.top1);
-  state.evals.push({ step: state.step, top1 });
+  state.evals.push({ step: state.step, top1, ensemble: ens ? ens.top1 : null });
+  $('stat-ensemble').textContent = ens ? `${(100 * ens.top1).toFixed(1)}% (${ens.members.length} models)` : '–';
   state.bestTop1 = Math.max(...top1);
   $('stat-best').textContent = `${(100 * state.bestTop1).toFixed(1)}% (model ${top1.indexOf(state.bestTop1)})`;
   $('eval-note').textContent = `(${ev.samples} test images, step ${state.step})`;
@@ -350,9 +365,11 @@ async function pause() {
   if (running) {
     running = false;
     await loop;
+    // Paused once the last evaluation is in (the charts and the best model then match the weights).
+    setStatus('Evaluating…');
+    try { await evaluate(); } catch (e) { fail('evaluating', e); }
     state.status = 'paused';
     setStatus(`Paused at step ${state.step}`);
-    try { await evaluate(); } catch (e) { fail('evaluating', e); }
   } else if (trainer) {
     return start();
   }
@@ -461,6 +478,7 @@ async function predictSoon() {
   if (!trainer || !inked) return;
   if (predicting) { predictAgain = true; return; }
   predicting = true;
+  state.predicting = true;
   try {
     do {
       predictAgain = false;
@@ -483,6 +501,7 @@ async function predictSoon() {
     fail('predicting', e);
   } finally {
     predicting = false;
+    state.predicting = false;
   }
 }
 

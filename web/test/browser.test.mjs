@@ -132,12 +132,14 @@ async function trainAndCheck(t, page, problems, url) {
   await page.waitForFunction(() => ['paused', 'error'].includes(window.demoState.status), null, { timeout: 300_000 });
   const seconds = (Date.now() - t0) / 1000;
   await drawSeven(page);
-  await page.waitForFunction(() => document.getElementById('best-digit').textContent !== '–', null, { timeout: 60_000 });
+  // Until the prediction of the whole drawing is shown (strokes ask again while one runs).
+  await page.waitForFunction(() => document.getElementById('best-digit').textContent !== '–' && !window.demoState.predicting,
+    null, { timeout: 60_000 });
   await page.waitForTimeout(300);
   await page.screenshot({ path: join(artifacts, 'demo.png'), fullPage: true });
   state = await page.evaluate(() => window.demoState);
   const stats = await page.evaluate(() =>
-    Object.fromEntries(['stat-step', 'stat-samples', 'stat-steps', 'stat-best', 'best-digit', 'ens-digit', 'adapter']
+    Object.fromEntries(['stat-step', 'stat-samples', 'stat-steps', 'stat-best', 'stat-ensemble', 'best-digit', 'ens-digit', 'adapter']
       .map((id) => [id, document.getElementById(id).textContent])));
   t.diagnostic(`${state.step} steps in ${seconds.toFixed(0)} s; ${JSON.stringify(stats)}`);
   t.diagnostic(`first loss ${state.firstLoss.map((x) => x.toFixed(3))}; last ${state.lastLoss.map((x) => x.toFixed(3))}`);
@@ -157,6 +159,10 @@ async function trainAndCheck(t, page, problems, url) {
   assert.ok(Number(stats['stat-samples'].replace(/,/g, '')) > 0, 'samples/s shown');
   assert.match(stats['best-digit'], /^\d$/);
   assert.match(stats['ens-digit'], /^\d \(\d+ of \d+ models/);
+  // The ensemble's test accuracy, shown and kept with each evaluation.
+  assert.match(stats['stat-ensemble'], /^\d+\.\d% \(\d+ models\)$/);
+  const lastEval = state.evals.at(-1);
+  assert.ok(lastEval.ensemble > 0.1 && lastEval.ensemble <= 1, `ensemble top-1 ${lastEval.ensemble}`);
   assert.deepEqual(problems, [], 'no console errors, page errors or failed requests');
 }
 
