@@ -751,6 +751,10 @@ fn checkpoint_errors() {
     for bad in ["0", "5x", "-1m", "0s"] {
         train_fails(&t, &data, &["--checkpoint", p(&ck), "--checkpoint-every", bad], &["--checkpoint-every", bad]);
     }
+    let out = t.join("out");
+    for inside in [out.clone(), out.join("ck")] {
+        train_fails(&t, &data, &["--checkpoint", p(&inside)], &["--checkpoint", "inside --out"]);
+    }
     write(&ck, b"not a folder");
     train_fails(&t, &data, &["--checkpoint", p(&ck)], &["--checkpoint", "not a folder"]);
     std::fs::remove_file(&ck).unwrap();

@@ -52,6 +52,17 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         (None, None) => None,
         (Some(_), every) => Some(parse_every(every.as_deref().unwrap_or("5m"))?),
     };
+    if let (Some(ck), Some(out)) = (&a.checkpoint, &a.out) {
+        // The output folder is replaced as a whole at the end: saves inside it would go too.
+        let full = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        if full(ck).starts_with(full(out)) {
+            return Err(CliError::new(format!(
+                "--checkpoint {}: inside --out {} (which is replaced as a whole at the end); give another folder",
+                ck.display(),
+                out.display()
+            )));
+        }
+    }
     // Fail on an unwritable output location at once; from here on, any failure removes
     // the staging directory again (and the parents it created).
     let staging = a.out.as_deref().map(|d| Staging::prepare("--out", d)).transpose()?;
