@@ -466,11 +466,13 @@ impl Plan {
         }
     }
 
+    /// What the plan knows of `t`: an error for a tensor of another graph.
+    fn meta(&self, t: TensorId) -> Result<&TensorMeta> {
+        self.meta.get(t.index()).ok_or_else(|| Error::Usage(format!("tensor {} is not in this plan", t.index())))
+    }
+
     fn buffer(&self, t: TensorId) -> Result<&wgpu::Buffer> {
-        let meta = self
-            .meta
-            .get(t.index())
-            .ok_or_else(|| Error::Usage(format!("tensor {} is not in this plan", t.index())))?;
+        let meta = self.meta(t)?;
         match self.slot[t.index()] {
             Some(s) if self.steps.len() == 1 || self.whole[s] => Ok(&self.buffers[s]),
             _ => Err(Error::Usage(format!(
@@ -513,10 +515,7 @@ impl Plan {
 
     /// Writes bytes into a dataset tensor (packed four to a u32, zero-padded).
     pub fn write_bytes(&self, t: TensorId, bytes: &[u8]) -> Result<()> {
-        let meta = self
-            .meta
-            .get(t.index())
-            .ok_or_else(|| Error::Usage(format!("tensor {} is not in this plan", t.index())))?;
+        let meta = self.meta(t)?;
         if !matches!(meta.op, Op::Data { .. }) || bytes.len().div_ceil(4) != meta.shape[1] {
             return Err(Error::Usage(format!(
                 "write_bytes: tensor {} ({}) is not a dataset of {} bytes",
@@ -540,10 +539,7 @@ impl Plan {
 
     /// Writes model `g`'s slice of a `[G, ...]` input, parameter or state tensor.
     pub fn write_model(&self, t: TensorId, g: usize, data: &[f32]) -> Result<()> {
-        let meta = self
-            .meta
-            .get(t.index())
-            .ok_or_else(|| Error::Usage(format!("tensor {} is not in this plan", t.index())))?;
+        let meta = self.meta(t)?;
         let per: usize = meta.shape[1..].iter().product();
         let numel = per * meta.shape[0];
         let b = self.check_write(t, numel, DType::F32)?;
@@ -569,10 +565,7 @@ impl Plan {
         let mut parts = Vec::with_capacity(tensors.len());
         let mut total = 0u64;
         for &t in tensors {
-            let meta = self
-                .meta
-                .get(t.index())
-                .ok_or_else(|| Error::Usage(format!("tensor {} is not in this plan", t.index())))?;
+            let meta = self.meta(t)?;
             let g = meta.shape[0];
             if dst >= g || src >= g {
                 return Err(Error::Usage(format!(
@@ -870,10 +863,7 @@ impl Plan {
     }
 
     fn expect_dtype(&self, t: TensorId, dtype: DType) -> Result<()> {
-        let meta = self
-            .meta
-            .get(t.index())
-            .ok_or_else(|| Error::Usage(format!("tensor {} is not in this plan", t.index())))?;
+        let meta = self.meta(t)?;
         if meta.dtype != dtype {
             return Err(Error::Usage(format!("tensor {} holds {:?}, not {dtype:?}", t.index(), meta.dtype)));
         }
