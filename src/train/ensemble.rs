@@ -67,7 +67,7 @@ pub async fn evaluate_ensemble_sharded(
         return Err(Error::Usage("an ensemble needs at least one model batch".into()));
     };
     let spec = first_model.spec();
-    let g: usize = shards.iter().map(|(_, m)| m.models()).sum();
+    let g = super::shard::check_slices(shards.iter().map(|&(_, m)| m))?;
     let mut members = members.to_vec();
     members.sort_unstable();
     members.dedup();
@@ -80,18 +80,7 @@ pub async fn evaluate_ensemble_sharded(
     if batch == 0 {
         return Err(Error::Usage("evaluation batch must be at least 1".into()));
     }
-    let mut next = 0;
-    for (i, (_, m)) in shards.iter().enumerate() {
-        data.check(m)?;
-        if m.first() != next || m.spec() != spec {
-            return Err(Error::Usage(format!(
-                "shard {i} holds models {}..{}; shards must be consecutive slices of one batch (one spec) starting at 0",
-                m.first(),
-                m.first() + m.models()
-            )));
-        }
-        next += m.models();
-    }
+    data.check(first_model)?;
     let make = |model: &BatchModel, size: usize| -> Result<(DataGraph, TensorId)> {
         let head = Head { mode: Mode::Eval, reduction: Reduction::Sum, ks: &[1] };
         let mut d = data_graph(spec, model.models(), "ensemble", data.n, size, norm, head, &mut own_statistics)?;

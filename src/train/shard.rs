@@ -12,6 +12,24 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::nn::BatchModel;
 
+/// Checks that `models` are consecutive slices of one batch of one spec, starting at model 0
+/// (as [`BatchModel::sharded`] makes them); returns the whole batch's size.
+pub(crate) fn check_slices<'m>(models: impl Iterator<Item = &'m BatchModel>) -> Result<usize> {
+    let mut next = 0;
+    let mut spec = None;
+    for (i, m) in models.enumerate() {
+        if m.first() != next || *spec.get_or_insert(m.spec()) != m.spec() {
+            return Err(Error::Usage(format!(
+                "shard {i} holds models {}..{}; shards must be consecutive slices of one batch (one spec) starting at 0",
+                m.first(),
+                m.first() + m.models()
+            )));
+        }
+        next += m.models();
+    }
+    Ok(next)
+}
+
 /// A [`Trainer`] per device over the shards of one model batch (see
 /// [`BatchModel::sharded`]). Metrics, evaluations and freeze flags come back in global model
 /// order, as from one trainer.
@@ -35,18 +53,7 @@ impl<'a> ShardedTrainer<'a> {
         if gpus.len() != models.len() || models.is_empty() {
             return Err(Error::Usage(format!("{} devices for {} model shards", gpus.len(), models.len())));
         }
-        let g: usize = models.iter().map(BatchModel::models).sum();
-        let mut next = 0;
-        for (i, m) in models.iter().enumerate() {
-            if m.first() != next || m.spec() != models[0].spec() {
-                return Err(Error::Usage(format!(
-                    "shard {i} holds models {}..{}; shards must be consecutive slices of one batch (one spec) starting at 0",
-                    m.first(),
-                    m.first() + m.models()
-                )));
-            }
-            next += m.models();
-        }
+        let g = check_slices(models.iter())?;
         let mut shards = Vec::with_capacity(models.len());
         for (gpu, model) in gpus.iter().zip(models) {
             let range = model.first()..model.first() + model.models();
