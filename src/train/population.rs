@@ -133,10 +133,7 @@ impl ShardedTrainer<'_> {
             to.plan.write_model(t, dl, &values)?;
         }
         for (h, v) in hyper {
-            to.opt.set_hyper(dl, h, v)?;
-            if h == HyperParam::Lr {
-                to.base_lr[dl] = v;
-            }
+            to.set_hyper(dl, h, v)?;
         }
         if let (OptState::Adam(a), Some(s)) = (&mut to.opt, steps) {
             let mut all = a.steps().to_vec();
