@@ -87,13 +87,20 @@ pub(crate) fn write_dir_atomic(dir: &Path, files: &Files) -> Result<()> {
 /// its `trainer.json`, nothing else checked).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn checkpoint_step(dir: &Path) -> Result<u64> {
+    let meta = read_meta(dir)?;
+    meta["step"].as_u64().ok_or_else(|| io(&dir.join(TRAINER), "missing step"))
+}
+
+/// A checkpoint's `trainer.json`, checked to be one (its format).
+#[cfg(not(target_arch = "wasm32"))]
+fn read_meta(dir: &Path) -> Result<Value> {
     let path = dir.join(TRAINER);
     let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
     let meta: Value = serde_json::from_slice(&text).map_err(|e| io(&path, format!("invalid JSON: {e}")))?;
     if meta["format"] != "modelbatch-checkpoint-1" {
         return Err(io(&path, "not a modelbatch checkpoint (format)"));
     }
-    meta["step"].as_u64().ok_or_else(|| io(&path, "missing step"))
+    Ok(meta)
 }
 
 impl Trainer<'_> {
@@ -181,12 +188,8 @@ impl Trainer<'_> {
     pub fn resume(&mut self, dir: &Path) -> Result<()> {
         let path = |f: &str| -> PathBuf { dir.join(f) };
         let read = |f: &str| std::fs::read(path(f)).map_err(|e| io(&path(f), e));
-        let meta: Value =
-            serde_json::from_slice(&read(TRAINER)?).map_err(|e| io(&path(TRAINER), format!("invalid JSON: {e}")))?;
+        let meta = read_meta(dir)?;
         let bad = |what: &str| io(&path(TRAINER), what);
-        if meta["format"] != "modelbatch-checkpoint-1" {
-            return Err(bad("not a modelbatch checkpoint (format)"));
-        }
         let g = self.model.models();
         if meta["models"].as_u64() != Some(g as u64) {
             return Err(bad(&format!("checkpoint holds {} models, this run has {g}", meta["models"])));
