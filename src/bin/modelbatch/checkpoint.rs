@@ -73,6 +73,19 @@ pub struct Checkpoints {
     since: Instant,
 }
 
+/// A save's `run.json`, checked to be one (its format); errors name the file after `prefix`
+/// (the flag that led to it, or nothing).
+fn read_run(save: &Path, prefix: &str) -> Result<Value> {
+    let path = save.join(RUN);
+    let shown = format!("{prefix}{}", path.display());
+    let text = std::fs::read(&path).context(&shown)?;
+    let run: Value = serde_json::from_slice(&text).map_err(|e| CliError::new(format!("{shown}: invalid JSON: {e}")))?;
+    if run["format"] != FORMAT {
+        return Err(CliError::new(format!("{shown}: not a modelbatch train checkpoint (format)")));
+    }
+    Ok(run)
+}
+
 fn step_of(name: &str) -> Option<u64> {
     let digits = name.strip_prefix("step-")?;
     digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse().ok()).flatten()
@@ -123,11 +136,7 @@ impl Checkpoints {
     fn read(&self, step: u64, path: &Path) -> Result<Saved> {
         let at = |f: &str| path.join(f);
         let bad = |f: &str, what: &str| CliError::new(format!("{}: {what}", at(f).display()));
-        let text = std::fs::read(at(RUN)).context(at(RUN).display())?;
-        let run: Value = serde_json::from_slice(&text).map_err(|e| bad(RUN, &format!("invalid JSON: {e}")))?;
-        if run["format"] != FORMAT {
-            return Err(bad(RUN, "not a modelbatch train checkpoint (format)"));
-        }
+        let run = read_run(path, "")?;
         if run["step"].as_u64() != Some(step) {
             return Err(bad(RUN, &format!("holds step {}, its folder's name says {step}", run["step"])));
         }
@@ -269,12 +278,7 @@ pub fn saved_models(dir: &Path, flag: &str) -> Result<Option<SavedModels>> {
         }
     };
     let shown = |p: &Path| format!("{flag} {}", p.display());
-    let text = std::fs::read(save.join(RUN)).context(shown(&save.join(RUN)))?;
-    let run: Value = serde_json::from_slice(&text)
-        .map_err(|e| CliError::new(format!("{}: invalid JSON: {e}", shown(&save.join(RUN)))))?;
-    if run["format"] != FORMAT {
-        return Err(CliError::new(format!("{}: not a modelbatch train checkpoint (format)", shown(&save.join(RUN)))));
-    }
+    let run = read_run(&save, &format!("{flag} "))?;
     let step = run["step"].as_u64().unwrap_or(0);
     let mut shards = Vec::new();
     for i in 0.. {
