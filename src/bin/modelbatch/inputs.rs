@@ -11,13 +11,22 @@ use crate::cli::{CliError, Context, Result, Split};
 
 /// `lenet` or a JSON spec file; returns the spec and a name for reports.
 pub fn load_spec(arg: &str) -> Result<(ModelSpec, String)> {
+    load_spec_json(arg).map(|(spec, name, _)| (spec, name))
+}
+
+/// [`load_spec`], and the spec as JSON (`"lenet"` for the built-in one), as a checkpoint's
+/// settings record it.
+pub fn load_spec_json(arg: &str) -> Result<(ModelSpec, String, serde_json::Value)> {
+    let lenet = || serde_json::Value::from("lenet");
     if arg == "lenet" {
-        return Ok((ModelSpec::lenet(), "lenet".into()));
+        return Ok((ModelSpec::lenet(), "lenet".into(), lenet()));
     }
     let text = std::fs::read_to_string(arg).context(format!("--model {arg}: cannot read the model spec"))?;
     let spec = ModelSpec::from_json(&text).context(arg)?;
     spec.state_entries().context(arg)?;
-    Ok((spec, arg.to_string()))
+    // What from_json accepted is JSON, or the bare word lenet.
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| lenet());
+    Ok((spec, arg.to_string(), json))
 }
 
 /// The data folder: `--data` or the embedded MNIST.

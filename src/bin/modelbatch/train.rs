@@ -66,7 +66,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     // Fail on an unwritable output location at once; from here on, any failure removes
     // the staging directory again (and the parents it created).
     let staging = a.out.as_deref().map(|d| Staging::prepare("--out", d)).transpose()?;
-    let (spec, spec_name) = inputs::load_spec(&a.model)?;
+    let (spec, spec_name, spec_json) = inputs::load_spec_json(&a.model)?;
     if let Some(dir) = &a.init {
         inputs::check_weights(dir, "--init", &spec, g)?;
     }
@@ -101,7 +101,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let (mut checkpoints, saved) = match (&a.checkpoint, every) {
         (Some(dir), Some(every)) => {
             let pbt_setting = pbt.as_ref().map(|p| json!([p.every, p.fraction, p.valid.n]));
-            let settings = settings(a, &hyper, normalize, &data_dir, all_train, pbt_setting)?;
+            let settings = settings(a, spec_json, &hyper, normalize, &data_dir, all_train, pbt_setting);
             let (c, saved) = Checkpoints::open(dir, every, settings)?;
             (Some(c), saved)
         }
@@ -582,18 +582,13 @@ fn open_devices(n: usize) -> Result<Vec<Gpu>> {
 /// the optimizer with every model's values, the data order, seed, normalisation, schedule.
 fn settings(
     a: &TrainArgs,
+    model: Value,
     h: &Hyper,
     normalize: modelbatch::train::Normalize,
     data_dir: &std::path::Path,
     train_n: usize,
     pbt: Option<Value>,
-) -> Result<Value> {
-    let model = if a.model == "lenet" {
-        json!("lenet")
-    } else {
-        let text = std::fs::read_to_string(&a.model).context(format!("--model {}", a.model))?;
-        serde_json::from_str::<Value>(&text).context(format!("--model {}", a.model))?
-    };
+) -> Value {
     let full = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
     let mut s = serde_json::Map::new();
     s.insert("--model".into(), model);
@@ -617,7 +612,7 @@ fn settings(
     s.insert("--normalize".into(), json!([tidy(normalize.mean), tidy(normalize.std)]));
     s.insert("--schedule".into(), json!(a.schedule));
     s.insert("--pbt".into(), json!(pbt));
-    Ok(Value::Object(s))
+    Value::Object(s)
 }
 
 /// The command's own state a save keeps: PBT's rounds.
