@@ -72,7 +72,6 @@ impl Column {
 }
 
 /// The optimizer and the hyper-parameters every model actually uses.
-#[derive(Clone)]
 pub struct Hyper {
     pub kind: OptKind,
     pub optimizer: Optimizer,

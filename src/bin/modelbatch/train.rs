@@ -123,6 +123,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     }
     let order = if a.no_shuffle { Order::Sequential } else { Order::PerModel };
     // Every field is set today; the update keeps this compiling when TrainConfig grows.
+    let eval_batch = inputs::fit_eval_batch(gpu, &spec, TrainConfig::default().eval_batch)?;
     #[allow(clippy::needless_update)]
     let config = TrainConfig {
         batch_size: a.batch_size,
@@ -131,7 +132,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         normalize,
         metrics_every: a.metrics_every,
         schedules: vec![schedule],
-        eval_batch: inputs::fit_eval_batch(gpu, &spec, TrainConfig::default().eval_batch)?,
+        eval_batch,
         ..TrainConfig::default()
     };
     let mut trainer = ShardedTrainer::new(&gpus, &models, &train, hyper.optimizer.clone(), config)?;
@@ -205,28 +206,22 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let samples_per_step = (g * a.batch_size) as u64;
     let mut progress = Progress::new(start, total, samples_per_step);
     let t0 = Instant::now();
-    let mut deaths = Vec::new();
     let mut stopped = None;
     interrupt::graceful(true);
     for s in start..total {
         trainer.train(1, |ms| metrics.record(ms, &mut progress))?;
         progress.submitted(s + 1);
-        deaths.extend(trainer.take_newly_dead());
-        report_deaths(&mut deaths, &metrics.first_bad, &progress);
+        report_deaths(&mut trainer, &metrics.first_bad, &progress);
         if let Some(p) = &mut pbt {
             if s + 1 < total && p.due(s + 1) {
                 // Divergence flags current before the models are ranked.
-                trainer.finish(|ms| metrics.record(ms, &mut progress))?;
-                deaths.extend(trainer.take_newly_dead());
-                report_deaths(&mut deaths, &metrics.first_bad, &progress);
+                deliver(&mut trainer, &mut metrics, &mut progress)?;
                 progress.println(&p.round(&mut trainer, s + 1)?);
             }
         }
         if let Some(c) = &mut checkpoints {
             if s + 1 < total && c.due(s + 1) {
-                trainer.finish(|ms| metrics.record(ms, &mut progress))?;
-                deaths.extend(trainer.take_newly_dead());
-                report_deaths(&mut deaths, &metrics.first_bad, &progress);
+                deliver(&mut trainer, &mut metrics, &mut progress)?;
                 let path = metrics.save(c, &mut trainer, pbt_state(&pbt))?;
                 progress.println(&format!("saved {}", path.display()));
             }
@@ -237,9 +232,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         }
     }
     interrupt::graceful(false);
-    trainer.finish(|ms| metrics.record(ms, &mut progress))?;
-    deaths.extend(trainer.take_newly_dead());
-    report_deaths(&mut deaths, &metrics.first_bad, &progress);
+    deliver(&mut trainer, &mut metrics, &mut progress)?;
     progress.finish();
     metrics.check()?;
     if let Some(at) = stopped {
@@ -299,9 +292,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
                 None
             } else {
                 let parts: Vec<(&Gpu, &BatchModel)> = gpus.iter().zip(&models).collect();
-                let batch = TrainConfig::default().eval_batch;
-                let batch = inputs::fit_eval_batch(gpu, &spec, batch)?;
-                let e = pollster::block_on(evaluate_ensemble_sharded(&parts, &test, batch, normalize, &members))?;
+                let e = pollster::block_on(evaluate_ensemble_sharded(&parts, &test, eval_batch, normalize, &members))?;
                 println!("{}", ensemble::line(&e, g));
                 Some(e)
             }
@@ -355,8 +346,17 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn report_deaths(deaths: &mut Vec<usize>, first_bad: &[Option<(u64, f32)>], progress: &Progress) {
-    for m in deaths.drain(..) {
+/// Reads back every step's metrics not yet delivered (the divergence flags are then
+/// current) and reports the models that diverged.
+fn deliver(trainer: &mut ShardedTrainer, metrics: &mut Metrics, progress: &mut Progress) -> Result<()> {
+    trainer.finish(|ms| metrics.record(ms, progress))?;
+    report_deaths(trainer, &metrics.first_bad, progress);
+    Ok(())
+}
+
+/// Reports the models whose divergence the trainer noticed since the last call.
+fn report_deaths(trainer: &mut ShardedTrainer, first_bad: &[Option<(u64, f32)>], progress: &Progress) {
+    for m in trainer.take_newly_dead() {
         let when = match first_bad.get(m).copied().flatten() {
             Some((step, loss)) => format!("at step {step} (loss {loss})"),
             None => "(non-finite loss)".to_string(),
