@@ -3,8 +3,8 @@
 //! fraction becomes a copy of one of the best as many (weights, optimizer state and
 //! hyper-parameters, on the GPU: "exploit"), then each hyper-parameter the run varies across
 //! the models is scaled by 0.8 or 1.25 ("explore"; for momentum and Adam's betas, their
-//! distance to 1). The choices come from a stream seeded
-//! by --seed and the step, so a resumed run makes the same ones.
+//! distance to 1). The choices come from a stream seeded by --seed and the step, so a
+//! resumed run makes the same ones.
 
 use modelbatch::nn::Rng;
 use modelbatch::train::{Dataset, ShardedTrainer};
@@ -33,7 +33,7 @@ pub struct Pbt {
     /// The hyper-parameters explored (those the run varies; the learning rate if none).
     explore: Vec<HyperParam>,
     seed: u64,
-    pub rounds: Vec<Round>,
+    rounds: Vec<Round>,
 }
 
 /// Checks the PBT flags (before any data is read): (every, fraction, validation images).

@@ -137,7 +137,7 @@ pub fn table(header: &[String], rows: &[Vec<String>]) -> String {
 }
 
 /// Top-1 accuracy across models (a seed study's answer): mean, sample standard deviation,
-/// min and max of the fractions of the models `which` selects.
+/// min and max of the models' fractions.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Spread {
     pub models: usize,
