@@ -750,6 +750,13 @@ struct State {
     config: TrainConfig,
 }
 
+impl State {
+    /// The training engine, which `setDataset` makes; `call` names the call that needs it.
+    fn engine(&mut self, call: &str) -> std::result::Result<&mut Engine<'static>, JsValue> {
+        self.engine.as_mut().ok_or_else(|| usage(format!("no dataset: call setDataset before {call}")))
+    }
+}
+
 /// One trainer's device, models and state.
 ///
 /// Safety: `gpu` and `model` are leaked boxes owned by this struct. The engine in
@@ -1035,7 +1042,7 @@ impl Trainer {
                 return Err(usage("step(n): n must be at least 1"));
             }
             let mut st = s.state.lock().await;
-            let engine = st.engine.as_mut().ok_or_else(|| usage("no dataset: call setDataset before step"))?;
+            let engine = st.engine("step")?;
             let mut got: Vec<StepMetrics> = Vec::with_capacity(n as usize);
             let first = engine.step();
             let result = async {
@@ -1144,7 +1151,7 @@ impl Trainer {
         self.run(move |s| async move {
             ok?;
             let mut st = s.state.lock().await;
-            let engine = st.engine.as_mut().ok_or_else(|| usage("no dataset: call setDataset before copyModel"))?;
+            let engine = st.engine("copyModel")?;
             engine.copy_model(dst, src).map_err(|e| s.fail(e))?;
             s.gpu().take_error().map_err(|e| s.fail(e))?;
             let lr = s.lr.borrow()[src];
@@ -1163,8 +1170,8 @@ impl Trainer {
         self.run(move |s| async move {
             ok?;
             let h = HyperParam::from_name(&name).map_err(js_err)?;
-            let st = s.state.lock().await;
-            let engine = st.engine.as_ref().ok_or_else(|| usage("no dataset: call setDataset before hyper"))?;
+            let mut st = s.state.lock().await;
+            let engine = st.engine("hyper")?;
             Ok(JsValue::from(engine.hyper(m, h).map_err(js_err)?))
         })
     }
@@ -1179,7 +1186,7 @@ impl Trainer {
             ok?;
             let h = HyperParam::from_name(&name).map_err(js_err)?;
             let mut st = s.state.lock().await;
-            let engine = st.engine.as_mut().ok_or_else(|| usage("no dataset: call setDataset before setHyper"))?;
+            let engine = st.engine("setHyper")?;
             engine.set_hyper(m, h, value).map_err(js_err)?;
             s.gpu().take_error().map_err(|e| s.fail(e))?;
             if h == HyperParam::Lr {
